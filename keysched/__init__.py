@@ -1,0 +1,1 @@
+"""keysched: spread Gemini API calls over a pool of keys and models."""

@@ -1,0 +1,82 @@
+"""What an attempt came back with, as the core sees it.
+
+The wire layer turns an HTTP response (or a network failure) into one `Outcome`; the simulator's
+world model produces the same values.  The core maps each `OutcomeKind` to exactly one action in
+`keysched._table`.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+
+import attrs
+
+__all__ = ["Outcome", "OutcomeKind"]
+
+
+class OutcomeKind(enum.Enum):
+    """Every class of answer the Gemini API gives (reference section 2.4)."""
+
+    SUCCESS = "success"
+    """200 with content."""
+    BLOCKED = "blocked"
+    """200 with ``promptFeedback.blockReason`` or a safety finish reason: returned, not retried."""
+    EMPTY = "empty"
+    """200 without any content: retried on another key a configured number of times."""
+    RATE_LIMITED_MINUTE = "rate_limited_minute"
+    """429 on a per-minute quota (RPM or input TPM) of the project and model."""
+    RATE_LIMITED_DAY = "rate_limited_day"
+    """429 on a per-day quota: benched until midnight America/Los_Angeles."""
+    QUOTA_ZERO = "quota_zero"
+    """429 with ``limit: 0``: the model is not in this project's tier at all."""
+    TOO_LARGE_FOR_QUOTA = "too_large_for_quota"
+    """429 TPM where the request alone exceeds the quota: no key of that tier can serve it."""
+    SHARED_CAPACITY = "shared_capacity"
+    """429 without details: shared capacity; back off briefly, the key is not blamed."""
+    OVERLOADED = "overloaded"
+    """503: the model is overloaded; prefer another model."""
+    SERVER_ERROR = "server_error"
+    """500 and other 5xx: retried with backoff, then another model."""
+    TIMEOUT = "timeout"
+    """504, 499 or a client-side timeout."""
+    CONNECTION_ERROR = "connection_error"
+    """The connection failed or was reset before a response arrived."""
+    BAD_RESPONSE = "bad_response"
+    """A body that is not the JSON it should be (truncated, HTML, garbage)."""
+    KEY_INVALID = "key_invalid"
+    """400 ``API_KEY_INVALID``: the key is deleted, expired or unknown."""
+    KEY_LEAKED = "key_leaked"
+    """403 "reported as leaked"."""
+    KEY_FORBIDDEN = "key_forbidden"
+    """401/403 otherwise (no permission, unregistered caller, location refused)."""
+    PROJECT_DISABLED = "project_disabled"
+    """403 ``SERVICE_DISABLED``: every key of the project is unusable."""
+    MODEL_NOT_FOUND = "model_not_found"
+    """404 on the model: no key can use it."""
+    REQUEST_ERROR = "request_error"
+    """400 for the request itself: fail fast, never retried on another key."""
+
+
+def _non_negative_finite_or_none(_: object, attribute: attrs.Attribute[float | None],
+                                 value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Outcome:
+    """One attempt's result, reduced to what scheduling needs.
+
+    Attributes:
+        kind: the class of the answer.
+        retry_after: the server's retry delay in seconds (``RetryInfo.retryDelay``, the
+            "Please retry in Xs" text, or a ``Retry-After`` header), if it gave one.
+        input_tokens: input tokens the service counted, if known (for TPM budgets).
+        output_tokens: output tokens produced, if known.
+    """
+
+    kind: OutcomeKind
+    retry_after: float | None = attrs.field(default=None, validator=_non_negative_finite_or_none)
+    input_tokens: int | None = None
+    output_tokens: int | None = None

@@ -1,0 +1,108 @@
+"""The one table from an attempt's outcome to the core's action.
+
+Rules in plain words (reference section 2.4):
+
+- success and blocked content are answers: return them; a blocked prompt would be blocked on any
+  key, so it is never retried.
+- a per-minute 429 benches the (project, model) quota group for the server's retry delay;
+  a per-day 429 benches it until midnight America/Los_Angeles (its short retry delay is a lie);
+  ``limit: 0`` makes the model unavailable for that project for good. The request moves on at
+  once to another project or model.
+- a 429 without details is shared capacity: back off, blame no key.
+- a 503 takes the model out of rotation for an escalating cooldown: fall back a tier at once.
+- 500s, timeouts, resets and garbled bodies back off and retry; 500s that repeat on one model
+  move the request to the next model.
+- an invalid, leaked or forbidden key is disabled for good; a disabled API disables every key of
+  its project. The request moves on at once.
+- a request error (400) fails fast, never retried on another key.
+
+Policies other than the default (the simulator's baselines) supply their own table.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+from keysched._outcomes import OutcomeKind
+
+__all__ = ["DEFAULT_ACTIONS", "Action", "Effect", "Next"]
+
+
+class Effect(enum.Enum):
+    """What an outcome does to the pool's state."""
+
+    NONE = "none"
+    COOL_GROUP = "cool_group"
+    """Bench the (project, model) group for the retry delay (or ``minute_cooldown``)."""
+    COOL_GROUP_UNTIL_MIDNIGHT = "cool_group_until_midnight"
+    """Bench the (project, model) group until the next midnight America/Los_Angeles."""
+    GROUP_UNAVAILABLE = "group_unavailable"
+    """The model is not in this project's tier: the group never serves again."""
+    COOL_MODEL = "cool_model"
+    """Take the model out of rotation for an escalating overload cooldown."""
+    MODEL_UNAVAILABLE = "model_unavailable"
+    """The model does not exist: no lane of it serves again."""
+    DISABLE_KEY = "disable_key"
+    DISABLE_PROJECT = "disable_project"
+    COOL_LANE = "cool_lane"
+    """Bench just this (key, model) lane for the action's fixed ``seconds`` (baseline routers)."""
+    STRIKE = "strike"
+    """Count a strike against the key; disable it at the action's ``strikes`` (baseline proxies)."""
+
+
+class Next(enum.Enum):
+    """What happens to the request after the outcome."""
+
+    RETURN = "return"
+    """The attempt's response is the answer."""
+    RETRY_NOW = "retry_now"
+    """Try again at once, preferring a key and model that have not failed it."""
+    RETRY_LATER = "retry_later"
+    """Try again after exponential backoff with jitter."""
+    RETRY_OTHER_MODEL = "retry_other_model"
+    """This model is out for this request; try the next model at once."""
+    FAIL = "fail"
+    """Fail the request now."""
+
+
+@attrs.frozen(kw_only=True)
+class Action:
+    """One row of an outcome table.
+
+    Attributes:
+        effect: what the outcome does to the pool.
+        next: what happens to the request.
+        seconds: the fixed cooldown for `Effect.COOL_LANE`.
+        strikes: the strike threshold for `Effect.STRIKE`.
+    """
+
+    effect: Effect
+    next: Next
+    seconds: float = 0.0
+    strikes: int = 3
+
+
+_K = OutcomeKind
+DEFAULT_ACTIONS: dict[OutcomeKind, Action] = {
+    _K.SUCCESS: Action(effect=Effect.NONE, next=Next.RETURN),
+    _K.BLOCKED: Action(effect=Effect.NONE, next=Next.RETURN),
+    _K.EMPTY: Action(effect=Effect.NONE, next=Next.RETRY_NOW),
+    _K.RATE_LIMITED_MINUTE: Action(effect=Effect.COOL_GROUP, next=Next.RETRY_NOW),
+    _K.RATE_LIMITED_DAY: Action(effect=Effect.COOL_GROUP_UNTIL_MIDNIGHT, next=Next.RETRY_NOW),
+    _K.QUOTA_ZERO: Action(effect=Effect.GROUP_UNAVAILABLE, next=Next.RETRY_NOW),
+    _K.TOO_LARGE_FOR_QUOTA: Action(effect=Effect.NONE, next=Next.RETRY_OTHER_MODEL),
+    _K.SHARED_CAPACITY: Action(effect=Effect.NONE, next=Next.RETRY_LATER),
+    _K.OVERLOADED: Action(effect=Effect.COOL_MODEL, next=Next.RETRY_NOW),
+    _K.SERVER_ERROR: Action(effect=Effect.NONE, next=Next.RETRY_LATER),
+    _K.TIMEOUT: Action(effect=Effect.NONE, next=Next.RETRY_LATER),
+    _K.CONNECTION_ERROR: Action(effect=Effect.NONE, next=Next.RETRY_LATER),
+    _K.BAD_RESPONSE: Action(effect=Effect.NONE, next=Next.RETRY_LATER),
+    _K.KEY_INVALID: Action(effect=Effect.DISABLE_KEY, next=Next.RETRY_NOW),
+    _K.KEY_LEAKED: Action(effect=Effect.DISABLE_KEY, next=Next.RETRY_NOW),
+    _K.KEY_FORBIDDEN: Action(effect=Effect.DISABLE_KEY, next=Next.RETRY_NOW),
+    _K.PROJECT_DISABLED: Action(effect=Effect.DISABLE_PROJECT, next=Next.RETRY_NOW),
+    _K.MODEL_NOT_FOUND: Action(effect=Effect.MODEL_UNAVAILABLE, next=Next.RETRY_OTHER_MODEL),
+    _K.REQUEST_ERROR: Action(effect=Effect.NONE, next=Next.FAIL),
+}
