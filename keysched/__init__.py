@@ -1,1 +1,70 @@
-"""keysched: spread Gemini API calls over a pool of keys and models."""
+"""keysched: spread Gemini API calls over a pool of API keys and models.
+
+The parts, from the bottom up: `PoolConfig` and friends (validated configuration), `Scheduler`
+(the pure scheduling core), the wire layer (requests and response classification) and
+`KeyedClient` (the asyncio + httpx driver).
+"""
+
+from keysched._config import Key, Limit, PoolConfig, RetryPolicy
+from keysched._core import Scheduler
+from keysched._decisions import Decision, Dispatch, Fail, FailReason, Finish
+from keysched._errors import (
+    AttemptsExhaustedError,
+    CapacityError,
+    ConfigurationError,
+    EmptyResponseError,
+    KeyschedError,
+    NoUsableKeyError,
+    RequestError,
+    ServiceError,
+    StreamInterruptedError,
+    UsageError,
+)
+from keysched._outcomes import Outcome, OutcomeKind
+from keysched._pacific import next_pacific_midnight
+from keysched._selection import LeastLoaded, Policy, RandomChoice, RoundRobin, Selector
+from keysched._snapshot import GroupSnapshot, LaneSnapshot, LaneState, PoolEvent, PoolSnapshot
+from keysched._table import DEFAULT_ACTIONS, Action, Effect, Next
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_ACTIONS",
+    "Action",
+    "AttemptsExhaustedError",
+    "CapacityError",
+    "ConfigurationError",
+    "Decision",
+    "Dispatch",
+    "Effect",
+    "EmptyResponseError",
+    "Fail",
+    "FailReason",
+    "Finish",
+    "GroupSnapshot",
+    "Key",
+    "KeyschedError",
+    "LaneSnapshot",
+    "LaneState",
+    "LeastLoaded",
+    "Limit",
+    "Next",
+    "NoUsableKeyError",
+    "Outcome",
+    "OutcomeKind",
+    "Policy",
+    "PoolConfig",
+    "PoolEvent",
+    "PoolSnapshot",
+    "RandomChoice",
+    "RequestError",
+    "RetryPolicy",
+    "RoundRobin",
+    "Scheduler",
+    "Selector",
+    "ServiceError",
+    "StreamInterruptedError",
+    "UsageError",
+    "__version__",
+    "next_pacific_midnight",
+]

@@ -184,10 +184,7 @@ def _normalise_keys(value: object) -> tuple[Key, ...]:
     labels: dict[str, int] = {}
     for index, item in enumerate(value):
         where = f"keys[{index}]"
-        if isinstance(item, Key):
-            key = item
-        else:
-            key = Key(secret=_check_secret(where, item))
+        key = item if isinstance(item, Key) else Key(secret=_check_secret(where, item))
         label = key.label or f"key#{index + 1}"
         key = attrs.evolve(key, label=label, project=key.project or label)
         if key.secret in seen:

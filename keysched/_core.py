@@ -1,0 +1,712 @@
+"""The scheduling core: a pure state machine over keys, quota groups, models and requests.
+
+Theory of operation
+-------------------
+Inputs go in, decisions come out, and the core says when it next needs to be woken.  It never
+reads a clock (time arrives as ``now``), never sleeps, logs or does I/O, and draws randomness
+only from the `random.Random` it was given.  Two drivers run it: `keysched.KeyedClient` (asyncio
++ httpx) and the simulator (virtual time).
+
+State:
+
+- **keys**: each may be disabled for good (the reason is kept).
+- **quota groups**, one per (project, model): keys of a project share them.  A group can be
+  cooling until a time, unavailable for good (``limit: 0``), and, when limits are configured,
+  carries a `Budget` that is never overdrawn.
+- **models**: cooling (503 storms, escalating) or unavailable (404).
+- **lanes** (key, model): can serve iff the key is enabled and under its in-flight cap, its
+  group and model are neither cooling nor unavailable, its budget has room, and (baseline
+  policies only) the lane itself is not cooling.
+- **requests**: waiting (FIFO per list of allowed models), backing off, in flight, or ended.
+  Every submitted request ends exactly once: finished, failed with a reason, or cancelled.
+
+Each ``poll(now)`` fires due timers (cooldown ends, backoff ends, deadlines), fails requests whose
+deadline passed while they waited, then dispatches waiting requests in submission order: each to
+the least-loaded lane of the best model tier that can serve it.  ``complete`` applies the one
+outcome table (`keysched._table`) and either ends the request or queues its retry.  Illegal
+input (an unknown or finished attempt, time running backwards) raises `UsageError` and changes
+nothing.
+
+Decisions where the spec was silent (see also the module docstrings of `_budget` and `_table`):
+
+- A request already in flight is not failed at its deadline by the core: the driver bounds the
+  attempt's own timeout by the deadline, and the retry that would follow fails with DEADLINE.
+- A retry prefers keys that have not failed the request; it reuses one only as a last resort.
+- Requests that allow the same models queue in one FIFO; a head that cannot be served (for
+  example too many tokens for what is left of a TPM budget) holds back the requests behind it
+  that allow the same models, which is what FIFO means, and nothing else.
+- Cooldowns merge by taking the later end, never by overwriting with an earlier one.
+- A cancelled request frees its lane at once; the attempt's outcome, if it still arrives, is
+  not reported (completing a cancelled attempt raises `UsageError`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections.abc import Sequence
+
+from keysched._budget import Budget
+from keysched._config import Key, PoolConfig
+from keysched._decisions import Decision, Dispatch, Fail, FailReason, Finish
+from keysched._errors import UsageError
+from keysched._outcomes import Outcome, OutcomeKind
+from keysched._pacific import next_pacific_midnight
+from keysched._selection import SKIP, Policy, Selector
+from keysched._snapshot import GroupSnapshot, LaneSnapshot, LaneState, PoolEvent, PoolSnapshot
+from keysched._table import Action, Effect, Next
+
+__all__ = ["Scheduler"]
+
+_WAITING, _BACKOFF, _IN_FLIGHT, _ENDED = range(4)
+_TIMER_READY, _TIMER_DEADLINE, _TIMER_LANE, _TIMER_WAKE = range(4)
+
+
+class _Key:
+    __slots__ = ("disabled", "in_flight", "index", "key", "project", "seq", "strikes")
+
+    def __init__(self, index: int, key: Key, project: int) -> None:
+        self.index = index
+        self.key = key
+        self.project = project
+        self.disabled: str | None = None
+        self.in_flight = 0
+        self.seq = index - 1_000_000_000  # before any dispatch; keeps the positional tie-break
+        self.strikes = 0
+
+
+class _Group:
+    __slots__ = ("budget", "cool_until", "reason", "unavailable")
+
+    def __init__(self, budget: Budget | None) -> None:
+        self.cool_until = -math.inf
+        self.reason: str | None = None
+        self.unavailable = False
+        self.budget = budget
+
+
+class _Model:
+    __slots__ = ("cool_until", "name", "reason", "streak", "unavailable", "usable_groups")
+
+    def __init__(self, name: str, groups: int) -> None:
+        self.name = name
+        self.cool_until = -math.inf
+        self.reason: str | None = None
+        self.streak = 0
+        self.unavailable = False
+        self.usable_groups = groups
+
+
+class _Request:
+    __slots__ = ("avoid", "deadline", "empties", "id", "last_attempt", "later", "models",
+                 "number", "server_errors", "state", "tokens")
+
+    def __init__(self, rid: int, models: tuple[int, ...], tokens: int, deadline: float) -> None:
+        self.id = rid
+        self.models = models
+        self.tokens = tokens
+        self.deadline = deadline
+        self.state = _WAITING
+        self.number = 0
+        self.later = 0
+        self.empties = 0
+        self.avoid: set[int] = set()
+        self.server_errors: dict[int, int] = {}
+        self.last_attempt: int | None = None
+
+
+class _Attempt:
+    __slots__ = ("key", "model", "request")
+
+    def __init__(self, request: int, key: int, model: int) -> None:
+        self.request = request
+        self.key = key
+        self.model = model
+
+
+class Scheduler:
+    """The pure scheduling core shared by `KeyedClient` and the simulator.
+
+    Args:
+        config: the pool.
+        rng: the only source of randomness (backoff jitter, random baselines).
+        policy: how to select and react; keysched's least-loaded policy by default.
+        wall_epoch: the Unix time at core time 0, so per-day quotas end at midnight Pacific.
+        record_events: keep `PoolEvent` records for `take_events()`.
+    """
+
+    def __init__(self, config: PoolConfig, *, rng: random.Random, policy: Policy | None = None,
+                 wall_epoch: float = 0.0, record_events: bool = True) -> None:
+        self.config = config
+        self.policy = policy or Policy()
+        self._rng = rng
+        self._wall_epoch = wall_epoch
+        self._record = record_events
+        self._retry = config.retry
+        self._cap = config.max_in_flight_per_key or math.inf
+        self._model_index = {name: index for index, name in enumerate(config.models)}
+        projects = list(config.projects)
+        self._project_names = projects
+        project_index = {name: index for index, name in enumerate(projects)}
+        self._keys = [_Key(index, key, project_index[key.project or ""])
+                      for index, key in enumerate(config.keys)]
+        self._project_keys: list[list[int]] = [[] for _ in projects]
+        for state in self._keys:
+            self._project_keys[state.project].append(state.index)
+        self._project_active = [len(keys) for keys in self._project_keys]
+        n_models = len(config.models)
+        self._models = [_Model(name, len(projects)) for name in config.models]
+        self._groups: list[list[_Group]] = []
+        for project in projects:
+            row = []
+            for model in config.models:
+                limit = config.limit_for(project, model) if self.policy.budgets_limits else None
+                row.append(_Group(Budget(limit, wall_epoch) if limit else None))
+            self._groups.append(row)
+        self._lane_cool: dict[tuple[int, int], float] = {}
+        self._lane_counts: dict[tuple[int, int], list[int]] = {}
+        self._selector: Selector = self.policy.selector(len(self._keys), n_models, rng)
+        self._requests: dict[int, _Request] = {}
+        self._attempts: dict[int, _Attempt] = {}
+        self._queues: dict[tuple[int, ...], list[int]] = {}
+        self._timers: list[tuple[float, int, int, int, int]] = []
+        self._decisions: list[Decision] = []
+        self._events: list[PoolEvent] = []
+        self._tier: dict[int, int] = {}
+        self._now = -math.inf
+        self._seq = 0
+        self._next_request = 1
+        self._next_attempt = 1
+        self._waiting = 0
+        self._counts = {"submitted": 0, "finished": 0, "failed": 0, "cancelled": 0}
+        self._current: _Request | None = None  # the request being placed, for `block`
+
+    # ------------------------------------------------------------------ inputs
+
+    def submit(self, now: float, *, models: Sequence[str] | None = None, input_tokens: int = 0,
+               deadline: float | None = None) -> int:
+        """Submit a request; returns its id. Call `poll` to learn where it goes.
+
+        Args:
+            now: the current core time.
+            models: the models it may use, best first (default: the pool's models).
+            input_tokens: estimated input tokens, for token budgets.
+            deadline: seconds it may take in total (default: the retry policy's deadline).
+
+        Raises:
+            UsageError: an unknown model, a negative token count, a bad deadline, or time
+                running backwards.
+        """
+        self._check_time(now)
+        indices = self._model_indices(models)
+        if isinstance(input_tokens, bool) or not isinstance(input_tokens, int) or input_tokens < 0:
+            raise UsageError(f"input_tokens must be an integer >= 0, got {input_tokens!r}")
+        seconds = self._retry.deadline if deadline is None else deadline
+        if (isinstance(seconds, bool) or not isinstance(seconds, int | float)
+                or math.isnan(seconds) or seconds <= 0):
+            raise UsageError(f"deadline must be a duration > 0 seconds, got {deadline!r}")
+        self._now = now
+        rid = self._next_request
+        self._next_request += 1
+        request = _Request(rid, indices, input_tokens, now + float(seconds))
+        self._requests[rid] = request
+        self._counts["submitted"] += 1
+        self._enqueue(request)
+        if math.isfinite(request.deadline):
+            self._timer(request.deadline, _TIMER_DEADLINE, rid, 0)
+        return rid
+
+    def complete(self, attempt: int, outcome: Outcome, now: float) -> None:
+        """Report the outcome of an attempt in flight. Call `poll` for what follows.
+
+        Raises:
+            UsageError: the attempt is unknown, already completed or cancelled, or time ran
+                backwards; nothing changes.
+        """
+        if not isinstance(outcome, Outcome):
+            raise UsageError(f"outcome must be an Outcome, got {type(outcome).__name__}")
+        record = self._attempts.get(attempt)
+        if record is None:
+            raise UsageError(f"attempt {attempt!r} is not in flight (unknown, completed or "
+                             "cancelled)")
+        self._check_time(now)
+        self._now = now
+        del self._attempts[attempt]
+        request = self._requests[record.request]
+        self._release(record.key)
+        action = self.policy.actions[outcome.kind]
+        counts = self._lane_counts[(record.key, record.model)]
+        counts[1 if action.next is Next.RETURN else 2] += 1
+        self._apply(action, outcome, record, now)
+        self._advance(request, action, outcome, record, attempt, now)
+
+    def cancel(self, request: int, now: float) -> bool:
+        """Cancel a request, releasing its lane if it is in flight.
+
+        Returns:
+            True if it was cancelled, False if it had already ended.
+
+        Raises:
+            UsageError: the request id was never issued, or time ran backwards.
+        """
+        state = self._requests.get(request)
+        if state is None:
+            if 0 < request < self._next_request:
+                return False
+            raise UsageError(f"request {request!r} was never submitted")
+        self._check_time(now)
+        self._now = now
+        if state.state == _IN_FLIGHT and state.last_attempt is not None:
+            record = self._attempts.pop(state.last_attempt)
+            self._release(record.key)
+        self._end(state, "cancelled")
+        return True
+
+    def poll(self, now: float) -> list[Decision]:
+        """Advance to `now` and return every decision since the last poll, in order.
+
+        Raises:
+            UsageError: time ran backwards.
+        """
+        self._check_time(now)
+        self._now = now
+        self._fire_timers(now)
+        self._dispatch_waiting(now)
+        decisions, self._decisions = self._decisions, []
+        return decisions
+
+    def next_deadline(self) -> float:
+        """The earliest time at which `poll` may have something new to do (`math.inf`: none)."""
+        timers = self._timers
+        while timers:
+            at, _, kind, ref, _ = timers[0]
+            if kind in (_TIMER_READY, _TIMER_DEADLINE):
+                request = self._requests.get(ref)
+                if request is None or (kind == _TIMER_READY and request.state != _BACKOFF):
+                    heapq.heappop(timers)
+                    continue
+            elif kind == _TIMER_WAKE and not self._waiting:
+                heapq.heappop(timers)  # a capacity wake-up matters only to waiting requests
+                continue
+            return at
+        return math.inf
+
+    def take_events(self) -> list[PoolEvent]:
+        """The pool events recorded since the last call (key disabled, cooldowns, fallbacks)."""
+        events, self._events = self._events, []
+        return events
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def in_flight(self) -> int:
+        """Attempts in flight."""
+        return len(self._attempts)
+
+    @property
+    def open_requests(self) -> int:
+        """Requests submitted that have not ended."""
+        return len(self._requests)
+
+    def snapshot(self, now: float | None = None) -> PoolSnapshot:
+        """A read-only picture of the pool at `now` (default: the last time the core saw)."""
+        at = self._now if now is None else now
+        lanes = []
+        for state in self._keys:
+            for model_index, model in enumerate(self._models):
+                lane_state, reason, until = self._lane_status(state, model_index, at)
+                counts = self._lane_counts.get((state.index, model_index), (0, 0, 0))
+                lanes.append(LaneSnapshot(
+                    key=state.key.label or "", project=self._project_names[state.project],
+                    model=model.name, state=lane_state, reason=reason, cooldown_until=until,
+                    in_flight=state.in_flight, dispatched=counts[0], succeeded=counts[1],
+                    failed=counts[2]))
+        groups = []
+        for project_index, row in enumerate(self._groups):
+            for model_index, group in enumerate(row):
+                usage = group.budget.usage(at) if group.budget else (None, None, None)
+                cooling = group.cool_until > at
+                groups.append(GroupSnapshot(
+                    project=self._project_names[project_index],
+                    model=self._models[model_index].name,
+                    cooldown_until=group.cool_until if cooling else None,
+                    reason=group.reason if cooling or group.unavailable else None,
+                    unavailable=group.unavailable, requests_last_minute=usage[0],
+                    tokens_last_minute=usage[1], requests_today=usage[2]))
+        return PoolSnapshot(
+            now=at, lanes=tuple(lanes), groups=tuple(groups), waiting=self._waiting,
+            in_flight=len(self._attempts), requests_submitted=self._counts["submitted"],
+            requests_finished=self._counts["finished"], requests_failed=self._counts["failed"],
+            requests_cancelled=self._counts["cancelled"])
+
+    # ------------------------------------------------------------------ LaneOracle
+
+    def block(self, key: int, model: int, now: float) -> float | None:
+        """See `keysched._selection.LaneOracle.block`."""
+        state = self._keys[key]
+        if state.disabled is not None or state.in_flight >= self._cap:
+            return math.inf
+        group = self._groups[state.project][model]
+        if group.unavailable:
+            return math.inf
+        until = group.cool_until
+        lane_until = self._lane_cool.get((key, model))
+        if lane_until is not None and lane_until > until:
+            until = lane_until
+        if until > now:
+            return until
+        if group.budget is not None:
+            assert self._current is not None
+            tokens = self._current.tokens
+            free = group.budget.free_at(now, tokens)
+            if free > now:
+                # A request too large for what is left blocks only itself when others are smaller.
+                if not math.isinf(free) and group.budget.free_at(now, 0) <= now:
+                    return SKIP
+                return SKIP if math.isinf(free) else free
+        return None
+
+    def park(self, key: int, model: int, until: float) -> None:
+        """See `keysched._selection.LaneOracle.park`."""
+        if math.isfinite(until):
+            self._timer(until, _TIMER_LANE, key, model)
+
+    def load(self, key: int) -> tuple[int, int]:
+        """See `keysched._selection.LaneOracle.load`."""
+        state = self._keys[key]
+        return state.in_flight, state.seq
+
+    def avoided(self, key: int) -> bool:
+        """See `keysched._selection.LaneOracle.avoided`."""
+        return self._current is not None and key in self._current.avoid
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_time(self, now: float) -> None:
+        if not isinstance(now, int | float) or math.isnan(now) or now < self._now:
+            raise UsageError(f"time must not run backwards: now={now!r} after {self._now!r}")
+
+    def _model_indices(self, models: Sequence[str] | None) -> tuple[int, ...]:
+        if models is None:
+            return tuple(range(len(self._models)))
+        if isinstance(models, str):
+            models = [models]
+        indices = []
+        for name in models:
+            index = self._model_index.get(name.removeprefix("models/")) if isinstance(
+                name, str) else None
+            if index is None:
+                raise UsageError(f"unknown model {name!r}; the pool's models are "
+                                 f"{list(self.config.models)}")
+            if index not in indices:
+                indices.append(index)
+        if not indices:
+            raise UsageError("models must name at least one model")
+        return tuple(indices)
+
+    def _timer(self, at: float, kind: int, ref: int, extra: int) -> None:
+        self._seq += 1
+        heapq.heappush(self._timers, (at, self._seq, kind, ref, extra))
+
+    def _emit(self, kind: str, reason: str, now: float, **fields: object) -> None:
+        if self._record:
+            self._events.append(PoolEvent(time=now, kind=kind, reason=reason, **fields))  # type: ignore[arg-type]
+
+    def _enqueue(self, request: _Request) -> None:
+        models = self._effective_models(request)
+        request.state = _WAITING
+        self._waiting += 1
+        heapq.heappush(self._queues.setdefault(models, []), request.id)
+
+    def _effective_models(self, request: _Request) -> tuple[int, ...]:
+        errors = request.server_errors
+        limit = self._retry.server_errors_per_model
+        models = tuple(m for m in request.models if errors.get(m, 0) < limit)
+        return models or request.models[-1:]
+
+    def _end(self, request: _Request, how: str) -> None:
+        if request.state in (_WAITING, _BACKOFF):
+            self._waiting -= 1
+        request.state = _ENDED
+        del self._requests[request.id]
+        self._counts[how] += 1
+
+    def _fail(self, request: _Request, reason: FailReason, now: float) -> None:
+        retry_at = self._capacity_returns(request, now) if reason in (
+            FailReason.DEADLINE, FailReason.NO_CAPACITY) else None
+        self._decisions.append(Fail(request=request.id, reason=reason,
+                                    attempt=request.last_attempt, retry_at=retry_at))
+        self._end(request, "failed")
+
+    def _release(self, key: int) -> None:
+        state = self._keys[key]
+        state.in_flight -= 1
+        self._touch(state)
+
+    def _touch(self, state: _Key) -> None:
+        update = getattr(self._selector, "update", None)
+        if update is not None:
+            update(state.index, (state.in_flight, state.seq))
+        else:
+            self._selector.touch(state.index)
+
+    def _fire_timers(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, kind, ref, extra = heapq.heappop(timers)
+            if kind == _TIMER_LANE:
+                self._selector.release(ref, extra)
+                continue
+            request = self._requests.get(ref)
+            if request is None:
+                continue
+            if kind == _TIMER_READY and request.state == _BACKOFF:
+                self._waiting -= 1
+                self._enqueue(request)
+            elif kind == _TIMER_DEADLINE and request.state in (_WAITING, _BACKOFF):
+                self._fail(request, FailReason.DEADLINE, now)
+
+    def _dispatch_waiting(self, now: float) -> None:
+        blocked: set[tuple[int, ...]] = set()
+        queues = self._queues
+        while True:
+            best: tuple[int, ...] | None = None
+            head = 0
+            for models, queue in queues.items():
+                while queue and self._stale(queue[0], models):
+                    heapq.heappop(queue)
+                if queue and models not in blocked and (best is None or queue[0] < head):
+                    best, head = models, queue[0]
+            if best is None:
+                break
+            request = self._requests[head]
+            if self._place(request, best, now):
+                heapq.heappop(queues[best])
+                continue
+            if not self.policy.waits_for_capacity or self._hopeless(best):
+                heapq.heappop(queues[best])
+                reason = (FailReason.NO_USABLE_LANE if self._hopeless(best)
+                          else FailReason.NO_CAPACITY)
+                self._fail(request, reason, now)
+                continue
+            blocked.add(best)
+        for models in [models for models, queue in queues.items() if not queue]:
+            del queues[models]
+
+    def _stale(self, rid: int, models: tuple[int, ...]) -> bool:
+        request = self._requests.get(rid)
+        return (request is None or request.state != _WAITING
+                or self._effective_models(request) != models)
+
+    def _hopeless(self, models: tuple[int, ...]) -> bool:
+        return all(self._models[m].unavailable or self._models[m].usable_groups <= 0
+                   for m in models)
+
+    def _place(self, request: _Request, models: tuple[int, ...], now: float) -> bool:
+        self._current = request
+        try:
+            for model in models:
+                state = self._models[model]
+                if state.unavailable or state.cool_until > now:
+                    continue
+                key = self._selector.select(self, model, now)
+                if key is not None:
+                    self._dispatch(request, key, model, now)
+                    return True
+            return False
+        finally:
+            self._current = None
+
+    def _dispatch(self, request: _Request, key: int, model: int, now: float) -> None:
+        state = self._keys[key]
+        self._seq += 1
+        state.in_flight += 1
+        state.seq = self._seq
+        self._touch(state)
+        group = self._groups[state.project][model]
+        if group.budget is not None:
+            group.budget.record(now, request.tokens)
+        counts = self._lane_counts.get((key, model))
+        if counts is None:
+            counts = self._lane_counts[(key, model)] = [0, 0, 0]
+        counts[0] += 1
+        aid = self._next_attempt
+        self._next_attempt += 1
+        self._attempts[aid] = _Attempt(request.id, key, model)
+        self._waiting -= 1
+        request.state = _IN_FLIGHT
+        request.number += 1
+        request.last_attempt = aid
+        self._note_tier(request, model, now)
+        self._decisions.append(Dispatch(request=request.id, attempt=aid, number=request.number,
+                                        key=state.key, model=self._models[model].name))
+
+    def _note_tier(self, request: _Request, model: int, now: float) -> None:
+        best = request.models[0]
+        previous = self._tier.get(best, best)
+        if model != previous:
+            self._tier[best] = model
+            kind = "recovered" if model == best else "fallback"
+            self._emit(kind, f"{self._models[previous].name} -> {self._models[model].name}", now,
+                       model=self._models[model].name)
+
+    # ------------------------------------------------------------------ the outcome table
+
+    def _apply(self, action: Action, outcome: Outcome, record: _Attempt, now: float) -> None:
+        state = self._keys[record.key]
+        model = self._models[record.model]
+        group = self._groups[state.project][record.model]
+        project = self._project_names[state.project]
+        reason = outcome.kind.value
+        effect = action.effect
+        if outcome.kind in (OutcomeKind.SUCCESS, OutcomeKind.BLOCKED):
+            model.streak = 0
+        if effect is Effect.COOL_GROUP:
+            delay = (outcome.retry_after if outcome.retry_after is not None
+                     else self._retry.minute_cooldown)
+            self._cool_group(group, now + delay, reason, project, model.name, now)
+        elif effect is Effect.COOL_GROUP_UNTIL_MIDNIGHT:
+            until = next_pacific_midnight(now + self._wall_epoch) - self._wall_epoch
+            self._cool_group(group, until, reason, project, model.name, now)
+        elif effect is Effect.GROUP_UNAVAILABLE:
+            if not group.unavailable:
+                group.unavailable = True
+                group.reason = reason
+                if self._project_active[state.project] > 0:
+                    model.usable_groups -= 1
+                self._emit("group_unavailable", reason, now, project=project, model=model.name)
+        elif effect is Effect.COOL_MODEL:
+            model.streak += 1
+            delay = min(self._retry.overload_cooldown_cap,
+                        self._retry.overload_cooldown * 2.0 ** (model.streak - 1))
+            if now + delay > model.cool_until:
+                model.cool_until = now + delay
+                model.reason = reason
+                self._timer(model.cool_until, _TIMER_WAKE, 0, 0)
+                self._emit("model_cooled", reason, now, model=model.name, until=model.cool_until)
+        elif effect is Effect.MODEL_UNAVAILABLE:
+            if not model.unavailable:
+                model.unavailable = True
+                model.reason = reason
+                self._emit("model_unavailable", reason, now, model=model.name)
+        elif effect is Effect.DISABLE_KEY:
+            self._disable(state, reason, now)
+        elif effect is Effect.DISABLE_PROJECT:
+            for index in self._project_keys[state.project]:
+                self._disable(self._keys[index], reason, now)
+        elif effect is Effect.COOL_LANE:
+            lane = (record.key, record.model)
+            until = now + action.seconds
+            if until > self._lane_cool.get(lane, -math.inf):
+                self._lane_cool[lane] = until
+                self._emit("lane_cooled", reason, now, key=state.key.label, project=project,
+                           model=model.name, until=until)
+            self._timer(until, _TIMER_WAKE, 0, 0)
+        elif effect is Effect.STRIKE:
+            state.strikes += 1
+            if state.strikes >= action.strikes:
+                self._disable(state, f"{action.strikes} strikes, last {reason}", now)
+
+    def _cool_group(self, group: _Group, until: float, reason: str, project: str, model: str,
+                    now: float) -> None:
+        if until > group.cool_until:
+            group.cool_until = until
+            group.reason = reason
+            self._timer(until, _TIMER_WAKE, 0, 0)
+            self._emit("group_cooled", reason, now, project=project, model=model, until=until)
+
+    def _disable(self, state: _Key, reason: str, now: float) -> None:
+        if state.disabled is not None:
+            return
+        state.disabled = reason
+        self._project_active[state.project] -= 1
+        if self._project_active[state.project] == 0:
+            for model_index, group in enumerate(self._groups[state.project]):
+                if not group.unavailable:
+                    self._models[model_index].usable_groups -= 1
+        self._emit("key_disabled", reason, now, key=state.key.label,
+                   project=self._project_names[state.project])
+
+    def _advance(self, request: _Request, action: Action, outcome: Outcome, record: _Attempt,
+                 attempt: int, now: float) -> None:
+        step = action.next
+        if step is Next.RETURN:
+            self._decisions.append(Finish(request=request.id, attempt=attempt))
+            self._end(request, "finished")
+            return
+        if step is Next.FAIL:
+            self._fail(request, FailReason.REQUEST_ERROR, now)
+            return
+        request.state = _BACKOFF  # not waiting in a queue yet; counted as waiting below
+        self._waiting += 1
+        if outcome.kind is OutcomeKind.EMPTY:
+            request.empties += 1
+            if request.empties > self._retry.empty_retries:
+                self._fail(request, FailReason.EMPTY_RESPONSE, now)
+                return
+        if outcome.kind is OutcomeKind.SERVER_ERROR:
+            request.server_errors[record.model] = request.server_errors.get(record.model, 0) + 1
+        if step is Next.RETRY_OTHER_MODEL:
+            request.server_errors[record.model] = self._retry.server_errors_per_model
+            if all(request.server_errors.get(m, 0) >= self._retry.server_errors_per_model
+                   for m in request.models):
+                reason = (FailReason.REQUEST_ERROR if outcome.kind is
+                          OutcomeKind.TOO_LARGE_FOR_QUOTA else FailReason.NO_USABLE_LANE)
+                self._fail(request, reason, now)
+                return
+        if request.number >= self._retry.max_attempts:
+            self._fail(request, FailReason.ATTEMPTS_EXHAUSTED, now)
+            return
+        if now >= request.deadline:
+            self._fail(request, FailReason.DEADLINE, now)
+            return
+        request.avoid.add(record.key)
+        if step is Next.RETRY_LATER:
+            ready = now + self._backoff(request)
+            self._timer(ready, _TIMER_READY, request.id, 0)
+        else:
+            self._waiting -= 1
+            self._enqueue(request)
+
+    def _backoff(self, request: _Request) -> float:
+        retry = self._retry
+        delay = min(retry.backoff_cap, retry.backoff_base * 2.0**request.later)
+        request.later += 1
+        return delay * (1 - retry.jitter * self._rng.random())
+
+    def _capacity_returns(self, request: _Request, now: float) -> float | None:
+        """The earliest time a lane of the request's models may serve again, if any ever will."""
+        best = math.inf
+        for model_index in self._effective_models(request):
+            model = self._models[model_index]
+            if model.unavailable:
+                continue
+            for project_index, row in enumerate(self._groups):
+                group = row[model_index]
+                if group.unavailable or self._project_active[project_index] == 0:
+                    continue
+                at = max(now, group.cool_until, model.cool_until)
+                if group.budget is not None:
+                    at = max(at, group.budget.free_at(now, request.tokens))
+                best = min(best, at)
+        return best if math.isfinite(best) else None
+
+    def _lane_status(self, state: _Key, model_index: int,
+                     now: float) -> tuple[LaneState, str | None, float | None]:
+        if state.disabled is not None:
+            return LaneState.DISABLED, state.disabled, None
+        model = self._models[model_index]
+        group = self._groups[state.project][model_index]
+        if model.unavailable or group.unavailable:
+            return LaneState.UNAVAILABLE, model.reason if model.unavailable else group.reason, None
+        candidates = [(group.cool_until, group.reason), (model.cool_until, model.reason),
+                      (self._lane_cool.get((state.index, model_index), -math.inf), "lane")]
+        until, reason = max(candidates, key=lambda item: item[0])
+        if until > now:
+            return LaneState.COOLING, reason, until
+        if group.budget is not None:
+            free = group.budget.free_at(now, 0)
+            if free > now:
+                return LaneState.COOLING, "budget", free
+        return LaneState.AVAILABLE, None, None

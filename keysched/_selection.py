@@ -1,0 +1,221 @@
+"""Which key serves a request: selectors, and the `Policy` object the core takes.
+
+A selector answers one question: "which key should serve this request on this model now?".  It
+asks the core whether a lane can serve (`LaneOracle.block`) and gets told when a key's load
+changed (`touch`) or when a parked lane may serve again (`release`).
+
+`LeastLoaded` keeps one heap per model of ``(in_flight, last_dispatch_seq, key)`` entries with
+lazy deletion: every change pushes a fresh entry stamped with the key's version, stale entries
+are dropped when they surface, and a lane that cannot serve is parked (popped) until the core
+tells it to come back.  Selection, dispatch and completion therefore cost O(log n) in the number
+of keys.  Ties on load go to the key used least recently, so equal keys are used equally.
+
+`RoundRobin` and `RandomChoice` are the naive baselines the simulator compares against; they scan
+and are O(n) in the worst case, which is fine for them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+import attrs
+
+from keysched._outcomes import OutcomeKind
+from keysched._table import DEFAULT_ACTIONS, Action
+
+__all__ = ["SKIP", "LaneOracle", "LeastLoaded", "Policy", "RandomChoice", "RoundRobin", "Selector"]
+
+SKIP = -1.0
+"""`LaneOracle.block` result: the lane cannot serve *this* request, but may serve others now."""
+
+
+class LaneOracle(Protocol):
+    """What a selector may ask the core."""
+
+    def block(self, key: int, model: int, now: float) -> float | None:
+        """Whether the lane can serve the current request now.
+
+        Returns None if it can, `SKIP` if only this request cannot use it, else the time until
+        which it cannot serve anyone (`math.inf`: until the key is touched again).
+        """
+        ...
+
+    def park(self, key: int, model: int, until: float) -> None:
+        """Have `release(key, model)` called at `until` (ignored for `math.inf`)."""
+        ...
+
+    def load(self, key: int) -> tuple[int, int]:
+        """(requests in flight, sequence number of its last dispatch) of a key."""
+        ...
+
+    def avoided(self, key: int) -> bool:
+        """Whether the current request already failed on this key (use it only as a last resort)."""
+        ...
+
+
+class Selector(Protocol):
+    """Picks a key for a request on a model, among the lanes the core says can serve."""
+
+    def select(self, oracle: LaneOracle, model: int, now: float) -> int | None: ...
+
+    def touch(self, key: int) -> None: ...
+
+    def release(self, key: int, model: int) -> None: ...
+
+
+class LeastLoaded:
+    """Fewest requests in flight first; ties to the least recently used key. O(log n)."""
+
+    def __init__(self, n_keys: int, n_models: int) -> None:
+        self._n = n_keys
+        self._stamp = [0] * n_keys
+        # Initial tie-break by position: the first dispatches walk the keys in order.
+        self._load = [(0, index - n_keys) for index in range(n_keys)]
+        self._heaps: list[list[tuple[int, int, int, int]]] = [
+            [(0, index - n_keys, index, 0) for index in range(n_keys)] for _ in range(n_models)
+        ]
+
+    def touch(self, key: int) -> None:
+        self._stamp[key] += 1
+        for model in range(len(self._heaps)):
+            self.release(key, model)
+
+    def update(self, key: int, load: tuple[int, int]) -> None:
+        """Record the key's new (in_flight, last_seq) and re-file it in every heap."""
+        self._load[key] = load
+        self.touch(key)
+
+    def release(self, key: int, model: int) -> None:
+        heap = self._heaps[model]
+        in_flight, seq = self._load[key]
+        heapq.heappush(heap, (in_flight, seq, key, self._stamp[key]))
+        if len(heap) > 4 * self._n + 64:
+            self._compact(model)
+
+    def _compact(self, model: int) -> None:
+        # Keep only the newest entry of each key; duplicates and stale entries go.
+        seen: set[int] = set()
+        fresh = []
+        for entry in self._heaps[model]:
+            key = entry[2]
+            if entry[3] == self._stamp[key] and key not in seen:
+                seen.add(key)
+                fresh.append(entry)
+        heapq.heapify(fresh)
+        self._heaps[model] = fresh
+
+    def select(self, oracle: LaneOracle, model: int, now: float) -> int | None:
+        heap = self._heaps[model]
+        stamps = self._stamp
+        set_aside: list[tuple[int, int, int, int]] = []
+        fallback: int | None = None
+        chosen: int | None = None
+        while heap:
+            entry = heap[0]
+            key = entry[2]
+            if entry[3] != stamps[key]:
+                heapq.heappop(heap)
+                continue
+            blocked = oracle.block(key, model, now)
+            if blocked is None:
+                if not oracle.avoided(key):
+                    chosen = key
+                    break
+                if fallback is None:
+                    fallback = key
+                set_aside.append(heapq.heappop(heap))
+            elif blocked == SKIP:
+                set_aside.append(heapq.heappop(heap))
+            else:
+                heapq.heappop(heap)
+                oracle.park(key, model, blocked)
+        for entry in set_aside:
+            heapq.heappush(heap, entry)
+        return chosen if chosen is not None else fallback
+
+
+class _Scanning:
+    """Shared scan for the naive baselines: first lane that can serve, from a start position."""
+
+    def __init__(self, n_keys: int) -> None:
+        self._n = n_keys
+
+    def touch(self, key: int) -> None:
+        """Scanners keep no index; nothing to update."""
+
+    def release(self, key: int, model: int) -> None:
+        """Scanners keep no index; nothing to update."""
+
+    def _scan(self, oracle: LaneOracle, model: int, now: float, start: int) -> int | None:
+        fallback = None
+        for step in range(self._n):
+            key = (start + step) % self._n
+            if oracle.block(key, model, now) is None:
+                if not oracle.avoided(key):
+                    return key
+                fallback = key if fallback is None else fallback
+        return fallback
+
+
+class RoundRobin(_Scanning):
+    """Rotate through the keys; a retry goes to the next key that can serve."""
+
+    def __init__(self, n_keys: int, n_models: int) -> None:
+        super().__init__(n_keys)
+        self._cursor = [0] * n_models
+
+    def select(self, oracle: LaneOracle, model: int, now: float) -> int | None:
+        key = self._scan(oracle, model, now, self._cursor[model])
+        if key is not None:
+            self._cursor[model] = (key + 1) % self._n
+        return key
+
+
+class RandomChoice(_Scanning):
+    """A uniformly random key among those that can serve (a few draws, then a scan)."""
+
+    def __init__(self, n_keys: int, rng: random.Random) -> None:
+        super().__init__(n_keys)
+        self._rng = rng
+
+    def select(self, oracle: LaneOracle, model: int, now: float) -> int | None:
+        for _ in range(min(self._n, 8)):
+            key = self._rng.randrange(self._n)
+            if oracle.block(key, model, now) is None and not oracle.avoided(key):
+                return key
+        return self._scan(oracle, model, now, self._rng.randrange(self._n))
+
+
+SelectorFactory = Callable[[int, int, random.Random], Selector]
+
+
+def _least_loaded(n_keys: int, n_models: int, rng: random.Random) -> Selector:
+    return LeastLoaded(n_keys, n_models)
+
+
+@attrs.frozen(kw_only=True)
+class Policy:
+    """How the core chooses and reacts: the default is keysched's own policy.
+
+    Attributes:
+        name: a short name, for reports.
+        selector: builds the selector from (number of keys, number of models, rng).
+        actions: the outcome table (`keysched._table.DEFAULT_ACTIONS` by default).
+        waits_for_capacity: queue requests when nothing can serve (True), or fail them at once.
+        budgets_limits: budget the configured known limits so that no request exceeds them.
+    """
+
+    name: str = "least-loaded"
+    selector: SelectorFactory = _least_loaded
+    actions: Mapping[OutcomeKind, Action] = attrs.field(factory=lambda: dict(DEFAULT_ACTIONS))
+    waits_for_capacity: bool = True
+    budgets_limits: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        missing = [kind.value for kind in OutcomeKind if kind not in self.actions]
+        if missing:
+            raise ValueError(f"Policy {self.name!r}: actions lack a row for {missing}")
+
