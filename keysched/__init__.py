@@ -5,6 +5,7 @@ The parts, from the bottom up: `PoolConfig` and friends (validated configuration
 `KeyedClient` (the asyncio + httpx driver).
 """
 
+from keysched._client import DEFAULT_MODELS, KeyedClient
 from keysched._config import Key, Limit, PoolConfig, RetryPolicy
 from keysched._core import Scheduler
 from keysched._decisions import Decision, Dispatch, Fail, FailReason, Finish
@@ -22,17 +23,23 @@ from keysched._errors import (
 )
 from keysched._outcomes import Outcome, OutcomeKind
 from keysched._pacific import next_pacific_midnight
+from keysched._results import AttemptRecord, GenerateResult, StreamChunk
 from keysched._selection import LeastLoaded, Policy, RandomChoice, RoundRobin, Selector
 from keysched._snapshot import GroupSnapshot, LaneSnapshot, LaneState, PoolEvent, PoolSnapshot
+from keysched._sse import SSEParser, StreamEvent
 from keysched._table import DEFAULT_ACTIONS, Action, Effect, Next
+from keysched._wire import Classified, Usage, classify
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_ACTIONS",
+    "DEFAULT_MODELS",
     "Action",
+    "AttemptRecord",
     "AttemptsExhaustedError",
     "CapacityError",
+    "Classified",
     "ConfigurationError",
     "Decision",
     "Dispatch",
@@ -41,8 +48,10 @@ __all__ = [
     "Fail",
     "FailReason",
     "Finish",
+    "GenerateResult",
     "GroupSnapshot",
     "Key",
+    "KeyedClient",
     "KeyschedError",
     "LaneSnapshot",
     "LaneState",
@@ -60,11 +69,16 @@ __all__ = [
     "RequestError",
     "RetryPolicy",
     "RoundRobin",
+    "SSEParser",
     "Scheduler",
     "Selector",
     "ServiceError",
+    "StreamChunk",
+    "StreamEvent",
     "StreamInterruptedError",
+    "Usage",
     "UsageError",
     "__version__",
+    "classify",
     "next_pacific_midnight",
 ]

@@ -1,0 +1,670 @@
+"""`KeyedClient`: the asyncio + httpx driver around the scheduling core.
+
+Theory of operation: every call (`generate`, `stream`, `count_tokens`, `embed`) submits one
+request to the core and then waits on its own little mailbox for decisions.  A `Dispatch` makes
+the calling task send the HTTP attempt itself (so cancelling the caller cancels the attempt),
+classify the answer with the pure wire layer, report the outcome to the core and pump; `Finish`
+returns the result; `Fail` raises the typed error.  "Pumping" polls the core, posts each decision
+to the mailbox of its request, logs pool events and arms one timer task for the core's
+`next_deadline()` (cooldown ends, backoffs, deadlines), slept with the injectable `sleep`.
+
+This is the only module of keysched that does I/O.  Decisions where the issue was silent:
+
+- Keys travel only in the ``x-goog-api-key`` header; the URL never carries one.
+- Each attempt's own timeout is the smaller of ``timeout`` and the time left before the
+  request's deadline, so the deadline bounds the total time.
+- A stream fails over only before its first chunk reaches the caller.  After that, a failure is
+  reported to the core (so the key or model is cooled as usual), the request is ended, and
+  `StreamInterruptedError` says how many chunks were delivered.
+- The aiohttp fast path is opt-in (``fast=True``, with the ``fast`` extra installed); a caller's
+  own ``http_client`` or ``transport`` is used as given.
+- Embedding requests are scheduled like any other on the same keys; the embedding model is one
+  more model of the pool that `generate` never falls back to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from keysched._config import Key, Limit, PoolConfig, RetryPolicy
+from keysched._core import Scheduler
+from keysched._decisions import Decision, Dispatch, Fail, FailReason, Finish
+from keysched._errors import (
+    AttemptsExhaustedError,
+    CapacityError,
+    ConfigurationError,
+    EmptyResponseError,
+    NoUsableKeyError,
+    RequestError,
+    ServiceError,
+    StreamInterruptedError,
+    UsageError,
+)
+from keysched._outcomes import Outcome, OutcomeKind
+from keysched._results import AttemptRecord, GenerateResult, StreamChunk
+from keysched._selection import Policy
+from keysched._snapshot import PoolEvent, PoolSnapshot
+from keysched._sse import SSEParser
+from keysched._wire import (
+    API_BASE,
+    EMBED_BATCH_LIMIT,
+    SAFETY_FINISH_REASONS,
+    Classified,
+    batch_embed_body,
+    classify,
+    classify_json_response,
+    count_tokens_body,
+    endpoint_url,
+    estimate_tokens,
+    generate_body,
+    parse_count_tokens,
+    parse_embeddings,
+    request_headers,
+)
+
+__all__ = ["DEFAULT_MODELS", "KeyedClient"]
+
+logger = logging.getLogger("keysched")
+
+DEFAULT_MODELS = ("gemini-2.5-flash", "gemini-2.5-flash-lite")
+DEFAULT_EMBEDDING_MODEL = "gemini-embedding-001"
+
+_ERRORS: dict[FailReason, type[ServiceError]] = {
+    FailReason.REQUEST_ERROR: RequestError,
+    FailReason.DEADLINE: CapacityError,
+    FailReason.NO_CAPACITY: CapacityError,
+    FailReason.ATTEMPTS_EXHAUSTED: AttemptsExhaustedError,
+    FailReason.NO_USABLE_LANE: NoUsableKeyError,
+    FailReason.EMPTY_RESPONSE: EmptyResponseError,
+}
+_WHY = {
+    FailReason.REQUEST_ERROR: "the request was refused",
+    FailReason.DEADLINE: "no key and model could serve the request before its deadline",
+    FailReason.NO_CAPACITY: "every key and model was cooling down",
+    FailReason.ATTEMPTS_EXHAUSTED: "every allowed attempt failed",
+    FailReason.NO_USABLE_LANE: "no usable key is left for the allowed models",
+    FailReason.EMPTY_RESPONSE: "the service kept answering without content",
+}
+_EVENT_LEVELS = {
+    "key_disabled": logging.WARNING, "group_unavailable": logging.WARNING,
+    "model_unavailable": logging.ERROR, "model_cooled": logging.WARNING,
+    "fallback": logging.WARNING, "recovered": logging.INFO, "group_cooled": logging.INFO,
+    "lane_cooled": logging.INFO,
+}
+
+
+class _Mailbox:
+    """Decisions for one request, waited on by the task that submitted it."""
+
+    __slots__ = ("_event", "_items")
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Decision] = collections.deque()
+        self._event = asyncio.Event()
+
+    def put(self, decision: Decision) -> None:
+        self._items.append(decision)
+        self._event.set()
+
+    async def get(self) -> Decision:
+        while not self._items:
+            self._event.clear()
+            await self._event.wait()
+        return self._items.popleft()
+
+
+def _failure(kind: OutcomeKind, message: str) -> Classified:
+    return Classified(outcome=Outcome(kind=kind), status=0, message=message)
+
+
+class _StreamResult:
+    """How a stream attempt ended; set by the attempt's generator before it finishes."""
+
+    classified: Classified = Classified(outcome=Outcome(kind=OutcomeKind.CONNECTION_ERROR),
+                                        status=0, message="the stream was abandoned")
+
+
+def _positive(field: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            math.isfinite(value) and value > 0):
+        raise ConfigurationError(field, f"expected a finite duration > 0 seconds, got {value!r}")
+    return float(value)
+
+
+class _Session:
+    """One request's life: submit, wait for decisions, report attempts, end exactly once."""
+
+    def __init__(self, client: KeyedClient, models: Sequence[str], tokens: int,
+                 deadline: float | None) -> None:
+        self.client = client
+        self.records: list[AttemptRecord] = []
+        self.last: tuple[Dispatch, Classified] | None = None
+        now = client._clock()
+        seconds = client._config.retry.deadline if deadline is None else deadline
+        self.deadline_at = now + seconds
+        self.rid = client._core.submit(now, models=models, input_tokens=tokens, deadline=deadline)
+        self.open = True
+        self.mailbox = _Mailbox()
+        client._mailboxes[self.rid] = self.mailbox
+        client._pump()
+
+    async def next(self) -> Decision:
+        decision = await self.mailbox.get()
+        if isinstance(decision, Finish | Fail):
+            self.open = False
+        return decision
+
+    def attempt_timeout(self, timeout: float) -> float:
+        return max(0.001, min(timeout, self.deadline_at - self.client._clock()))
+
+    def report(self, dispatch: Dispatch, classified: Classified, started: float) -> None:
+        client = self.client
+        ended = client._clock()
+        outcome = classified.outcome
+        self.records.append(AttemptRecord(
+            number=dispatch.number, key=dispatch.key.label or "", model=dispatch.model,
+            outcome=outcome.kind, status=classified.status, google_status=classified.google_status,
+            message=classified.message, retry_after=outcome.retry_after, started=started,
+            ended=ended))
+        self.last = (dispatch, classified)
+        if outcome.kind is not OutcomeKind.SUCCESS:
+            logger.debug("attempt %d of a request via %s on %s: %s (HTTP %s)", dispatch.number,
+                         dispatch.key.label, dispatch.model, outcome.kind.value, classified.status)
+        client._core.complete(dispatch.attempt, outcome, ended)
+        client._pump()
+
+    def error(self, fail: Fail) -> ServiceError:
+        why = _WHY[fail.reason]
+        text = f"{why} after {len(self.records)} attempt(s)"
+        status = google_status = service_message = model = key = None
+        if self.last is not None:
+            dispatch, classified = self.last
+            status, google_status = classified.status or None, classified.google_status
+            service_message, model, key = classified.message, dispatch.model, dispatch.key.label
+            text += f"; last attempt: {model} via {key}: {classified.outcome.kind.value}"
+            if status:
+                text += f" (HTTP {status} {google_status or ''})".replace(" )", ")")
+            if service_message:
+                text += f": {service_message}"
+        if fail.retry_at is not None:
+            text += f"; capacity returns in {max(0.0, fail.retry_at - self.client._clock()):.1f}s"
+        return _ERRORS[fail.reason](
+            text, status=status, google_status=google_status, service_message=service_message,
+            model=model, key=key, attempts=self.records, retry_at=fail.retry_at)
+
+    def close(self) -> None:
+        """End the request if it is still open (cancellation, or a broken stream)."""
+        client = self.client
+        client._mailboxes.pop(self.rid, None)
+        if self.open:
+            self.open = False
+            client._core.cancel(self.rid, client._clock())
+            client._pump()
+
+
+class KeyedClient:
+    """Spread Gemini calls over a pool of API keys and models.
+
+    Use it as ``async with KeyedClient(keys=[...], models=[...]) as client:``, or call
+    `aclose()` when done.
+
+    Args:
+        keys: API keys as strings, or `Key` objects with a label and a project.
+        models: model names, best first; requests fall back along this list.
+        base_url: the API's base URL; point it at any Gemini-compatible server.
+        retry: the retry policy (attempts, backoff, deadline, cooldowns).
+        limits: known quotas per project and model; the pool then never exceeds them.
+        timeout: the longest one attempt may take, in seconds.
+        max_in_flight_per_key: an optional cap on concurrent requests per key.
+        embedding_model: the model `embed` uses by default.
+        http_client: your own `httpx.AsyncClient` (not closed by `aclose`).
+        transport: your own httpx transport (ignored if `http_client` is given).
+        fast: use the aiohttp-backed httpx transport (needs ``pip install keysched[fast]``).
+        policy: the scheduling policy (keysched's least-loaded policy by default).
+        clock: monotonic seconds; inject a virtual clock in tests.
+        sleep: the coroutine used to wait for the core's next deadline.
+        wall_clock: Unix time, to place per-day quota resets at midnight Pacific.
+        rng: the random generator for backoff jitter.
+
+    Raises:
+        ConfigurationError: a field is invalid (the message names it, never a secret).
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[str | Key],
+        models: Sequence[str] = DEFAULT_MODELS,
+        *,
+        base_url: str = API_BASE,
+        retry: RetryPolicy | None = None,
+        limits: Sequence[Limit] = (),
+        timeout: float = 60.0,
+        max_in_flight_per_key: int | None = None,
+        embedding_model: str = DEFAULT_EMBEDDING_MODEL,
+        http_client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        fast: bool = False,
+        policy: Policy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        wall_clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ConfigurationError("base_url", f"expected an http(s) URL, got {base_url!r}")
+        if not isinstance(embedding_model, str) or not embedding_model.strip():
+            raise ConfigurationError("embedding_model", f"expected a model name, got "
+                                     f"{embedding_model!r}")
+        self._timeout = _positive("timeout", timeout)
+        config = PoolConfig(keys=keys, models=models, limits=limits,
+                            retry=retry if retry is not None else RetryPolicy(),
+                            max_in_flight_per_key=max_in_flight_per_key)
+        self._models = config.models
+        embedding_model = embedding_model.removeprefix("models/")
+        self._embedding_model = embedding_model
+        if embedding_model not in config.models:
+            # The embedding model shares the keys but is never a fallback tier of `generate`.
+            config = PoolConfig(keys=config.keys, models=(*config.models, embedding_model),
+                                limits=config.limits, retry=config.retry,
+                                max_in_flight_per_key=config.max_in_flight_per_key)
+        self._config = config
+        self._base_url = base_url
+        self._clock = clock
+        self._sleep = sleep
+        now = clock()
+        self._core = Scheduler(config, rng=rng or random.Random(), policy=policy,
+                               wall_epoch=wall_clock() - now)
+        self._mailboxes: dict[int, _Mailbox] = {}
+        self._timer: asyncio.Task[None] | None = None
+        self._timer_at = math.inf
+        self._closed = False
+        self._owns_http = http_client is None
+        self._http = http_client or self._make_http(transport, fast)
+
+    @staticmethod
+    def _make_http(transport: httpx.AsyncBaseTransport | None, fast: bool) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+        if transport is None and fast:
+            try:
+                from httpx_aiohttp import AiohttpTransport
+            except ImportError as exc:
+                raise ConfigurationError("fast", "the aiohttp transport is not installed: "
+                                         "pip install 'keysched[fast]'") from exc
+            transport = AiohttpTransport(limits=limits)
+        return httpx.AsyncClient(transport=transport, limits=limits, follow_redirects=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> KeyedClient:
+        """Build a client from ``GEMINI_API_KEYS`` (commas or newlines) and ``GEMINI_MODELS``.
+
+        Raises:
+            ConfigurationError: the variables are missing or hold no keys.
+        """
+        env = os.environ if environ is None else environ
+        raw = env.get("GEMINI_API_KEYS")
+        if raw is None:
+            raise ConfigurationError("GEMINI_API_KEYS", "not set; expected API keys separated "
+                                     "by commas or newlines")
+        keys = [part.strip() for part in raw.replace("\n", ",").split(",") if part.strip()]
+        if not keys:
+            raise ConfigurationError("GEMINI_API_KEYS", "holds no keys; expected API keys "
+                                     "separated by commas or newlines")
+        models_raw = env.get("GEMINI_MODELS")
+        if models_raw is not None:
+            models = [m.strip() for m in models_raw.replace("\n", ",").split(",") if m.strip()]
+            if not models:
+                raise ConfigurationError("GEMINI_MODELS", "holds no model names")
+            kwargs.setdefault("models", models)
+        return cls(keys=keys, **kwargs)
+
+    def __repr__(self) -> str:
+        labels = [key.label for key in self._config.keys]
+        shown = labels if len(labels) <= 4 else [*labels[:3], f"... {len(labels)} keys"]
+        return f"KeyedClient(keys={shown}, models={list(self._models)}, base_url={self._base_url!r})"
+
+    async def __aenter__(self) -> KeyedClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the timer and close the HTTP client (unless it was passed in)."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._owns_http:
+            await self._http.aclose()
+
+    # ------------------------------------------------------------------ public calls
+
+    async def generate(
+        self,
+        contents: str | Sequence[Mapping[str, Any]],
+        *,
+        models: Sequence[str] | None = None,
+        generation_config: Mapping[str, Any] | None = None,
+        system_instruction: str | Mapping[str, Any] | None = None,
+        safety_settings: Sequence[Mapping[str, Any]] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> GenerateResult:
+        """Generate content with the best model that can serve now.
+
+        Args:
+            contents: a prompt string, or the REST ``contents`` list.
+            models: the models this call may use, best first (default: the pool's).
+            generation_config, system_instruction, safety_settings, tools: as in the REST API.
+            timeout: the longest one attempt may take (default: the client's).
+            deadline: the longest the whole call may take, retries included.
+
+        Returns:
+            The answer, with the model and key label that served it and every attempt made.
+
+        Raises:
+            ServiceError: a subclass saying why no answer could be had.
+            UsageError: a bad argument.
+        """
+        body = generate_body(contents, generation_config=generation_config,
+                             system_instruction=system_instruction,
+                             safety_settings=safety_settings, tools=tools)
+        payload = json.dumps(body).encode()
+        tokens = estimate_tokens(body)
+        attempt_timeout = self._attempt_timeout(timeout)
+        session = self._open(models, tokens, deadline)
+        try:
+            while True:
+                decision = await session.next()
+                if isinstance(decision, Dispatch):
+                    started = self._clock()
+                    url = endpoint_url(self._base_url, decision.model, "generateContent")
+                    classified = await self._post(url, decision.key, payload,
+                                                  session.attempt_timeout(attempt_timeout),
+                                                  lambda status, raw, headers: classify(
+                                                      status, raw, headers, input_tokens=tokens))
+                    session.report(decision, classified, started)
+                elif isinstance(decision, Finish):
+                    assert session.last is not None
+                    dispatch, answer = session.last
+                    return GenerateResult(
+                        text=answer.text, model=dispatch.model, key=dispatch.key.label or "",
+                        attempts=tuple(session.records), usage=answer.usage,
+                        finish_reason=answer.finish_reason, block_reason=answer.block_reason,
+                        raw=answer.json)
+                else:
+                    raise session.error(decision)
+        finally:
+            session.close()
+
+    async def stream(
+        self,
+        contents: str | Sequence[Mapping[str, Any]],
+        *,
+        models: Sequence[str] | None = None,
+        generation_config: Mapping[str, Any] | None = None,
+        system_instruction: str | Mapping[str, Any] | None = None,
+        safety_settings: Sequence[Mapping[str, Any]] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> AsyncIterator[StreamChunk]:
+        """Stream content chunk by chunk (``:streamGenerateContent?alt=sse``).
+
+        Fails over to another key or model only until the first chunk is delivered.
+
+        Raises:
+            StreamInterruptedError: the stream broke after chunks were delivered.
+            ServiceError: no stream could be started.
+        """
+        body = generate_body(contents, generation_config=generation_config,
+                             system_instruction=system_instruction,
+                             safety_settings=safety_settings, tools=tools)
+        payload = json.dumps(body).encode()
+        tokens = estimate_tokens(body)
+        attempt_timeout = self._attempt_timeout(timeout)
+        session = self._open(models, tokens, deadline)
+        delivered = 0
+        try:
+            while True:
+                decision = await session.next()
+                if isinstance(decision, Finish):
+                    return
+                if isinstance(decision, Fail):
+                    raise session.error(decision)
+                started = self._clock()
+                result = _StreamResult()
+                attempt = self._stream_attempt(decision, payload, tokens,
+                                               session.attempt_timeout(attempt_timeout), result)
+                async with contextlib.aclosing(attempt) as chunks:
+                    async for chunk in chunks:
+                        delivered += 1
+                        yield chunk
+                classified = result.classified
+                session.report(decision, classified, started)
+                if delivered and classified.outcome.kind is not OutcomeKind.SUCCESS:
+                    # Chunks already reached the caller: no transparent failover any more.
+                    raise StreamInterruptedError(
+                        f"the stream from {decision.model} via {decision.key.label} broke after "
+                        f"{delivered} chunk(s): {classified.outcome.kind.value}"
+                        f"{f' ({classified.message})' if classified.message else ''}",
+                        chunks_delivered=delivered, status=classified.status or None,
+                        google_status=classified.google_status,
+                        service_message=classified.message, model=decision.model,
+                        key=decision.key.label, attempts=session.records)
+        finally:
+            session.close()
+
+    async def count_tokens(self, contents: str | Sequence[Mapping[str, Any]], *,
+                           model: str | None = None, timeout: float | None = None,
+                           deadline: float | None = None) -> int:
+        """Count the input tokens of `contents` for `model` (default: the best model)."""
+        body = count_tokens_body(contents)
+        model = model or self._models[0]
+        value = await self._call_json(model, "countTokens", body, parse_count_tokens, timeout,
+                                      deadline)
+        return int(value)
+
+    async def embed(self, texts: Sequence[str], *, model: str | None = None,
+                    timeout: float | None = None,
+                    deadline: float | None = None) -> list[list[float]]:
+        """Embed `texts`, in batches of at most 100 per call, split transparently.
+
+        Returns:
+            One vector per text, in order.
+        """
+        if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
+            raise UsageError("texts must be a sequence of strings")
+        model = (model or self._embedding_model).removeprefix("models/")
+        batches = [list(texts[i:i + EMBED_BATCH_LIMIT])
+                   for i in range(0, len(texts), EMBED_BATCH_LIMIT)]
+
+        async def one(batch: list[str]) -> list[list[float]]:
+            vectors: list[list[float]] = await self._call_json(model, "batchEmbedContents",
+                                            batch_embed_body(model, batch), parse_embeddings,
+                                            timeout, deadline)
+            if len(vectors) != len(batch):
+                raise ServiceError(f"{model} returned {len(vectors)} embeddings for "
+                                   f"{len(batch)} texts", model=model)
+            return vectors
+
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(batch)) for batch in batches]
+        return [vector for task in tasks for vector in task.result()]
+
+    def snapshot(self) -> PoolSnapshot:
+        """The pool now: every lane's state, cooldown and counters (labels only)."""
+        return self._core.snapshot(self._clock())
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The generation models, best first."""
+        return self._models
+
+    # ------------------------------------------------------------------ internals
+
+    def _attempt_timeout(self, timeout: float | None) -> float:
+        return self._timeout if timeout is None else _positive("timeout", timeout)
+
+    def _open(self, models: Sequence[str] | None, tokens: int,
+              deadline: float | None) -> _Session:
+        if self._closed:
+            raise UsageError("the client is closed")
+        if deadline is not None:
+            _positive("deadline", deadline)
+        return _Session(self, self._models if models is None else models, tokens, deadline)
+
+    async def _post(self, url: str, key: Key, payload: bytes, timeout: float,
+                    read: Callable[[int, bytes, Mapping[str, str]], Classified]) -> Classified:
+        try:
+            response = await self._http.post(url, content=payload,
+                                             headers=request_headers(key.secret),
+                                             timeout=timeout)
+        except httpx.TimeoutException:
+            return _failure(OutcomeKind.TIMEOUT, f"no answer within {timeout:.1f}s")
+        except httpx.RequestError as exc:
+            return _failure(OutcomeKind.CONNECTION_ERROR, f"{type(exc).__name__} before an "
+                                                          "answer arrived")
+        return read(response.status_code, response.content, response.headers)
+
+    async def _call_json(self, model: str, method: str, body: dict[str, Any],
+                         parse: Callable[[Any], Any], timeout: float | None,
+                         deadline: float | None) -> Any:
+        payload = json.dumps(body).encode()
+        attempt_timeout = self._attempt_timeout(timeout)
+        session = self._open([model], estimate_tokens(body), deadline)
+        values: dict[int, Any] = {}
+        try:
+            while True:
+                decision = await session.next()
+                if isinstance(decision, Dispatch):
+                    started = self._clock()
+
+                    def read(status: int, raw: bytes, headers: Mapping[str, str],
+                             attempt: int = decision.attempt) -> Classified:
+                        classified, value = classify_json_response(status, raw, headers,
+                                                                   parse=parse)
+                        values[attempt] = value
+                        return classified
+
+                    classified = await self._post(
+                        endpoint_url(self._base_url, decision.model, method), decision.key,
+                        payload, session.attempt_timeout(attempt_timeout), read)
+                    session.report(decision, classified, started)
+                elif isinstance(decision, Finish):
+                    return values[decision.attempt]
+                else:
+                    raise session.error(decision)
+        finally:
+            session.close()
+
+    async def _stream_attempt(self, dispatch: Dispatch, payload: bytes, tokens: int,
+                              timeout: float, result: _StreamResult) -> AsyncGenerator[StreamChunk, None]:
+        """Yield one attempt's chunks; leave its classification in `result`."""
+        url = endpoint_url(self._base_url, dispatch.model, "streamGenerateContent")
+        label = dispatch.key.label or ""
+        delivered = 0
+        usage = None
+        blocked: str | None = None
+        try:
+            async with self._http.stream("POST", url, content=payload,
+                                         headers=request_headers(dispatch.key.secret),
+                                         timeout=timeout) as response:
+                if response.status_code != 200:
+                    raw = await response.aread()
+                    result.classified = classify(response.status_code, raw, response.headers,
+                                                 input_tokens=tokens)
+                    return
+                parser = SSEParser()
+                async for data in response.aiter_bytes():
+                    for event in parser.feed(data):
+                        if event.classified is not None:
+                            result.classified = event.classified
+                            return
+                        usage = event.usage or usage
+                        if event.finish_reason in SAFETY_FINISH_REASONS:
+                            blocked = event.finish_reason
+                        yield StreamChunk(text=event.text, model=dispatch.model, key=label,
+                                          index=delivered, finish_reason=event.finish_reason,
+                                          usage=event.usage, raw=event.json)
+                        delivered += 1
+                for event in parser.close():
+                    if event.classified is not None:
+                        result.classified = event.classified
+                        return
+        except httpx.TimeoutException:
+            result.classified = _failure(OutcomeKind.TIMEOUT, f"no data within {timeout:.1f}s")
+            return
+        except httpx.RequestError as exc:
+            result.classified = _failure(OutcomeKind.CONNECTION_ERROR,
+                                         f"{type(exc).__name__} while streaming")
+            return
+        if blocked is not None:
+            result.classified = Classified(outcome=Outcome(kind=OutcomeKind.BLOCKED), status=200,
+                                           finish_reason=blocked)
+        elif delivered == 0:
+            result.classified = _failure(OutcomeKind.EMPTY, "the stream ended without a chunk")
+        else:
+            result.classified = Classified(
+                outcome=Outcome(kind=OutcomeKind.SUCCESS,
+                                input_tokens=usage.prompt_tokens if usage else None,
+                                output_tokens=usage.output_tokens if usage else None),
+                status=200, usage=usage)
+
+    def _pump(self) -> None:
+        """Poll the core, deliver its decisions, log pool events, re-arm the timer."""
+        core = self._core
+        for decision in core.poll(self._clock()):
+            mailbox = self._mailboxes.get(decision.request)
+            if mailbox is not None:
+                mailbox.put(decision)
+            elif isinstance(decision, Dispatch):
+                # Nobody waits for this request any more (its caller is gone): free the lane.
+                core.cancel(decision.request, self._clock())
+        if logger.isEnabledFor(logging.INFO):
+            for event in core.take_events():
+                self._log(event)
+        else:
+            core.take_events()
+        self._arm(core.next_deadline())
+
+    def _log(self, event: PoolEvent) -> None:
+        level = _EVENT_LEVELS.get(event.kind, logging.INFO)
+        where = " ".join(f"{name}={value}" for name, value in (
+            ("key", event.key), ("project", event.project), ("model", event.model))
+            if value is not None)
+        until = (f" for {event.until - event.time:.1f}s" if event.until is not None
+                 and math.isfinite(event.until) else "")
+        logger.log(level, "%s %s%s (%s)", event.kind.replace("_", " "), where, until,
+                   event.reason)
+
+    def _arm(self, at: float) -> None:
+        if self._closed or at >= self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = asyncio.get_running_loop().create_task(self._wake(at))
+
+    async def _wake(self, at: float) -> None:
+        try:
+            await self._sleep(max(0.0, at - self._clock()))
+        finally:
+            if self._timer is asyncio.current_task():
+                self._timer = None
+                self._timer_at = math.inf
+        self._pump()
+
