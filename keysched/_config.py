@@ -25,16 +25,28 @@ from keysched._errors import ConfigurationError
 __all__ = ["Key", "Limit", "PoolConfig", "RetryPolicy"]
 
 
+def _show(value: object) -> str:
+    """A short repr for an error message; never raises (a hostile or huge value is summarised)."""
+    try:
+        text = repr(value)
+    except Exception:  # a repr that raises, or an int too long to print, must not mask the error
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
 def _duration(field: str, value: object, *, allow_zero: bool = False) -> float:
     if isinstance(value, datetime.timedelta):
         value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigurationError(field, f"expected a duration in seconds, got {type(value).__name__}"
-                                        f" {value!r}")
-    seconds = float(value)
+                                        f" {_show(value)}")
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond float range is no duration
+        seconds = math.inf
     if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigurationError(field, f"expected a finite duration {bound} seconds, got {value!r}")
+        raise ConfigurationError(field, f"expected a finite duration {bound} seconds, got {_show(value)}")
     return seconds
 
 
@@ -43,15 +55,15 @@ def _count(field: str, value: object, *, minimum: int = 1, optional: bool = Fals
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigurationError(field, f"expected an integer >= {minimum}, got "
-                                        f"{type(value).__name__} {value!r}")
+                                        f"{type(value).__name__} {_show(value)}")
     if value < minimum:
-        raise ConfigurationError(field, f"expected an integer >= {minimum}, got {value!r}")
+        raise ConfigurationError(field, f"expected an integer >= {minimum}, got {_show(value)}")
     return value
 
 
 def _name(field: str, value: object) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ConfigurationError(field, f"expected a non-empty string, got {value!r}")
+        raise ConfigurationError(field, f"expected a non-empty string, got {_show(value)}")
     return value
 
 
@@ -170,7 +182,7 @@ class RetryPolicy:
         if (isinstance(self.jitter, bool) or not isinstance(self.jitter, int | float)
                 or not 0 <= self.jitter <= 1):
             raise ConfigurationError("retry.jitter", f"expected a number in [0, 1], got "
-                                     f"{self.jitter!r}")
+                                     f"{_show(self.jitter)}")
 
 
 KeyInput = str | Key
@@ -229,7 +241,7 @@ def _normalise_limits(value: object) -> tuple[Limit, ...]:
     for index, item in enumerate(limits):
         if not isinstance(item, Limit):
             raise ConfigurationError(f"limits[{index}]", f"expected a Limit, got "
-                                     f"{type(item).__name__} {item!r}")
+                                     f"{type(item).__name__} {_show(item)}")
     return limits
 
 
