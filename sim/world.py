@@ -1,0 +1,438 @@
+"""The world model: what Google would answer to one attempt, in virtual time.
+
+`World.attempt` is pure bookkeeping on plain dicts and slots objects: no JSON, no I/O, no clock.
+It returns a `Reply` carrying the `Outcome` the real client would derive (the simulator feeds it
+to the core directly) plus the few parameters `Reply.render` needs to build Google's exact bytes
+later, for the HTTP server and the tests.
+
+Order of decisions (where Google would decide them, earliest first):
+
+1. ``reset`` faults: the connection dies before the request reaches anyone.
+2. The key: unknown or revoked (400 ``API_KEY_INVALID``), leaked (403), its project's API
+   disabled (403 ``SERVICE_DISABLED``); no key at all is the 403 "unregistered callers".
+3. The model: one the scenario does not declare is a 404.
+4. ``shared_429`` faults: a bare 429 (shared capacity), not counted against any quota.
+5. Quotas of the key's (project, model), never of the key: ``limit: 0``, then requests per day,
+   then requests per minute, then input tokens per minute.  Only an admitted request counts,
+   and it counts against all three at once.
+6. After admission (so these still use up quota): 504, timeouts, 503, 500, then, for streams,
+   a cut or a mid-stream error; ``slow`` multiplies the latency.
+
+Quota arithmetic: minute windows are fixed 60-second windows aligned to the wall-clock minute
+(window = floor(wall / 60), wall = scenario start epoch + t), which matches Google's 0-60 s
+``retryDelay`` values; the retry delay is the time left in the window.  A day ends at the next
+midnight America/Los_Angeles (`keysched._pacific.next_pacific_midnight`), so a day can be 23 or
+25 hours long.  A per-day 429 carries the same short minute-window delay Google really sends;
+its `Outcome` kind (`RATE_LIMITED_DAY`) is what tells the core to wait for midnight.
+
+A request whose own input tokens exceed the TPM quota gets the TPM 429 body, but its outcome is
+`TOO_LARGE_FOR_QUOTA`: the client knows the size it sent, which the body alone does not say.
+
+Randomness (fault probabilities, latency, output sizes) comes from one `random.Random` seeded at
+construction, so the same sequence of calls gives the same replies.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, NamedTuple
+
+from keysched._outcomes import Outcome, OutcomeKind
+from keysched._pacific import next_pacific_midnight
+from sim import bodies
+from sim.bodies import Body
+from sim.scenario import FaultKind, FaultSpec, Scenario
+
+__all__ = ["UNKNOWN_KEY", "Reply", "World"]
+
+UNKNOWN_KEY = "(unknown)"
+"""The counters' label for attempts with a secret the scenario does not know."""
+
+_K = OutcomeKind
+
+
+class _Err(NamedTuple):
+    """An error answer, resolved once at import so the hot path never hashes an enum member
+    (``Enum.__hash__`` is Python code in 3.11 and showed up at the top of the profile)."""
+
+    body: Body
+    status: int
+    outcome: Outcome
+    kind: OutcomeKind
+    name: str
+
+
+def _err(body: Body, kind: OutcomeKind) -> _Err:
+    return _Err(body, bodies.STATUS[body][0], Outcome(kind=kind), kind, kind.value)
+
+
+_KEY_INVALID = _err(Body.KEY_INVALID, _K.KEY_INVALID)
+_KEY_LEAKED = _err(Body.KEY_LEAKED, _K.KEY_LEAKED)
+_SERVICE_DISABLED = _err(Body.SERVICE_DISABLED, _K.PROJECT_DISABLED)
+_UNREGISTERED = _err(Body.UNREGISTERED, _K.KEY_FORBIDDEN)
+_MODEL_NOT_FOUND = _err(Body.MODEL_NOT_FOUND, _K.MODEL_NOT_FOUND)
+_QUOTA_RPM = _err(Body.QUOTA_RPM, _K.RATE_LIMITED_MINUTE)
+_QUOTA_TPM = _err(Body.QUOTA_TPM, _K.RATE_LIMITED_MINUTE)
+_TOO_LARGE = _err(Body.QUOTA_TPM, _K.TOO_LARGE_FOR_QUOTA)
+_QUOTA_RPD = _err(Body.QUOTA_RPD, _K.RATE_LIMITED_DAY)
+_QUOTA_ZERO = _err(Body.QUOTA_ZERO, _K.QUOTA_ZERO)
+_BARE_429 = _err(Body.BARE_429, _K.SHARED_CAPACITY)
+_OVERLOADED = _err(Body.OVERLOADED, _K.OVERLOADED)
+_INTERNAL = _err(Body.INTERNAL, _K.SERVER_ERROR)
+_DEADLINE = _err(Body.DEADLINE_EXCEEDED, _K.TIMEOUT)
+_RESET_OUTCOME = Outcome(kind=_K.CONNECTION_ERROR)
+_TIMEOUT_OUTCOME = Outcome(kind=_K.TIMEOUT)
+_CONNECTION_ERROR = _K.CONNECTION_ERROR.value
+_SUCCESS = _K.SUCCESS.value
+
+_JSON_HEADERS = [(b"content-type", b"application/json; charset=UTF-8"),
+                 (b"vary", b"Origin, X-Origin, Referer")]
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"),
+                (b"vary", b"Origin, X-Origin, Referer")]
+
+
+class Reply(NamedTuple):
+    """What Google answers to one attempt (immutable).
+
+    A `NamedTuple` rather than a frozen attrs class on purpose: one is built per attempt and the
+    simulator makes well over 100k attempts per CPU second; attrs' frozen ``__init__`` costs
+    about 2.5 µs for these 17 fields, a named tuple a fifth of that.
+
+    Attributes:
+        outcome: the classification the real client would derive from this answer.
+        latency: virtual seconds until the answer (or the failure) is complete.
+        status: the HTTP status (200 for a stream that fails after it started; 0 when no
+            response is sent at all, i.e. faults ``reset`` and ``timeout``).
+        model: the model asked for.
+        fault: ``None``, or how the answer misbehaves on the wire: ``"reset"`` (connection reset
+            before a response), ``"timeout"`` (no answer; the connection drops after
+            `latency`), ``"cut"`` (a stream stops after `cut_after` chunks and the connection
+            drops), ``"midstream"`` (a stream sends `cut_after` chunks, then the error `body`).
+        cut_after: chunks delivered before a cut or a mid-stream error.
+        body: the error body, ``None`` for a success.
+        The remaining fields parameterise the bytes `render` builds.
+    """
+
+    outcome: Outcome
+    latency: float
+    status: int
+    model: str
+    fault: str | None = None
+    cut_after: int | None = None
+    body: Body | None = None
+    quota_value: int = 0
+    retry_delay: float = 0.0
+    tier: str = "free"
+    project_number: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    chunks: int = 1
+    serial: int = 0
+    seed: int = 0
+    stream: bool = False
+
+    def error_object(self) -> dict[str, Any]:
+        """The ``{"error": {...}}`` object of an error reply."""
+        if self.body is None:
+            raise ValueError("a successful reply has no error object")
+        method = "StreamGenerateContent" if self.stream else "generateContent"
+        return bodies.error_object(self.body, model=self.model, tier=self.tier,
+                                   quota_value=self.quota_value, retry_delay=self.retry_delay,
+                                   project_number=self.project_number, method=method)
+
+    def stream_events(self) -> list[bytes]:
+        """The SSE byte chunks of a streamed 200, in order (truncated for a cut, error last for
+        a mid-stream error)."""
+        objects = bodies.stream_objects(
+            model=self.model, serial=self.serial, seed=self.seed, input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens, chunks=self.chunks)
+        if self.cut_after is not None:
+            objects = objects[:self.cut_after]
+        events = [bodies.sse_event(obj) for obj in objects]
+        if self.fault == "midstream":
+            events.append(bodies.pretty(self.error_object()) + b"\n")
+        return events
+
+    def render(self) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """``(status, headers, body)`` exactly as Google would send them (a stream concatenated).
+
+        Raises:
+            ValueError: the reply has no response at all (fault ``reset`` or ``timeout``).
+        """
+        if self.fault in ("reset", "timeout"):
+            raise ValueError(f"a {self.fault} fault sends no response")
+        if self.status == 200 and self.stream:
+            return 200, list(_SSE_HEADERS), b"".join(self.stream_events())
+        if self.body is not None:
+            return self.status, list(_JSON_HEADERS), bodies.pretty(self.error_object())
+        obj = bodies.success_object(model=self.model, serial=self.serial, seed=self.seed,
+                                    input_tokens=self.input_tokens,
+                                    output_tokens=self.output_tokens)
+        return 200, list(_JSON_HEADERS), bodies.pretty(obj)
+
+
+class _Group:
+    """Quota state of one (project, model); unlimited quotas are ``math.inf``."""
+
+    __slots__ = ("day_end", "day_requests", "minute", "minute_requests", "minute_tokens", "rpd",
+                 "rpm", "tpm", "zero")
+
+    def __init__(self, rpm: int | None, tpm: int | None, rpd: int | None) -> None:
+        self.rpm: float = math.inf if rpm is None else rpm
+        self.tpm: float = math.inf if tpm is None else tpm
+        self.rpd: float = math.inf if rpd is None else rpd
+        self.zero = 0 in (rpm, tpm, rpd)
+        self.minute = -(2**62)
+        self.minute_requests = 0
+        self.minute_tokens = 0
+        self.day_end = -math.inf
+        self.day_requests = 0
+
+
+class _KeyState:
+    __slots__ = ("groups", "label", "number", "project", "tier")
+
+    def __init__(self, label: str, project: str, number: int, tier: str,
+                 groups: dict[str, _Group]) -> None:
+        self.label = label
+        self.project = project
+        self.number = number
+        self.tier = tier
+        self.groups = groups
+
+
+class World:
+    """Google's side of a scenario: quotas, faults and latencies, in virtual time.
+
+    Args:
+        scenario: the scenario to play.
+        seed: seeds the world's own `random.Random` (defaults to ``scenario.seed``).
+    """
+
+    def __init__(self, scenario: Scenario, seed: int | None = None) -> None:
+        self.scenario = scenario
+        self.seed = scenario.seed if seed is None else seed
+        self._rng = random.Random(self.seed)
+        self._epoch = scenario.start_epoch
+        self._phase = self._epoch % 60.0  # seconds past the wall-clock minute at t = 0
+        self._error_latency = scenario.error_latency
+        self._timeout = scenario.timeout
+        self._serial = 0
+        self._counts: dict[tuple[str, str, str], int] = {}
+        self._keys: dict[str, _KeyState] = {}
+        for project in scenario.projects:
+            groups = {q.model: _Group(q.rpm, q.tpm, q.rpd) for q in project.quotas}
+            for key in project.keys:
+                # The same group objects for every key: quotas are per project, not per key.
+                self._keys[key.secret] = _KeyState(key.label, project.name, project.number,
+                                                   project.tier, groups)
+        self._models = {m.name: (math.log(m.latency_median), m.latency_sigma, m.output_tokens,
+                                 m.stream_chunks) for m in scenario.models}
+
+        def of(kind: FaultKind) -> tuple[FaultSpec, ...]:
+            return tuple(f for f in scenario.faults if f.kind is kind)
+
+        self._reset = of(FaultKind.RESET)
+        self._revoked = of(FaultKind.KEY_REVOKED)
+        self._leaked = of(FaultKind.KEY_LEAKED)
+        self._disabled = of(FaultKind.PROJECT_DISABLED)
+        self._shared_429 = of(FaultKind.SHARED_429)
+        self._deadline = of(FaultKind.DEADLINE_EXCEEDED)
+        self._hang = of(FaultKind.TIMEOUT)
+        self._overloaded = of(FaultKind.OVERLOADED)
+        self._server_error = of(FaultKind.SERVER_ERROR)
+        self._slow = of(FaultKind.SLOW)
+        self._cut = of(FaultKind.STREAM_CUT)
+        self._stream_error = of(FaultKind.STREAM_ERROR)
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, dict[str, dict[str, int]]]:
+        """A snapshot ``{key label: {model: {"requests": n, <OutcomeKind value>: n}}}``."""
+        snapshot: dict[str, dict[str, dict[str, int]]] = {}
+        # list() copies in one C call under the GIL, so a server thread may keep counting.
+        for (label, model, name), count in list(self._counts.items()):
+            snapshot.setdefault(label, {}).setdefault(model, {})[name] = count
+        return snapshot
+
+    def label_of(self, secret: str) -> str | None:
+        """The label of the key with `secret`, or ``None`` if the scenario has no such key."""
+        state = self._keys.get(secret)
+        return None if state is None else state.label
+
+    def check_key(self, t: float, secret: str) -> Reply | None:
+        """The error reply a key-level fault gives at `t`, or ``None`` if the key is usable.
+
+        Used for calls that do not spend generation quota (listing models, counting tokens);
+        nothing is counted.
+        """
+        key = self._keys.get(secret)
+        err = _UNREGISTERED if not secret else self._key_error(t, key, "")
+        if err is None:
+            return None
+        return Reply(err.outcome, self._error_latency, err.status, "", body=err.body,
+                     project_number=0 if key is None else key.number, seed=self.seed)
+
+    # -- the hot path -------------------------------------------------------------------------
+
+    def _hit(self, faults: tuple[FaultSpec, ...], t: float, label: str, project: str,
+             model: str) -> FaultSpec | None:
+        for f in faults:
+            if (f.start <= t < f.end and (f.key is None or f.key == label)
+                    and (f.project is None or f.project == project)
+                    and (f.model is None or f.model == model)
+                    and (f.probability >= 1.0 or self._rng.random() < f.probability)):
+                return f
+        return None
+
+    def _key_error(self, t: float, key: _KeyState | None, model: str) -> _Err | None:
+        if key is None:
+            return _KEY_INVALID
+        if self._revoked and self._hit(self._revoked, t, key.label, key.project, model):
+            return _KEY_INVALID
+        if self._leaked and self._hit(self._leaked, t, key.label, key.project, model):
+            return _KEY_LEAKED
+        if self._disabled and self._hit(self._disabled, t, key.label, key.project, model):
+            return _SERVICE_DISABLED
+        return None
+
+    def _count(self, label: str, model: str, name: str) -> None:
+        counts = self._counts
+        requests = (label, model, "requests")
+        counts[requests] = counts.get(requests, 0) + 1
+        which = (label, model, name)
+        counts[which] = counts.get(which, 0) + 1
+
+    def _error(self, err: _Err, model: str, key: _KeyState | None, latency: float,
+               stream: bool, quota_value: int = 0, retry_delay: float | None = None) -> Reply:
+        if retry_delay is None:
+            outcome = err.outcome
+            retry_delay = 0.0
+        else:
+            outcome = Outcome(kind=err.kind, retry_after=retry_delay)
+        if key is None:
+            self._count(UNKNOWN_KEY, model, err.name)
+            return Reply(outcome, latency, err.status, model, None, None, err.body, quota_value,
+                         retry_delay, "free", 0, 0, 0, 1, self._serial, self.seed, stream)
+        self._count(key.label, model, err.name)
+        return Reply(outcome, latency, err.status, model, None, None, err.body, quota_value,
+                     retry_delay, key.tier, key.number, 0, 0, 1, self._serial, self.seed, stream)
+
+    def _no_response(self, fault: str, outcome: Outcome, model: str, key: _KeyState | None,
+                     latency: float, stream: bool) -> Reply:
+        self._count(UNKNOWN_KEY if key is None else key.label, model, outcome.kind.value)
+        return Reply(outcome, latency, 0, model, fault, serial=self._serial, seed=self.seed,
+                     stream=stream)
+
+    def attempt(self, t: float, secret: str, model: str, input_tokens: int, *,
+                stream: bool = False) -> Reply:
+        """Decide what Google answers to one attempt at virtual time `t` (seconds from start).
+
+        Args:
+            t: virtual time of the attempt, seconds since the scenario start.
+            secret: the API key sent (``""`` for none).
+            model: the model asked for (without ``models/``).
+            input_tokens: the request's input size, counted against the TPM quota.
+            stream: whether it is a ``streamGenerateContent`` call.
+
+        Returns:
+            The reply, with the client's `Outcome` and the latency in virtual seconds.
+        """
+        self._serial += 1
+        key = self._keys.get(secret)
+        label = UNKNOWN_KEY if key is None else key.label
+        project = "" if key is None else key.project
+        if self._reset and self._hit(self._reset, t, label, project, model):
+            return self._no_response("reset", _RESET_OUTCOME, model, key, self._error_latency,
+                                     stream)
+        if not secret:
+            return self._error(_UNREGISTERED, model, None, self._error_latency, stream)
+        err = self._key_error(t, key, model)
+        if err is not None:
+            return self._error(err, model, key, self._error_latency, stream)
+        assert key is not None  # _key_error answers KEY_INVALID for an unknown key
+        spec = self._models.get(model)
+        if spec is None:
+            return self._error(_MODEL_NOT_FOUND, model, key, self._error_latency, stream)
+        if self._shared_429 and self._hit(self._shared_429, t, label, project, model):
+            return self._error(_BARE_429, model, key, self._error_latency, stream)
+        group = key.groups.get(model)
+        if group is not None:
+            refusal = self._admit(group, t, input_tokens, model, key, stream)
+            if refusal is not None:
+                return refusal
+        return self._serve(t, key, model, input_tokens, stream, spec)
+
+    def _admit(self, g: _Group, t: float, input_tokens: int, model: str, key: _KeyState,
+               stream: bool) -> Reply | None:
+        minute = math.floor((t + self._phase) / 60.0)
+        # Rounded to the nanosecond, as the body prints it: the outcome equals the parsed body.
+        delay = round((minute + 1) * 60.0 - self._phase - t, 9)
+        latency = self._error_latency
+        if g.zero:
+            return self._error(_QUOTA_ZERO, model, key, latency, stream, 0, delay)
+        if minute > g.minute:
+            g.minute = minute
+            g.minute_requests = 0
+            g.minute_tokens = 0
+        if t >= g.day_end:
+            g.day_end = next_pacific_midnight(self._epoch + t) - self._epoch
+            g.day_requests = 0
+        if g.day_requests >= g.rpd:
+            return self._error(_QUOTA_RPD, model, key, latency, stream, int(g.rpd), delay)
+        if g.minute_requests >= g.rpm:
+            return self._error(_QUOTA_RPM, model, key, latency, stream, int(g.rpm), delay)
+        if g.minute_tokens + input_tokens > g.tpm:
+            err = _TOO_LARGE if input_tokens > g.tpm else _QUOTA_TPM
+            return self._error(err, model, key, latency, stream, int(g.tpm), delay)
+        g.minute_requests += 1
+        g.minute_tokens += input_tokens
+        g.day_requests += 1
+        return None
+
+    def _serve(self, t: float, key: _KeyState, model: str, input_tokens: int, stream: bool,
+               spec: tuple[float, float, tuple[int, int], int]) -> Reply:
+        label, project = key.label, key.project
+        if self._deadline and self._hit(self._deadline, t, label, project, model):
+            return self._error(_DEADLINE, model, key, self._timeout, stream)
+        if self._hang and self._hit(self._hang, t, label, project, model):
+            return self._no_response("timeout", _TIMEOUT_OUTCOME, model, key, self._timeout,
+                                     stream)
+        if self._overloaded and self._hit(self._overloaded, t, label, project, model):
+            return self._error(_OVERLOADED, model, key, self._error_latency, stream)
+        if self._server_error and self._hit(self._server_error, t, label, project, model):
+            return self._error(_INTERNAL, model, key, self._error_latency, stream)
+        mu, sigma, (low, high), chunks = spec
+        rng = self._rng
+        latency = rng.lognormvariate(mu, sigma) if sigma > 0 else math.exp(mu)
+        output_tokens = rng.randint(low, high)
+        for slow in self._slow:
+            if (slow.start <= t < slow.end and (slow.key is None or slow.key == label)
+                    and (slow.project is None or slow.project == project)
+                    and (slow.model is None or slow.model == model)
+                    and (slow.probability >= 1.0 or rng.random() < slow.probability)):
+                latency *= slow.factor
+        serial = self._serial
+        if stream:
+            cut = self._cut and self._hit(self._cut, t, label, project, model)
+            broken = None if cut else self._stream_error and self._hit(
+                self._stream_error, t, label, project, model)
+            fault = cut or broken
+            if fault:
+                k = min(fault.after_chunks, chunks - 1)
+                if cut:
+                    outcome, body, name = _RESET_OUTCOME, None, _CONNECTION_ERROR
+                else:
+                    err = _OVERLOADED if fault.code == 503 else _INTERNAL
+                    outcome, body, name = err.outcome, err.body, err.name
+                self._count(label, model, name)
+                return Reply(outcome, latency * (k + 1) / chunks, 200, model,
+                             "cut" if cut else "midstream", k, body, 0, 0.0, key.tier,
+                             key.number, input_tokens, output_tokens, chunks, serial, self.seed,
+                             True)
+        self._count(label, model, _SUCCESS)
+        outcome = Outcome(kind=_K.SUCCESS, input_tokens=input_tokens, output_tokens=output_tokens)
+        # Positional: this is the hottest line of the simulator.
+        return Reply(outcome, latency, 200, model, None, None, None, 0, 0.0, key.tier,
+                     key.number, input_tokens, output_tokens, chunks, serial, self.seed, stream)
