@@ -343,9 +343,12 @@ class KeyedClient:
     async def aclose(self) -> None:
         """Stop the timer and close the HTTP client (unless it was passed in)."""
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            # Wait for the cancelled timer, so that no task of this client outlives `aclose`.
+            timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timer
         if self._owns_http:
             await self._http.aclose()
 
@@ -652,6 +655,14 @@ class KeyedClient:
                    event.reason)
 
     def _arm(self, at: float) -> None:
+        if math.isinf(at) and self._timer is not None:
+            # Nothing is pending any more: an idle client keeps no task sleeping (a timer left
+            # armed for a request that has ended would wake for nothing, and under a virtual
+            # clock would make time jump).
+            self._timer.cancel()
+            self._timer = None
+            self._timer_at = math.inf
+            return
         if self._closed or at >= self._timer_at:
             return
         if self._timer is not None:
