@@ -504,9 +504,19 @@ class KeyedClient:
                                    f"{len(batch)} texts", model=model)
             return vectors
 
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one(batch)) for batch in batches]
-        return [vector for task in tasks for vector in task.result()]
+        if len(batches) <= 1:
+            return await one(batches[0]) if batches else []
+        # Not a TaskGroup: it would wrap a failure in an ExceptionGroup, and callers expect the
+        # `ServiceError` itself.  The first failure cancels the other batches and is raised.
+        tasks = [asyncio.ensure_future(one(batch)) for batch in batches]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return [vector for vectors in results for vector in vectors]
 
     def snapshot(self) -> PoolSnapshot:
         """The pool now: every lane's state, cooldown and counters (labels only)."""
