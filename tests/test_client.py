@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
@@ -258,6 +258,20 @@ def sse(*events: str) -> bytes:
     return b"".join(f"data: {event}\r\n\r\n".encode() for event in events)
 
 
+async def drain(stream: AsyncIterator[object]) -> None:
+    async for _ in stream:
+        pass
+
+
+async def settle(done: Callable[[], bool], rounds: int = 10_000) -> None:
+    """Let other tasks run until `done()` (no wall-clock sleeping)."""
+    for _ in range(rounds):
+        if done():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the tasks did not settle")
+
+
 async def pieces(data: bytes, size: int) -> AsyncIterator[bytes]:
     for i in range(0, len(data), size):
         yield data[i:i + size]
@@ -275,7 +289,8 @@ async def test_stream_delivers_chunks_with_crlf_framing(size: int) -> None:
     assert [c.text for c in chunks] == ["1\n2\n", "3\n4\n5"]
     assert [c.index for c in chunks] == [0, 1]
     assert chunks[-1].finish_reason == "STOP"
-    assert chunks[-1].usage is not None and chunks[-1].usage.output_tokens == 8
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.output_tokens == 8
     assert {c.key for c in chunks} == {"key#1"}
     assert server.requests[0].url.path.endswith("/models/gemini-2.5-flash:streamGenerateContent")
     assert (snap.in_flight, snap.requests_finished) == (0, 1)
@@ -307,9 +322,13 @@ async def test_stream_interrupted_after_a_chunk_by_a_bare_json_error() -> None:
     server = Server(lambda request, n: httpx.Response(200, content=broken))
     async with make_client(server, vc) as client:
         got: list[str] = []
-        with pytest.raises(StreamInterruptedError) as caught:
+
+        async def consume() -> None:
             async for chunk in client.stream("count"):
                 got.append(chunk.text)
+
+        with pytest.raises(StreamInterruptedError) as caught:
+            await consume()
         snap = client.snapshot()
     error = caught.value
     assert got == ["1\n2\n"]
@@ -342,8 +361,7 @@ async def test_stream_request_error_is_raised() -> None:
     server = Server(lambda request, n: fixture(400, "400_token_count.json"))
     async with make_client(server, vc) as client:
         with pytest.raises(RequestError):
-            async for _ in client.stream("count"):
-                pass
+            await drain(client.stream("count"))
     assert len(server.requests) == 1
 
 
@@ -505,9 +523,9 @@ async def test_bad_call_arguments() -> None:
     vc = VirtualClock()
     server = Server()
     async with make_client(server, vc) as client:
-        with pytest.raises(ConfigurationError, match="^timeout"):
+        with pytest.raises(ConfigurationError, match=r"^timeout"):
             await client.generate("hi", timeout=-1.0)
-        with pytest.raises(ConfigurationError, match="^deadline"):
+        with pytest.raises(ConfigurationError, match=r"^deadline"):
             await client.generate("hi", deadline=0.0)
         with pytest.raises(UsageError, match="unknown model"):
             await client.generate("hi", models=["gemini-9"])
@@ -563,8 +581,10 @@ async def test_result_names_model_key_and_attempts() -> None:
                                        system_instruction="be brief")
     assert result.text == "AI learns patterns from data to make decisions or predictions."
     assert (result.model, result.key, result.finish_reason) == (FLASH, "key#1", "STOP")
-    assert result.usage is not None and result.usage.total_tokens == 848
-    assert len(result.attempts) == 1 and result.attempts[0].status == 200
+    assert result.usage is not None
+    assert result.usage.total_tokens == 848
+    assert len(result.attempts) == 1
+    assert result.attempts[0].status == 200
     assert not result.blocked
 
 
@@ -581,8 +601,7 @@ async def test_least_loaded_spreads_concurrent_calls_over_keys() -> None:
     keys = one_project_per_key(4)
     async with make_client(server, vc, keys=keys) as client:
         tasks = [asyncio.create_task(client.generate(str(i))) for i in range(8)]
-        while len(server.requests) < 8:
-            await asyncio.sleep(0)
+        await settle(lambda: len(server.requests) == 8)
         assert client.snapshot().in_flight == 8
         release.set()
         await asyncio.gather(*tasks)
