@@ -289,6 +289,7 @@ class KeyedClient:
         self._mailboxes: dict[int, _Mailbox] = {}
         self._timer: asyncio.Task[None] | None = None
         self._timer_at = math.inf
+        self._stale_timers: set[asyncio.Task[None]] = set()  # cancelled, not yet finished
         self._closed = False
         self._owns_http = http_client is None
         self._http = http_client or self._make_http(transport, fast)
@@ -343,12 +344,9 @@ class KeyedClient:
     async def aclose(self) -> None:
         """Stop the timer and close the HTTP client (unless it was passed in)."""
         self._closed = True
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            # Wait for the cancelled timer, so that no task of this client outlives `aclose`.
-            timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await timer
+        self._drop_timer()
+        # Wait for the cancelled timers, so that no task of this client outlives `aclose`.
+        await asyncio.gather(*self._stale_timers, return_exceptions=True)
         if self._owns_http:
             await self._http.aclose()
 
@@ -665,20 +663,26 @@ class KeyedClient:
                    event.reason)
 
     def _arm(self, at: float) -> None:
-        if math.isinf(at) and self._timer is not None:
+        if math.isinf(at):
             # Nothing is pending any more: an idle client keeps no task sleeping (a timer left
             # armed for a request that has ended would wake for nothing, and under a virtual
             # clock would make time jump).
-            self._timer.cancel()
-            self._timer = None
-            self._timer_at = math.inf
+            self._drop_timer()
             return
         if self._closed or at >= self._timer_at:
             return
-        if self._timer is not None:
-            self._timer.cancel()
+        self._drop_timer()
         self._timer_at = at
         self._timer = asyncio.get_running_loop().create_task(self._wake(at))
+
+    def _drop_timer(self) -> None:
+        timer = self._timer
+        if timer is not None:
+            timer.cancel()
+            self._stale_timers.add(timer)
+            timer.add_done_callback(self._stale_timers.discard)
+        self._timer = None
+        self._timer_at = math.inf
 
     async def _wake(self, at: float) -> None:
         try:
