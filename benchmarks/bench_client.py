@@ -1,0 +1,168 @@
+"""Throughput of `KeyedClient` against the physical limit, and the import cost of keysched.
+
+Run with ``python -m benchmarks.bench_client`` (add ``--seconds 3`` to change the run length).
+
+A local aiohttp server on 127.0.0.1 (in its own process, so it does not share the client's event
+loop) answers every POST with a small Gemini JSON body after a fixed delay.  Four clients are
+measured in the same run at 64 concurrent requests each:
+
+- ``KeyedClient.generate`` over 10 keys with plain httpx,
+- ``KeyedClient(fast=True)`` (httpx over the aiohttp transport of httpx-aiohttp),
+- raw ``httpx.AsyncClient`` posts,
+- raw ``aiohttp`` posts (the physical limit).
+
+Targets: fast KeyedClient / raw aiohttp >= 0.8; plain KeyedClient / raw httpx >= 0.9; and
+``import keysched`` at most 30 ms more than ``import httpx`` (fresh interpreters, median of 7).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+BODY = json.dumps({
+    "candidates": [{"content": {"role": "model", "parts": [{"text": "ok"}]},
+                    "finishReason": "STOP", "index": 0}],
+    "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 1, "totalTokenCount": 4},
+    "modelVersion": "gemini-2.5-flash", "responseId": "bench"}, indent=2).encode()
+CONCURRENCY = 64
+DELAY = 0.005
+MODEL = "gemini-2.5-flash"
+
+
+def _serve(port: int, delay: float) -> None:
+    from aiohttp import web
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(delay)
+        return web.Response(body=BODY, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", answer)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None,
+                handle_signals=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for(port: int) -> None:
+    for _ in range(200):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("the benchmark server did not start")
+
+
+async def _drive(call: Callable[[], Awaitable[object]], seconds: float) -> float:
+    """Run `call` from CONCURRENCY workers for `seconds`; return requests per second."""
+    count = 0
+    stop = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal count
+        while time.perf_counter() < stop:
+            await call()
+            count += 1
+
+    for _ in range(50):  # warm up connections
+        await call()
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return count / (time.perf_counter() - started)
+
+
+async def _measure(base: str, seconds: float) -> dict[str, float]:
+    import aiohttp
+    import httpx
+
+    from keysched import KeyedClient
+
+    url = f"{base}/v1beta/models/{MODEL}:generateContent"
+    payload = json.dumps({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}).encode()
+    headers = {"x-goog-api-key": "AIzaBENCH0000000000000000000000000000",
+               "content-type": "application/json"}
+    keys = [f"AIzaBENCHKEY{i:02d}000000000000000000000000" for i in range(10)]
+    results: dict[str, float] = {}
+
+    async with KeyedClient(keys=keys, models=[MODEL], base_url=base) as client:
+        results["KeyedClient (httpx)"] = await _drive(lambda: client.generate("hi"), seconds)
+    async with KeyedClient(keys=keys, models=[MODEL], base_url=base, fast=True) as client:
+        results["KeyedClient (fast=True)"] = await _drive(lambda: client.generate("hi"), seconds)
+
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+    async with httpx.AsyncClient(limits=limits) as raw:
+        async def httpx_post() -> None:
+            response = await raw.post(url, content=payload, headers=headers)
+            json.loads(response.content)
+
+        results["raw httpx"] = await _drive(httpx_post, seconds)
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000)) as session:
+        async def aiohttp_post() -> None:
+            async with session.post(url, data=payload, headers=headers) as response:
+                json.loads(await response.read())
+
+        results["raw aiohttp"] = await _drive(aiohttp_post, seconds)
+    return results
+
+
+def _import_ms(module: str, runs: int = 7) -> float:
+    times = []
+    for _ in range(runs):
+        out = subprocess.run(
+            [sys.executable, "-c",
+             f"import time; t = time.perf_counter(); import {module}; "
+             "print(time.perf_counter() - t)"],
+            check=True, capture_output=True, text=True)
+        times.append(float(out.stdout) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="run length per client")
+    args = parser.parse_args()
+    port = _free_port()
+    server = multiprocessing.get_context("spawn").Process(target=_serve, args=(port, DELAY),
+                                                          daemon=True)
+    server.start()
+    try:
+        _wait_for(port)
+        results = asyncio.run(_measure(f"http://127.0.0.1:{port}", args.seconds))
+    finally:
+        server.terminate()
+        server.join()
+    print(f"{CONCURRENCY} concurrent requests, server delay {DELAY * 1000:.0f} ms, "
+          f"{args.seconds:g} s per client")
+    for name, rate in results.items():
+        print(f"  {name:26s} {rate:9.0f} req/s")
+    fast = results["KeyedClient (fast=True)"] / results["raw aiohttp"]
+    plain = results["KeyedClient (httpx)"] / results["raw httpx"]
+    print(f"  fast KeyedClient / raw aiohttp = {fast:.2f} (target >= 0.8) "
+          f"{'OK' if fast >= 0.8 else 'MISSED'}")
+    print(f"  plain KeyedClient / raw httpx  = {plain:.2f} (target >= 0.9) "
+          f"{'OK' if plain >= 0.9 else 'MISSED'}")
+    httpx_ms = _import_ms("httpx")
+    keysched_ms = _import_ms("keysched")
+    extra = keysched_ms - httpx_ms
+    print(f"  import httpx {httpx_ms:.1f} ms, import keysched {keysched_ms:.1f} ms: "
+          f"+{extra:.1f} ms (target <= 30) {'OK' if extra <= 30 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
