@@ -169,7 +169,9 @@ class _Session:
     def attempt_timeout(self, timeout: float) -> float:
         return max(0.001, min(timeout, self.deadline_at - self.client._clock()))
 
-    def report(self, dispatch: Dispatch, classified: Classified, started: float) -> None:
+    def report(self, dispatch: Dispatch, classified: Classified, started: float, *,
+               final: bool = False) -> None:
+        """Record an attempt and tell the core; `final` ends the request with no retry."""
         client = self.client
         ended = client._clock()
         outcome = classified.outcome
@@ -183,7 +185,11 @@ class _Session:
             logger.debug("attempt %d of a request via %s on %s: %s (HTTP %s)", dispatch.number,
                          dispatch.key.label, dispatch.model, outcome.kind.value, classified.status)
         client._core.complete(dispatch.attempt, outcome, ended)
-        client._pump()
+        if final:
+            # Cancel before any poll can dispatch the retry the outcome may have queued.
+            self.close()
+        else:
+            client._pump()
 
     def error(self, fail: Fail) -> ServiceError:
         why = _WHY[fail.reason]
@@ -455,8 +461,9 @@ class KeyedClient:
                         delivered += 1
                         yield chunk
                 classified = result.classified
-                session.report(decision, classified, started)
-                if delivered and classified.outcome.kind is not OutcomeKind.SUCCESS:
+                broken = delivered > 0 and classified.outcome.kind is not OutcomeKind.SUCCESS
+                session.report(decision, classified, started, final=broken)
+                if broken:
                     # Chunks already reached the caller: no transparent failover any more.
                     raise StreamInterruptedError(
                         f"the stream from {decision.model} via {decision.key.label} broke after "
