@@ -24,7 +24,10 @@ Definitions (decisions where the issue was silent are marked *):
   names none); the worst of them.  ``None`` with no such window; ``math.inf`` if it never
   recovered (written as ``null`` with ``recovered: false`` in JSON).
 - ``after_revocation``: attempts sent to a key at or after the time a fault revoked it (key
-  revoked, leaked, or its project disabled, with probability 1), total and the most on one key.
+  revoked, leaked, or its project disabled, with probability 1), total and the most on one key;
+  ``after_revocation_known``: those sent after the key's first refusal had come back (the
+  attempts before it are the ones any client sends before it can know; with several requests
+  in flight at once they can be more than one).
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ class Metrics:
     recovery_time: float | None
     after_revocation: int
     after_revocation_max_per_key: int
+    after_revocation_known: int
     lost: int
 
     def to_json(self) -> dict[str, Any]:
@@ -116,6 +120,7 @@ class Metrics:
             "recovered": recovered,
             "after_revocation": self.after_revocation,
             "after_revocation_max_per_key": self.after_revocation_max_per_key,
+            "after_revocation_known": self.after_revocation_known,
         }
 
 
@@ -252,8 +257,11 @@ def compute(result: RunResult) -> Metrics:
     served_in_time = sum(1 for a in result.attempts
                          if a.outcome in _ANSWERS and a.time < scenario.duration)
     revoked = revocation_times(scenario)
-    after = Counter(a.key for a in result.attempts
-                    if a.key in revoked and a.time >= revoked[a.key])
+    late = [a for a in result.attempts if a.key in revoked and a.time >= revoked[a.key]]
+    after = Counter(a.key for a in late)
+    learned: dict[str, float] = {}
+    for a in late:
+        learned[a.key] = min(learned.get(a.key, a.end), a.end)
     return Metrics(
         scenario=scenario.name, policy=result.policy, seed=result.seed,
         requests=len(requests), successes=n_ok, failures=dict(failures),
@@ -271,4 +279,5 @@ def compute(result: RunResult) -> Metrics:
         recovery_time=_recovery(result),
         after_revocation=sum(after.values()),
         after_revocation_max_per_key=max(after.values(), default=0),
+        after_revocation_known=sum(1 for a in late if a.time >= learned[a.key]),
         lost=result.lost)

@@ -131,6 +131,7 @@ def test_requests_after_revocation() -> None:
     """One attempt reached q-2 after it was revoked at 50."""
     m = compute(RUN)
     assert (m.after_revocation, m.after_revocation_max_per_key) == (1, 1)
+    assert m.after_revocation_known == 0
 
 
 def test_json_is_stable_and_marks_unrecovered_runs() -> None:

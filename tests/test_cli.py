@@ -1,0 +1,68 @@
+"""The simulator's commands (`sim.commands`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sim.commands import main
+
+SCENARIO = """
+description = "tiny"
+start = "2026-05-12T10:00:00-07:00"
+duration = 30
+seed = 5
+[[models]]
+name = "m"
+[quotas.m]
+rpm = 30
+[[projects]]
+name = "a"
+keys = 2
+[[workload]]
+rate = 0.5
+"""
+
+
+def test_list_names_scenarios_and_policies(capsys: pytest.CaptureFixture[str]) -> None:
+    """`list` prints every built-in scenario with its description, and the policies."""
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "saturation" in out
+    assert "router-like" in out
+
+
+def test_run_json_from_a_file_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`run PATH --json` prints the stable JSON layout for one run."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(SCENARIO)
+    assert main(["run", str(path), "--seed", "3", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["format"] == 1
+    (run,) = data["runs"]
+    assert (run["scenario"], run["policy"], run["seed"]) == ("tiny", "least-loaded", 3)
+    assert run["successes"] == run["requests"] > 0
+    assert set(run["latency"]) == {"p50", "p95", "p99"}
+
+
+def test_compare_prints_a_table_and_writes_plots(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`compare --policies ... --plot DIR` prints one row per policy and writes PNG files."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(SCENARIO)
+    plots = tmp_path / "plots"
+    assert main(["compare", str(path), "--policies", "least-loaded", "strike-three",
+                 "--plot", str(plots)]) == 0
+    captured = capsys.readouterr()
+    assert "least-loaded" in captured.out
+    assert "strike-three" in captured.out
+    assert "running tiny / least-loaded" in captured.err
+    assert len(list(plots.glob("*.png"))) == 7
+
+
+def test_unknown_scenario_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """A scenario that is neither a file nor a built-in name exits 2 with a message."""
+    assert main(["run", "no-such-scenario"]) == 2
+    assert "no-such-scenario" in capsys.readouterr().err
