@@ -1,0 +1,670 @@
+"""The Gemini wire format: build requests, classify responses (pure: bytes and JSON in, values out).
+
+Theory of operation: the HTTP driver asks this module for a URL, headers and a JSON body, sends
+them, and hands the status, the raw body bytes and the headers back to `classify`, which returns a
+`Classified`: the `Outcome` the core schedules on, plus everything a caller or an error message
+may want (Google's status and message, the quota that was hit, the text and usage of an answer).
+Nothing here performs I/O, reads a clock, logs or draws random numbers, and `classify` never
+raises, whatever bytes it is given: a body it cannot make sense of is an outcome
+(`BAD_RESPONSE`, or a kind chosen from the HTTP status alone), not an exception.
+
+The classification follows section 2.4 of ``reference/gemini-api.md``. Decisions taken where the
+reference is silent:
+
+- ``details`` entries are found by the last segment of ``@type``, in any order; every
+  ``QuotaFailure`` violation of the body counts, not just those of the first entry.
+- A 429 is read in this order: ``limit: 0`` (``QUOTA_ZERO``, permanent, so it beats everything),
+  then any ``PerDay`` violation (``RATE_LIMITED_DAY``: the group is dead until midnight, whatever
+  else the body says), then an ``InputTokens`` violation whose ``quotaValue`` is smaller than the
+  request's own ``input_tokens`` (``TOO_LARGE_FOR_QUOTA``), then ``RATE_LIMITED_MINUTE``. A 429
+  with violations whose ``quotaId`` names neither a minute nor a day (a spend cap, say) is treated
+  as per-minute: benching the group briefly is the cautious reading. A 429 without violations is
+  ``SHARED_CAPACITY``, even when ``ErrorInfo`` says ``RATE_LIMIT_EXCEEDED``.
+- The retry delay comes from ``RetryInfo.retryDelay``, else a ``Retry-After`` header (delta
+  seconds; an HTTP-date is ignored because turning it into a delay needs a clock), else the
+  "Please retry in Xs" text. It is recorded for every status, not only 429. A value that is not
+  a finite number of seconds is dropped rather than trusted.
+- A 404 whose message names a file or a cached content (``files/...``, ``cachedContents/...``)
+  is a ``REQUEST_ERROR``: the official table lists missing referenced files as a 404 cause, and
+  marking a model unavailable for a caller's bad file reference would be wrong for everyone.
+- An error object inside a 2xx body is classified by its inner ``code`` (else by its ``status``
+  string, else as a 500); ``Classified.status`` then holds that inner code. ``{"error": <not an
+  object>}`` in a 2xx body is ``BAD_RESPONSE``.
+- An answer "has content" if the first candidate has a non-thought part with non-empty text or a
+  ``functionCall``, ``inlineData``, ``fileData``, ``executableCode`` or ``codeExecutionResult``
+  (an image answer has no text but is not empty). Only the first candidate is inspected, as the
+  text is read from it.
+- ``Outcome.output_tokens`` is ``candidatesTokenCount``: thinking tokens are in
+  ``Usage.thoughts_tokens``; quotas only count input tokens.
+- ``Classified.message`` is Google's ``error.message`` (cut to 2,000 characters) when there is
+  one, else a short description written here. It never quotes the request, and never quotes a
+  body that is not a Google error (an HTML 502 page is described by its length only).
+- countTokens and batchEmbedContents answers go through `classify_json_response` with a parser
+  (`parse_count_tokens`, `parse_embeddings`). Parsers return ``None`` for a body of the wrong
+  shape and `classify_json_response` turns that into ``BAD_RESPONSE``: no exception crosses
+  this layer for anything the server sends.
+- ``estimate_tokens`` counts the characters of every ``"text"`` string in the body (whatever
+  its nesting, so it also covers ``systemInstruction`` and embedding requests); inline images
+  and files are not counted.
+"""
+
+from __future__ import annotations
+
+import json as _json
+import math
+import re
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import attrs
+
+from keysched._errors import UsageError
+from keysched._outcomes import Outcome, OutcomeKind
+
+__all__ = [
+    "API_BASE",
+    "EMBED_BATCH_LIMIT",
+    "METHODS",
+    "SAFETY_FINISH_REASONS",
+    "Classified",
+    "Usage",
+    "batch_embed_body",
+    "classify",
+    "classify_chunk",
+    "classify_json_response",
+    "count_tokens_body",
+    "endpoint_url",
+    "estimate_tokens",
+    "generate_body",
+    "list_models_url",
+    "parse_count_tokens",
+    "parse_embeddings",
+    "request_headers",
+]
+
+API_BASE = "https://generativelanguage.googleapis.com"
+EMBED_BATCH_LIMIT = 100
+"""The most requests one batchEmbedContents call may carry (a 400 beyond it)."""
+METHODS = frozenset({"generateContent", "streamGenerateContent", "countTokens",
+                     "batchEmbedContents"})
+SAFETY_FINISH_REASONS = frozenset({
+    "SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "RECITATION", "IMAGE_SAFETY",
+    "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "LANGUAGE",
+})
+"""Finish reasons that mean the model refused: the same verdict on any key, so never retried."""
+
+# Kept by hand rather than read with importlib.metadata, which would read files at import time;
+# a test checks it against the installed distribution.
+_VERSION = "0.1.0"
+_API_VERSION = "v1beta"
+_MAX_MESSAGE = 2000
+_CONTENT_PART_FIELDS = ("functionCall", "inlineData", "fileData", "executableCode",
+                        "codeExecutionResult")
+_K = OutcomeKind
+
+# ---------------------------------------------------------------------------------------------
+# Requests
+
+
+def _model_path(model: str) -> str:
+    if not isinstance(model, str) or not model.removeprefix("models/").strip():
+        raise UsageError(f"model: expected a model name such as 'gemini-2.5-flash', got {model!r}")
+    collection, name = "models", model.removeprefix("models/")
+    if name.startswith("tunedModels/"):
+        collection, name = "tunedModels", name.removeprefix("tunedModels/")
+    # Quoting keeps a strange model name from escaping its path segment ("../", "?", "#").
+    return f"{collection}/{urllib.parse.quote(name, safe='-._~')}"
+
+
+def endpoint_url(base_url: str, model: str, method: str) -> str:
+    """The URL of a model method; the key never goes in it.
+
+    Args:
+        base_url: ``API_BASE`` or a fake server's root; a trailing slash is tolerated.
+        model: the model name, with or without the ``models/`` prefix.
+        method: one of `METHODS`; ``streamGenerateContent`` gets ``?alt=sse``.
+
+    Raises:
+        UsageError: for an unknown method or an empty model name.
+    """
+    if method not in METHODS:
+        raise UsageError(f"method: expected one of {sorted(METHODS)}, got {method!r}")
+    url = f"{base_url.rstrip('/')}/{_API_VERSION}/{_model_path(model)}:{method}"
+    return url + "?alt=sse" if method == "streamGenerateContent" else url
+
+
+def list_models_url(base_url: str, *, page_size: int | None = None,
+                    page_token: str | None = None) -> str:
+    """The ListModels URL, with optional paging parameters."""
+    query = {k: v for k, v in (("pageSize", page_size), ("pageToken", page_token))
+             if v is not None}
+    url = f"{base_url.rstrip('/')}/{_API_VERSION}/models"
+    return f"{url}?{urllib.parse.urlencode(query)}" if query else url
+
+
+def request_headers(secret: str) -> dict[str, str]:
+    """The headers of every call: the key travels in ``x-goog-api-key`` only.
+
+    Raises:
+        UsageError: for a key that could not be a header value (the key is never quoted).
+    """
+    if not isinstance(secret, str) or not secret or any(
+            ch.isspace() or not ch.isprintable() for ch in secret):
+        raise UsageError("secret: a key must be a non-empty string without whitespace or "
+                         "control characters")
+    return {"x-goog-api-key": secret, "content-type": "application/json",
+            "user-agent": f"keysched/{_VERSION}"}
+
+
+def _contents(contents: object) -> list[dict[str, Any]]:
+    if isinstance(contents, str):
+        return [{"role": "user", "parts": [{"text": contents}]}]
+    if isinstance(contents, Mapping) or not isinstance(contents, Sequence) or isinstance(
+            contents, bytes | bytearray):
+        raise UsageError(f"contents: expected a str or a list of Content dicts, got "
+                         f"{type(contents).__name__} (wrap a single Content dict in a list)")
+    if not contents:
+        raise UsageError("contents: expected at least one turn, got an empty list")
+    turns = []
+    for index, turn in enumerate(contents):
+        parts = turn.get("parts") if isinstance(turn, Mapping) else None
+        if not isinstance(parts, Sequence) or isinstance(parts, str) or not all(
+                isinstance(part, Mapping) for part in parts):
+            raise UsageError(f"contents[{index}]: expected a Content dict with a list of part "
+                             f"dicts under 'parts', got {type(turn).__name__}")
+        turns.append(dict(turn))
+    return turns
+
+
+def _mapping(name: str, value: object) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise UsageError(f"{name}: expected a dict, got {type(value).__name__}")
+    return dict(value)
+
+
+def _mappings(name: str, value: object) -> list[dict[str, Any]]:
+    if isinstance(value, str | Mapping) or not isinstance(value, Sequence):
+        raise UsageError(f"{name}: expected a list of dicts, got {type(value).__name__}")
+    return [_mapping(f"{name}[{index}]", item) for index, item in enumerate(value)]
+
+
+def generate_body(contents: str | Sequence[Mapping[str, Any]], *,
+                  generation_config: Mapping[str, Any] | None = None,
+                  system_instruction: str | Mapping[str, Any] | None = None,
+                  safety_settings: Sequence[Mapping[str, Any]] | None = None,
+                  tools: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The JSON body of generateContent and streamGenerateContent.
+
+    Args:
+        contents: a prompt (one user turn) or the REST ``contents`` list, passed through.
+        generation_config: the REST ``generationConfig`` (camelCase keys), passed through.
+        system_instruction: a string or a REST Content dict.
+        safety_settings: the REST ``safetySettings`` list.
+        tools: the REST ``tools`` list.
+
+    Raises:
+        UsageError: naming the argument whose shape is wrong.
+    """
+    body: dict[str, Any] = {"contents": _contents(contents)}
+    if system_instruction is not None:
+        if isinstance(system_instruction, str):
+            body["systemInstruction"] = {"parts": [{"text": system_instruction}]}
+        else:
+            body["systemInstruction"] = _mapping("system_instruction", system_instruction)
+    if generation_config is not None:
+        body["generationConfig"] = _mapping("generation_config", generation_config)
+    if safety_settings is not None:
+        body["safetySettings"] = _mappings("safety_settings", safety_settings)
+    if tools is not None:
+        body["tools"] = _mappings("tools", tools)
+    return body
+
+
+def count_tokens_body(contents: str | Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The JSON body of countTokens (same ``contents`` rules as `generate_body`)."""
+    return {"contents": _contents(contents)}
+
+
+def batch_embed_body(model: str, texts: Sequence[str]) -> dict[str, Any]:
+    """The JSON body of batchEmbedContents: one request per text, at most `EMBED_BATCH_LIMIT`.
+
+    Raises:
+        UsageError: for a bare string, a non-string item, no texts or too many.
+    """
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise UsageError(f"texts: expected a list of strings, got {type(texts).__name__}")
+    if not 1 <= len(texts) <= EMBED_BATCH_LIMIT:
+        raise UsageError(f"texts: expected 1 to {EMBED_BATCH_LIMIT} texts per batch, got "
+                         f"{len(texts)}")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise UsageError(f"texts[{index}]: expected a str, got {type(text).__name__}")
+    name = _model_path(model)
+    return {"requests": [{"model": name, "content": {"parts": [{"text": text}]}}
+                         for text in texts]}
+
+
+def estimate_tokens(body: Mapping[str, Any]) -> int:
+    """A cheap input-token estimate for TPM budgeting: text characters / 4, rounded up, >= 1."""
+    chars, stack = 0, [body]
+    while stack:  # iterative: a deep body must not hit the recursion limit
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            text = node.get("text")
+            chars += len(text) if isinstance(text, str) else 0
+            stack.extend(v for k, v in node.items() if k != "text")
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+    return max(1, -(-chars // 4))
+
+
+# ---------------------------------------------------------------------------------------------
+# Values read from responses
+
+
+@attrs.frozen(kw_only=True)
+class Usage:
+    """``usageMetadata`` of an answer (cumulative over a stream); a missing count is None."""
+
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    """``candidatesTokenCount``: the answer, thinking excluded."""
+    thoughts_tokens: int | None = None
+    total_tokens: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Classified:
+    """One response, classified: the core's `Outcome` plus what callers and errors report.
+
+    Attributes:
+        outcome: what the core schedules on.
+        status: the HTTP status, or the inner ``code`` of an error sent inside a 2xx body.
+        google_status: ``error.status`` (``RESOURCE_EXHAUSTED`` ...), if any.
+        message: Google's error message, or a description of what was wrong; None on success.
+        reason: ``ErrorInfo.reason`` (``API_KEY_INVALID``, ``SERVICE_DISABLED`` ...), if any.
+        quota_id: the ``quotaId`` of the violation that decided the kind, if any.
+        quota_value: that violation's ``quotaValue``, if it had one.
+        project: the project number of a ``SERVICE_DISABLED`` error, if given.
+        json: the parsed body (a one-element list unwrapped), or None if it was not JSON.
+        text: the text of the first candidate, thoughts excluded.
+        finish_reason: the first candidate's ``finishReason``, if any.
+        block_reason: ``promptFeedback.blockReason``, if any.
+        usage: ``usageMetadata``, if any.
+    """
+
+    outcome: Outcome
+    status: int
+    google_status: str | None = None
+    message: str | None = None
+    reason: str | None = None
+    quota_id: str | None = None
+    quota_value: int | None = None
+    project: str | None = None
+    json: Any = None
+    text: str = ""
+    finish_reason: str | None = None
+    block_reason: str | None = None
+    usage: Usage | None = None
+
+
+def _dict(value: object) -> dict[str, Any] | None:
+    return value if isinstance(value, dict) else None
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _int(value: object) -> int | None:
+    # quotaValue arrives as a decimal string ("250000"); counts arrive as numbers. Every count
+    # the API sends is >= 0, so a negative one is treated as missing.
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 20:
+        return int(value)
+    return None
+
+
+def _parse_json(body: bytes) -> tuple[bool, Any]:
+    """``(True, value)`` for a JSON body, ``(False, None)`` otherwise; never raises."""
+    try:
+        value = _json.loads(body)
+    except (ValueError, RecursionError, TypeError):  # ValueError covers decode errors too
+        return False, None
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]  # Google wraps errors in a one-element array on some paths
+    return True, value
+
+
+def _usage(response: dict[str, Any]) -> Usage | None:
+    meta = _dict(response.get("usageMetadata"))
+    if meta is None:
+        return None
+    return Usage(prompt_tokens=_int(meta.get("promptTokenCount")),
+                 output_tokens=_int(meta.get("candidatesTokenCount")),
+                 thoughts_tokens=_int(meta.get("thoughtsTokenCount")),
+                 total_tokens=_int(meta.get("totalTokenCount")))
+
+
+def _answer_parts(response: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The non-thought parts of the first candidate."""
+    candidate = _dict(next(iter(_list(response.get("candidates"))), None)) or {}
+    for part in _list((_dict(candidate.get("content")) or {}).get("parts")):
+        if isinstance(part, dict) and part.get("thought") is not True:
+            yield part
+
+
+def _text(response: dict[str, Any]) -> str:
+    return "".join(text for part in _answer_parts(response)
+                   if (text := _str(part.get("text"))) is not None)
+
+
+def _has_content(response: dict[str, Any]) -> bool:
+    return any(_str(part.get("text")) or any(part.get(f) for f in _CONTENT_PART_FIELDS)
+               for part in _answer_parts(response))
+
+
+def _finish_reason(response: dict[str, Any]) -> str | None:
+    candidate = _dict(next(iter(_list(response.get("candidates"))), None)) or {}
+    return _str(candidate.get("finishReason"))
+
+
+def _retry_delay(value: object) -> float | None:
+    """A protobuf Duration string ("26s", "45.837906927s") or "500ms", in seconds."""
+    text = _str(value)
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s)", text.strip(), re.ASCII) if text else None
+    return _seconds(match[1], match[2]) if match else None
+
+
+def _seconds(number: str, unit: str = "s") -> float | None:
+    seconds = float(number) / (1000 if unit == "ms" else 1)
+    return seconds if math.isfinite(seconds) else None  # "9" * 400 is inf: not a delay
+
+
+def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
+    if headers is None:
+        return None
+    try:
+        items = list(headers.items())
+    except Exception:  # a caller's odd mapping must not make classify raise
+        return None
+    return next((v for k, v in items if isinstance(k, str) and k.lower() == name
+                 and isinstance(v, str)), None)
+
+
+def _retry_after(error: dict[str, Any], details: dict[str, dict[str, Any]],
+                 headers: Mapping[str, str] | None) -> float | None:
+    from_body = _retry_delay((details.get("RetryInfo") or {}).get("retryDelay"))
+    if from_body is not None:
+        return from_body
+    header = (_header(headers, "retry-after") or "").strip()
+    if re.fullmatch(r"\d+(?:\.\d+)?", header, re.ASCII):
+        from_header = _seconds(header)
+        if from_header is not None:
+            return from_header
+    message = _str(error.get("message")) or ""
+    match = re.search(r"[Pp]lease retry in (\d+(?:\.\d+)?)(ms|s)\b", message, re.ASCII)
+    return _seconds(match[1], match[2]) if match else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Classification
+
+
+@attrs.frozen(kw_only=True)
+class _Violation:
+    quota_id: str
+    value: int | None
+
+
+@attrs.frozen(kw_only=True)
+class _Verdict:
+    kind: OutcomeKind
+    violation: _Violation | None = None
+
+
+def _details(error: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[_Violation]]:
+    """The first detail of each @type (by its last name) and every quota violation."""
+    by_type: dict[str, dict[str, Any]] = {}
+    violations: list[_Violation] = []
+    for detail in _list(error.get("details")):
+        if not isinstance(detail, dict):
+            continue
+        name = (_str(detail.get("@type")) or "").rsplit("/", 1)[-1].removeprefix("google.rpc.")
+        by_type.setdefault(name, detail)
+        if name == "QuotaFailure":
+            for item in _list(detail.get("violations")):
+                if isinstance(item, dict):
+                    violations.append(_Violation(quota_id=_str(item.get("quotaId")) or "",
+                                                 value=_int(item.get("quotaValue"))))
+    return by_type, violations
+
+
+def _classify_429(message: str, violations: list[_Violation],
+                  input_tokens: int | None) -> _Verdict:
+    zero = next((v for v in violations if v.value == 0), None)
+    if zero or re.search(r"\blimit: 0(?![\d.])", message) or (
+            "doesn't have a free quota tier" in message):
+        return _Verdict(kind=_K.QUOTA_ZERO, violation=zero)
+    if not violations:
+        return _Verdict(kind=_K.SHARED_CAPACITY)
+    day = next((v for v in violations if "PerDay" in v.quota_id), None)
+    if day:
+        return _Verdict(kind=_K.RATE_LIMITED_DAY, violation=day)
+    too_large = next((v for v in violations if "InputTokens" in v.quota_id
+                      and v.value is not None and input_tokens is not None
+                      and input_tokens > v.value), None)
+    if too_large:
+        return _Verdict(kind=_K.TOO_LARGE_FOR_QUOTA, violation=too_large)
+    minute = next((v for v in violations if "PerMinute" in v.quota_id), violations[0])
+    return _Verdict(kind=_K.RATE_LIMITED_MINUTE, violation=minute)
+
+
+def _classify_status(status: int, google_status: str, message: str, reason: str,
+                     violations: list[_Violation], input_tokens: int | None) -> _Verdict:
+    """The kind of a non-2xx answer (or an error inside a 2xx), from section 2.4."""
+    lowered = message.lower()
+    if status == 429:
+        return _classify_429(message, violations, input_tokens)
+    if status == 400:
+        if reason.startswith("API_KEY_") or "api key not valid" in lowered or (
+                "api key not found" in lowered):
+            return _Verdict(kind=_K.KEY_INVALID)
+        if google_status == "FAILED_PRECONDITION" or "location is not supported" in lowered:
+            return _Verdict(kind=_K.KEY_FORBIDDEN)
+        return _Verdict(kind=_K.REQUEST_ERROR)
+    if status == 403:
+        if "reported as leaked" in lowered:
+            return _Verdict(kind=_K.KEY_LEAKED)
+        if reason == "SERVICE_DISABLED":
+            return _Verdict(kind=_K.PROJECT_DISABLED)
+        return _Verdict(kind=_K.KEY_FORBIDDEN)
+    if status == 404 and re.search(r"\b(files|cachedContents)/", message):
+        return _Verdict(kind=_K.REQUEST_ERROR)
+    kind = {401: _K.KEY_FORBIDDEN, 404: _K.MODEL_NOT_FOUND, 408: _K.TIMEOUT, 499: _K.TIMEOUT,
+            503: _K.OVERLOADED, 504: _K.TIMEOUT}.get(status)
+    if kind is None:
+        kind = _K.SERVER_ERROR if status >= 500 else _K.REQUEST_ERROR
+    return _Verdict(kind=kind)
+
+
+_HTTP_OF_STATUS = {
+    "INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "NOT_FOUND": 404,
+    "RESOURCE_EXHAUSTED": 429, "CANCELLED": 499, "INTERNAL": 500, "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
+
+
+def _inner_code(error: dict[str, Any]) -> int:
+    """The status an error object inside a 2xx body stands for."""
+    code = _int(error.get("code"))
+    if code is not None and 400 <= code <= 599:
+        return code
+    return _HTTP_OF_STATUS.get(_str(error.get("status")) or "", 500)
+
+
+def _classify_error(status: int, error: dict[str, Any], parsed: Any,
+                    headers: Mapping[str, str] | None, input_tokens: int | None) -> Classified:
+    details, violations = _details(error)
+    error_info = details.get("ErrorInfo") or {}
+    reason = _str(error_info.get("reason"))
+    google_status = _str(error.get("status"))
+    message = (_str(error.get("message")) or "")[:_MAX_MESSAGE]
+    verdict = _classify_status(status, google_status or "", message, reason or "", violations,
+                               input_tokens)
+    project = None
+    if verdict.kind is _K.PROJECT_DISABLED:
+        consumer = _str((_dict(error_info.get("metadata")) or {}).get("consumer")) or ""
+        project = consumer.removeprefix("projects/") if consumer.startswith("projects/") else None
+    retry_after = _retry_after(error, details, headers)
+    violation = verdict.violation
+    return Classified(
+        outcome=Outcome(kind=verdict.kind, retry_after=retry_after), status=status,
+        google_status=google_status,
+        message=message or f"HTTP {status} {google_status or ''}".rstrip(), reason=reason,
+        quota_id=(violation.quota_id or None) if violation else None,
+        quota_value=violation.value if violation else None, project=project, json=parsed)
+
+
+def _classify_answer(status: int, response: dict[str, Any], *, empty_is_error: bool,
+                     require_content: bool = True) -> Classified:
+    """A 2xx GenerateContentResponse: success, blocked or empty."""
+    usage = _usage(response)
+    finish = _finish_reason(response)
+    block = _str((_dict(response.get("promptFeedback")) or {}).get("blockReason")) or None
+    message: str | None = None
+    if block or finish in SAFETY_FINISH_REASONS:
+        kind, message = _K.BLOCKED, f"blocked: {block or finish}"
+    elif require_content and not _has_content(response) and (
+            not _list(response.get("candidates")) or finish != "MAX_TOKENS"):
+        kind = _K.EMPTY if empty_is_error else _K.SUCCESS
+        message = "the answer has no content" if empty_is_error else None
+    else:
+        kind = _K.SUCCESS
+    outcome = Outcome(kind=kind, input_tokens=usage.prompt_tokens if usage else None,
+                      output_tokens=usage.output_tokens if usage else None)
+    return Classified(outcome=outcome, status=status, message=message, json=response,
+                      text=_text(response), finish_reason=finish, block_reason=block,
+                      usage=usage)
+
+
+def _bad_response(status: int, why: str, parsed: Any = None) -> Classified:
+    return Classified(outcome=Outcome(kind=_K.BAD_RESPONSE), status=status, message=why,
+                      json=parsed)
+
+
+def _classify(status: int, body: bytes, headers: Mapping[str, str] | None, *,
+              input_tokens: int | None, empty_is_error: bool, answer: bool) -> Classified:
+    is_json, parsed = _parse_json(body) if isinstance(body, bytes | bytearray) else (False, None)
+    response = _dict(parsed)
+    if 200 <= status <= 299:
+        if response is None:
+            what = "not JSON" if not is_json else f"a JSON {type(parsed).__name__}"
+            return _bad_response(status, f"HTTP {status} body is {what}, not an object", parsed)
+        if "error" in response:
+            error = _dict(response["error"])
+            if error is None:
+                return _bad_response(status, f"HTTP {status} body has a malformed error", parsed)
+            return _classify_error(_inner_code(error), error, parsed, headers, input_tokens)
+        if not answer:
+            return Classified(outcome=Outcome(kind=_K.SUCCESS), status=status, json=parsed)
+        return _classify_answer(status, response, empty_is_error=empty_is_error)
+    error = _dict((response or {}).get("error"))
+    if error is None:  # an HTML page from a proxy, an empty body: the status alone decides
+        size = len(body) if isinstance(body, bytes | bytearray) else 0
+        error = {"message": f"HTTP {status} without a Google error object ({size} bytes)"}
+    return _classify_error(status, error, parsed, headers, input_tokens)
+
+
+def classify(status: int, body: bytes, headers: Mapping[str, str] | None = None, *,
+             input_tokens: int | None = None, empty_is_error: bool = True) -> Classified:
+    """Classify a generateContent response; never raises.
+
+    Args:
+        status: the HTTP status.
+        body: the raw response body.
+        headers: the response headers (only ``Retry-After`` is read), matched case-insensitively.
+        input_tokens: the request's input tokens (counted or estimated), to tell a request too
+            large for a TPM quota from an exhausted quota.
+        empty_is_error: classify a 200 without content as ``EMPTY`` (else ``SUCCESS``).
+
+    Returns:
+        The classification; see the module docstring for the rules.
+    """
+    return _classify(status, body, headers, input_tokens=input_tokens,
+                     empty_is_error=empty_is_error, answer=True)
+
+
+_T = TypeVar("_T")
+
+
+def classify_json_response(status: int, body: bytes, headers: Mapping[str, str] | None = None,
+                           *, parse: Callable[[Any], _T | None]) -> tuple[Classified, _T | None]:
+    """Classify a countTokens / batchEmbedContents / other JSON response and parse its value.
+
+    Errors are classified exactly as by `classify`. A 2xx JSON object is handed to `parse`; if
+    it returns None the body had the wrong shape and the result is ``BAD_RESPONSE``.
+
+    Returns:
+        ``(classified, value)``; ``value`` is None unless the outcome is ``SUCCESS``.
+    """
+    classified = _classify(status, body, headers, input_tokens=None, empty_is_error=False,
+                           answer=False)
+    if classified.outcome.kind is not _K.SUCCESS:
+        return classified, None
+    value = parse(classified.json)
+    if value is None:
+        return _bad_response(status, "the response body does not have the expected fields",
+                             classified.json), None
+    return classified, value
+
+
+def parse_count_tokens(json: Any) -> int | None:
+    """``totalTokens`` of a countTokens answer, or None if the body lacks it."""
+    return _int((_dict(json) or {}).get("totalTokens"))
+
+
+def parse_embeddings(json: Any) -> list[list[float]] | None:
+    """The vectors of a batchEmbedContents answer, in request order, or None if malformed.
+
+    The caller checks that there is one vector per text it sent.
+    """
+    embeddings = (_dict(json) or {}).get("embeddings")
+    if not isinstance(embeddings, list):
+        return None
+    vectors = []
+    for item in embeddings:
+        values = (_dict(item) or {}).get("values")
+        if not isinstance(values, list) or not all(
+                isinstance(x, int | float) and not isinstance(x, bool) for x in values):
+            return None
+        vectors.append([float(x) for x in values])
+    return vectors
+
+
+def classify_chunk(json: Any) -> Classified:
+    """Classify one parsed stream chunk: ``BLOCKED`` or ``SUCCESS``, never ``EMPTY``.
+
+    Single chunks are often empty (the last one may carry only ``finishReason``), so emptiness
+    is for the caller to judge over the whole stream. An error object is classified as by
+    `classify`.
+    """
+    chunk = _dict(json)
+    if chunk is None:
+        return _bad_response(200, f"a stream chunk is a JSON {type(json).__name__}, not an "
+                                  "object", json)
+    if "error" in chunk:
+        error = _dict(chunk["error"])
+        if error is None:
+            return _bad_response(200, "a stream chunk has a malformed error", json)
+        return _classify_error(_inner_code(error), error, json, None, None)
+    return _classify_answer(200, chunk, empty_is_error=False, require_content=False)
