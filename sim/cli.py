@@ -1,0 +1,90 @@
+"""The ``python -m sim`` command line, as argparse subcommands.
+
+Each subcommand is one ``_add_<name>(subparsers)`` function that registers its parser and sets
+``handler`` to a function taking the parsed namespace and returning an exit code; adding
+``list``/``run``/``compare`` means adding such a function to `_COMMANDS`.
+
+``serve`` prints the base URL and the scenario's keys as ``label=secret``: the secrets are the
+scenario's fake ones, and a client pointed at the server needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import Callable, Sequence
+
+from sim.scenario import ScenarioError, builtin_scenarios, load_scenario
+
+__all__ = ["build_parser", "main"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # Imported here: only `serve` needs the server modules.
+    from sim.server import make_app
+    from sim.server import serve as make_server
+    from sim.world import World
+
+    scenario = load_scenario(args.scenario)
+    world = World(scenario, seed=args.seed)
+    app = make_app(world, time_scale=args.time_scale)
+    server = make_server(app, args.host, args.port)
+
+    async def run() -> None:
+        await server.start()
+        print(f"serving scenario {scenario.name!r} on {server.base_url} "
+              f"(time scale {app.time_scale:g}); Ctrl-C stops", flush=True)
+        for key in scenario.keys:
+            print(f"  key {key.label}={key.secret} (project {key.project})", flush=True)
+        await server.serve_forever()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+    return 0
+
+
+def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="run the fake Gemini server for a scenario on 127.0.0.1",
+        description="Serve the Gemini wire format (/v1beta/...) backed by a scenario's world "
+                    "model; counters at GET /_sim/counters.")
+    parser.add_argument("scenario", help=f"a TOML file or a built-in name "
+                                         f"({', '.join(builtin_scenarios())})")
+    parser.add_argument("--port", type=int, default=8080, help="port (0 picks a free one)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1; keep it on loopback)")
+    parser.add_argument("--time-scale", type=float, default=None,
+                        help="virtual seconds per real second (default: the scenario's)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="the world's seed (default: the scenario's)")
+    parser.set_defaults(handler=_serve)
+
+
+_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    _add_serve,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(prog="python -m sim",
+                                     description="keysched's simulator and fake Gemini server.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in _COMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except ScenarioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
