@@ -64,7 +64,15 @@ def _add_serve(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.set_defaults(handler=_serve)
 
 
+def _add_simulation(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # Imported here so that `serve` alone does not load the engine and metrics.
+    from sim.commands import add_commands
+
+    add_commands(subparsers)
+
+
 _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    _add_simulation,
     _add_serve,
 ]
 
@@ -73,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="python -m sim",
                                      description="keysched's simulator and fake Gemini server.")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument("--plot", metavar="DIR", default=None,
+                        help="with no command: where the comparison writes its figures "
+                             "(default: sim-plots/)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _COMMANDS:
         add(subparsers)
     return parser
@@ -82,8 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
-    handler: Handler = args.handler
     try:
+        if args.command is None:
+            from sim.commands import DEFAULT_PLOT_DIR, main_default
+
+            return main_default(args.plot or DEFAULT_PLOT_DIR)
+        handler: Handler = args.handler
         return handler(args)
     except ScenarioError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -117,10 +117,11 @@ async def test_model_fallback_and_return_to_the_best_model() -> None:
         first = await client.generate("one")
         assert [a.model for a in first.attempts] == [FLASH, LITE]
         t = first.attempts[0].ended
-        assert client.snapshot().lane("key#2", FLASH).cooldown_until == t + 5.0
+        cooldown = RetryPolicy().overload_cooldown
+        assert client.snapshot().lane("key#2", FLASH).cooldown_until == t + cooldown
         during = await client.generate("two")
         assert during.model == LITE
-        vc.advance(5.0)
+        vc.advance(cooldown)
         after = await client.generate("three")
         assert after.model == FLASH
         assert len(after.attempts) == 1
@@ -377,9 +378,9 @@ async def test_count_tokens() -> None:
     server = Server(lambda request, n: answers[min(n, 1)]())
     async with make_client(server, vc) as client:
         start = vc.now
-        # Only one model is allowed: the 503 cools it, and the call waits 5 s for it.
+        # Only one model is allowed: the 503 cools it, and the call waits out the cooldown.
         assert await client.count_tokens("hello there", model=LITE) == 31
-        assert vc.now == start + 5.0
+        assert vc.now == start + RetryPolicy().overload_cooldown
     assert server.bodies()[-1] == {"contents": [{"role": "user",
                                                  "parts": [{"text": "hello there"}]}]}
     assert server.requests[-1].url.path.endswith("/models/gemini-2.5-flash-lite:countTokens")

@@ -12,7 +12,7 @@ import pytest
 from helpers import FLASH, LITE, Server, body, fixture, make_client, secret, success
 from virtual_clock import VirtualClock
 
-from keysched import RequestError
+from keysched import RequestError, RetryPolicy
 from keysched._outcomes import OutcomeKind
 from keysched._snapshot import LaneState
 
@@ -62,9 +62,12 @@ ROWS = [
         "group_unavailable"),
     Row("429_no_free_quota_tier.json", 429, K.QUOTA_ZERO, "other_project_now",
         "group_unavailable"),
-    Row("429_bare.json", 429, K.SHARED_CAPACITY, "later"),
-    Row("429_bare_2026.json", 429, K.SHARED_CAPACITY, "later"),
-    Row("list_wrapped_429.json", 429, K.SHARED_CAPACITY, "later"),
+    Row("429_bare.json", 429, K.SHARED_CAPACITY, "other_project_now",
+        "group_brief"),
+    Row("429_bare_2026.json", 429, K.SHARED_CAPACITY, "other_project_now",
+        "group_brief"),
+    Row("list_wrapped_429.json", 429, K.SHARED_CAPACITY, "other_project_now",
+        "group_brief"),
     Row("503_overloaded.json", 503, K.OVERLOADED, "other_model", "model_cooling"),
     Row("503_high_demand.json", 503, K.OVERLOADED, "other_model", "model_cooling"),
     Row("500_internal.json", 500, K.SERVER_ERROR, "later"),
@@ -146,6 +149,13 @@ def _check_effect(snap: object, row: Row, t: float) -> None:
         assert lane("key#2", FLASH).cooldown_until == t + row.retry_after
         assert lane("key#1", LITE).state is LaneState.AVAILABLE
         assert group[("p2", FLASH)].cooldown_until is None
+    elif row.effect == "group_brief":
+        # Shared capacity: the project backs off briefly; no key is blamed or disabled.
+        brief = RetryPolicy().shared_capacity_cooldown
+        assert (p1.cooldown_until, p1.reason) == (t + brief, "shared_capacity")
+        assert lane("key#1", FLASH).state is LaneState.COOLING
+        assert lane("key#1", LITE).state is LaneState.AVAILABLE
+        assert group[("p2", FLASH)].cooldown_until is None
     elif row.effect == "group_midnight":
         # The virtual wall clock starts at 2025-12-31 16:00 Pacific: midnight is 8 hours on.
         assert p1.cooldown_until == vc_epoch() + 8 * 3600
@@ -156,7 +166,7 @@ def _check_effect(snap: object, row: Row, t: float) -> None:
         assert lane("key#1", LITE).state is LaneState.AVAILABLE
     elif row.effect == "model_cooling":
         assert lane("key#3", FLASH).state is LaneState.COOLING
-        assert lane("key#3", FLASH).cooldown_until == t + 5.0  # overload_cooldown
+        assert lane("key#3", FLASH).cooldown_until == t + RetryPolicy().overload_cooldown
         assert lane("key#3", LITE).state is LaneState.AVAILABLE
     elif row.effect == "model_unavailable":
         assert all(lane(f"key#{n}", FLASH).state is LaneState.UNAVAILABLE for n in (1, 2, 3))
