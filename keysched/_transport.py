@@ -1,0 +1,195 @@
+"""The HTTP seam of `KeyedClient`: one small interface, an httpx backend and an aiohttp backend.
+
+The client needs exactly two things from HTTP: POST a body and read the whole answer, or POST
+and read the answer's bytes as they arrive.  Each backend maps its library's failures to two
+exceptions, `TransportTimeout` and `TransportFailure`, whose messages name only the kind of
+failure (never a URL, a header or a key).
+
+- `HttpxBackend` (the default) sends through an `httpx.AsyncClient`: the caller's own client
+  or transport plugs in here, and `httpx.MockTransport` / `httpx.ASGITransport` work as usual.
+- `AiohttpBackend` (``KeyedClient(fast=True)``, ``pip install keysched[fast]``) talks to aiohttp
+  directly.  httpx's own connection pool collapses under high concurrency (encode/httpx#3215),
+  and even over an aiohttp-backed httpx transport every request still builds httpx's URL,
+  header and response models; going straight to aiohttp removes both costs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol
+
+import httpx
+
+__all__ = ["AiohttpBackend", "Backend", "HttpxBackend", "StreamResponse", "TransportFailure",
+           "TransportTimeout"]
+
+
+class TransportTimeout(Exception):
+    """No (complete) answer arrived within the attempt's timeout."""
+
+
+class TransportFailure(Exception):
+    """The connection failed before or while the answer arrived."""
+
+
+class StreamResponse(Protocol):
+    """An answer being streamed."""
+
+    status: int
+    headers: Mapping[str, str]
+
+    async def read(self) -> bytes: ...
+
+    def iter_bytes(self) -> AsyncIterator[bytes]: ...
+
+
+class Backend(Protocol):
+    """What `KeyedClient` needs from an HTTP library."""
+
+    async def post(self, url: str, headers: Mapping[str, str], payload: bytes,
+                   timeout: float) -> tuple[int, Mapping[str, str], bytes]: ...
+
+    def stream(self, url: str, headers: Mapping[str, str], payload: bytes,
+               timeout: float) -> contextlib.AbstractAsyncContextManager[StreamResponse]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _HttpxStream:
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self.status = response.status_code
+        self.headers: Mapping[str, str] = response.headers
+
+    async def read(self) -> bytes:
+        with _httpx_errors():
+            return await self._response.aread()
+
+    async def iter_bytes(self) -> AsyncIterator[bytes]:
+        with _httpx_errors():
+            async for data in self._response.aiter_bytes():
+                yield data
+
+
+@contextlib.contextmanager
+def _httpx_errors() -> Any:
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise TransportTimeout(type(exc).__name__) from None
+    except httpx.RequestError as exc:  # connect, read, write, protocol and decoding errors
+        raise TransportFailure(type(exc).__name__) from None
+
+
+class HttpxBackend:
+    """Send through an `httpx.AsyncClient` (closed by `aclose` only if we made it)."""
+
+    def __init__(self, client: httpx.AsyncClient, *, owned: bool) -> None:
+        self._client = client
+        self._owned = owned
+
+    async def post(self, url: str, headers: Mapping[str, str], payload: bytes,
+                   timeout: float) -> tuple[int, Mapping[str, str], bytes]:
+        with _httpx_errors():
+            response = await self._client.post(url, content=payload, headers=headers,
+                                               timeout=timeout)
+        return response.status_code, response.headers, response.content
+
+    @contextlib.asynccontextmanager
+    async def stream(self, url: str, headers: Mapping[str, str], payload: bytes,
+                     timeout: float) -> AsyncIterator[StreamResponse]:
+        with _httpx_errors():
+            request = self._client.stream("POST", url, content=payload, headers=headers,
+                                          timeout=timeout)
+            response = await request.__aenter__()
+        try:
+            yield _HttpxStream(response)
+        finally:
+            with _httpx_errors():
+                await request.__aexit__(None, None, None)
+
+    async def aclose(self) -> None:
+        if self._owned:
+            await self._client.aclose()
+
+
+class _AiohttpStream:
+    def __init__(self, response: Any) -> None:
+        self._response = response
+        self.status: int = response.status
+        self.headers: Mapping[str, str] = response.headers
+
+    async def read(self) -> bytes:
+        with _aiohttp_errors():
+            data: bytes = await self._response.read()
+            return data
+
+    async def iter_bytes(self) -> AsyncIterator[bytes]:
+        with _aiohttp_errors():
+            async for data in self._response.content.iter_any():
+                yield data
+
+
+@contextlib.contextmanager
+def _aiohttp_errors() -> Any:
+
+    import aiohttp
+
+    try:
+        yield
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise TransportTimeout(type(exc).__name__) from None
+    except aiohttp.ClientError as exc:
+        raise TransportFailure(type(exc).__name__) from None
+
+
+class AiohttpBackend:
+    """Send through one `aiohttp.ClientSession`, created on first use inside the event loop."""
+
+    def __init__(self, *, max_connections: int = 1000) -> None:
+        try:
+            import aiohttp
+        except ImportError as exc:  # turned into a ConfigurationError by the client
+            raise ImportError("the aiohttp backend needs: pip install 'keysched[fast]'") from exc
+        self._aiohttp = aiohttp
+        self._max = max_connections
+        self._session: Any = None
+
+    def _get_session(self) -> Any:
+        if self._session is None:
+            aiohttp = self._aiohttp
+            connector = aiohttp.TCPConnector(limit=self._max, limit_per_host=self._max)
+            # No automatic decompression surprises, no cookies: an API client, not a browser.
+            self._session = aiohttp.ClientSession(connector=connector,
+                                                  cookie_jar=aiohttp.DummyCookieJar())
+        return self._session
+
+    async def post(self, url: str, headers: Mapping[str, str], payload: bytes,
+                   timeout: float) -> tuple[int, Mapping[str, str], bytes]:
+        session = self._get_session()
+        with _aiohttp_errors():
+            async with session.post(url, data=payload, headers=headers, allow_redirects=False,
+                                    timeout=self._aiohttp.ClientTimeout(total=timeout)) as response:
+                body: bytes = await response.read()
+                return response.status, response.headers, body
+
+    @contextlib.asynccontextmanager
+    async def stream(self, url: str, headers: Mapping[str, str], payload: bytes,
+                     timeout: float) -> AsyncIterator[StreamResponse]:
+        session = self._get_session()
+        # A stream may run long: bound the connection and each read, not the whole answer.
+        limits = self._aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+        with _aiohttp_errors():
+            request = session.post(url, data=payload, headers=headers, allow_redirects=False,
+                                   timeout=limits)
+            response = await request.__aenter__()
+        try:
+            yield _AiohttpStream(response)
+        finally:
+            await request.__aexit__(None, None, None)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
