@@ -16,8 +16,10 @@ This is the only module of keysched that does I/O.  Decisions where the issue wa
 - A stream fails over only before its first chunk reaches the caller.  After that, a failure is
   reported to the core (so the key or model is cooled as usual), the request is ended, and
   `StreamInterruptedError` says how many chunks were delivered.
-- The aiohttp fast path is opt-in (``fast=True``, with the ``fast`` extra installed); a caller's
-  own ``http_client`` or ``transport`` is used as given.
+- HTTP goes through the small seam in `keysched._transport`: httpx by default (a caller's own
+  ``http_client`` or ``transport`` is used as given), or aiohttp directly with ``fast=True``
+  (the ``fast`` extra), which skips httpx's per-request models and its pool's collapse under
+  high concurrency.
 - Embedding requests are scheduled like any other on the same keys; the embedding model is one
   more model of the pool that `generate` never falls back to.
 """
@@ -57,6 +59,13 @@ from keysched._results import AttemptRecord, GenerateResult, StreamChunk
 from keysched._selection import Policy
 from keysched._snapshot import PoolEvent, PoolSnapshot
 from keysched._sse import SSEParser
+from keysched._transport import (
+    AiohttpBackend,
+    Backend,
+    HttpxBackend,
+    TransportFailure,
+    TransportTimeout,
+)
 from keysched._wire import (
     API_BASE,
     EMBED_BATCH_LIMIT,
@@ -237,7 +246,8 @@ class KeyedClient:
         embedding_model: the model `embed` uses by default.
         http_client: your own `httpx.AsyncClient` (not closed by `aclose`).
         transport: your own httpx transport (ignored if `http_client` is given).
-        fast: use the aiohttp-backed httpx transport (needs ``pip install keysched[fast]``).
+        fast: send through aiohttp directly instead of httpx (``pip install keysched[fast]``);
+            ignored when `http_client` or `transport` is given.
         policy: the scheduling policy (keysched's least-loaded policy by default).
         clock: monotonic seconds; inject a virtual clock in tests.
         sleep: the coroutine used to wait for the core's next deadline.
@@ -297,20 +307,31 @@ class KeyedClient:
         self._timer_at = math.inf
         self._stale_timers: set[asyncio.Task[None]] = set()  # cancelled, not yet finished
         self._closed = False
-        self._owns_http = http_client is None
-        self._http = http_client or self._make_http(transport, fast)
+        # Headers per key, built once: the key is checked and copied into them a single time.
+        self._headers = {key.label: request_headers(key.secret) for key in config.keys}
+        self._urls: dict[tuple[str, str], str] = {}
+        self._backend = self._make_backend(http_client, transport, fast)
 
     @staticmethod
-    def _make_http(transport: httpx.AsyncBaseTransport | None, fast: bool) -> httpx.AsyncClient:
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
-        if transport is None and fast:
+    def _make_backend(http_client: httpx.AsyncClient | None,
+                      transport: httpx.AsyncBaseTransport | None, fast: bool) -> Backend:
+        if http_client is not None:
+            return HttpxBackend(http_client, owned=False)
+        if fast and transport is None:
             try:
-                from httpx_aiohttp import AiohttpTransport
+                return AiohttpBackend()
             except ImportError as exc:
-                raise ConfigurationError("fast", "the aiohttp transport is not installed: "
+                raise ConfigurationError("fast", "the aiohttp backend is not installed: "
                                          "pip install 'keysched[fast]'") from exc
-            transport = AiohttpTransport(limits=limits)
-        return httpx.AsyncClient(transport=transport, limits=limits, follow_redirects=False)
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+        return HttpxBackend(httpx.AsyncClient(transport=transport, limits=limits,
+                                              follow_redirects=False), owned=True)
+
+    def _url(self, model: str, method: str) -> str:
+        url = self._urls.get((model, method))
+        if url is None:
+            url = self._urls[(model, method)] = endpoint_url(self._base_url, model, method)
+        return url
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> KeyedClient:
@@ -353,8 +374,7 @@ class KeyedClient:
         self._drop_timer()
         # Wait for the cancelled timers, so that no task of this client outlives `aclose`.
         await asyncio.gather(*self._stale_timers, return_exceptions=True)
-        if self._owns_http:
-            await self._http.aclose()
+        await self._backend.aclose()
 
     # ------------------------------------------------------------------ public calls
 
@@ -398,7 +418,7 @@ class KeyedClient:
                 decision = await session.next()
                 if isinstance(decision, Dispatch):
                     started = self._clock()
-                    url = endpoint_url(self._base_url, decision.model, "generateContent")
+                    url = self._url(decision.model, "generateContent")
                     classified = await self._post(url, decision.key, payload,
                                                   session.attempt_timeout(attempt_timeout),
                                                   lambda status, raw, headers: classify(
@@ -548,15 +568,13 @@ class KeyedClient:
     async def _post(self, url: str, key: Key, payload: bytes, timeout: float,
                     read: Callable[[int, bytes, Mapping[str, str]], Classified]) -> Classified:
         try:
-            response = await self._http.post(url, content=payload,
-                                             headers=request_headers(key.secret),
-                                             timeout=timeout)
-        except httpx.TimeoutException:
+            status, headers, body = await self._backend.post(url, self._headers[key.label],
+                                                             payload, timeout)
+        except TransportTimeout:
             return _failure(OutcomeKind.TIMEOUT, f"no answer within {timeout:.1f}s")
-        except httpx.RequestError as exc:
-            return _failure(OutcomeKind.CONNECTION_ERROR, f"{type(exc).__name__} before an "
-                                                          "answer arrived")
-        return read(response.status_code, response.content, response.headers)
+        except TransportFailure as exc:
+            return _failure(OutcomeKind.CONNECTION_ERROR, f"{exc} before an answer arrived")
+        return read(status, body, headers)
 
     async def _call_json(self, model: str, method: str, body: dict[str, Any],
                          parse: Callable[[Any], Any], timeout: float | None,
@@ -579,7 +597,7 @@ class KeyedClient:
                         return classified
 
                     classified = await self._post(
-                        endpoint_url(self._base_url, decision.model, method), decision.key,
+                        self._url(decision.model, method), decision.key,
                         payload, session.attempt_timeout(attempt_timeout), read)
                     session.report(decision, classified, started)
                 elif isinstance(decision, Finish):
@@ -592,22 +610,21 @@ class KeyedClient:
     async def _stream_attempt(self, dispatch: Dispatch, payload: bytes, tokens: int,
                               timeout: float, result: _StreamResult) -> AsyncGenerator[StreamChunk, None]:
         """Yield one attempt's chunks; leave its classification in `result`."""
-        url = endpoint_url(self._base_url, dispatch.model, "streamGenerateContent")
+        url = self._url(dispatch.model, "streamGenerateContent")
         label = dispatch.key.label or ""
         delivered = 0
         usage = None
         blocked: str | None = None
         try:
-            async with self._http.stream("POST", url, content=payload,
-                                         headers=request_headers(dispatch.key.secret),
-                                         timeout=timeout) as response:
-                if response.status_code != 200:
-                    raw = await response.aread()
-                    result.classified = classify(response.status_code, raw, response.headers,
+            async with self._backend.stream(url, self._headers[label], payload,
+                                            timeout) as response:
+                if response.status != 200:
+                    raw = await response.read()
+                    result.classified = classify(response.status, raw, response.headers,
                                                  input_tokens=tokens)
                     return
                 parser = SSEParser()
-                async for data in response.aiter_bytes():
+                async for data in response.iter_bytes():
                     for event in parser.feed(data):
                         if event.classified is not None:
                             result.classified = event.classified
@@ -623,12 +640,11 @@ class KeyedClient:
                     if event.classified is not None:
                         result.classified = event.classified
                         return
-        except httpx.TimeoutException:
+        except TransportTimeout:
             result.classified = _failure(OutcomeKind.TIMEOUT, f"no data within {timeout:.1f}s")
             return
-        except httpx.RequestError as exc:
-            result.classified = _failure(OutcomeKind.CONNECTION_ERROR,
-                                         f"{type(exc).__name__} while streaming")
+        except TransportFailure as exc:
+            result.classified = _failure(OutcomeKind.CONNECTION_ERROR, f"{exc} while streaming")
             return
         if blocked is not None:
             result.classified = Classified(outcome=Outcome(kind=OutcomeKind.BLOCKED), status=200,
@@ -652,15 +668,19 @@ class KeyedClient:
             elif isinstance(decision, Dispatch):
                 # Nobody waits for this request any more (its caller is gone): free the lane.
                 core.cancel(decision.request, self._clock())
-        if logger.isEnabledFor(logging.INFO):
+        # Each event is logged at its own level: a logger set to WARNING must still see
+        # disabled keys and fallbacks.  The shortcut skips the loop only when even the most
+        # severe level (ERROR, a model gone for good) is filtered out.
+        if logger.isEnabledFor(logging.ERROR):
             for event in core.take_events():
-                self._log(event)
+                level = _EVENT_LEVELS.get(event.kind, logging.INFO)
+                if logger.isEnabledFor(level):
+                    self._log(event, level)
         else:
             core.take_events()
         self._arm(core.next_deadline())
 
-    def _log(self, event: PoolEvent) -> None:
-        level = _EVENT_LEVELS.get(event.kind, logging.INFO)
+    def _log(self, event: PoolEvent, level: int) -> None:
         where = " ".join(f"{name}={value}" for name, value in (
             ("key", event.key), ("project", event.project), ("model", event.model))
             if value is not None)
