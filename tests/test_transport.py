@@ -1,0 +1,144 @@
+"""Both HTTP backends (httpx, and aiohttp for ``fast=True``) against the fake server on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from keysched import (
+    AttemptsExhaustedError,
+    KeyedClient,
+    OutcomeKind,
+    RetryPolicy,
+    StreamChunk,
+    StreamInterruptedError,
+)
+from sim.scenario import Scenario, parse_scenario
+from sim.server import serve
+from sim.world import World
+
+FLASH = "gemini-2.5-flash"
+LITE = "gemini-2.5-flash-lite"
+BACKENDS = [pytest.param(False, id="httpx"), pytest.param(True, id="aiohttp")]
+
+
+def _scenario(*faults: dict[str, Any]) -> Scenario:
+    """Two projects, fast models, real time (scale 1), `faults` from t=0 on."""
+    return parse_scenario({
+        "description": "transport test", "start": "2026-05-12T10:00:00-07:00",
+        "duration": 3600, "time_scale": 1, "timeout": 5, "error_latency": 0.001,
+        "models": [{"name": FLASH, "latency_median": 0.005, "latency_sigma": 0.1,
+                    "stream_chunks": 3},
+                   {"name": LITE, "latency_median": 0.005, "latency_sigma": 0.1}],
+        "projects": [{"name": "alpha", "keys": 2}, {"name": "beta", "keys": 1}],
+        "faults": list(faults),
+    }, source="<transport test>")
+
+
+async def _client(scenario: Scenario, base_url: str, fast: bool, **kwargs: Any) -> KeyedClient:
+    return KeyedClient(keys=scenario.pool_keys(), models=scenario.models_best_first,
+                       base_url=base_url, fast=fast,
+                       retry=kwargs.pop("retry", RetryPolicy(backoff_base=0.01, jitter=0.0)),
+                       **kwargs)
+
+
+async def _stream(client: KeyedClient, sink: list[StreamChunk]) -> None:
+    async for chunk in client.stream("tell me a story"):
+        sink.append(chunk)
+
+
+async def _chunks(stream: AsyncIterator[StreamChunk]) -> list[StreamChunk]:
+    return [chunk async for chunk in stream]
+
+
+@pytest.mark.parametrize("fast", BACKENDS)
+async def test_success_and_a_revoked_key(fast: bool) -> None:
+    """A revoked key is refused once, disabled, and the request is served by another key."""
+    scenario = _scenario({"kind": "key_revoked", "key": "alpha-1", "start": 0})
+    world = World(scenario, seed=1)
+    async with serve(world) as server:
+        async with await _client(scenario, server.base_url, fast) as client:
+            first = await client.generate("hello")
+            second = await client.generate("again")
+            lanes = client.snapshot()
+    assert [a.outcome for a in first.attempts] == [OutcomeKind.KEY_INVALID, OutcomeKind.SUCCESS]
+    assert first.attempts[0].key == "alpha-1"
+    assert first.key != "alpha-1"
+    assert first.text
+    assert second.key != "alpha-1"
+    assert len(second.attempts) == 1
+    assert lanes.lane("alpha-1", FLASH).state.value == "disabled"
+    counters = world.counters()
+    assert counters["alpha-1"][FLASH]["requests"] == 1
+    assert counters["alpha-1"][FLASH]["key_invalid"] == 1
+
+
+@pytest.mark.parametrize("fast", BACKENDS)
+async def test_connection_resets_are_retried(fast: bool) -> None:
+    """A connection reset becomes a CONNECTION_ERROR attempt; the retries use up the budget."""
+    scenario = _scenario({"kind": "reset", "start": 0, "end": 3600})
+    async with serve(World(scenario, seed=1)) as server:
+        async with await _client(scenario, server.base_url, fast,
+                                 retry=RetryPolicy(max_attempts=3, backoff_base=0.01,
+                                                   jitter=0.0)) as client:
+            with pytest.raises(AttemptsExhaustedError) as caught:
+                await client.generate("hello")
+            assert client.snapshot().in_flight == 0
+    outcomes = [a.outcome for a in caught.value.attempts]
+    assert outcomes == [OutcomeKind.CONNECTION_ERROR] * 3
+
+
+@pytest.mark.parametrize("fast", BACKENDS)
+async def test_a_hanging_server_times_out(fast: bool) -> None:
+    """A server that never answers in time gives TIMEOUT attempts, bounded by the timeout."""
+    scenario = _scenario({"kind": "timeout", "start": 0, "end": 3600})
+    async with serve(World(scenario, seed=1)) as server:
+        async with await _client(scenario, server.base_url, fast, timeout=0.05,
+                                 retry=RetryPolicy(max_attempts=2, backoff_base=0.01,
+                                                   jitter=0.0)) as client:
+            with pytest.raises(AttemptsExhaustedError) as caught:
+                await client.generate("hello")
+    assert [a.outcome for a in caught.value.attempts] == [OutcomeKind.TIMEOUT] * 2
+
+
+@pytest.mark.parametrize("fast", BACKENDS)
+async def test_streams_deliver_chunks_and_report_a_break(fast: bool) -> None:
+    """A healthy stream delivers every chunk; one that errs after a chunk raises, chunks intact."""
+    healthy = _scenario()
+    async with serve(World(healthy, seed=1)) as server:
+        async with await _client(healthy, server.base_url, fast) as client:
+            chunks = await _chunks(client.stream("tell me a story"))
+    assert len(chunks) == 3
+    assert [c.index for c in chunks] == [0, 1, 2]
+    assert chunks[-1].finish_reason == "STOP"
+
+    broken = _scenario({"kind": "stream_error", "start": 0, "end": 3600, "after_chunks": 1})
+    async with serve(World(broken, seed=1)) as server:
+        async with await _client(broken, server.base_url, fast) as client:
+            delivered: list[StreamChunk] = []
+            with pytest.raises(StreamInterruptedError) as caught:
+                await _stream(client, delivered)
+            assert client.snapshot().in_flight == 0
+    assert caught.value.chunks_delivered == 1
+    assert len(delivered) == 1
+    assert delivered[0].text
+
+
+async def test_fast_path_needs_no_httpx_client() -> None:
+    """``fast=True`` with a caller's own transport keeps the caller's transport (httpx)."""
+    import httpx
+
+    from keysched._transport import AiohttpBackend, HttpxBackend
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"candidates": [{"content": {"parts": [{"text": "ok"}]},
+                                                         "finishReason": "STOP"}]})
+
+    async with KeyedClient(keys=["AIzaONE"], models=[FLASH], fast=True,
+                           transport=httpx.MockTransport(handler)) as client:
+        assert isinstance(client._backend, HttpxBackend)
+        assert (await client.generate("hi")).text == "ok"
+    async with KeyedClient(keys=["AIzaONE"], models=[FLASH], fast=True) as client:
+        assert isinstance(client._backend, AiohttpBackend)
