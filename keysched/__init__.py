@@ -5,7 +5,8 @@ The parts, from the bottom up: `PoolConfig` and friends (validated configuration
 `KeyedClient` (the asyncio + httpx driver).
 """
 
-from keysched._client import DEFAULT_MODELS, KeyedClient
+from typing import TYPE_CHECKING, Any
+
 from keysched._config import Key, Limit, PoolConfig, RetryPolicy
 from keysched._core import Scheduler
 from keysched._decisions import Decision, Dispatch, Fail, FailReason, Finish
@@ -30,7 +31,26 @@ from keysched._sse import SSEParser, StreamEvent
 from keysched._table import DEFAULT_ACTIONS, Action, Effect, Next
 from keysched._wire import Classified, Usage, classify
 
+if TYPE_CHECKING:
+    from keysched._client import DEFAULT_MODELS, KeyedClient
+
 __version__ = "0.1.0"
+
+# The client pulls in asyncio and httpx; the configuration, the core and the wire layer do not.
+# Loading it on first use keeps `import keysched` cheap for code that only needs the pure parts
+# (the simulator, a dashboard reading snapshots).
+_LAZY = {"DEFAULT_MODELS": "keysched._client", "KeyedClient": "keysched._client"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'keysched' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "DEFAULT_ACTIONS",
