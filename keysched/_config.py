@@ -150,6 +150,8 @@ class RetryPolicy:
         deadline: the default time a request may take in total, in seconds.
         minute_cooldown: how long a per-minute 429 benches its quota group when the server gave
             no retry delay.
+        shared_capacity_cooldown: how long a 429 without details (shared capacity) benches its
+            quota group, in seconds.
         overload_cooldown: how long a 503 takes its model out of rotation; doubles while 503s
             continue, up to ``overload_cooldown_cap``.
         overload_cooldown_cap: the largest overload cooldown, in seconds.
@@ -164,8 +166,10 @@ class RetryPolicy:
     jitter: float = 1.0
     deadline: float = attrs.field(default=120.0, converter=_to_seconds)
     minute_cooldown: float = attrs.field(default=60.0, converter=_to_seconds)
-    overload_cooldown: float = attrs.field(default=5.0, converter=_to_seconds)
-    overload_cooldown_cap: float = attrs.field(default=60.0, converter=_to_seconds)
+    shared_capacity_cooldown: float = attrs.field(default=2.0, converter=_to_seconds)
+    overload_cooldown: float = attrs.field(default=2.0, converter=_to_seconds)
+    # A short cap: the cooldown is also how late the pool notices that the model recovered.
+    overload_cooldown_cap: float = attrs.field(default=20.0, converter=_to_seconds)
     empty_retries: int = 1
     server_errors_per_model: int = 2
 
@@ -174,7 +178,7 @@ class RetryPolicy:
         _count("retry.empty_retries", self.empty_retries, minimum=0)
         _count("retry.server_errors_per_model", self.server_errors_per_model)
         for name in ("backoff_base", "backoff_cap", "deadline", "minute_cooldown",
-                     "overload_cooldown", "overload_cooldown_cap"):
+                     "shared_capacity_cooldown", "overload_cooldown", "overload_cooldown_cap"):
             _duration(f"retry.{name}", getattr(self, name))
         if self.backoff_cap < self.backoff_base:
             raise ConfigurationError("retry.backoff_cap", f"must be >= backoff_base "

@@ -36,6 +36,10 @@ Decisions where the spec was silent (see also the module docstrings of `_budget`
   example too many tokens for what is left of a TPM budget) holds back the requests behind it
   that allow the same models, which is what FIFO means, and nothing else.
 - Cooldowns merge by taking the later end, never by overwriting with an earlier one.
+- A retry delay on an outcome that blames no quota group (a ``Retry-After`` on a 5xx, a timeout
+  or a 503) idles just that (key, model) lane until exactly ``t + d``; the request itself moves
+  on as its table row says.  Per-minute 429s bench the group for ``d`` instead, and a per-day
+  429's short delay is ignored (the group waits for midnight).
 - A cancelled request frees its lane at once; the attempt's outcome, if it still arrives, is
   not reported (completing a cancelled attempt raises `UsageError`).
 """
@@ -167,6 +171,9 @@ class Scheduler:
         self._lane_cool: dict[tuple[int, int], float] = {}
         self._lane_counts: dict[tuple[int, int], list[int]] = {}
         self._selector: Selector = self.policy.selector(len(self._keys), n_models, rng)
+        # `LeastLoaded` takes the new load directly; other selectors are only told "changed".
+        self._update = getattr(self._selector, "update", None)
+        self._all_models = tuple(range(n_models))
         self._requests: dict[int, _Request] = {}
         self._attempts: dict[int, _Attempt] = {}
         self._queues: dict[tuple[int, ...], list[int]] = {}
@@ -181,6 +188,7 @@ class Scheduler:
         self._waiting = 0
         self._counts = {"submitted": 0, "finished": 0, "failed": 0, "cancelled": 0}
         self._current: _Request | None = None  # the request being placed, for `block`
+        self._skip_until = math.inf  # when a token budget too full for `_current` frees up
 
     # ------------------------------------------------------------------ inputs
 
@@ -199,11 +207,14 @@ class Scheduler:
                 running backwards.
         """
         self._check_time(now)
-        indices = self._model_indices(models)
-        if isinstance(input_tokens, bool) or not isinstance(input_tokens, int) or input_tokens < 0:
+        indices = self._all_models if models is None else self._model_indices(models)
+        if (input_tokens.__class__ is not int  # the fast path: a plain int
+                and (isinstance(input_tokens, bool) or not isinstance(input_tokens, int))
+                ) or input_tokens < 0:
             raise UsageError(f"input_tokens must be an integer >= 0, got {input_tokens!r}")
         seconds = self._retry.deadline if deadline is None else deadline
-        if (isinstance(seconds, bool) or not isinstance(seconds, int | float)
+        if deadline is not None and (
+                isinstance(seconds, bool) or not isinstance(seconds, int | float)
                 or math.isnan(seconds) or seconds <= 0):
             raise UsageError(f"deadline must be a duration > 0 seconds, got {deadline!r}")
         self._now = now
@@ -361,10 +372,14 @@ class Scheduler:
             tokens = self._current.tokens
             free = group.budget.free_at(now, tokens)
             if free > now:
-                # A request too large for what is left blocks only itself when others are smaller.
-                if not math.isinf(free) and group.budget.free_at(now, 0) <= now:
+                if math.isinf(free):
+                    return SKIP  # this request can never fit this group's token limit
+                if group.budget.free_at(now, 0) <= now:
+                    # Too large for what is left of the token budget: only this request waits,
+                    # and it must be woken when enough tokens have left the window.
+                    self._skip_until = min(self._skip_until, free)
                     return SKIP
-                return SKIP if math.isinf(free) else free
+                return free
         return None
 
     def park(self, key: int, model: int, until: float) -> None:
@@ -384,12 +399,14 @@ class Scheduler:
     # ------------------------------------------------------------------ internals
 
     def _check_time(self, now: float) -> None:
+        if now.__class__ is float and now >= self._now:  # the hot path; NaN fails `>=`
+            return
         if not isinstance(now, int | float) or math.isnan(now) or now < self._now:
             raise UsageError(f"time must not run backwards: now={now!r} after {self._now!r}")
 
     def _model_indices(self, models: Sequence[str] | None) -> tuple[int, ...]:
         if models is None:
-            return tuple(range(len(self._models)))
+            return self._all_models
         if isinstance(models, str):
             models = [models]
         indices = []
@@ -420,6 +437,8 @@ class Scheduler:
         heapq.heappush(self._queues.setdefault(models, []), request.id)
 
     def _effective_models(self, request: _Request) -> tuple[int, ...]:
+        if not request.server_errors:
+            return request.models
         errors = request.server_errors
         limit = self._retry.server_errors_per_model
         models = tuple(m for m in request.models if errors.get(m, 0) < limit)
@@ -445,7 +464,7 @@ class Scheduler:
         self._touch(state)
 
     def _touch(self, state: _Key) -> None:
-        update = getattr(self._selector, "update", None)
+        update = self._update
         if update is not None:
             update(state.index, (state.in_flight, state.seq))
         else:
@@ -468,8 +487,10 @@ class Scheduler:
                 self._fail(request, FailReason.DEADLINE, now)
 
     def _dispatch_waiting(self, now: float) -> None:
-        blocked: set[tuple[int, ...]] = set()
         queues = self._queues
+        if not queues:
+            return
+        blocked: set[tuple[int, ...]] = set()
         while True:
             best: tuple[int, ...] | None = None
             head = 0
@@ -505,6 +526,7 @@ class Scheduler:
 
     def _place(self, request: _Request, models: tuple[int, ...], now: float) -> bool:
         self._current = request
+        self._skip_until = math.inf
         try:
             for model in models:
                 state = self._models[model]
@@ -514,6 +536,8 @@ class Scheduler:
                 if key is not None:
                     self._dispatch(request, key, model, now)
                     return True
+            if math.isfinite(self._skip_until):
+                self._timer(self._skip_until, _TIMER_WAKE, 0, 0)
             return False
         finally:
             self._current = None
@@ -566,6 +590,9 @@ class Scheduler:
             delay = (outcome.retry_after if outcome.retry_after is not None
                      else self._retry.minute_cooldown)
             self._cool_group(group, now + delay, reason, project, model.name, now)
+        elif effect is Effect.COOL_GROUP_BRIEFLY:
+            until = now + self._retry.shared_capacity_cooldown
+            self._cool_group(group, until, reason, project, model.name, now)
         elif effect is Effect.COOL_GROUP_UNTIL_MIDNIGHT:
             until = next_pacific_midnight(now + self._wall_epoch) - self._wall_epoch
             self._cool_group(group, until, reason, project, model.name, now)
@@ -596,17 +623,26 @@ class Scheduler:
             for index in self._project_keys[state.project]:
                 self._disable(self._keys[index], reason, now)
         elif effect is Effect.COOL_LANE:
-            lane = (record.key, record.model)
-            until = now + action.seconds
-            if until > self._lane_cool.get(lane, -math.inf):
-                self._lane_cool[lane] = until
-                self._emit("lane_cooled", reason, now, key=state.key.label, project=project,
-                           model=model.name, until=until)
-            self._timer(until, _TIMER_WAKE, 0, 0)
+            self._cool_lane(record, now + action.seconds, reason, now)
         elif effect is Effect.STRIKE:
             state.strikes += 1
             if state.strikes >= action.strikes:
                 self._disable(state, f"{action.strikes} strikes, last {reason}", now)
+        if (outcome.retry_after is not None and effect in (Effect.NONE, Effect.COOL_MODEL)
+                and action.next in (Next.RETRY_NOW, Next.RETRY_LATER)):
+            # The server named a retry delay but no quota group to blame (a Retry-After on a
+            # 5xx, a timeout or a 503): honour it for this lane only, until exactly t + d.
+            self._cool_lane(record, now + outcome.retry_after, reason, now)
+
+    def _cool_lane(self, record: _Attempt, until: float, reason: str, now: float) -> None:
+        lane = (record.key, record.model)
+        if until > self._lane_cool.get(lane, -math.inf):
+            self._lane_cool[lane] = until
+            state = self._keys[record.key]
+            self._emit("lane_cooled", reason, now, key=state.key.label,
+                       project=self._project_names[state.project],
+                       model=self._models[record.model].name, until=until)
+            self._timer(until, _TIMER_WAKE, 0, 0)
 
     def _cool_group(self, group: _Group, until: float, reason: str, project: str, model: str,
                     now: float) -> None:

@@ -5,10 +5,11 @@ asks the core whether a lane can serve (`LaneOracle.block`) and gets told when a
 changed (`touch`) or when a parked lane may serve again (`release`).
 
 `LeastLoaded` keeps one heap per model of ``(in_flight, last_dispatch_seq, key)`` entries with
-lazy deletion: every change pushes a fresh entry stamped with the key's version, stale entries
-are dropped when they surface, and a lane that cannot serve is parked (popped) until the core
-tells it to come back.  Selection, dispatch and completion therefore cost O(log n) in the number
-of keys.  Ties on load go to the key used least recently, so equal keys are used equally.
+lazy deletion: every change bumps the key's version and marks it dirty for each model; the next
+selection on a model pushes one fresh entry per dirty key, stale entries are dropped when they
+surface, and a lane that cannot serve is parked (popped) until the core tells it to come back.
+Selection, dispatch and completion therefore cost O(log n) in the number of keys.  Ties on load
+go to the key used least recently, so equal keys are used equally.
 
 `RoundRobin` and `RandomChoice` are the naive baselines the simulator compares against; they scan
 and are O(n) in the worst case, which is fine for them.
@@ -77,23 +78,40 @@ class LeastLoaded:
         self._heaps: list[list[tuple[int, int, int, int]]] = [
             [(0, index - n_keys, index, 0) for index in range(n_keys)] for _ in range(n_models)
         ]
+        # Keys whose entry in a model's heap is out of date.  They are re-filed only when that
+        # heap is next used, so a change of load costs a set insertion per model, not a push.
+        self._dirty: list[set[int]] = [set() for _ in range(n_models)]
 
     def touch(self, key: int) -> None:
-        self._stamp[key] += 1
-        for model in range(len(self._heaps)):
-            self.release(key, model)
+        self._stamp[key] += 1  # every entry of the key, in every heap, is now stale
+        for dirty in self._dirty:
+            dirty.add(key)
 
     def update(self, key: int, load: tuple[int, int]) -> None:
-        """Record the key's new (in_flight, last_seq) and re-file it in every heap."""
+        """Record the key's new (in_flight, last_seq); it is re-filed in each heap when used."""
         self._load[key] = load
-        self.touch(key)
+        self._stamp[key] += 1
+        for dirty in self._dirty:
+            dirty.add(key)
 
     def release(self, key: int, model: int) -> None:
+        # A fresh stamp everywhere keeps the rule "at most one live entry per key and heap".
+        self.touch(key)
+
+    def _refile(self, model: int) -> list[tuple[int, int, int, int]]:
+        """Push a fresh entry for every key that changed since this model's heap was last used."""
         heap = self._heaps[model]
-        in_flight, seq = self._load[key]
-        heapq.heappush(heap, (in_flight, seq, key, self._stamp[key]))
-        if len(heap) > 4 * self._n + 64:
-            self._compact(model)
+        dirty = self._dirty[model]
+        if dirty:
+            load, stamps = self._load, self._stamp
+            for key in dirty:
+                in_flight, seq = load[key]
+                heapq.heappush(heap, (in_flight, seq, key, stamps[key]))
+            dirty.clear()
+            if len(heap) > 4 * self._n + 64:
+                self._compact(model)
+                heap = self._heaps[model]
+        return heap
 
     def _compact(self, model: int) -> None:
         # Keep only the newest entry of each key; duplicates and stale entries go.
@@ -108,7 +126,7 @@ class LeastLoaded:
         self._heaps[model] = fresh
 
     def select(self, oracle: LaneOracle, model: int, now: float) -> int | None:
-        heap = self._heaps[model]
+        heap = self._refile(model)
         stamps = self._stamp
         set_aside: list[tuple[int, int, int, int]] = []
         fallback: int | None = None

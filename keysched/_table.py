@@ -8,7 +8,9 @@ Rules in plain words (reference section 2.4):
   a per-day 429 benches it until midnight America/Los_Angeles (its short retry delay is a lie);
   ``limit: 0`` makes the model unavailable for that project for good. The request moves on at
   once to another project or model.
-- a 429 without details is shared capacity: back off, blame no key.
+- a 429 without details is shared capacity: the project backs off for a few seconds
+  (``shared_capacity_cooldown``) and the request tries another project at once; no key is
+  blamed (no strike, no long cooldown).
 - a 503 takes the model out of rotation for an escalating cooldown: fall back a tier at once.
 - 500s, timeouts, resets and garbled bodies back off and retry; 500s that repeat on one model
   move the request to the next model.
@@ -36,6 +38,8 @@ class Effect(enum.Enum):
     NONE = "none"
     COOL_GROUP = "cool_group"
     """Bench the (project, model) group for the retry delay (or ``minute_cooldown``)."""
+    COOL_GROUP_BRIEFLY = "cool_group_briefly"
+    """Bench the (project, model) group for the short ``shared_capacity_cooldown``."""
     COOL_GROUP_UNTIL_MIDNIGHT = "cool_group_until_midnight"
     """Bench the (project, model) group until the next midnight America/Los_Angeles."""
     GROUP_UNAVAILABLE = "group_unavailable"
@@ -93,7 +97,7 @@ DEFAULT_ACTIONS: dict[OutcomeKind, Action] = {
     _K.RATE_LIMITED_DAY: Action(effect=Effect.COOL_GROUP_UNTIL_MIDNIGHT, next=Next.RETRY_NOW),
     _K.QUOTA_ZERO: Action(effect=Effect.GROUP_UNAVAILABLE, next=Next.RETRY_NOW),
     _K.TOO_LARGE_FOR_QUOTA: Action(effect=Effect.NONE, next=Next.RETRY_OTHER_MODEL),
-    _K.SHARED_CAPACITY: Action(effect=Effect.NONE, next=Next.RETRY_LATER),
+    _K.SHARED_CAPACITY: Action(effect=Effect.COOL_GROUP_BRIEFLY, next=Next.RETRY_NOW),
     _K.OVERLOADED: Action(effect=Effect.COOL_MODEL, next=Next.RETRY_NOW),
     _K.SERVER_ERROR: Action(effect=Effect.NONE, next=Next.RETRY_LATER),
     _K.TIMEOUT: Action(effect=Effect.NONE, next=Next.RETRY_LATER),
