@@ -53,7 +53,8 @@ _ANSWERS = frozenset((OutcomeKind.SUCCESS.value, OutcomeKind.BLOCKED.value))
 _REVOKING = (FaultKind.KEY_REVOKED, FaultKind.KEY_LEAKED, FaultKind.PROJECT_DISABLED)
 _WINDOWED = frozenset({FaultKind.OVERLOADED, FaultKind.SERVER_ERROR, FaultKind.SHARED_429,
                        FaultKind.SLOW, FaultKind.TIMEOUT, FaultKind.DEADLINE_EXCEEDED,
-                       FaultKind.RESET, FaultKind.STREAM_CUT, FaultKind.STREAM_ERROR})
+                       FaultKind.RESET, FaultKind.STREAM_CUT, FaultKind.STREAM_ERROR,
+                       FaultKind.TRUNCATED_BODY, FaultKind.GARBAGE_BODY})
 
 
 @attrs.frozen(kw_only=True)

@@ -130,6 +130,12 @@ class FaultKind(enum.Enum):
     """A streamed answer stops after ``after_chunks`` chunks and the connection drops."""
     STREAM_ERROR = "stream_error"
     """A streamed answer sends ``after_chunks`` chunks, then an error object (``code``)."""
+    TRUNCATED_BODY = "truncated_body"
+    """A 200 whose JSON answer is cut in half (a well-formed HTTP message with a broken body,
+    as a misbehaving proxy sends it); only for ``generateContent``, streams are left alone."""
+    GARBAGE_BODY = "garbage_body"
+    """A 200 whose body is an HTML page, not JSON (a captive portal or a proxy's error page);
+    only for ``generateContent``, streams are left alone."""
 
 
 @attrs.frozen(kw_only=True)

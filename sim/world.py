@@ -15,8 +15,9 @@ Order of decisions (where Google would decide them, earliest first):
 5. Quotas of the key's (project, model), never of the key: ``limit: 0``, then requests per day,
    then requests per minute, then input tokens per minute.  Only an admitted request counts,
    and it counts against all three at once.
-6. After admission (so these still use up quota): 504, timeouts, 503, 500, then, for streams,
-   a cut or a mid-stream error; ``slow`` multiplies the latency.
+6. After admission (so these still use up quota): 504, timeouts, 503, 500, then, for
+   ``generateContent``, a truncated or garbage 200 body, and, for streams, a cut or a
+   mid-stream error; ``slow`` multiplies the latency.
 
 Quota arithmetic: minute windows are fixed 60-second windows aligned to the wall-clock minute
 (window = floor(wall / 60), wall = scenario start epoch + t), which matches Google's 0-60 s
@@ -82,6 +83,11 @@ _OVERLOADED = _err(Body.OVERLOADED, _K.OVERLOADED)
 _INTERNAL = _err(Body.INTERNAL, _K.SERVER_ERROR)
 _DEADLINE = _err(Body.DEADLINE_EXCEEDED, _K.TIMEOUT)
 _RESET_OUTCOME = Outcome(kind=_K.CONNECTION_ERROR)
+_BAD_BODY_OUTCOME = Outcome(kind=_K.BAD_RESPONSE)
+_BAD_RESPONSE = _K.BAD_RESPONSE.value
+_GARBAGE = (b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n"
+            b"<body><h1>Bad Gateway</h1><p>The proxy could not read the upstream answer.</p>"
+            b"</body></html>\n")
 _TIMEOUT_OUTCOME = Outcome(kind=_K.TIMEOUT)
 _CONNECTION_ERROR = _K.CONNECTION_ERROR.value
 _SUCCESS = _K.SUCCESS.value
@@ -108,7 +114,9 @@ class Reply(NamedTuple):
         fault: ``None``, or how the answer misbehaves on the wire: ``"reset"`` (connection reset
             before a response), ``"timeout"`` (no answer; the connection drops after
             `latency`), ``"cut"`` (a stream stops after `cut_after` chunks and the connection
-            drops), ``"midstream"`` (a stream sends `cut_after` chunks, then the error `body`).
+            drops), ``"midstream"`` (a stream sends `cut_after` chunks, then the error `body`),
+            ``"truncated"`` (a 200 whose JSON answer is cut in half), ``"garbage"`` (a 200 whose
+            body is an HTML page).
         cut_after: chunks delivered before a cut or a mid-stream error.
         body: the error body, ``None`` for a success.
         The remaining fields parameterise the bytes `render` builds.
@@ -162,6 +170,8 @@ class Reply(NamedTuple):
         """
         if self.fault in ("reset", "timeout"):
             raise ValueError(f"a {self.fault} fault sends no response")
+        if self.fault == "garbage":
+            return 200, [(b"content-type", b"text/html; charset=UTF-8")], _GARBAGE
         if self.status == 200 and self.stream:
             return 200, list(_SSE_HEADERS), b"".join(self.stream_events())
         if self.body is not None:
@@ -169,7 +179,10 @@ class Reply(NamedTuple):
         obj = bodies.success_object(model=self.model, serial=self.serial, seed=self.seed,
                                     input_tokens=self.input_tokens,
                                     output_tokens=self.output_tokens)
-        return 200, list(_JSON_HEADERS), bodies.pretty(obj)
+        body = bodies.pretty(obj)
+        if self.fault == "truncated":
+            body = body[:len(body) // 2]
+        return 200, list(_JSON_HEADERS), body
 
 
 class _Group:
@@ -245,6 +258,8 @@ class World:
         self._slow = of(FaultKind.SLOW)
         self._cut = of(FaultKind.STREAM_CUT)
         self._stream_error = of(FaultKind.STREAM_ERROR)
+        self._truncated = of(FaultKind.TRUNCATED_BODY)
+        self._garbage = of(FaultKind.GARBAGE_BODY)
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -431,6 +446,17 @@ class World:
                              "cut" if cut else "midstream", k, body, 0, 0.0, key.tier,
                              key.number, input_tokens, output_tokens, chunks, serial, self.seed,
                              True)
+        elif self._truncated or self._garbage:
+            bad = None
+            if self._truncated and self._hit(self._truncated, t, label, project, model):
+                bad = "truncated"
+            elif self._garbage and self._hit(self._garbage, t, label, project, model):
+                bad = "garbage"
+            if bad is not None:
+                self._count(label, model, _BAD_RESPONSE)
+                return Reply(_BAD_BODY_OUTCOME, latency, 200, model, bad, None, None, 0, 0.0,
+                             key.tier, key.number, input_tokens, output_tokens, chunks, serial,
+                             self.seed, False)
         self._count(label, model, _SUCCESS)
         outcome = Outcome(kind=_K.SUCCESS, input_tokens=input_tokens, output_tokens=output_tokens)
         # Positional: this is the hottest line of the simulator.
