@@ -297,9 +297,9 @@ class Scheduler:
                 if request is None or (kind == _TIMER_READY and request.state != _BACKOFF):
                     heapq.heappop(timers)
                     continue
-            elif kind == _TIMER_WAKE and not self._waiting:
-                heapq.heappop(timers)  # a capacity wake-up matters only to waiting requests
-                continue
+            # A capacity wake-up (cooldown end) is kept even while nothing waits: a request
+            # submitted later may need it, and dropping it here left such a request asleep
+            # until its deadline.  The cost is one idle wake-up per cooldown.
             return at
         return math.inf
 
@@ -374,12 +374,15 @@ class Scheduler:
             if free > now:
                 if math.isinf(free):
                     return SKIP  # this request can never fit this group's token limit
-                if group.budget.free_at(now, 0) <= now:
+                anyone = group.budget.free_at(now, 0)
+                if anyone <= now:
                     # Too large for what is left of the token budget: only this request waits,
                     # and it must be woken when enough tokens have left the window.
                     self._skip_until = min(self._skip_until, free)
                     return SKIP
-                return free
+                # Blocked for everyone, but only until a request of no tokens could pass: a
+                # smaller request may use the lane then, before this one's tokens fit.
+                return anyone
         return None
 
     def park(self, key: int, model: int, until: float) -> None:

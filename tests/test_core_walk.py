@@ -16,6 +16,7 @@ from keysched import (
     Finish,
     Key,
     LaneState,
+    Limit,
     Next,
     Outcome,
     OutcomeKind,
@@ -268,3 +269,41 @@ def test_illegal_input_raises_and_changes_nothing(bad: object) -> None:
         bad(core, first.attempt)  # type: ignore[operator]
     assert (core.snapshot(T0 + 5), core.next_deadline()) == before
     assert [type(d) for d in core.poll(T0 + 5)] == [Finish, Dispatch]
+
+
+def test_budget_parks_a_lane_only_until_it_can_serve_anyone() -> None:
+    """A lane whose RPM is spent serves a small request as soon as one request leaves the window,
+    even while a bigger request waits longer for its tokens."""
+    limits = [Limit(model="m1", rpm=2, tpm=100)]
+    config = PoolConfig(keys=[Key(secret="s", label="k", project="p")], models=["m1", "m2"],
+                        limits=limits, retry=RETRY)
+    core = Scheduler(config, rng=random.Random(0))
+    for at in (T0, T0 + 30):
+        core.submit(at, models=["m1"], input_tokens=50)
+        assert len(_dispatches(core.poll(at))) == 1
+    core.submit(T0 + 31, models=["m1"], input_tokens=60)  # needs both to leave: T0 + 90
+    assert core.poll(T0 + 31) == []
+    small = core.submit(T0 + 31, models=["m2", "m1"], input_tokens=10)
+    [first] = _dispatches(core.poll(T0 + 31))
+    assert (first.request, first.model) == (small, "m2")
+    core.complete(first.attempt, Outcome(kind=OutcomeKind.RATE_LIMITED_MINUTE,
+                                         retry_after=100.0), T0 + 31)
+    assert core.poll(T0 + 31) == []  # m2 is benched; m1's RPM is spent until T0 + 60
+    assert core.next_deadline() <= T0 + 60
+    [retry] = _dispatches(core.poll(T0 + 60))
+    assert (retry.request, retry.model) == (small, "m1")
+
+
+def test_cooldown_wake_up_survives_an_idle_next_deadline() -> None:
+    """Asking `next_deadline` while nothing waits must not drop a cooldown's wake-up."""
+    core = _core()
+    first = _first(core)
+    core.complete(first.attempt, Outcome(kind=OutcomeKind.OVERLOADED), T0)
+    [retry] = _dispatches(core.poll(T0))
+    assert retry.model == "m2"
+    core.next_deadline()  # nothing waits at this moment
+    waiting = core.submit(T0 + 1, models=["m1"])
+    assert core.poll(T0 + 1) == []
+    assert core.next_deadline() <= T0 + RETRY.overload_cooldown
+    sent = _dispatches(core.poll(T0 + RETRY.overload_cooldown))
+    assert waiting in {d.request for d in sent}
