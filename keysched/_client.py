@@ -170,10 +170,19 @@ class _Session:
         client._pump()
 
     async def next(self) -> Decision:
-        decision = await self.mailbox.get()
-        if isinstance(decision, Finish | Fail):
-            self.open = False
-        return decision
+        while True:
+            decision = await self.mailbox.get()
+            if isinstance(decision, Finish | Fail):
+                self.open = False
+            elif isinstance(decision, Dispatch):
+                client = self.client
+                # A dispatch posted by another task's pump waits here for this task's turn; a
+                # refusal that disabled its key may have come back meanwhile.  Never send on a
+                # disabled key: hand the attempt back and wait for the next decision.
+                if client._core.withdraw(decision.attempt, client._clock()):
+                    client._pump()
+                    continue
+            return decision
 
     def attempt_timeout(self, timeout: float) -> float:
         return max(0.001, min(timeout, self.deadline_at - self.client._clock()))
