@@ -25,7 +25,8 @@ Definitions (decisions where the issue was silent are marked *):
   recovered (written as ``null`` with ``recovered: false`` in JSON).
 - ``after_revocation``: attempts sent to a key at or after the time a fault revoked it (key
   revoked, leaked, or its project disabled, with probability 1), total and the most on one key;
-  ``after_revocation_known``: those sent after the key's first refusal had come back (the
+  ``after_revocation_known``: those sent after the key's first refusal (invalid, leaked,
+  forbidden, project disabled; not a reset or timeout that hit it first) had come back (the
   attempts before it are the ones any client sends before it can know; with several requests
   in flight at once they can be more than one).
 """
@@ -49,6 +50,9 @@ __all__ = ["Metrics", "capacity", "compute", "jain", "percentile", "revocation_t
 _429 = frozenset(k.value for k in (
     OutcomeKind.RATE_LIMITED_MINUTE, OutcomeKind.RATE_LIMITED_DAY, OutcomeKind.QUOTA_ZERO,
     OutcomeKind.TOO_LARGE_FOR_QUOTA, OutcomeKind.SHARED_CAPACITY))
+_REFUSALS = frozenset(k.value for k in (
+    OutcomeKind.KEY_INVALID, OutcomeKind.KEY_LEAKED, OutcomeKind.KEY_FORBIDDEN,
+    OutcomeKind.PROJECT_DISABLED))
 _ANSWERS = frozenset((OutcomeKind.SUCCESS.value, OutcomeKind.BLOCKED.value))
 _REVOKING = (FaultKind.KEY_REVOKED, FaultKind.KEY_LEAKED, FaultKind.PROJECT_DISABLED)
 _WINDOWED = frozenset({FaultKind.OVERLOADED, FaultKind.SERVER_ERROR, FaultKind.SHARED_429,
@@ -260,9 +264,12 @@ def compute(result: RunResult) -> Metrics:
     revoked = revocation_times(scenario)
     late = [a for a in result.attempts if a.key in revoked and a.time >= revoked[a.key]]
     after = Counter(a.key for a in late)
+    # The client learns of a revocation from the refusal itself, not from a reset or a timeout
+    # that happened to hit the revoked key first.
     learned: dict[str, float] = {}
     for a in late:
-        learned[a.key] = min(learned.get(a.key, a.end), a.end)
+        if a.outcome in _REFUSALS:
+            learned[a.key] = min(learned.get(a.key, a.end), a.end)
     return Metrics(
         scenario=scenario.name, policy=result.policy, seed=result.seed,
         requests=len(requests), successes=n_ok, failures=dict(failures),
@@ -280,5 +287,5 @@ def compute(result: RunResult) -> Metrics:
         recovery_time=_recovery(result),
         after_revocation=sum(after.values()),
         after_revocation_max_per_key=max(after.values(), default=0),
-        after_revocation_known=sum(1 for a in late if a.time >= learned[a.key]),
+        after_revocation_known=sum(1 for a in late if a.time >= learned.get(a.key, math.inf)),
         lost=result.lost)
