@@ -189,6 +189,7 @@ class Scheduler:
         self._counts = {"submitted": 0, "finished": 0, "failed": 0, "cancelled": 0}
         self._current: _Request | None = None  # the request being placed, for `block`
         self._skip_until = math.inf  # when a token budget too full for `_current` frees up
+        self._indices_cache: dict[tuple[str, ...], tuple[int, ...]] = {}
 
     # ------------------------------------------------------------------ inputs
 
@@ -410,6 +411,13 @@ class Scheduler:
     def _model_indices(self, models: Sequence[str] | None) -> tuple[int, ...]:
         if models is None:
             return self._all_models
+        if type(models) is tuple:  # the common case: the same few model lists, again and again
+            cached = self._indices_cache.get(models)
+            if cached is None:
+                cached = self._model_indices(list(models))
+                if len(self._indices_cache) < 256:
+                    self._indices_cache[models] = cached
+            return cached
         if isinstance(models, str):
             models = [models]
         indices = []
