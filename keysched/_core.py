@@ -253,6 +253,36 @@ class Scheduler:
         self._apply(action, outcome, record, now)
         self._advance(request, action, outcome, record, attempt, now)
 
+    def withdraw(self, attempt: int, now: float) -> bool:
+        """Take back a dispatch the driver has not sent yet, if its key was disabled meanwhile.
+
+        A driver sends an attempt a moment after `poll` decided it, and a refusal that disables
+        the key may come back in between (under load, a whole event-loop turn).  Then the
+        attempt is withdrawn: its lane is freed, it is not counted as dispatched, and the
+        request goes back to the head of its queue without spending an attempt.  Call `poll`.
+
+        Returns:
+            True if the attempt was withdrawn; False (nothing changes) if its key is usable.
+
+        Raises:
+            UsageError: the attempt is not in flight, or time ran backwards; nothing changes.
+        """
+        record = self._attempts.get(attempt)
+        if record is None:
+            raise UsageError(f"attempt {attempt!r} is not in flight (unknown, completed or "
+                             "cancelled)")
+        self._check_time(now)
+        if self._keys[record.key].disabled is None:
+            return False
+        self._now = now
+        del self._attempts[attempt]
+        self._release(record.key)
+        self._lane_counts[(record.key, record.model)][0] -= 1
+        request = self._requests[record.request]
+        request.number -= 1
+        self._enqueue(request)
+        return True
+
     def cancel(self, request: int, now: float) -> bool:
         """Cancel a request, releasing its lane if it is in flight.
 
