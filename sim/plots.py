@@ -1,9 +1,21 @@
-"""Figures of runs: per-key utilization, cooldown and disabled spans, model tiers, comparisons.
+"""Figures of runs: per-key utilization, cooldown and disabled spans, model tiers, queueing
+delay, comparisons.
 
-Every function takes a run result (or, for `plot_cooldowns`, also a real client's
-`keysched.PoolSnapshot` or list of `keysched.PoolEvent`) and returns a matplotlib ``Figure``;
-`save_all` writes the standard set to a folder.  matplotlib is imported only when a function is
-called (with the Agg backend unless one is already chosen), so ``import sim`` does not need it.
+Every function takes a run result (or, for `plot_cooldowns` and `plot_key_attempts`, also a real
+client's `keysched.PoolSnapshot`; `plot_cooldowns` also a list of `keysched.PoolEvent`) and
+returns a matplotlib ``Figure`` with a title, axis labels with units and a legend wherever more
+than one series is drawn; `save_all` writes the standard set to a folder.  matplotlib is
+imported only when a function is called (with the Agg backend unless one is already chosen), so
+``import sim`` does not need it, and no function calls ``plt.show()``.
+
+Decisions where the issue was silent:
+
+- Queueing delay is `sim.metrics`' definition: from a request's arrival to its first attempt,
+  for the requests that made one.  Requests that never made one are drawn apart (their wait
+  until they failed), never mixed into the percentiles.
+- A snapshot has no history: `plot_cooldowns` draws its spans from the snapshot's moment
+  (x = 0) to each cooldown's end, so a client's monotonic clock never shows up on the axis;
+  `plot_key_attempts` draws its per-lane counters.
 """
 
 from __future__ import annotations
@@ -20,7 +32,8 @@ if TYPE_CHECKING:
     from sim.engine import RunResult
     from sim.metrics import Metrics
 
-__all__ = ["plot_comparison", "plot_cooldowns", "plot_key_utilization", "plot_model_share",
+__all__ = ["plot_comparison", "plot_cooldowns", "plot_key_attempts", "plot_key_utilization",
+           "plot_model_share", "plot_queueing_distribution", "plot_queueing_over_time",
            "save_all"]
 
 
@@ -81,30 +94,41 @@ _COLOURS = {"lane cooling": "tab:orange", "quota group cooling": "tab:blue",
             "group unavailable": "tab:gray", "model unavailable": "black"}
 
 
+_HATCHES = ("", "////", "xxxx", "....", "\\\\\\\\", "++++", "oooo", "----")
+
+_Span = tuple[str, float, float, str, str]
+"""(row, start, end, kind, reason) of one cooling or disabled span."""
+
+
 def _spans(source: RunResult | PoolSnapshot | Sequence[PoolEvent],
-           ) -> tuple[list[tuple[str, float, float, str]], str, float]:
-    """(row, start, end, kind) spans from events or a snapshot; a title; the time axis end."""
+           ) -> tuple[list[_Span], str, str, float, float]:
+    """Spans from a run, a snapshot or events; a title; the x label; the time axis bounds."""
+    spans: list[_Span] = []
     if isinstance(source, PoolSnapshot):
-        spans = []
-        end = source.now
+        # Relative to the snapshot: a client's clock is monotonic seconds since some boot.
+        now, end = source.now, 1.0
         for lane in source.lanes:
             row = f"{lane.key} / {lane.model}"
+            reason = lane.reason or "unknown"
             if lane.state is LaneState.COOLING and lane.cooldown_until is not None:
-                spans.append((row, source.now, lane.cooldown_until, "lane cooling"))
-                end = max(end, lane.cooldown_until)
+                spans.append((row, 0.0, lane.cooldown_until - now, "lane cooling", reason))
+                end = max(end, lane.cooldown_until - now)
             elif lane.state is LaneState.DISABLED:
-                spans.append((row, source.now, math.inf, "key disabled"))
+                spans.append((row, 0.0, math.inf, "key disabled", reason))
             elif lane.state is LaneState.UNAVAILABLE:
-                spans.append((row, source.now, math.inf, "group unavailable"))
-        return spans, f"Lanes not serving at t={source.now:g} s", max(end, source.now + 1)
+                spans.append((row, 0.0, math.inf, "group unavailable", reason))
+        return (spans, "Lanes not serving at the snapshot (cooling: until its end)",
+                "seconds after the snapshot (s)", 0.0, end * 1.05)
     if isinstance(source, Sequence):
-        events, title = list(source), "Cooldown and disabled spans"
-        end = max((e.until or e.time for e in events), default=1.0)
+        events, title, xlabel = list(source), "Cooldown and disabled spans", "time (s)"
+        finite = [e.until for e in events if e.until is not None and math.isfinite(e.until)]
+        first = min((e.time for e in events), default=0.0)
+        end = max([*finite, *(e.time for e in events), first + 1.0])
     else:
         events = list(source.events)
         title = f"Cooldown and disabled spans: {source.scenario.name}, {source.policy}"
+        xlabel, first = "virtual time (s)", 0.0
         end = max(source.end_time, source.scenario.duration)
-    spans = []
     for e in events:
         kind = _SPAN_KINDS.get(e.kind)
         if kind is None:
@@ -115,44 +139,61 @@ def _spans(source: RunResult | PoolSnapshot | Sequence[PoolEvent],
             row = f"{e.project} / {e.model}"
         else:
             row = f"model {e.model}"
-        spans.append((row, e.time, e.until if e.until is not None else math.inf, kind))
-    return spans, title, end
+        spans.append((row, e.time, e.until if e.until is not None else math.inf, kind, e.reason))
+    return spans, title, xlabel, first, end
 
 
 def plot_cooldowns(source: RunResult | PoolSnapshot | Sequence[PoolEvent], *,
-                   max_rows: int = 60) -> Any:
+                   max_rows: int = 60, reasons: bool = False) -> Any:
     """Horizontal bars: when each key, lane, quota group or model was cooling or disabled.
 
+    Colour says what was benched (a lane, a quota group, a model, a key); with `reasons`, the
+    hatching and the legend also say why (the outcome that caused it, e.g.
+    ``rate_limited_minute``, ``overloaded``, ``key_invalid``).
+
     Args:
-        source: a run result, a real client's `PoolSnapshot` (spans from its time to each
-            cooldown's end), or a list of `PoolEvent` (``client.take_events()``).
+        source: a run result, a real client's `PoolSnapshot` (spans from the snapshot, at x = 0,
+            to each cooldown's end), or a list of `PoolEvent`.
         max_rows: show at most this many rows (the first to be affected).
+        reasons: also tell the reasons apart (legend entries ``kind: reason``).
     """
     plt = _pyplot()
-    spans, title, end = _spans(source)
+    spans, title, xlabel, first, end = _spans(source)
     rows: list[str] = []
     for row, *_ in spans:
         if row not in rows:
             rows.append(row)
     rows = rows[:max_rows]
     index = {row: i for i, row in enumerate(rows)}
+    hatch_of: dict[tuple[str, str], str] = {}
+    per_kind: dict[str, int] = {}
     fig, ax = plt.subplots(figsize=(10, max(3.0, min(14.0, 0.25 * len(rows) + 1.5))))
     seen: set[str] = set()
-    for row, start, stop, kind in spans:
+    for row, start, stop, kind, reason in spans:
         if row not in index:
             continue
         stop = min(stop, end)
-        ax.barh(index[row], max(stop - start, end / 500), left=start, height=0.7,
-                color=_COLOURS[kind], label=None if kind in seen else kind)
-        seen.add(kind)
+        hatch = ""
+        label = kind
+        if reasons:
+            if (kind, reason) not in hatch_of:
+                hatch_of[kind, reason] = _HATCHES[per_kind.get(kind, 0) % len(_HATCHES)]
+                per_kind[kind] = per_kind.get(kind, 0) + 1
+            hatch = hatch_of[kind, reason]
+            label = f"{kind}: {reason}"
+        ax.barh(index[row], max(stop - start, (end - first) / 500), left=start, height=0.7,
+                color=_COLOURS[kind], hatch=hatch, edgecolor="white" if hatch else None,
+                linewidth=0, label=None if label in seen else label)
+        seen.add(label)
     ax.set_yticks(range(len(rows)), rows)
     ax.invert_yaxis()
-    ax.set_xlim(0, end)
-    ax.set_xlabel("time (s)")
+    ax.set_xlim(first, end)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("key / lane / quota group")
     ax.set_title(title if rows else title + " (none)")
-    if len(seen) > 1:
-        ax.legend(loc="upper right")
+    if seen:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small",
+                  title="what: why" if reasons else None)
     fig.tight_layout()
     return fig
 
@@ -167,16 +208,156 @@ def plot_model_share(result: RunResult, *, bin_seconds: float | None = None) -> 
         if a.outcome == "success":
             counts[a.model][min(bins - 1, int(a.time / size))] += 1
     totals = [sum(counts[m][i] for m in models) or 1 for i in range(bins)]
-    xs = [(i + 0.5) * size for i in range(bins)]
+    # Stacked bars, one per time bin: a bin with no success stays empty instead of being
+    # interpolated across.
+    xs = [i * size for i in range(bins)]
     fig, ax = plt.subplots(figsize=(10, 4))
-    ax.stackplot(xs, [[counts[m][i] / totals[i] for i in range(bins)] for m in models],
-                 labels=models)
+    bottom = [0.0] * bins
+    for m in models:
+        share = [counts[m][i] / totals[i] for i in range(bins)]
+        ax.bar(xs, share, width=size, bottom=bottom, align="edge", label=m, linewidth=0)
+        bottom = [b + v for b, v in zip(bottom, share, strict=True)]
+    ax.set_xlim(0, bins * size)
     ax.set_ylim(0, 1)
     ax.set_xlabel("virtual time (s)")
-    ax.set_ylabel(f"share of successes per {size:g} s")
+    ax.set_ylabel(f"share of successes per {size:.3g} s")
     ax.set_title(f"Model tier serving over time: {result.scenario.name}, {result.policy}")
     if len(models) > 1:
-        ax.legend(loc="lower left")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small",
+                  title="model, best first")
+    fig.tight_layout()
+    return fig
+
+
+def _queueing(result: RunResult) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """(arrival, delay to the first attempt) of requests sent; (arrival, wait) of the others."""
+    sent = [(r.arrival, r.first_dispatch - r.arrival) for r in result.requests
+            if r.first_dispatch is not None]
+    unsent = [(r.arrival, r.end - r.arrival) for r in result.requests if r.first_dispatch is None]
+    return sent, unsent
+
+
+def _nearest_rank(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+
+
+def plot_queueing_over_time(result: RunResult, *, bin_seconds: float | None = None) -> Any:
+    """Queueing delay (arrival to first attempt) of each request against its arrival time, with
+    the median and p95 per time bin; requests never sent are marked with their wait until they
+    failed.
+
+    Args:
+        result: a run.
+        bin_seconds: the width of a time bin for the percentile lines (default: 1/60 of the run).
+    """
+    plt = _pyplot()
+    size, bins = _bin(result, bin_seconds)
+    sent, unsent = _queueing(result)
+    fig, ax = plt.subplots(figsize=(10, 4))
+    if sent:
+        ax.scatter([a for a, _ in sent], [d for _, d in sent], s=8, alpha=0.35,
+                   color="tab:blue", label="a request that was sent")
+    by_bin: dict[int, list[float]] = {}
+    for arrival, delay in sent:
+        by_bin.setdefault(min(bins - 1, int(arrival / size)), []).append(delay)
+    # One step per bin; a bin without a request sent is a gap, not a line across it.
+    xs = [i * size for i in range(bins + 1)]
+    for q, style in ((50, "-"), (95, "--")):
+        ys = [_nearest_rank(by_bin[i], q) if i in by_bin else math.nan for i in range(bins)]
+        ax.step(xs, [*ys, ys[-1]], style, where="post", color="black", linewidth=1.2,
+                label=f"{'median' if q == 50 else 'p95'} per {size:.3g} s bin")
+    if unsent:
+        ax.scatter([a for a, _ in unsent], [w for _, w in unsent], s=18, marker="x",
+                   color="tab:red", label="never sent (waited, then failed)")
+    if not any(d > 0 for _, d in sent) and not unsent:
+        ax.text(0.5, 0.5, "no request had to wait", transform=ax.transAxes, ha="center",
+                va="center", color="gray")
+    ax.set_xlim(0, bins * size)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("arrival time (virtual s)")
+    ax.set_ylabel("queueing delay (s)")
+    ax.set_title(f"Queueing delay over time: {result.scenario.name}, {result.policy}")
+    ax.legend(loc="upper left", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_queueing_distribution(results: Sequence[RunResult]) -> Any:
+    """The distribution (ECDF) of queueing delay, one line per run (policy), in percent of the
+    requests that were sent; the legend gives each run's p95 and how many were never sent."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 4))
+    longest = max((d for r in results for _, d in _queueing(r)[0]), default=0.0) or 1.0
+    for result in results:
+        sent, unsent = _queueing(result)
+        delays = sorted(d for _, d in sent)
+        if not delays:
+            ax.plot([], [], label=f"{result.policy} (no request sent)")
+            continue
+        n = len(delays)
+        xs = [0.0, *delays, longest * 1.02]
+        ys = [0.0, *(100 * (i + 1) / n for i in range(n)), 100.0]
+        label = f"{result.policy} (p95 {_nearest_rank(delays, 95):.1f} s"
+        label += f", {len(unsent)} never sent)" if unsent else ")"
+        ax.step(xs, ys, where="post", label=label)
+    ax.set_xlim(0, longest * 1.02)
+    ax.set_ylim(0, 101)
+    ax.set_xlabel("queueing delay, arrival to first attempt (s)")
+    ax.set_ylabel("requests sent within it (%)")
+    scenario = results[0].scenario.name if results else ""
+    ax.set_title(f"Queueing delay distribution: {scenario}")
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+_ANSWERED = frozenset({"success", "blocked"})
+
+
+def plot_key_attempts(source: RunResult | PoolSnapshot, *, max_keys: int = 60) -> Any:
+    """Horizontal stacked bars: attempts per key, answered, failed (and, for a snapshot, still
+    in flight), so one glance shows whether equal keys did equal work.
+
+    Args:
+        source: a run result, or a real client's `PoolSnapshot` (its per-lane counters).
+        max_keys: show at most this many keys (the busiest).
+    """
+    plt = _pyplot()
+    counts: dict[str, list[int]] = {}  # key -> [answered, failed, in flight]
+    if isinstance(source, PoolSnapshot):
+        for lane in source.lanes:
+            row = counts.setdefault(lane.key, [0, 0, 0])
+            row[0] += lane.succeeded
+            row[1] += lane.failed
+            row[2] += max(0, lane.dispatched - lane.succeeded - lane.failed)
+        title = (f"Attempts per key: client snapshot ({source.requests_submitted} requests "
+                 f"submitted)")
+    else:
+        for key in source.scenario.keys:
+            counts[key.label] = [0, 0, 0]
+        for a in source.attempts:
+            counts[a.key][0 if a.outcome in _ANSWERED else 1] += 1
+        title = f"Attempts per key: {source.scenario.name}, {source.policy}"
+    labels = list(counts)
+    if len(labels) > max_keys:
+        labels = sorted(labels, key=lambda k: -sum(counts[k]))[:max_keys]
+    fig, ax = plt.subplots(figsize=(10, max(3.0, min(12.0, 0.3 * len(labels) + 1.5))))
+    left = [0] * len(labels)
+    names = ("answered", "failed", "in flight")
+    colours = ("tab:green", "tab:red", "tab:gray")
+    for i, (name, colour) in enumerate(zip(names, colours, strict=True)):
+        values = [counts[k][i] for k in labels]
+        if i == 2 and not any(values):
+            continue
+        ax.barh(range(len(labels)), values, left=left, color=colour, label=name)
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("attempts (count)")
+    ax.set_ylabel("key")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     return fig
 
