@@ -35,12 +35,13 @@ import math
 import os
 import random
 import time
+import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
 
-from keysched._config import Key, Limit, PoolConfig, RetryPolicy
+from keysched._config import Key, Limit, PoolConfig, RetryPolicy, _duration
 from keysched._core import Scheduler
 from keysched._decisions import Decision, Dispatch, Fail, FailReason, Finish
 from keysched._errors import (
@@ -138,6 +139,24 @@ def _failure(kind: OutcomeKind, message: str) -> Classified:
     return Classified(outcome=Outcome(kind=kind), status=0, message=message)
 
 
+def _check_base_url(base_url: object) -> None:
+    # A URL is never echoed: a user may have pasted one with ``?key=<secret>`` in it.
+    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+        what = f"a {type(base_url).__name__}" if not isinstance(base_url, str) else (
+            f"a string of {len(base_url)} characters (not shown)")
+        raise ConfigurationError("base_url", f"expected an http(s) URL, got {what}")
+    try:
+        parts = urllib.parse.urlsplit(base_url)
+        bad = bool(parts.query or parts.fragment or parts.username or parts.password
+                   or not parts.hostname)
+    except ValueError:  # an invalid port or IPv6 literal
+        bad = True
+    if bad or any(ch.isspace() or not ch.isprintable() for ch in base_url):
+        raise ConfigurationError("base_url", "expected a plain http(s) URL with a host and no "
+                                 "query string, fragment, credentials or whitespace (a key goes "
+                                 "in keys=, and is sent in a header); the URL is not shown")
+
+
 class _StreamResult:
     """How a stream attempt ended; set by the attempt's generator before it finishes."""
 
@@ -146,10 +165,9 @@ class _StreamResult:
 
 
 def _positive(field: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-            math.isfinite(value) and value > 0):
-        raise ConfigurationError(field, f"expected a finite duration > 0 seconds, got {value!r}")
-    return float(value)
+    # The config's own check: it turns an int beyond float range or a NaN into a
+    # ConfigurationError (not an OverflowError) and never prints a huge value whole.
+    return _duration(field, value)
 
 
 class _Session:
@@ -287,8 +305,7 @@ class KeyedClient:
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise ConfigurationError("base_url", f"expected an http(s) URL, got {base_url!r}")
+        _check_base_url(base_url)
         if not isinstance(embedding_model, str) or not embedding_model.strip():
             raise ConfigurationError("embedding_model", f"expected a model name, got "
                                      f"{embedding_model!r}")
@@ -523,8 +540,11 @@ class KeyedClient:
         Returns:
             One vector per text, in order.
         """
-        if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
+        if (isinstance(texts, str) or not isinstance(texts, Sequence)
+                or not all(isinstance(text, str) for text in texts)):
             raise UsageError("texts must be a sequence of strings")
+        if model is not None and not isinstance(model, str):
+            raise UsageError(f"model must be a model name, got {type(model).__name__}")
         model = (model or self._embedding_model).removeprefix("models/")
         batches = [list(texts[i:i + EMBED_BATCH_LIMIT])
                    for i in range(0, len(texts), EMBED_BATCH_LIMIT)]
