@@ -32,14 +32,19 @@ Why the two runs can differ at all:
 Tolerances, from those sources:
 
 - successes: within 1 (one request on either side of its deadline);
-- 429s counted by the server: within max(3, 30% of the simulator's), as each (project,
-  minute) whose demand exceeds the quota yields about one 429 and may yield one more or one fewer;
+- 429s counted by the server: within max(3, 40% of the simulator's).  Each (project, minute)
+  whose demand exceeds the quota yields about one 429, and one that has an arrival or a
+  dispatch within the client's lag of a window edge may yield one more or one fewer; the lag
+  grows with the machine's load, and the client's lag only ever adds 429s (a later reaction)
+  or moves an arrival into the next window;
 - each model's share of successes: within (overload cooldown cap x arrival rate + 2) /
   successes: the arrivals of one shifted recovery, plus two requests at window edges (about 0.13
   on the fast run).
 
-Figures observed (fast variant, seeds 11-15): successes equal; 429s equal or one apart (7/8,
-9/10, 6/6, 6/6, 10/10); shares equal or 0.015 apart.
+Figures observed (fast variant, sim/real): on an idle machine, seeds 11-15: successes equal;
+429s 7/7-8, 9/10, 6/6, 6/6, 10/10; shares equal or 0.015 apart.  With four busy processes on
+two CPUs, seed 11: 429s 7/9-10, the best model's share 0.574/0.630.  The slow variant (seed
+12, ten virtual minutes): 174/174 successes, 429s 27/28, shares equal.
 """
 
 from __future__ import annotations
@@ -180,8 +185,9 @@ def check_agreement(scenario: Scenario, sim: Figures, real: Figures) -> None:
     assert 0.1 < sim.shares.get(FLASH, 0.0) < 0.9, why
     # Successes: one request may fall either side of its deadline.
     assert abs(real.successes - sim.successes) <= 1, why
-    # 429s: one per (group, minute) can go either way.
-    assert abs(real.rate_limited - sim.rate_limited) <= max(3, math.ceil(0.3 * sim.rate_limited)), why
+    # 429s: a (project, minute) pair near a window edge can yield one more or one fewer.
+    allowed = max(3, math.ceil(0.4 * sim.rate_limited))
+    assert abs(real.rate_limited - sim.rate_limited) <= allowed, why
     # Tier shares: one overload cooldown's worth of arrivals, plus two at window edges.
     rate = sum(phase.rate for phase in scenario.workload)
     shifted = RetryPolicy().overload_cooldown_cap * rate + 2
