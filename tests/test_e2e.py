@@ -484,6 +484,7 @@ async def test_deadline_while_every_lane_cools_raises_capacity_error() -> None:
     assert [a.outcome for a in error.attempts] == [K.RATE_LIMITED_MINUTE]
     refused = error.attempts[0]
     assert refused.retry_after is not None
+    assert error.retry_at is not None
     assert error.retry_at == pytest.approx(refused.ended + refused.retry_after, abs=1e-6)
     assert error.retry_at >= 60.0  # the next minute window
     assert counters == {"alpha-1": {FLASH: {"requests": 2, "success": 1,
