@@ -91,11 +91,13 @@ class _Group:
 
 
 class _Model:
-    __slots__ = ("cool_until", "name", "reason", "streak", "unavailable", "usable_groups")
+    __slots__ = ("cool_until", "cooled_at", "name", "reason", "streak", "unavailable",
+                 "usable_groups")
 
     def __init__(self, name: str, groups: int) -> None:
         self.name = name
         self.cool_until = -math.inf
+        self.cooled_at = -math.inf
         self.reason: str | None = None
         self.streak = 0
         self.unavailable = False
@@ -121,12 +123,13 @@ class _Request:
 
 
 class _Attempt:
-    __slots__ = ("key", "model", "request")
+    __slots__ = ("key", "model", "request", "sent")
 
-    def __init__(self, request: int, key: int, model: int) -> None:
+    def __init__(self, request: int, key: int, model: int, sent: float) -> None:
         self.request = request
         self.key = key
         self.model = model
+        self.sent = sent
 
 
 class Scheduler:
@@ -598,7 +601,7 @@ class Scheduler:
         counts[0] += 1
         aid = self._next_attempt
         self._next_attempt += 1
-        self._attempts[aid] = _Attempt(request.id, key, model)
+        self._attempts[aid] = _Attempt(request.id, key, model, now)
         self._waiting -= 1
         request.state = _IN_FLIGHT
         request.number += 1
@@ -645,14 +648,23 @@ class Scheduler:
                     model.usable_groups -= 1
                 self._emit("group_unavailable", reason, now, project=project, model=model.name)
         elif effect is Effect.COOL_MODEL:
-            model.streak += 1
+            # Escalate only on a 503 to an attempt sent after the model was last cooled (a failed
+            # probe). The attempts already in flight when the storm began say nothing new: without
+            # this, 8 concurrent 503s would double the cooldown 8 times in one instant.
+            probe_failed = record.sent >= model.cooled_at
+            if probe_failed:
+                model.streak += 1
             delay = min(self._retry.overload_cooldown_cap,
-                        self._retry.overload_cooldown * 2.0 ** (model.streak - 1))
+                        self._retry.overload_cooldown * 2.0 ** (max(model.streak, 1) - 1))
             if now + delay > model.cool_until:
+                fresh = model.cool_until <= now
+                model.cooled_at = now
                 model.cool_until = now + delay
                 model.reason = reason
                 self._timer(model.cool_until, _TIMER_WAKE, 0, 0)
-                self._emit("model_cooled", reason, now, model=model.name, until=model.cool_until)
+                if fresh or probe_failed:  # not for every straggler that extends it a little
+                    self._emit("model_cooled", reason, now, model=model.name,
+                               until=model.cool_until)
         elif effect is Effect.MODEL_UNAVAILABLE:
             if not model.unavailable:
                 model.unavailable = True
