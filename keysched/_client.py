@@ -222,8 +222,8 @@ class _Session:
                          dispatch.key.label, dispatch.model, outcome.kind.value, classified.status)
         client._core.complete(dispatch.attempt, outcome, ended)
         if final:
-            # Cancel before any poll can dispatch the retry the outcome may have queued.
-            self.close()
+            # End it before any poll can dispatch the retry the outcome may have queued.
+            self.close(failed=True)
         else:
             client._pump()
 
@@ -246,13 +246,13 @@ class _Session:
             text, status=status, google_status=google_status, service_message=service_message,
             model=model, key=key, attempts=self.records, retry_at=fail.retry_at)
 
-    def close(self) -> None:
-        """End the request if it is still open (cancellation, or a broken stream)."""
+    def close(self, *, failed: bool = False) -> None:
+        """End the request if it is still open (cancellation, or a broken stream: `failed`)."""
         client = self.client
         client._mailboxes.pop(self.rid, None)
         if self.open:
             self.open = False
-            client._core.cancel(self.rid, client._clock())
+            client._core.cancel(self.rid, client._clock(), failed=failed)
             client._pump()
 
 

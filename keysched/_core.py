@@ -286,8 +286,14 @@ class Scheduler:
         self._enqueue(request)
         return True
 
-    def cancel(self, request: int, now: float) -> bool:
+    def cancel(self, request: int, now: float, *, failed: bool = False) -> bool:
         """Cancel a request, releasing its lane if it is in flight.
+
+        Args:
+            request: the request.
+            now: the current core time.
+            failed: count it as failed rather than cancelled (the driver gave up on it, as when
+                a stream breaks after chunks were delivered and cannot be failed over).
 
         Returns:
             True if it was cancelled, False if it had already ended.
@@ -305,7 +311,7 @@ class Scheduler:
         if state.state == _IN_FLIGHT and state.last_attempt is not None:
             record = self._attempts.pop(state.last_attempt)
             self._release(record.key)
-        self._end(state, "cancelled")
+        self._end(state, "failed" if failed else "cancelled")
         return True
 
     def poll(self, now: float) -> list[Decision]:

@@ -415,9 +415,10 @@ async def test_stream_cut_after_chunks_raises_with_the_chunks_intact() -> None:
     assert all(c.text and c.key == "alpha-1" and c.model == FLASH for c in chunks)
     assert chunks[-1].finish_reason is None
     assert [a.outcome for a in error.attempts] == [K.CONNECTION_ERROR]
-    # The client ends a broken stream by cancelling it in the core (the core has no "fail" input
-    # from a driver), so the pool counts it as cancelled; nothing is left in flight or queued.
-    assert (snapshot.requests_cancelled, snapshot.in_flight, snapshot.waiting) == (1, 0, 0)
+    # A broken stream is a failed request in the pool's books (not a cancelled one), and
+    # nothing is left in flight or queued.
+    assert (snapshot.requests_failed, snapshot.requests_cancelled) == (1, 0)
+    assert (snapshot.in_flight, snapshot.waiting) == (0, 0)
     assert [c.index for c in whole] == [0, 1, 2, 3]
     assert whole[-1].finish_reason == "STOP"
     # No retry was sent for the broken stream.
