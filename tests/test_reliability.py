@@ -274,8 +274,6 @@ async def test_a_stream_broken_mid_way_keeps_the_chunks_delivered(
     assert all(chunk.text for chunk in received)
     assert len(caught.value.attempts) == 1  # no transparent retry after chunks reached us
     assert_pool_drained(snap, 1)
-    # The client ends a broken stream's request by cancelling it in the core (there is no
-    # "failed by the driver" input), so the snapshot counts it as cancelled, not failed.
     assert (snap.requests_failed, snap.requests_cancelled) == (1, 0)  # a broken stream failed
 
 
