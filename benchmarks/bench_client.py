@@ -131,13 +131,26 @@ async def _measure(base: str, seconds: float, rounds: int) -> dict[str, float]:
 
 
 def _import_ms(statement: str, runs: int = 9) -> float:
-    """Median milliseconds `statement` takes in a fresh interpreter."""
+    """Median milliseconds `statement` takes in a fresh interpreter, from compiled bytecode.
+
+    httpx in site-packages was byte-compiled when pip installed it; an editable keysched may
+    not be (``PYTHONDONTWRITEBYTECODE`` is set on some machines, this one included), and then
+    every import would compile the sources.  Compile first, as an installed package would be.
+    """
+    import compileall
+    import os
+    from pathlib import Path
+
+    import keysched
+
+    compileall.compile_dir(str(Path(keysched.__file__).parent), quiet=1)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     times = []
     for _ in range(runs):
         out = subprocess.run(
             [sys.executable, "-c",
              f"import time; t = time.perf_counter(); {statement}; "
-             "print(time.perf_counter() - t)"],
+             "print(time.perf_counter() - t)"], env=env,
             check=True, capture_output=True, text=True)
         times.append(float(out.stdout) * 1000)
     return statistics.median(times)

@@ -26,7 +26,6 @@ This is the only module of keysched that does I/O.  Decisions where the issue wa
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import json
@@ -37,9 +36,14 @@ import random
 import time
 import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    # At run time asyncio is imported where it is first used, as httpx itself does: keeping it
+    # out of `import keysched` saves a third of the import time (see benchmarks/bench_client.py).
+    import asyncio
 
 from keysched._config import Key, Limit, PoolConfig, RetryPolicy, _duration
 from keysched._core import Scheduler
@@ -121,6 +125,8 @@ class _Mailbox:
     __slots__ = ("_event", "_items")
 
     def __init__(self) -> None:
+        import asyncio
+
         self._items: collections.deque[Decision] = collections.deque()
         self._event = asyncio.Event()
 
@@ -277,7 +283,7 @@ class KeyedClient:
             ignored when `http_client` or `transport` is given.
         policy: the scheduling policy (keysched's least-loaded policy by default).
         clock: monotonic seconds; inject a virtual clock in tests.
-        sleep: the coroutine used to wait for the core's next deadline.
+        sleep: the coroutine used to wait for the core's next deadline (``asyncio.sleep``).
         wall_clock: Unix time, to place per-day quota resets at midnight Pacific.
         rng: the random generator for backoff jitter.
 
@@ -301,7 +307,7 @@ class KeyedClient:
         fast: bool = False,
         policy: Policy | None = None,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        sleep: Callable[[float], Awaitable[Any]] | None = None,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
@@ -324,6 +330,10 @@ class KeyedClient:
         self._config = config
         self._base_url = base_url
         self._clock = clock
+        if sleep is None:
+            import asyncio
+
+            sleep = asyncio.sleep
         self._sleep = sleep
         now = clock()
         self._core = Scheduler(config, rng=rng or random.Random(), policy=policy,
@@ -399,6 +409,8 @@ class KeyedClient:
         self._closed = True
         self._drop_timer()
         # Wait for the cancelled timers, so that no task of this client outlives `aclose`.
+        import asyncio
+
         await asyncio.gather(*self._stale_timers, return_exceptions=True)
         await self._backend.aclose()
 
@@ -562,6 +574,8 @@ class KeyedClient:
             return await one(batches[0]) if batches else []
         # Not a TaskGroup: it would wrap a failure in an ExceptionGroup, and callers expect the
         # `ServiceError` itself.  The first failure cancels the other batches and is raised.
+        import asyncio
+
         tasks = [asyncio.ensure_future(one(batch)) for batch in batches]
         try:
             results = await asyncio.gather(*tasks)
@@ -729,6 +743,8 @@ class KeyedClient:
             return
         self._drop_timer()
         self._timer_at = at
+        import asyncio
+
         self._timer = asyncio.get_running_loop().create_task(self._wake(at))
 
     def _drop_timer(self) -> None:
@@ -741,6 +757,8 @@ class KeyedClient:
         self._timer_at = math.inf
 
     async def _wake(self, at: float) -> None:
+        import asyncio
+
         try:
             await self._sleep(max(0.0, at - self._clock()))
         finally:
