@@ -170,6 +170,13 @@ class _StreamResult:
                                         status=0, message="the stream was abandoned")
 
 
+def _estimate(contents: object, body: dict[str, Any]) -> int:
+    """`estimate_tokens`, with a shortcut for the common case of a bare prompt string."""
+    if isinstance(contents, str) and len(body) == 1:
+        return max(1, -(-len(contents) // 4))
+    return estimate_tokens(body)
+
+
 def _positive(field: str, value: object) -> float:
     # The config's own check: it turns an int beyond float range or a NaN into a
     # ConfigurationError (not an OverflowError) and never prints a huge value whole.
@@ -448,7 +455,7 @@ class KeyedClient:
                              system_instruction=system_instruction,
                              safety_settings=safety_settings, tools=tools)
         payload = json.dumps(body).encode()
-        tokens = estimate_tokens(body)
+        tokens = _estimate(contents, body)
         attempt_timeout = self._attempt_timeout(timeout)
         session = self._open(models, tokens, deadline)
         try:
@@ -499,7 +506,7 @@ class KeyedClient:
                              system_instruction=system_instruction,
                              safety_settings=safety_settings, tools=tools)
         payload = json.dumps(body).encode()
-        tokens = estimate_tokens(body)
+        tokens = _estimate(contents, body)
         attempt_timeout = self._attempt_timeout(timeout)
         session = self._open(models, tokens, deadline)
         delivered = 0

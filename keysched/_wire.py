@@ -54,7 +54,7 @@ import json as _json
 import math
 import re
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -247,15 +247,17 @@ def batch_embed_body(model: str, texts: Sequence[str]) -> dict[str, Any]:
 
 def estimate_tokens(body: Mapping[str, Any]) -> int:
     """A cheap input-token estimate for TPM budgeting: text characters / 4, rounded up, >= 1."""
-    chars, stack = 0, [body]
+    chars = 0
+    stack: list[Any] = [body]
     while stack:  # iterative: a deep body must not hit the recursion limit
         node = stack.pop()
+        values = node.values() if isinstance(node, Mapping) else node
         if isinstance(node, Mapping):
             text = node.get("text")
-            chars += len(text) if isinstance(text, str) else 0
-            stack.extend(v for k, v in node.items() if k != "text")
-        elif isinstance(node, list | tuple):
-            stack.extend(node)
+            if isinstance(text, str):
+                chars += len(text)
+        # Only containers go on the stack: scalars (most of a body) are skipped right here.
+        stack.extend(v for v in values if isinstance(v, Mapping | list | tuple))
     return max(1, -(-chars // 4))
 
 
@@ -354,22 +356,24 @@ def _usage(response: dict[str, Any]) -> Usage | None:
                  total_tokens=_int(meta.get("totalTokenCount")))
 
 
-def _answer_parts(response: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _answer_parts(response: dict[str, Any]) -> list[dict[str, Any]]:
     """The non-thought parts of the first candidate."""
-    candidate = _dict(next(iter(_list(response.get("candidates"))), None)) or {}
-    for part in _list((_dict(candidate.get("content")) or {}).get("parts")):
-        if isinstance(part, dict) and part.get("thought") is not True:
-            yield part
+    candidates = response.get("candidates")
+    candidate = candidates[0] if isinstance(candidates, list) and candidates else None
+    content = candidate.get("content") if isinstance(candidate, dict) else None
+    parts = content.get("parts") if isinstance(content, dict) else None
+    if not isinstance(parts, list):
+        return []
+    return [part for part in parts if isinstance(part, dict) and part.get("thought") is not True]
 
 
-def _text(response: dict[str, Any]) -> str:
-    return "".join(text for part in _answer_parts(response)
-                   if (text := _str(part.get("text"))) is not None)
+def _text(parts: list[dict[str, Any]]) -> str:
+    return "".join(text for part in parts if isinstance(text := part.get("text"), str))
 
 
-def _has_content(response: dict[str, Any]) -> bool:
+def _has_content(parts: list[dict[str, Any]]) -> bool:
     return any(_str(part.get("text")) or any(part.get(f) for f in _CONTENT_PART_FIELDS)
-               for part in _answer_parts(response))
+               for part in parts)
 
 
 def _finish_reason(response: dict[str, Any]) -> str | None:
@@ -540,11 +544,12 @@ def _classify_answer(status: int, response: dict[str, Any], *, empty_is_error: b
     """A 2xx GenerateContentResponse: success, blocked or empty."""
     usage = _usage(response)
     finish = _finish_reason(response)
+    parts = _answer_parts(response)  # read once: text and emptiness both come from them
     block = _str((_dict(response.get("promptFeedback")) or {}).get("blockReason")) or None
     message: str | None = None
     if block or finish in SAFETY_FINISH_REASONS:
         kind, message = _K.BLOCKED, f"blocked: {block or finish}"
-    elif require_content and not _has_content(response) and (
+    elif require_content and not _has_content(parts) and (
             not _list(response.get("candidates")) or finish != "MAX_TOKENS"):
         kind = _K.EMPTY if empty_is_error else _K.SUCCESS
         message = "the answer has no content" if empty_is_error else None
@@ -553,7 +558,7 @@ def _classify_answer(status: int, response: dict[str, Any], *, empty_is_error: b
     outcome = Outcome(kind=kind, input_tokens=usage.prompt_tokens if usage else None,
                       output_tokens=usage.output_tokens if usage else None)
     return Classified(outcome=outcome, status=status, message=message, json=response,
-                      text=_text(response), finish_reason=finish, block_reason=block,
+                      text=_text(parts), finish_reason=finish, block_reason=block,
                       usage=usage)
 
 
