@@ -454,33 +454,17 @@ class KeyedClient:
         body = generate_body(contents, generation_config=generation_config,
                              system_instruction=system_instruction,
                              safety_settings=safety_settings, tools=tools)
-        payload = json.dumps(body).encode()
         tokens = _estimate(contents, body)
-        attempt_timeout = self._attempt_timeout(timeout)
-        session = self._open(models, tokens, deadline)
-        try:
-            while True:
-                decision = await session.next()
-                if isinstance(decision, Dispatch):
-                    started = self._clock()
-                    url = self._url(decision.model, "generateContent")
-                    classified = await self._post(url, decision.key, payload,
-                                                  session.attempt_timeout(attempt_timeout),
-                                                  lambda status, raw, headers: classify(
-                                                      status, raw, headers, input_tokens=tokens))
-                    session.report(decision, classified, started)
-                elif isinstance(decision, Finish):
-                    assert session.last is not None
-                    dispatch, answer = session.last
-                    return GenerateResult(
-                        text=answer.text, model=dispatch.model, key=dispatch.key.label or "",
-                        attempts=tuple(session.records), usage=answer.usage,
-                        finish_reason=answer.finish_reason, block_reason=answer.block_reason,
-                        raw=answer.json)
-                else:
-                    raise session.error(decision)
-        finally:
-            session.close()
+
+        def read(status: int, raw: bytes, headers: Mapping[str, str]) -> tuple[Classified, None]:
+            return classify(status, raw, headers, input_tokens=tokens), None
+
+        dispatch, answer, _, attempts = await self._call(models, "generateContent", body, tokens,
+                                                         read, timeout, deadline)
+        return GenerateResult(
+            text=answer.text, model=dispatch.model, key=dispatch.key.label or "",
+            attempts=attempts, usage=answer.usage, finish_reason=answer.finish_reason,
+            block_reason=answer.block_reason, raw=answer.json)
 
     async def stream(
         self,
@@ -629,9 +613,25 @@ class KeyedClient:
     async def _call_json(self, model: str, method: str, body: dict[str, Any],
                          parse: Callable[[Any], Any], timeout: float | None,
                          deadline: float | None) -> Any:
+        def read(status: int, raw: bytes, headers: Mapping[str, str]) -> tuple[Classified, Any]:
+            return classify_json_response(status, raw, headers, parse=parse)
+
+        _, _, value, _ = await self._call([model], method, body, estimate_tokens(body), read,
+                                          timeout, deadline)
+        return value
+
+    async def _call(
+        self, models: Sequence[str] | None, method: str, body: dict[str, Any], tokens: int,
+        read: Callable[[int, bytes, Mapping[str, str]], tuple[Classified, Any]],
+        timeout: float | None, deadline: float | None,
+    ) -> tuple[Dispatch, Classified, Any, tuple[AttemptRecord, ...]]:
+        """Run one request (not a stream) to its end: the answering attempt, or a raised error.
+
+        `read` classifies an HTTP answer and extracts its value (the embeddings, the count).
+        """
         payload = json.dumps(body).encode()
         attempt_timeout = self._attempt_timeout(timeout)
-        session = self._open([model], estimate_tokens(body), deadline)
+        session = self._open(models, tokens, deadline)
         values: dict[int, Any] = {}
         try:
             while True:
@@ -639,19 +639,19 @@ class KeyedClient:
                 if isinstance(decision, Dispatch):
                     started = self._clock()
 
-                    def read(status: int, raw: bytes, headers: Mapping[str, str],
-                             attempt: int = decision.attempt) -> Classified:
-                        classified, value = classify_json_response(status, raw, headers,
-                                                                   parse=parse)
-                        values[attempt] = value
+                    def classify_attempt(status: int, raw: bytes, headers: Mapping[str, str],
+                                         attempt: int = decision.attempt) -> Classified:
+                        classified, values[attempt] = read(status, raw, headers)
                         return classified
 
                     classified = await self._post(
-                        self._url(decision.model, method), decision.key,
-                        payload, session.attempt_timeout(attempt_timeout), read)
+                        self._url(decision.model, method), decision.key, payload,
+                        session.attempt_timeout(attempt_timeout), classify_attempt)
                     session.report(decision, classified, started)
                 elif isinstance(decision, Finish):
-                    return values[decision.attempt]
+                    assert session.last is not None
+                    dispatch, answer = session.last
+                    return dispatch, answer, values.get(decision.attempt), tuple(session.records)
                 else:
                     raise session.error(decision)
         finally:
