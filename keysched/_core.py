@@ -628,12 +628,16 @@ class Scheduler:
     # ------------------------------------------------------------------ the outcome table
 
     def _apply(self, action: Action, outcome: Outcome, record: _Attempt, now: float) -> None:
+        effect = action.effect
+        if effect is Effect.NONE and outcome.retry_after is None:  # the common case: an answer
+            if outcome.kind in (OutcomeKind.SUCCESS, OutcomeKind.BLOCKED):
+                self._models[record.model].streak = 0
+            return
         state = self._keys[record.key]
         model = self._models[record.model]
         group = self._groups[state.project][record.model]
         project = self._project_names[state.project]
         reason = outcome.kind.value
-        effect = action.effect
         if outcome.kind in (OutcomeKind.SUCCESS, OutcomeKind.BLOCKED):
             model.streak = 0
         if effect is Effect.COOL_GROUP:
