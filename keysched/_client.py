@@ -94,6 +94,8 @@ logger = logging.getLogger("keysched")
 
 DEFAULT_MODELS = ("gemini-2.5-flash", "gemini-2.5-flash-lite")
 DEFAULT_EMBEDDING_MODEL = "gemini-embedding-001"
+EVENT_HISTORY = 1000
+"""How many recent pool events `KeyedClient.events()` keeps."""
 
 _ERRORS: dict[FailReason, type[ServiceError]] = {
     FailReason.REQUEST_ERROR: RequestError,
@@ -346,6 +348,8 @@ class KeyedClient:
         self._core = Scheduler(config, rng=rng or random.Random(), policy=policy,
                                wall_epoch=wall_clock() - now)
         self._mailboxes: dict[int, _Mailbox] = {}
+        # Bounded, so that a long-running client keeps a window of history, not all of it.
+        self._history: collections.deque[PoolEvent] = collections.deque(maxlen=EVENT_HISTORY)
         self._timer: asyncio.Task[None] | None = None
         self._timer_at = math.inf
         self._stale_timers: set[asyncio.Task[None]] = set()  # cancelled, not yet finished
@@ -581,6 +585,15 @@ class KeyedClient:
         """The pool now: every lane's state, cooldown and counters (labels only)."""
         return self._core.snapshot(self._clock())
 
+    def events(self) -> list[PoolEvent]:
+        """The most recent pool events, oldest first (the last `EVENT_HISTORY` of them).
+
+        Keys disabled, quota groups and models cooled, fallbacks and returns to the best
+        model, each with its time on the client's clock and its reason: what a dashboard or
+        `sim.plots.plot_cooldowns` needs to draw the pool over time.
+        """
+        return list(self._history)
+
     @property
     def models(self) -> tuple[str, ...]:
         """The generation models, best first."""
@@ -721,13 +734,14 @@ class KeyedClient:
         # Each event is logged at its own level: a logger set to WARNING must still see
         # disabled keys and fallbacks.  The shortcut skips the loop only when even the most
         # severe level (ERROR, a model gone for good) is filtered out.
-        if logger.isEnabledFor(logging.ERROR):
-            for event in core.take_events():
-                level = _EVENT_LEVELS.get(event.kind, logging.INFO)
-                if logger.isEnabledFor(level):
-                    self._log(event, level)
-        else:
-            core.take_events()
+        events = core.take_events()
+        if events:
+            self._history.extend(events)
+            if logger.isEnabledFor(logging.ERROR):
+                for event in events:
+                    level = _EVENT_LEVELS.get(event.kind, logging.INFO)
+                    if logger.isEnabledFor(level):
+                        self._log(event, level)
         self._arm(core.next_deadline())
 
     def _log(self, event: PoolEvent, level: int) -> None:
