@@ -119,11 +119,15 @@ def _spans(source: RunResult | PoolSnapshot | Sequence[PoolEvent],
                 spans.append((row, 0.0, math.inf, "group unavailable", reason))
         return (spans, "Lanes not serving at the snapshot (cooling: until its end)",
                 "seconds after the snapshot (s)", 0.0, end * 1.05)
+    offset = 0.0
     if isinstance(source, Sequence):
-        events, title, xlabel = list(source), "Cooldown and disabled spans", "time (s)"
+        # A client's events are on its monotonic clock: count from the first event instead.
+        events, title = list(source), "Cooldown and disabled spans"
+        xlabel = "seconds since the first event (s)"
         finite = [e.until for e in events if e.until is not None and math.isfinite(e.until)]
-        first = min((e.time for e in events), default=0.0)
-        end = max([*finite, *(e.time for e in events), first + 1.0])
+        offset = min((e.time for e in events), default=0.0)
+        first = 0.0
+        end = max([*finite, *(e.time for e in events), offset + 1.0]) - offset
     else:
         events = list(source.events)
         title = f"Cooldown and disabled spans: {source.scenario.name}, {source.policy}"
@@ -139,7 +143,8 @@ def _spans(source: RunResult | PoolSnapshot | Sequence[PoolEvent],
             row = f"{e.project} / {e.model}"
         else:
             row = f"model {e.model}"
-        spans.append((row, e.time, e.until if e.until is not None else math.inf, kind, e.reason))
+        until = e.until - offset if e.until is not None else math.inf
+        spans.append((row, e.time - offset, until, kind, e.reason))
     return spans, title, xlabel, first, end
 
 
