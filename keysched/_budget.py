@@ -23,8 +23,8 @@ WINDOW = 60.0
 class Budget:
     """Sliding-minute and Pacific-day counters against one `Limit`."""
 
-    __slots__ = ("_day_end", "_minute", "_minute_tokens", "_wall_epoch", "day_count", "rpd",
-                 "rpm", "tpm")
+    __slots__ = ("_day_end", "_minute", "_minute_tokens", "_reset_at", "_wall_epoch", "day_count",
+                 "rpd", "rpm", "tpm")
 
     def __init__(self, limit: Limit, wall_epoch: float) -> None:
         self.rpm = limit.rpm
@@ -35,6 +35,7 @@ class Budget:
         self._minute_tokens = 0
         self.day_count = 0
         self._day_end = -math.inf
+        self._reset_at = -math.inf  # when `day_count` last started from zero
 
     def _expire(self, now: float) -> None:
         minute = self._minute
@@ -44,6 +45,7 @@ class Budget:
             self._minute_tokens -= minute.popleft()[1]
         if now >= self._day_end:
             self.day_count = 0
+            self._reset_at = now
             self._day_end = next_pacific_midnight(now + self._wall_epoch) - self._wall_epoch
 
     def fits(self, tokens: int) -> bool:
@@ -80,6 +82,17 @@ class Budget:
         self._minute.append((now, tokens))
         self._minute_tokens += tokens
         self.day_count += 1
+
+    def forget(self, sent: float, tokens: int) -> None:
+        """Undo `record(sent, tokens)` for a dispatch that was taken back before it was sent."""
+        minute = self._minute
+        for index in range(len(minute) - 1, -1, -1):  # it is recent: search from the end
+            if minute[index] == (sent, tokens):
+                del minute[index]
+                self._minute_tokens -= tokens
+                break
+        if sent >= self._reset_at and self.day_count > 0:  # still counted in today's total
+            self.day_count -= 1
 
     def usage(self, now: float) -> tuple[int, int, int]:
         """(requests in the last minute, tokens in the last minute, requests today)."""

@@ -11,8 +11,10 @@ to the mailbox of its request, logs pool events and arms one timer task for the 
 This is the only module of keysched that does I/O.  Decisions where the issue was silent:
 
 - Keys travel only in the ``x-goog-api-key`` header; the URL never carries one.
-- Each attempt's own timeout is the smaller of ``timeout`` and the time left before the
-  request's deadline, so the deadline bounds the total time.
+- ``timeout`` bounds each network phase of an attempt (connecting, waiting for a pooled
+  connection, each read), as httpx and aiohttp define it, capped by the time left before the
+  request's deadline; the deadline also bounds each attempt's total time, so a server that
+  drips its answer cannot hold a call past its deadline.
 - A stream fails over only before its first chunk reaches the caller.  After that, a failure is
   reported to the core (so the key or model is cooled as usual), the request is ended, and
   `StreamInterruptedError` says how many chunks were delivered.
@@ -124,20 +126,28 @@ _EVENT_LEVELS = {
 class _Mailbox:
     """Decisions for one request, waited on by the task that submitted it."""
 
-    __slots__ = ("_event", "_items")
+    __slots__ = ("_closed", "_event", "_items")
 
     def __init__(self) -> None:
         import asyncio
 
         self._items: collections.deque[Decision] = collections.deque()
         self._event = asyncio.Event()
+        self._closed = False
 
     def put(self, decision: Decision) -> None:
         self._items.append(decision)
         self._event.set()
 
+    def close(self) -> None:
+        """The client is closing: the waiting caller gets `UsageError` instead of a decision."""
+        self._closed = True
+        self._event.set()
+
     async def get(self) -> Decision:
         while not self._items:
+            if self._closed:
+                raise UsageError("the client was closed while the request was open")
             self._event.clear()
             await self._event.wait()
         return self._items.popleft()
@@ -172,6 +182,15 @@ class _StreamResult:
                                         status=0, message="the stream was abandoned")
 
 
+def _encode(body: dict[str, Any]) -> bytes:
+    """The request body as JSON; a value JSON cannot carry is the caller's error."""
+    try:
+        return json.dumps(body, allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:  # the value itself is not shown: it may be anything
+        raise UsageError(f"the request holds a value JSON cannot encode ({type(exc).__name__})"
+                         ) from None
+
+
 def _estimate(contents: object, body: dict[str, Any]) -> int:
     """`estimate_tokens`, with a shortcut for the common case of a bare prompt string."""
     if isinstance(contents, str) and len(body) == 1:
@@ -189,14 +208,15 @@ class _Session:
     """One request's life: submit, wait for decisions, report attempts, end exactly once."""
 
     def __init__(self, client: KeyedClient, models: Sequence[str], tokens: int,
-                 deadline: float | None) -> None:
+                 deadline: float | None, spends_quota: bool = True) -> None:
         self.client = client
         self.records: list[AttemptRecord] = []
         self.last: tuple[Dispatch, Classified] | None = None
         now = client._clock()
         seconds = client._config.retry.deadline if deadline is None else deadline
         self.deadline_at = now + seconds
-        self.rid = client._core.submit(now, models=models, input_tokens=tokens, deadline=deadline)
+        self.rid = client._core.submit(now, models=models, input_tokens=tokens, deadline=deadline,
+                                       spends_quota=spends_quota)
         self.open = True
         self.mailbox = _Mailbox()
         client._mailboxes[self.rid] = self.mailbox
@@ -217,6 +237,10 @@ class _Session:
                     continue
             return decision
 
+    def time_left(self) -> float:
+        """Seconds before the request's deadline (at least a millisecond)."""
+        return max(0.001, self.deadline_at - self.client._clock())
+
     def attempt_timeout(self, timeout: float) -> float:
         return max(0.001, min(timeout, self.deadline_at - self.client._clock()))
 
@@ -232,6 +256,8 @@ class _Session:
             message=classified.message, retry_after=outcome.retry_after, started=started,
             ended=ended))
         self.last = (dispatch, classified)
+        if client._closed:  # `aclose` ended the request while this attempt was in flight
+            raise UsageError("the client was closed while the request was open")
         if outcome.kind is not OutcomeKind.SUCCESS:
             logger.debug("attempt %d of a request via %s on %s: %s (HTTP %s)", dispatch.number,
                          dispatch.key.label, dispatch.model, outcome.kind.value, classified.status)
@@ -283,7 +309,9 @@ class KeyedClient:
         base_url: the API's base URL; point it at any Gemini-compatible server.
         retry: the retry policy (attempts, backoff, deadline, cooldowns).
         limits: known quotas per project and model; the pool then never exceeds them.
-        timeout: the longest one attempt may take, in seconds.
+        timeout: the longest an attempt may wait on the network at a time (to connect, for a
+            free connection, or between bytes of the answer), in seconds; the request's
+            deadline bounds each attempt's total time.
         max_in_flight_per_key: an optional cap on concurrent requests per key.
         embedding_model: the model `embed` uses by default.
         http_client: your own `httpx.AsyncClient` (not closed by `aclose`).
@@ -325,17 +353,17 @@ class KeyedClient:
             raise ConfigurationError("embedding_model", f"expected a model name, got "
                                      f"{embedding_model!r}")
         self._timeout = _positive("timeout", timeout)
-        config = PoolConfig(keys=keys, models=models, limits=limits,
-                            retry=retry if retry is not None else RetryPolicy(),
-                            max_in_flight_per_key=max_in_flight_per_key)
-        self._models = config.models
         embedding_model = embedding_model.removeprefix("models/")
         self._embedding_model = embedding_model
-        if embedding_model not in config.models:
-            # The embedding model shares the keys but is never a fallback tier of `generate`.
-            config = PoolConfig(keys=config.keys, models=(*config.models, embedding_model),
-                                limits=config.limits, retry=config.retry,
-                                max_in_flight_per_key=config.max_in_flight_per_key)
+        # The embedding model shares the keys (and may have its own `Limit`), but it is never a
+        # fallback tier of `generate`: `_models` is the generation list alone.
+        generation = PoolConfig(keys=keys, models=models,
+                                retry=retry if retry is not None else RetryPolicy())
+        self._models = generation.models
+        pool_models = (generation.models if embedding_model in generation.models
+                       else (*generation.models, embedding_model))
+        config = PoolConfig(keys=generation.keys, models=pool_models, limits=limits,
+                            retry=generation.retry, max_in_flight_per_key=max_in_flight_per_key)
         self._config = config
         self._base_url = base_url
         self._clock = clock
@@ -416,8 +444,15 @@ class KeyedClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop the timer and close the HTTP client (unless it was passed in)."""
+        """End every open call (they raise `UsageError`), stop the timer, close the HTTP client.
+
+        An HTTP client passed in as `http_client` is left open: it is the caller's.
+        """
         self._closed = True
+        now = self._clock()
+        for rid, mailbox in list(self._mailboxes.items()):
+            self._core.cancel(rid, now)  # frees its lane; nothing will be dispatched for it
+            mailbox.close()
         self._drop_timer()
         # Wait for the cancelled timers, so that no task of this client outlives `aclose`.
         import asyncio
@@ -445,7 +480,8 @@ class KeyedClient:
             contents: a prompt string, or the REST ``contents`` list.
             models: the models this call may use, best first (default: the pool's).
             generation_config, system_instruction, safety_settings, tools: as in the REST API.
-            timeout: the longest one attempt may take (default: the client's).
+            timeout: the longest an attempt may wait on the network at a time (default: the
+                client's).
             deadline: the longest the whole call may take, retries included.
 
         Returns:
@@ -493,7 +529,7 @@ class KeyedClient:
         body = generate_body(contents, generation_config=generation_config,
                              system_instruction=system_instruction,
                              safety_settings=safety_settings, tools=tools)
-        payload = json.dumps(body).encode()
+        payload = _encode(body)
         tokens = _estimate(contents, body)
         attempt_timeout = self._attempt_timeout(timeout)
         session = self._open(models, tokens, deadline)
@@ -514,7 +550,9 @@ class KeyedClient:
                         delivered += 1
                         yield chunk
                 classified = result.classified
-                broken = delivered > 0 and classified.outcome.kind is not OutcomeKind.SUCCESS
+                # A safety stop on the last chunk is an answer (as for `generate`), not a break.
+                broken = delivered > 0 and classified.outcome.kind not in (
+                    OutcomeKind.SUCCESS, OutcomeKind.BLOCKED)
                 session.report(decision, classified, started, final=broken)
                 if broken:
                     # Chunks already reached the caller: no transparent failover any more.
@@ -532,11 +570,15 @@ class KeyedClient:
     async def count_tokens(self, contents: str | Sequence[Mapping[str, Any]], *,
                            model: str | None = None, timeout: float | None = None,
                            deadline: float | None = None) -> int:
-        """Count the input tokens of `contents` for `model` (default: the best model)."""
+        """Count the input tokens of `contents` for `model` (default: the best model).
+
+        Scheduled on the pool like any call (failover, cooldowns), but not counted against the
+        known limits: countTokens is believed not to spend generateContent quota.
+        """
         body = count_tokens_body(contents)
         model = model or self._models[0]
         value = await self._call_json(model, "countTokens", body, parse_count_tokens, timeout,
-                                      deadline)
+                                      deadline, spends_quota=False)
         return int(value)
 
     async def embed(self, texts: Sequence[str], *, model: str | None = None,
@@ -604,19 +646,20 @@ class KeyedClient:
     def _attempt_timeout(self, timeout: float | None) -> float:
         return self._timeout if timeout is None else _positive("timeout", timeout)
 
-    def _open(self, models: Sequence[str] | None, tokens: int,
-              deadline: float | None) -> _Session:
+    def _open(self, models: Sequence[str] | None, tokens: int, deadline: float | None,
+              spends_quota: bool = True) -> _Session:
         if self._closed:
             raise UsageError("the client is closed")
         if deadline is not None:
             _positive("deadline", deadline)
-        return _Session(self, self._models if models is None else models, tokens, deadline)
+        return _Session(self, self._models if models is None else models, tokens, deadline,
+                        spends_quota)
 
-    async def _post(self, url: str, key: Key, payload: bytes, timeout: float,
+    async def _post(self, url: str, key: Key, payload: bytes, timeout: float, total: float,
                     read: Callable[[int, bytes, Mapping[str, str]], Classified]) -> Classified:
         try:
             status, headers, body = await self._backend.post(url, self._headers[key.label],
-                                                             payload, timeout)
+                                                             payload, timeout, total)
         except TransportTimeout:
             return _failure(OutcomeKind.TIMEOUT, f"no answer within {timeout:.1f}s")
         except TransportFailure as exc:
@@ -625,26 +668,26 @@ class KeyedClient:
 
     async def _call_json(self, model: str, method: str, body: dict[str, Any],
                          parse: Callable[[Any], Any], timeout: float | None,
-                         deadline: float | None) -> Any:
+                         deadline: float | None, *, spends_quota: bool = True) -> Any:
         def read(status: int, raw: bytes, headers: Mapping[str, str]) -> tuple[Classified, Any]:
             return classify_json_response(status, raw, headers, parse=parse)
 
         _, _, value, _ = await self._call([model], method, body, estimate_tokens(body), read,
-                                          timeout, deadline)
+                                          timeout, deadline, spends_quota=spends_quota)
         return value
 
     async def _call(
         self, models: Sequence[str] | None, method: str, body: dict[str, Any], tokens: int,
         read: Callable[[int, bytes, Mapping[str, str]], tuple[Classified, Any]],
-        timeout: float | None, deadline: float | None,
+        timeout: float | None, deadline: float | None, *, spends_quota: bool = True,
     ) -> tuple[Dispatch, Classified, Any, tuple[AttemptRecord, ...]]:
         """Run one request (not a stream) to its end: the answering attempt, or a raised error.
 
         `read` classifies an HTTP answer and extracts its value (the embeddings, the count).
         """
-        payload = json.dumps(body).encode()
+        payload = _encode(body)
         attempt_timeout = self._attempt_timeout(timeout)
-        session = self._open(models, tokens, deadline)
+        session = self._open(models, tokens, deadline, spends_quota)
         values: dict[int, Any] = {}
         try:
             while True:
@@ -659,7 +702,8 @@ class KeyedClient:
 
                     classified = await self._post(
                         self._url(decision.model, method), decision.key, payload,
-                        session.attempt_timeout(attempt_timeout), classify_attempt)
+                        session.attempt_timeout(attempt_timeout), session.time_left(),
+                        classify_attempt)
                     session.report(decision, classified, started)
                 elif isinstance(decision, Finish):
                     assert session.last is not None

@@ -64,6 +64,9 @@ from keysched._table import Action, Effect, Next
 __all__ = ["Scheduler"]
 
 _WAITING, _BACKOFF, _IN_FLIGHT, _ENDED = range(4)
+# A server-given delay longer than this is treated as this: a typo'd or hostile Retry-After of
+# days must not bench a key for days (a per-day quota has its own, exact, rule).
+_MAX_SERVER_DELAY = 3600.0
 _TIMER_READY, _TIMER_DEADLINE, _TIMER_LANE, _TIMER_WAKE = range(4)
 
 
@@ -106,12 +109,14 @@ class _Model:
 
 class _Request:
     __slots__ = ("avoid", "deadline", "empties", "id", "last_attempt", "later", "models",
-                 "number", "server_errors", "state", "tokens")
+                 "number", "quota", "server_errors", "state", "tokens")
 
-    def __init__(self, rid: int, models: tuple[int, ...], tokens: int, deadline: float) -> None:
+    def __init__(self, rid: int, models: tuple[int, ...], tokens: int, deadline: float,
+                 quota: bool) -> None:
         self.id = rid
         self.models = models
         self.tokens = tokens
+        self.quota = quota
         self.deadline = deadline
         self.state = _WAITING
         self.number = 0
@@ -123,13 +128,14 @@ class _Request:
 
 
 class _Attempt:
-    __slots__ = ("key", "model", "request", "sent")
+    __slots__ = ("budgeted", "key", "model", "request", "sent")
 
-    def __init__(self, request: int, key: int, model: int, sent: float) -> None:
+    def __init__(self, request: int, key: int, model: int, sent: float, budgeted: bool) -> None:
         self.request = request
         self.key = key
         self.model = model
         self.sent = sent
+        self.budgeted = budgeted  # recorded in its group's budget (to undo on withdraw)
 
 
 class Scheduler:
@@ -197,7 +203,7 @@ class Scheduler:
     # ------------------------------------------------------------------ inputs
 
     def submit(self, now: float, *, models: Sequence[str] | None = None, input_tokens: int = 0,
-               deadline: float | None = None) -> int:
+               deadline: float | None = None, spends_quota: bool = True) -> int:
         """Submit a request; returns its id. Call `poll` to learn where it goes.
 
         Args:
@@ -205,6 +211,8 @@ class Scheduler:
             models: the models it may use, best first (default: the pool's models).
             input_tokens: estimated input tokens, for token budgets.
             deadline: seconds it may take in total (default: the retry policy's deadline).
+            spends_quota: whether the request counts against the known limits (countTokens
+                calls are believed not to).
 
         Raises:
             UsageError: an unknown model, a negative token count, a bad deadline, or time
@@ -224,7 +232,7 @@ class Scheduler:
         self._now = now
         rid = self._next_request
         self._next_request += 1
-        request = _Request(rid, indices, input_tokens, now + float(seconds))
+        request = _Request(rid, indices, input_tokens, now + float(seconds), bool(spends_quota))
         self._requests[rid] = request
         self._counts["submitted"] += 1
         self._enqueue(request)
@@ -281,9 +289,16 @@ class Scheduler:
         del self._attempts[attempt]
         self._release(record.key)
         self._lane_counts[(record.key, record.model)][0] -= 1
+        if record.budgeted:  # it was never sent: give its quota back
+            budget = self._groups[self._keys[record.key].project][record.model].budget
+            assert budget is not None
+            budget.forget(record.sent, self._requests[record.request].tokens)
         request = self._requests[record.request]
         request.number -= 1
-        self._enqueue(request)
+        if now >= request.deadline:  # its deadline timer fired while it was in flight
+            self._fail(request, FailReason.DEADLINE, now)
+        else:
+            self._enqueue(request)
         return True
 
     def cancel(self, request: int, now: float, *, failed: bool = False) -> bool:
@@ -407,8 +422,7 @@ class Scheduler:
             until = lane_until
         if until > now:
             return until
-        if group.budget is not None:
-            assert self._current is not None
+        if group.budget is not None and self._current is not None and self._current.quota:
             tokens = self._current.tokens
             free = group.budget.free_at(now, tokens)
             if free > now:
@@ -429,11 +443,6 @@ class Scheduler:
         """See `keysched._selection.LaneOracle.park`."""
         if math.isfinite(until):
             self._timer(until, _TIMER_LANE, key, model)
-
-    def load(self, key: int) -> tuple[int, int]:
-        """See `keysched._selection.LaneOracle.load`."""
-        state = self._keys[key]
-        return state.in_flight, state.seq
 
     def avoided(self, key: int) -> bool:
         """See `keysched._selection.LaneOracle.avoided`."""
@@ -599,15 +608,16 @@ class Scheduler:
         state.seq = self._seq
         self._touch(state)
         group = self._groups[state.project][model]
-        if group.budget is not None:
-            group.budget.record(now, request.tokens)
+        budgeted = group.budget is not None and request.quota
+        if budgeted:
+            group.budget.record(now, request.tokens)  # type: ignore[union-attr]
         counts = self._lane_counts.get((key, model))
         if counts is None:
             counts = self._lane_counts[(key, model)] = [0, 0, 0]
         counts[0] += 1
         aid = self._next_attempt
         self._next_attempt += 1
-        self._attempts[aid] = _Attempt(request.id, key, model, now)
+        self._attempts[aid] = _Attempt(request.id, key, model, now, budgeted)
         self._waiting -= 1
         request.state = _IN_FLIGHT
         request.number += 1
@@ -641,8 +651,8 @@ class Scheduler:
         if outcome.kind in (OutcomeKind.SUCCESS, OutcomeKind.BLOCKED):
             model.streak = 0
         if effect is Effect.COOL_GROUP:
-            delay = (outcome.retry_after if outcome.retry_after is not None
-                     else self._retry.minute_cooldown)
+            delay = (min(outcome.retry_after, _MAX_SERVER_DELAY)
+                     if outcome.retry_after is not None else self._retry.minute_cooldown)
             self._cool_group(group, now + delay, reason, project, model.name, now)
         elif effect is Effect.COOL_GROUP_BRIEFLY:
             until = now + self._retry.shared_capacity_cooldown
@@ -695,7 +705,8 @@ class Scheduler:
                 and action.next in (Next.RETRY_NOW, Next.RETRY_LATER)):
             # The server named a retry delay but no quota group to blame (a Retry-After on a
             # 5xx, a timeout or a 503): honour it for this lane only, until exactly t + d.
-            self._cool_lane(record, now + outcome.retry_after, reason, now)
+            self._cool_lane(record, now + min(outcome.retry_after, _MAX_SERVER_DELAY), reason,
+                            now)
 
     def _cool_lane(self, record: _Attempt, until: float, reason: str, now: float) -> None:
         lane = (record.key, record.model)

@@ -48,10 +48,6 @@ class LaneOracle(Protocol):
         """Have `release(key, model)` called at `until` (ignored for `math.inf`)."""
         ...
 
-    def load(self, key: int) -> tuple[int, int]:
-        """(requests in flight, sequence number of its last dispatch) of a key."""
-        ...
-
     def avoided(self, key: int) -> bool:
         """Whether the current request already failed on this key (use it only as a last resort)."""
         ...

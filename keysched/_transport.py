@@ -48,7 +48,13 @@ class Backend(Protocol):
     """What `KeyedClient` needs from an HTTP library."""
 
     async def post(self, url: str, headers: Mapping[str, str], payload: bytes,
-                   timeout: float) -> tuple[int, Mapping[str, str], bytes]: ...
+                   timeout: float, total: float) -> tuple[int, Mapping[str, str], bytes]:
+        """POST and read the whole answer.
+
+        `timeout` bounds each phase (connecting, waiting for a connection, each read); `total`
+        bounds the whole attempt (the time left before the request's deadline).
+        """
+        ...
 
     def stream(self, url: str, headers: Mapping[str, str], payload: bytes,
                timeout: float) -> contextlib.AbstractAsyncContextManager[StreamResponse]: ...
@@ -90,10 +96,18 @@ class HttpxBackend:
         self._owned = owned
 
     async def post(self, url: str, headers: Mapping[str, str], payload: bytes,
-                   timeout: float) -> tuple[int, Mapping[str, str], bytes]:
-        with _httpx_errors():
-            response = await self._client.post(url, content=payload, headers=headers,
-                                               timeout=timeout)
+                   timeout: float, total: float) -> tuple[int, Mapping[str, str], bytes]:
+        import asyncio
+
+        # httpx's timeouts bound each phase, not the whole answer: a server that drips bytes
+        # would outlast them. The outer bound keeps an attempt inside the request's deadline.
+        try:
+            async with asyncio.timeout(total):
+                with _httpx_errors():
+                    response = await self._client.post(url, content=payload, headers=headers,
+                                                       timeout=timeout)
+        except TimeoutError:
+            raise TransportTimeout("TimeoutError") from None
         return response.status_code, response.headers, response.content
 
     @contextlib.asynccontextmanager
@@ -166,11 +180,13 @@ class AiohttpBackend:
         return self._session
 
     async def post(self, url: str, headers: Mapping[str, str], payload: bytes,
-                   timeout: float) -> tuple[int, Mapping[str, str], bytes]:
+                   timeout: float, total: float) -> tuple[int, Mapping[str, str], bytes]:
         session = self._get_session()
+        # The same meaning as httpx's: `timeout` per phase, `total` for the whole attempt.
+        limits = self._aiohttp.ClientTimeout(total=total, connect=timeout, sock_read=timeout)
         with _aiohttp_errors():
             async with session.post(url, data=payload, headers=headers, allow_redirects=False,
-                                    timeout=self._aiohttp.ClientTimeout(total=timeout)) as response:
+                                    timeout=limits) as response:
                 body: bytes = await response.read()
                 return response.status, response.headers, body
 

@@ -1,0 +1,158 @@
+"""Closing the client mid-call, safety stops in streams, bodies JSON cannot carry, countTokens and
+embedding quotas, and the attempt timeout against a server that drips its answer."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+
+import httpx
+import pytest
+from helpers import FLASH, Server, fixture, make_client, success
+from virtual_clock import VirtualClock
+
+from keysched import (
+    CapacityError,
+    KeyedClient,
+    Limit,
+    RetryPolicy,
+    UsageError,
+)
+
+SAFETY_STREAM = b"".join(b"data: " + json.dumps(chunk).encode() + b"\r\n\r\n" for chunk in (
+    {"candidates": [{"content": {"parts": [{"text": "Hello "}], "role": "model"}, "index": 0}]},
+    {"candidates": [{"content": {"parts": [{"text": ""}], "role": "model"},
+                     "finishReason": "SAFETY", "index": 0}]},
+))
+
+
+async def test_aclose_ends_a_call_waiting_in_backoff() -> None:
+    """A call backing off when the client closes raises UsageError at once and holds nothing."""
+    gate = asyncio.Event()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        gate.set()
+        return fixture(500, "500_internal.json")
+
+    client = KeyedClient(keys=["AIzaONE"], models=[FLASH], transport=httpx.MockTransport(handler),
+                         retry=RetryPolicy(backoff_base=30.0, backoff_cap=30.0, jitter=0.0))
+    call = asyncio.ensure_future(client.generate("hi"))
+    await gate.wait()
+    await asyncio.sleep(0)  # the 500 is reported; the request now backs off for 30 s
+    await client.aclose()
+    with pytest.raises(UsageError, match="closed"):
+        await asyncio.wait_for(call, 5)
+    snap = client.snapshot()
+    assert (snap.in_flight, snap.waiting, snap.requests_cancelled) == (0, 0, 1)
+
+
+async def test_aclose_during_an_attempt_raises_usage_error() -> None:
+    """A call whose attempt is in flight when the client closes raises UsageError, not httpx's."""
+    sent = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        sent.set()
+        await release.wait()
+        return success()
+
+    transport = httpx.MockTransport(handler)
+    async with httpx.AsyncClient(transport=transport) as http:  # ours to close, not the client's
+        client = KeyedClient(keys=["AIzaONE"], models=[FLASH], http_client=http)
+        call = asyncio.ensure_future(client.generate("hi"))
+        await sent.wait()
+        await client.aclose()
+        release.set()
+        with pytest.raises(UsageError, match="closed"):
+            await asyncio.wait_for(call, 5)
+        assert client.snapshot().in_flight == 0
+
+
+async def test_a_stream_that_ends_on_a_safety_stop_is_an_answer() -> None:
+    """A safety finishReason on the last chunk ends the stream normally, as `generate` returns it."""
+    vc = VirtualClock()
+    server = Server(lambda request, n: httpx.Response(200, content=SAFETY_STREAM))
+    async with make_client(server, vc) as client:
+        chunks = [chunk async for chunk in client.stream("hi")]
+        snap = client.snapshot()
+    assert [c.finish_reason for c in chunks] == [None, "SAFETY"]
+    assert (snap.requests_finished, snap.requests_failed) == (1, 0)
+    assert len(server.requests) == 1  # not retried elsewhere: the verdict would be the same
+
+
+@pytest.mark.parametrize("bad", [{"when": datetime.date(2026, 1, 1)}, {"tags": {1, 2}},
+                                 {"temperature": float("nan")}])
+async def test_a_body_json_cannot_carry_is_a_usage_error(bad: dict[str, object]) -> None:
+    """Values JSON cannot encode in the request raise UsageError before anything is sent."""
+    vc = VirtualClock()
+    server = Server(lambda request, n: success())
+    async with make_client(server, vc) as client:
+        with pytest.raises(UsageError, match="JSON cannot encode"):
+            await client.generate("hi", generation_config=bad)
+    assert server.requests == []
+
+
+async def test_count_tokens_does_not_spend_the_known_limits() -> None:
+    """countTokens calls are not budgeted against a model's RPD, so generate keeps its quota."""
+    vc = VirtualClock()
+    server = Server(lambda request, n: httpx.Response(200, json={"totalTokens": 3})
+                    if request.url.path.endswith(":countTokens") else success())
+    async with make_client(server, vc, keys=["AIzaONE"],
+                           limits=[Limit(model=FLASH, rpd=2)]) as client:
+        for _ in range(5):
+            assert await client.count_tokens("hello") == 3
+        first = await client.generate("one")
+        second = await client.generate("two")
+        with pytest.raises(CapacityError):
+            await client.generate("three", models=[FLASH], deadline=1.0)  # the day's two are gone
+    assert first.model == second.model == FLASH
+
+
+async def test_the_embedding_model_can_have_its_own_limit() -> None:
+    """A Limit naming the embedding model is accepted and budgets embed calls."""
+    vc = VirtualClock()
+
+    def respond(request: httpx.Request, n: int) -> httpx.Response:
+        texts = json.loads(request.content)["requests"]
+        return httpx.Response(200, json={"embeddings": [{"values": [1.0]} for _ in texts]})
+
+    async with make_client(Server(respond), vc, keys=["AIzaONE"],
+                           limits=[Limit(model="gemini-embedding-001", rpm=1)]) as client:
+        assert await client.embed(["a", "b"]) == [[1.0], [1.0]]
+        with pytest.raises(CapacityError):
+            await client.embed(["c"], deadline=1.0)  # one request per minute
+
+
+async def test_the_deadline_bounds_a_dripping_answer() -> None:
+    """A server that sends its answer a few bytes at a time cannot hold a call past its deadline,
+    although no single read ever waits as long as the timeout."""
+    body = json.dumps({"candidates": [{"content": {"parts": [{"text": "ok"}]},
+                                       "finishReason": "STOP"}]}).encode()
+
+    async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                         b"content-length: %d\r\n\r\n" % len(body))
+            for i in range(0, len(body), 4):
+                writer.write(body[i:i + 4])
+                await writer.drain()
+                await asyncio.sleep(0.05)  # each read is quick; the whole answer is not
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(drip, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with KeyedClient(keys=["AIzaONE"], models=[FLASH], timeout=10.0,
+                               base_url=f"http://127.0.0.1:{port}") as client:
+            with pytest.raises(CapacityError) as caught:
+                await client.generate("hi", deadline=0.3)
+    finally:
+        server.close()
+        await server.wait_closed()
+    [attempt] = caught.value.attempts
+    assert attempt.outcome.value == "timeout"
