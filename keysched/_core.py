@@ -187,6 +187,7 @@ class Scheduler:
         self._attempts: dict[int, _Attempt] = {}
         self._queues: dict[tuple[int, ...], list[int]] = {}
         self._timers: list[tuple[float, int, int, int, int]] = []
+        self._timer_limit = 64  # compact the heap past this size (see `_compact_timers`)
         self._decisions: list[Decision] = []
         self._events: list[PoolEvent] = []
         self._tier: dict[int, int] = {}
@@ -484,6 +485,24 @@ class Scheduler:
     def _timer(self, at: float, kind: int, ref: int, extra: int) -> None:
         self._seq += 1
         heapq.heappush(self._timers, (at, self._seq, kind, ref, extra))
+        if len(self._timers) > self._timer_limit:
+            self._compact_timers()
+
+    def _compact_timers(self) -> None:
+        """Drop the timers of requests that have ended (or left backoff).
+
+        They are otherwise dropped only when they reach the top of the heap, and a parked lane's
+        timer there (which must stay) would keep every later one alive: under steady load the
+        heap would grow with the throughput.  Rebuilding at twice the live size is amortised O(1).
+        """
+        requests = self._requests
+        live = [timer for timer in self._timers
+                if timer[2] in (_TIMER_LANE, _TIMER_WAKE)
+                or ((request := requests.get(timer[3])) is not None
+                    and (timer[2] == _TIMER_DEADLINE or request.state == _BACKOFF))]
+        heapq.heapify(live)
+        self._timers = live
+        self._timer_limit = max(64, 2 * len(live))
 
     def _emit(self, kind: str, reason: str, now: float, **fields: object) -> None:
         if self._record:
