@@ -282,7 +282,10 @@ class _Session:
             if service_message:
                 text += f": {service_message}"
         if fail.retry_at is not None:
-            text += f"; capacity returns in {max(0.0, fail.retry_at - self.client._clock()):.1f}s"
+            wait = fail.retry_at - self.client._clock()
+            # A deadline spent on slow attempts can end while capacity is there: say so plainly.
+            text += (f"; capacity returns in {wait:.1f}s" if wait > 0.05
+                     else "; capacity is available again now")
         return _ERRORS[fail.reason](
             text, status=status, google_status=google_status, service_message=service_message,
             model=model, key=key, attempts=self.records, retry_at=fail.retry_at)
