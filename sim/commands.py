@@ -18,7 +18,8 @@ the same ``"format"``::
                "queueing": {"p50": ..., "p95": ..., "p99": ...},
                "fairness": float|null, "utilisation": float|null, "capacity": float|null,
                "recovery_time": s|null, "recovered": bool,
-               "after_revocation": int, "after_revocation_max_per_key": int}, ...]}
+               "after_revocation": int, "after_revocation_max_per_key": int,
+               "after_revocation_known": int}, ...]}
 
 The definitions are in `sim.metrics`.  Times are virtual seconds.
 """

@@ -16,15 +16,17 @@ Definitions (decisions where the issue was silent are marked *):
   1.0 means perfectly even; 1/n means one key took everything.
 - ``utilisation``: successful attempts *started* within the scenario's duration, over the most
   its quotas allow in that duration*: for each (project, model) group of a model the workload
-  uses, the least of RPM x minute windows, RPD x Pacific days and (TPM // the smallest input
-  size) x minute windows, counting the wall-clock minute windows the world counts; summed.
+  uses and each Pacific day the run touches, the least of RPM x that day's minute windows, RPD,
+  and (TPM // the smallest input size) x that day's minute windows, counting the wall-clock
+  minute windows the world counts; summed over days and groups.
   ``None`` when some group is unlimited.
 - ``recovery_time``: for each fault window that ends inside the run, the time from its end to
   the first successful attempt started after it on the fault's model (any model when the fault
   names none); the worst of them.  ``None`` with no such window; ``math.inf`` if it never
   recovered (written as ``null`` with ``recovered: false`` in JSON).
-- ``after_revocation``: attempts sent to a key at or after the time a fault revoked it (key
-  revoked, leaked, or its project disabled, with probability 1), total and the most on one key;
+- ``after_revocation``: attempts sent to a key while a fault had it revoked (key revoked,
+  leaked, or its project disabled, with probability 1; until the fault's ``end``, if it has
+  one), total and the most on one key;
   ``after_revocation_known``: those sent after the key's first refusal (invalid, leaked,
   forbidden, project disabled; not a reset or timeout that hit it first) had come back (the
   attempts before it are the ones any client sends before it can know; with several requests
@@ -45,7 +47,8 @@ from keysched._pacific import next_pacific_midnight
 from sim.engine import RunResult
 from sim.scenario import FaultKind, Scenario
 
-__all__ = ["Metrics", "capacity", "compute", "jain", "percentile", "revocation_times"]
+__all__ = ["Metrics", "capacity", "compute", "jain", "percentile", "revocation_times",
+           "revocation_windows"]
 
 _429 = frozenset(k.value for k in (
     OutcomeKind.RATE_LIMITED_MINUTE, OutcomeKind.RATE_LIMITED_DAY, OutcomeKind.QUOTA_ZERO,
@@ -155,8 +158,23 @@ def jain(loads: Iterable[float]) -> float | None:
     return sum(values) ** 2 / (len(values) * squares)
 
 
+def revocation_windows(scenario: Scenario) -> dict[str, list[tuple[float, float]]]:
+    """The [start, end) spans in which each key is revoked, leaked or its project disabled."""
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for fault in scenario.faults:
+        if fault.kind not in _REVOKING or fault.probability < 1.0 or fault.model is not None:
+            continue
+        for project in scenario.projects:
+            if fault.project is not None and fault.project != project.name:
+                continue
+            for key in project.keys:
+                if fault.key is None or fault.key == key.label:
+                    spans.setdefault(key.label, []).append((fault.start, fault.end))
+    return spans
+
+
 def revocation_times(scenario: Scenario) -> dict[str, float]:
-    """When each key is revoked, leaked or has its project disabled for good, by key label."""
+    """When each key is first revoked, leaked or has its project disabled, by key label."""
     times: dict[str, float] = {}
     for fault in scenario.faults:
         if fault.kind not in _REVOKING or fault.probability < 1.0 or fault.model is not None:
@@ -170,24 +188,31 @@ def revocation_times(scenario: Scenario) -> dict[str, float]:
     return times
 
 
-def _windows(scenario: Scenario) -> tuple[int, int]:
-    """(wall-clock minute windows, Pacific days) that [0, duration) touches."""
+def _windows(scenario: Scenario) -> list[int]:
+    """The wall-clock minute windows that [0, duration) touches, one count per Pacific day.
+
+    Pacific midnight falls on a minute boundary, so every window belongs to exactly one day.
+    """
     epoch = scenario.start_epoch
-    first = math.floor(epoch / 60.0)
-    last = math.ceil((epoch + scenario.duration) / 60.0)
-    days = 0
+    end = epoch + scenario.duration
+    per_day = []
     t = epoch
-    while t < epoch + scenario.duration:
-        days += 1
-        t = next_pacific_midnight(t)
-    return last - first, days
+    while t < end:
+        day_end = min(next_pacific_midnight(t), end)
+        per_day.append(math.ceil(day_end / 60.0) - math.floor(t / 60.0))
+        t = day_end
+    return per_day
 
 
 def capacity(scenario: Scenario) -> float | None:
-    """The most requests the scenario's quotas admit in its duration (``None``: unlimited)."""
+    """The most requests the scenario's quotas admit in its duration (``None``: unlimited).
+
+    Per (project, model) group and per Pacific day, the least of the day's RPM and TPM windows
+    and its RPD, summed over the days (a day's cap cannot lend to the next one).
+    """
     used = {m for phase in scenario.workload for m in phase.models}
     smallest = min((phase.input_tokens[0] for phase in scenario.workload), default=1)
-    minutes, days = _windows(scenario)
+    days = _windows(scenario)
     total = 0.0
     for project in scenario.projects:
         for model in used:
@@ -196,17 +221,18 @@ def capacity(scenario: Scenario) -> float | None:
                 return None
             if quota.lacks_model:
                 continue
-            bounds = [math.inf]
-            if quota.rpm is not None:
-                bounds.append(quota.rpm * minutes)
-            if quota.rpd is not None:
-                bounds.append(quota.rpd * days)
-            if quota.tpm is not None:
-                bounds.append(quota.tpm // max(1, smallest) * minutes)
-            bound = min(bounds)
-            if math.isinf(bound):
-                return None
-            total += bound
+            for minutes in days:
+                bounds = [math.inf]
+                if quota.rpm is not None:
+                    bounds.append(quota.rpm * minutes)
+                if quota.rpd is not None:
+                    bounds.append(quota.rpd)
+                if quota.tpm is not None:
+                    bounds.append(quota.tpm // max(1, smallest) * minutes)
+                bound = min(bounds)
+                if math.isinf(bound):
+                    return None
+                total += bound
     return total
 
 
@@ -261,8 +287,10 @@ def compute(result: RunResult) -> Metrics:
     cap = capacity(scenario)
     served_in_time = sum(1 for a in result.attempts
                          if a.outcome in _ANSWERS and a.time < scenario.duration)
-    revoked = revocation_times(scenario)
-    late = [a for a in result.attempts if a.key in revoked and a.time >= revoked[a.key]]
+    windows = revocation_windows(scenario)
+    # A fault with an `end` restores the key: only attempts inside a window count.
+    late = [a for a in result.attempts
+            if any(start <= a.time < end for start, end in windows.get(a.key, ()))]
     after = Counter(a.key for a in late)
     # The client learns of a revocation from the refusal itself, not from a reset or a timeout
     # that happened to hit the revoked key first.

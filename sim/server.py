@@ -138,10 +138,12 @@ class SimApp:
             stream = rpc == "streamGenerateContent"
             reply = self.world.attempt(self.now(), secret, model, estimate_tokens(payload),
                                        stream=stream)
+            sse = query.get("alt", [""])[0] == "sse"
             if stream and reply.status == 200:
-                await self._stream(reply, send, sse=query.get("alt", [""])[0] == "sse")
+                await self._stream(reply, send, sse=sse)
             else:
-                await self._answer(reply, send)
+                # A stream without alt=sse is one JSON array, its errors too (reference 1.6).
+                await self._answer(reply, send, array=stream and not sse)
         elif rpc == "countTokens":
             await self._count_tokens(model, secret, payload, send)
         elif rpc == "batchEmbedContents":
@@ -151,12 +153,12 @@ class SimApp:
 
     # -- generation -----------------------------------------------------------------------------
 
-    async def _answer(self, reply: Reply, send: Send) -> None:
+    async def _answer(self, reply: Reply, send: Send, *, array: bool = False) -> None:
         await self._wait(reply.latency)
         if reply.fault in ("reset", "timeout"):
             raise SimulatedDisconnect(f"simulated {reply.fault}: connection dropped")
         status, headers, body = reply.render()
-        await _send(send, status, headers, body)
+        await _send(send, status, headers, b"[" + body + b"\n]" if array else body)
 
     async def _stream(self, reply: Reply, send: Send, *, sse: bool) -> None:
         events = reply.stream_events()

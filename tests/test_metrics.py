@@ -146,3 +146,34 @@ def test_json_is_stable_and_marks_unrecovered_runs() -> None:
     assert data["recovered"] is False
     assert list(data) == list(compute(RUN).to_json())
     assert set(data["latency"]) == {"p50", "p95", "p99"}
+
+
+def test_capacity_is_summed_day_by_day_across_pacific_midnight() -> None:
+    """A run over midnight gets each day's own cap: 1 request before it, 20 after, not 30."""
+    scenario = parse_scenario({
+        "description": "over midnight", "start": "2026-03-07T23:59:00-08:00", "duration": 1800,
+        "models": [{"name": "m1", "latency_median": 1.0, "latency_sigma": 0.0}],
+        "quotas": {"m1": {"rpm": 1, "rpd": 20}}, "projects": [{"name": "a", "keys": 1}],
+        "workload": [{"rate": 1.0, "input_tokens": [10, 10], "deadline": 60}],
+    })
+    assert capacity(scenario) == 1 + 20  # min(1 x 1 minute, 20) + min(1 x 30 minutes, 20)
+
+
+def test_a_revocation_with_an_end_counts_only_its_window() -> None:
+    """Attempts on a key after its revocation ended are not counted as sent to a revoked key."""
+    scenario = parse_scenario({
+        "description": "brief revocation", "start": "2026-03-07T12:00:00-08:00",
+        "duration": 120,
+        "models": [{"name": "m1", "latency_median": 1.0}],
+        "projects": [{"name": "a", "keys": 2}],
+        "workload": [{"rate": 0.5, "input_tokens": [10, 10]}],
+        "faults": [{"kind": "key_revoked", "key": "a-1", "start": 20, "end": 22}],
+    })
+    run = RunResult(
+        scenario=scenario, policy="hand", seed=0, end_time=100.0,
+        requests=(_r(1, 21.0, 21.0, 22.0, False, reason="attempts_exhausted"),
+                  _r(2, 30.0, 30.0, 31.0, True, model="m1")),
+        attempts=(_a(21.0, 1, "a-1", "m1", "key_invalid"), _a(30.0, 2, "a-1", "m1", "success")),
+        events=(), counters={}, lost=0)
+    metrics = compute(run)
+    assert (metrics.after_revocation, metrics.after_revocation_max_per_key) == (1, 1)

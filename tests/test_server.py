@@ -184,6 +184,22 @@ async def test_per_minute_429_over_http(app: SimApp, clock: FakeClock,
     check_classify(response, K.TOO_LARGE_FOR_QUOTA, input_tokens=1100)
 
 
+async def test_a_stream_without_sse_wraps_its_error_in_an_array(
+        app: SimApp, clock: FakeClock, client: httpx.AsyncClient) -> None:
+    """Without alt=sse a refused stream is a one-element JSON array, as Google sends it."""
+    for virtual in (120.0, 121.0):
+        at(app, clock, virtual)
+        assert (await client.post(url(), json=PROMPT, headers=key("alpha-1"))).status_code == 200
+    at(app, clock, 130.5)
+    response = await client.post(url(method="streamGenerateContent").removesuffix("?alt=sse"),
+                                 json=PROMPT, headers=key("alpha-1"))
+    assert response.status_code == 429
+    body = response.json()
+    assert isinstance(body, list)
+    assert body[0]["error"]["status"] == "RESOURCE_EXHAUSTED"
+    check_classify(response, K.RATE_LIMITED_MINUTE)
+
+
 def _world_replies() -> list[tuple[Reply, int]]:
     world = World(scenario(), seed=3)
     calls = [(10.0, "alpha-1", FLASH, 100), (11.0, "alpha-1", FLASH, 100),
