@@ -175,17 +175,8 @@ def revocation_windows(scenario: Scenario) -> dict[str, list[tuple[float, float]
 
 def revocation_times(scenario: Scenario) -> dict[str, float]:
     """When each key is first revoked, leaked or has its project disabled, by key label."""
-    times: dict[str, float] = {}
-    for fault in scenario.faults:
-        if fault.kind not in _REVOKING or fault.probability < 1.0 or fault.model is not None:
-            continue
-        for project in scenario.projects:
-            if fault.project is not None and fault.project != project.name:
-                continue
-            for key in project.keys:
-                if fault.key is None or fault.key == key.label:
-                    times[key.label] = min(times.get(key.label, math.inf), fault.start)
-    return times
+    return {label: min(start for start, _ in spans)
+            for label, spans in revocation_windows(scenario).items()}
 
 
 def _windows(scenario: Scenario) -> list[int]:
