@@ -122,8 +122,8 @@ class _Request:
         self.number = 0
         self.later = 0
         self.empties = 0
-        self.avoid: set[int] = set()
-        self.server_errors: dict[int, int] = {}
+        self.avoid: set[int] | None = None  # keys that failed it; made on the first failure
+        self.server_errors: dict[int, int] | None = None
         self.last_attempt: int | None = None
 
 
@@ -178,10 +178,16 @@ class Scheduler:
                 row.append(_Group(Budget(limit, wall_epoch) if limit else None))
             self._groups.append(row)
         self._lane_cool: dict[tuple[int, int], float] = {}
-        self._lane_counts: dict[tuple[int, int], list[int]] = {}
+        # Per lane (index ``key * n_models + model``): attempts dispatched, answered, failed.
+        lanes = len(self._keys) * n_models
+        self._n_models = n_models
+        self._dispatched = [0] * lanes
+        self._answered = [0] * lanes
+        self._errored = [0] * lanes
+        self._actions = self.policy.actions
         self._selector: Selector = self.policy.selector(len(self._keys), n_models, rng)
-        # `LeastLoaded` takes the new load directly; other selectors are only told "changed".
-        self._update = getattr(self._selector, "update", None)
+        self._update = self._selector.update
+        self._select = self._selector.select
         self._all_models = tuple(range(n_models))
         self._requests: dict[int, _Request] = {}
         self._attempts: dict[int, _Attempt] = {}
@@ -219,7 +225,8 @@ class Scheduler:
             UsageError: an unknown model, a negative token count, a bad deadline, or time
                 running backwards.
         """
-        self._check_time(now)
+        if not (now.__class__ is float and now >= self._now):  # NaN fails `>=` too
+            self._check_time(now)
         indices = self._all_models if models is None else self._model_indices(models)
         if (input_tokens.__class__ is not int  # the fast path: a plain int
                 and (isinstance(input_tokens, bool) or not isinstance(input_tokens, int))
@@ -254,16 +261,25 @@ class Scheduler:
         if record is None:
             raise UsageError(f"attempt {attempt!r} is not in flight (unknown, completed or "
                              "cancelled)")
-        self._check_time(now)
+        if not (now.__class__ is float and now >= self._now):
+            self._check_time(now)
         self._now = now
         del self._attempts[attempt]
         request = self._requests[record.request]
         self._release(record.key)
-        action = self.policy.actions[outcome.kind]
-        counts = self._lane_counts[(record.key, record.model)]
-        counts[1 if action.next is Next.RETURN else 2] += 1
-        self._apply(action, outcome, record, now)
-        self._advance(request, action, outcome, record, attempt, now)
+        action = self._actions[outcome.kind]
+        if action.effect is not Effect.NONE or outcome.retry_after is not None:
+            self._apply(action, outcome, record, now)
+        elif outcome.kind is OutcomeKind.SUCCESS or outcome.kind is OutcomeKind.BLOCKED:
+            self._models[record.model].streak = 0  # the common case, inlined from `_apply`
+        lane = record.key * self._n_models + record.model
+        if action.next is Next.RETURN:
+            self._answered[lane] += 1
+            self._decisions.append(Finish(request.id, attempt))
+            self._end(request, "finished")
+        else:
+            self._errored[lane] += 1
+            self._advance(request, action, outcome, record, now)
 
     def withdraw(self, attempt: int, now: float) -> bool:
         """Take back a dispatch the driver has not sent yet, if its key was disabled meanwhile.
@@ -289,7 +305,7 @@ class Scheduler:
         self._now = now
         del self._attempts[attempt]
         self._release(record.key)
-        self._lane_counts[(record.key, record.model)][0] -= 1
+        self._dispatched[record.key * self._n_models + record.model] -= 1
         if record.budgeted:  # it was never sent: give its quota back
             budget = self._groups[self._keys[record.key].project][record.model].budget
             assert budget is not None
@@ -336,11 +352,18 @@ class Scheduler:
         Raises:
             UsageError: time ran backwards.
         """
-        self._check_time(now)
+        if not (now.__class__ is float and now >= self._now):
+            self._check_time(now)
         self._now = now
-        self._fire_timers(now)
-        self._dispatch_waiting(now)
-        decisions, self._decisions = self._decisions, []
+        timers = self._timers
+        if timers and timers[0][0] <= now:
+            self._fire_timers(now)
+        if self._queues:
+            self._dispatch_waiting(now)
+        decisions = self._decisions
+        if not decisions:
+            return []  # a fresh list: the caller may keep what it is given
+        self._decisions = []
         return decisions
 
     def next_deadline(self) -> float:
@@ -383,12 +406,12 @@ class Scheduler:
         for state in self._keys:
             for model_index, model in enumerate(self._models):
                 lane_state, reason, until = self._lane_status(state, model_index, at)
-                counts = self._lane_counts.get((state.index, model_index), (0, 0, 0))
+                lane = state.index * self._n_models + model_index
                 lanes.append(LaneSnapshot(
                     key=state.key.label or "", project=self._project_names[state.project],
                     model=model.name, state=lane_state, reason=reason, cooldown_until=until,
-                    in_flight=state.in_flight, dispatched=counts[0], succeeded=counts[1],
-                    failed=counts[2]))
+                    in_flight=state.in_flight, dispatched=self._dispatched[lane],
+                    succeeded=self._answered[lane], failed=self._errored[lane]))
         groups = []
         for project_index, row in enumerate(self._groups):
             for model_index, group in enumerate(row):
@@ -444,10 +467,6 @@ class Scheduler:
         """See `keysched._selection.LaneOracle.park`."""
         if math.isfinite(until):
             self._timer(until, _TIMER_LANE, key, model)
-
-    def avoided(self, key: int) -> bool:
-        """See `keysched._selection.LaneOracle.avoided`."""
-        return self._current is not None and key in self._current.avoid
 
     # ------------------------------------------------------------------ internals
 
@@ -509,15 +528,15 @@ class Scheduler:
             self._events.append(PoolEvent(time=now, kind=kind, reason=reason, **fields))  # type: ignore[arg-type]
 
     def _enqueue(self, request: _Request) -> None:
-        models = self._effective_models(request)
+        models = self._effective_models(request) if request.server_errors else request.models
         request.state = _WAITING
         self._waiting += 1
         heapq.heappush(self._queues.setdefault(models, []), request.id)
 
     def _effective_models(self, request: _Request) -> tuple[int, ...]:
-        if not request.server_errors:
-            return request.models
         errors = request.server_errors
+        if not errors:
+            return request.models
         limit = self._retry.server_errors_per_model
         models = tuple(m for m in request.models if errors.get(m, 0) < limit)
         return models or request.models[-1:]
@@ -539,14 +558,7 @@ class Scheduler:
     def _release(self, key: int) -> None:
         state = self._keys[key]
         state.in_flight -= 1
-        self._touch(state)
-
-    def _touch(self, state: _Key) -> None:
-        update = self._update
-        if update is not None:
-            update(state.index, (state.in_flight, state.seq))
-        else:
-            self._selector.touch(state.index)
+        self._update(key, (state.in_flight, state.seq))
 
     def _fire_timers(self, now: float) -> None:
         timers = self._timers
@@ -566,10 +578,9 @@ class Scheduler:
 
     def _dispatch_waiting(self, now: float) -> None:
         queues = self._queues
-        if not queues:
-            return
         blocked: set[tuple[int, ...]] = set()
         while True:
+            # The oldest head among the queues not blocked yet (request ids grow with time).
             best: tuple[int, ...] | None = None
             head = 0
             for models, queue in queues.items():
@@ -579,24 +590,29 @@ class Scheduler:
                     best, head = models, queue[0]
             if best is None:
                 break
+            queue = queues[best]
             request = self._requests[head]
             if self._place(request, best, now):
-                heapq.heappop(queues[best])
-                continue
-            if not self.policy.waits_for_capacity or self._hopeless(best):
-                heapq.heappop(queues[best])
+                heapq.heappop(queue)
+            elif not self.policy.waits_for_capacity or self._hopeless(best):
+                heapq.heappop(queue)
                 reason = (FailReason.NO_USABLE_LANE if self._hopeless(best)
                           else FailReason.NO_CAPACITY)
                 self._fail(request, reason, now)
+            else:
+                blocked.add(best)
                 continue
-            blocked.add(best)
-        for models in [models for models, queue in queues.items() if not queue]:
-            del queues[models]
+            if not queue:
+                del queues[best]
+        if len(queues) > len(blocked):  # stale entries emptied a queue that nothing placed from
+            for models in [models for models, queue in queues.items() if not queue]:
+                del queues[models]
 
     def _stale(self, rid: int, models: tuple[int, ...]) -> bool:
         request = self._requests.get(rid)
         return (request is None or request.state != _WAITING
-                or self._effective_models(request) != models)
+                or (self._effective_models(request) if request.server_errors
+                    else request.models) != models)
 
     def _hopeless(self, models: tuple[int, ...]) -> bool:
         return all(self._models[m].unavailable or self._models[m].usable_groups <= 0
@@ -610,7 +626,7 @@ class Scheduler:
                 state = self._models[model]
                 if state.unavailable or state.cool_until > now:
                     continue
-                key = self._selector.select(self, model, now)
+                key = self._select(self, model, now, request.avoid or ())
                 if key is not None:
                     self._dispatch(request, key, model, now)
                     return True
@@ -625,15 +641,12 @@ class Scheduler:
         self._seq += 1
         state.in_flight += 1
         state.seq = self._seq
-        self._touch(state)
+        self._update(key, (state.in_flight, state.seq))
         group = self._groups[state.project][model]
         budgeted = group.budget is not None and request.quota
         if budgeted:
             group.budget.record(now, request.tokens)  # type: ignore[union-attr]
-        counts = self._lane_counts.get((key, model))
-        if counts is None:
-            counts = self._lane_counts[(key, model)] = [0, 0, 0]
-        counts[0] += 1
+        self._dispatched[key * self._n_models + model] += 1
         aid = self._next_attempt
         self._next_attempt += 1
         self._attempts[aid] = _Attempt(request.id, key, model, now, budgeted)
@@ -641,9 +654,10 @@ class Scheduler:
         request.state = _IN_FLIGHT
         request.number += 1
         request.last_attempt = aid
-        self._note_tier(request, model, now)
-        self._decisions.append(Dispatch(request=request.id, attempt=aid, number=request.number,
-                                        key=state.key, model=self._models[model].name))
+        if model != self._tier.get(request.models[0], request.models[0]):
+            self._note_tier(request, model, now)
+        self._decisions.append(Dispatch(request.id, aid, request.number, state.key,
+                                        self._models[model].name))
 
     def _note_tier(self, request: _Request, model: int, now: float) -> None:
         best = request.models[0]
@@ -658,10 +672,6 @@ class Scheduler:
 
     def _apply(self, action: Action, outcome: Outcome, record: _Attempt, now: float) -> None:
         effect = action.effect
-        if effect is Effect.NONE and outcome.retry_after is None:  # the common case: an answer
-            if outcome.kind in (OutcomeKind.SUCCESS, OutcomeKind.BLOCKED):
-                self._models[record.model].streak = 0
-            return
         state = self._keys[record.key]
         model = self._models[record.model]
         group = self._groups[state.project][record.model]
@@ -758,12 +768,9 @@ class Scheduler:
                    project=self._project_names[state.project])
 
     def _advance(self, request: _Request, action: Action, outcome: Outcome, record: _Attempt,
-                 attempt: int, now: float) -> None:
+                 now: float) -> None:
+        """Act on an outcome that did not answer the request: fail it or queue its retry."""
         step = action.next
-        if step is Next.RETURN:
-            self._decisions.append(Finish(request=request.id, attempt=attempt))
-            self._end(request, "finished")
-            return
         if step is Next.FAIL:
             self._fail(request, FailReason.REQUEST_ERROR, now)
             return
@@ -774,22 +781,28 @@ class Scheduler:
             if request.empties > self._retry.empty_retries:
                 self._fail(request, FailReason.EMPTY_RESPONSE, now)
                 return
-        if outcome.kind is OutcomeKind.SERVER_ERROR:
-            request.server_errors[record.model] = request.server_errors.get(record.model, 0) + 1
-        if step is Next.RETRY_OTHER_MODEL:
-            request.server_errors[record.model] = self._retry.server_errors_per_model
-            if all(request.server_errors.get(m, 0) >= self._retry.server_errors_per_model
-                   for m in request.models):
-                reason = (FailReason.REQUEST_ERROR if outcome.kind is
-                          OutcomeKind.TOO_LARGE_FOR_QUOTA else FailReason.NO_USABLE_LANE)
-                self._fail(request, reason, now)
-                return
+        if outcome.kind is OutcomeKind.SERVER_ERROR or step is Next.RETRY_OTHER_MODEL:
+            errors = request.server_errors
+            if errors is None:
+                errors = request.server_errors = {}
+            limit = self._retry.server_errors_per_model
+            if step is Next.RETRY_OTHER_MODEL:
+                errors[record.model] = limit
+                if all(errors.get(m, 0) >= limit for m in request.models):
+                    reason = (FailReason.REQUEST_ERROR if outcome.kind is
+                              OutcomeKind.TOO_LARGE_FOR_QUOTA else FailReason.NO_USABLE_LANE)
+                    self._fail(request, reason, now)
+                    return
+            else:
+                errors[record.model] = errors.get(record.model, 0) + 1
         if request.number >= self._retry.max_attempts:
             self._fail(request, FailReason.ATTEMPTS_EXHAUSTED, now)
             return
         if now >= request.deadline:
             self._fail(request, FailReason.DEADLINE, now)
             return
+        if request.avoid is None:
+            request.avoid = set()
         request.avoid.add(record.key)
         if step is Next.RETRY_LATER:
             ready = now + self._backoff(request)

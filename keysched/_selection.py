@@ -2,7 +2,7 @@
 
 A selector answers one question: "which key should serve this request on this model now?".  It
 asks the core whether a lane can serve (`LaneOracle.block`) and gets told when a key's load
-changed (`touch`) or when a parked lane may serve again (`release`).
+changed (`update`) or when a parked lane may serve again (`release`).
 
 `LeastLoaded` keeps one heap per model of ``(in_flight, last_dispatch_seq, key)`` entries with
 lazy deletion: every change bumps the key's version and marks it dirty for each model; the next
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from typing import Protocol
 
 import attrs
@@ -48,17 +48,22 @@ class LaneOracle(Protocol):
         """Have `release(key, model)` called at `until` (ignored for `math.inf`)."""
         ...
 
-    def avoided(self, key: int) -> bool:
-        """Whether the current request already failed on this key (use it only as a last resort)."""
-        ...
-
 
 class Selector(Protocol):
     """Picks a key for a request on a model, among the lanes the core says can serve."""
 
-    def select(self, oracle: LaneOracle, model: int, now: float) -> int | None: ...
+    def select(self, oracle: LaneOracle, model: int, now: float,
+               avoid: Container[int]) -> int | None:
+        """The key to serve the current request on `model` now, if any lane can.
 
-    def touch(self, key: int) -> None: ...
+        Keys in `avoid` already failed this request: use one only when no other lane can serve.
+        """
+        ...
+
+    def update(self, key: int, load: tuple[int, int]) -> None:
+        """The key's load changed: now ``(requests in flight, sequence number of its last
+        dispatch)``, or it changed state (disabled, freed)."""
+        ...
 
     def release(self, key: int, model: int) -> None: ...
 
@@ -78,21 +83,16 @@ class LeastLoaded:
         # heap is next used, so a change of load costs a set insertion per model, not a push.
         self._dirty: list[set[int]] = [set() for _ in range(n_models)]
 
-    def touch(self, key: int) -> None:
-        self._stamp[key] += 1  # every entry of the key, in every heap, is now stale
-        for dirty in self._dirty:
-            dirty.add(key)
-
     def update(self, key: int, load: tuple[int, int]) -> None:
         """Record the key's new (in_flight, last_seq); it is re-filed in each heap when used."""
         self._load[key] = load
-        self._stamp[key] += 1
+        self._stamp[key] += 1  # every entry of the key, in every heap, is now stale
         for dirty in self._dirty:
             dirty.add(key)
 
     def release(self, key: int, model: int) -> None:
         # A fresh stamp everywhere keeps the rule "at most one live entry per key and heap".
-        self.touch(key)
+        self.update(key, self._load[key])
 
     def _refile(self, model: int) -> list[tuple[int, int, int, int]]:
         """Push a fresh entry for every key that changed since this model's heap was last used."""
@@ -121,7 +121,8 @@ class LeastLoaded:
         heapq.heapify(fresh)
         self._heaps[model] = fresh
 
-    def select(self, oracle: LaneOracle, model: int, now: float) -> int | None:
+    def select(self, oracle: LaneOracle, model: int, now: float,
+               avoid: Container[int]) -> int | None:
         heap = self._refile(model)
         stamps = self._stamp
         set_aside: list[tuple[int, int, int, int]] = []
@@ -135,7 +136,7 @@ class LeastLoaded:
                 continue
             blocked = oracle.block(key, model, now)
             if blocked is None:
-                if not oracle.avoided(key):
+                if key not in avoid:
                     chosen = key
                     break
                 if fallback is None:
@@ -157,18 +158,19 @@ class _Scanning:
     def __init__(self, n_keys: int) -> None:
         self._n = n_keys
 
-    def touch(self, key: int) -> None:
+    def update(self, key: int, load: tuple[int, int]) -> None:
         """Scanners keep no index; nothing to update."""
 
     def release(self, key: int, model: int) -> None:
         """Scanners keep no index; nothing to update."""
 
-    def _scan(self, oracle: LaneOracle, model: int, now: float, start: int) -> int | None:
+    def _scan(self, oracle: LaneOracle, model: int, now: float, start: int,
+              avoid: Container[int]) -> int | None:
         fallback = None
         for step in range(self._n):
             key = (start + step) % self._n
             if oracle.block(key, model, now) is None:
-                if not oracle.avoided(key):
+                if key not in avoid:
                     return key
                 fallback = key if fallback is None else fallback
         return fallback
@@ -181,8 +183,9 @@ class RoundRobin(_Scanning):
         super().__init__(n_keys)
         self._cursor = [0] * n_models
 
-    def select(self, oracle: LaneOracle, model: int, now: float) -> int | None:
-        key = self._scan(oracle, model, now, self._cursor[model])
+    def select(self, oracle: LaneOracle, model: int, now: float,
+               avoid: Container[int]) -> int | None:
+        key = self._scan(oracle, model, now, self._cursor[model], avoid)
         if key is not None:
             self._cursor[model] = (key + 1) % self._n
         return key
@@ -195,12 +198,13 @@ class RandomChoice(_Scanning):
         super().__init__(n_keys)
         self._rng = rng
 
-    def select(self, oracle: LaneOracle, model: int, now: float) -> int | None:
+    def select(self, oracle: LaneOracle, model: int, now: float,
+               avoid: Container[int]) -> int | None:
         for _ in range(min(self._n, 8)):
             key = self._rng.randrange(self._n)
-            if oracle.block(key, model, now) is None and not oracle.avoided(key):
+            if oracle.block(key, model, now) is None and key not in avoid:
                 return key
-        return self._scan(oracle, model, now, self._rng.randrange(self._n))
+        return self._scan(oracle, model, now, self._rng.randrange(self._n), avoid)
 
 
 SelectorFactory = Callable[[int, int, random.Random], Selector]
