@@ -2,16 +2,23 @@
 
 Theory of operation
 -------------------
-`EventLoop` is a SimPy-shaped heap of ``(time, priority, counter, event)`` entries: `peek()` is
-the time of the next one (`math.inf` when empty), `schedule()` refuses negative delays, and the
-counter makes entries at one time and priority pop in the order they were scheduled, so a run
-never depends on comparing events.
-
 `simulate` drives the very `keysched.Scheduler` that `KeyedClient` drives.  Arrivals (from
-`sim.workload`) are events; each is submitted to the core.  After every event the driver polls
-the core and acts on its decisions: a `Dispatch` asks the scenario's `World` what Google answers
-and schedules the completion at ``t + reply.latency``; a `Finish` or a `Fail` ends the request.
-Between events the clock jumps to ``min(next event, core.next_deadline())``; nothing ticks.
+`sim.workload`, already sorted by time) are read in order; each is submitted to the core.
+Attempts in flight sit in a heap of ``(end, sent, ...)`` entries, where ``sent`` numbers them
+in dispatch order, so completions at one time come out in the order they were sent and a run
+never depends on comparing events.  After every batch of events at one time the driver polls
+the core and acts on its decisions: a `Dispatch` asks the scenario's `World` what Google
+answers and schedules the completion at ``t + reply.latency``; a `Finish` or a `Fail` ends the
+request.  Between events the clock jumps to ``min(next event, core.next_deadline())``; nothing
+ticks.
+
+`EventLoop` is the same scheme as a general, SimPy-shaped heap of ``(time, priority, counter,
+event)`` entries (`peek()` is `math.inf` when empty, `schedule()` refuses negative delays).
+`simulate` does not use it: with one kind of event in the heap and the arrivals already in
+order, a bare list and `heapq` save a method call and a heap push per request.
+
+The hot loop (a few iterations per simulated request) keeps records as plain tuples and types
+them once at the end, and takes the core's pool events once at the end.
 
 Decisions where the issue was silent:
 
@@ -26,8 +33,8 @@ Decisions where the issue was silent:
   queue under saturation sends its oldest requests with a fraction of a second left, and they
   time out after spending quota (a driver of the real client needs the same margin).  Every
   policy gets the same allowance.
-- Completions at time t are handled before arrivals at t (priority 0 before 1), and the core is
-  polled once per batch of events at one time, which is what a client would see too.
+- Completions at time t are handled before arrivals at t, and the core is polled once per
+  batch of events at one time, which is what a client would see too.
 - The run ends when every arrival has been submitted and every request has ended (which can be
   after the scenario's ``duration``: requests admitted late finish or reach their deadline).
 - Seeds: the workload, the world and the core each get their own `random.Random`, derived from
@@ -42,12 +49,14 @@ import math
 import random
 import sys
 from collections.abc import Callable
+from functools import partial
+from operator import itemgetter
 from typing import NamedTuple, cast
 
 import attrs
 
 from keysched import Outcome, OutcomeKind, PoolConfig, PoolEvent, Scheduler
-from keysched._decisions import Decision, Dispatch, Fail, Finish
+from keysched._decisions import Dispatch, Fail, Finish
 from keysched._selection import Policy
 from sim.scenario import Scenario
 from sim.workload import Arrival, generate_arrivals
@@ -192,20 +201,30 @@ class RunResult:
                 + [attrs.astuple(e) for e in self.events])
 
 
-_ARRIVAL, _COMPLETION = 1, 0  # priorities: completions at t before arrivals at t
 _TIMEOUT = Outcome(kind=OutcomeKind.TIMEOUT)
+_SUCCESS, _BLOCKED = OutcomeKind.SUCCESS, OutcomeKind.BLOCKED
 _MASK = 0xFFFFFFFF
+
+# Records are collected as plain tuples and typed once at the end: `tuple.__new__` builds a
+# named tuple in C, where calling the class runs a Python-level ``__new__`` per record.
+_attempt_record = cast(Callable[[tuple[object, ...]], AttemptRecord],
+                       partial(tuple.__new__, AttemptRecord))
+_request_record = cast(Callable[[tuple[object, ...]], RequestRecord],
+                       partial(tuple.__new__, RequestRecord))
+_DISPATCH_ORDER = itemgetter(0, 2, 3)  # an attempt's (time, request, number)
 
 
 class _Open:
-    """A request the driver is following: its arrival, first dispatch and attempt count."""
+    """A request the driver is following."""
 
-    __slots__ = ("arrival", "attempts", "first")
+    __slots__ = ("arrival", "attempts", "first", "limit", "model")
 
-    def __init__(self, arrival: Arrival) -> None:
+    def __init__(self, arrival: Arrival, limit: float) -> None:
         self.arrival = arrival
-        self.first: float | None = None
+        self.limit = limit  # its full deadline in virtual time: no attempt outlives it
+        self.first: float | None = None  # when its first attempt was sent
         self.attempts = 0
+        self.model: str | None = None  # the model of its last answer
 
 
 def _config(scenario: Scenario, policy: Policy) -> PoolConfig:
@@ -244,113 +263,103 @@ def simulate(scenario: Scenario, policy: str | Policy = "least-loaded", seed: in
     core = Scheduler(_config(scenario, policy), rng=random.Random((seed * 104729 + 2) & _MASK),
                      policy=policy, wall_epoch=scenario.start_epoch, record_events=record_events)
     allowance = max(m.latency_median * math.exp(3 * m.latency_sigma) for m in scenario.models)
-    loop = EventLoop(0.0)
-    for index, arrival in enumerate(arrivals):
-        loop.schedule_at(arrival.time, index, _ARRIVAL)
-
     labels: dict[str, tuple[str, str]] = {k.secret: (k.label, k.project) for k in scenario.keys}
-    # Per request: [arrival index, first dispatch, attempts]; per attempt in flight: its record.
+
     open_requests: dict[int, _Open] = {}
-    in_flight: dict[int, tuple[float, int, int, str, str, str, float]] = {}
-    deadline_of: dict[int, float] = {}
-    attempt_out: list[AttemptRecord] = []
-    ended: list[RequestRecord] = []
-    events: list[PoolEvent] = []
-    attempt_outcome: dict[int, str] = {}
+    # Attempts in flight as (end, sent, attempt, outcome, request, model): `sent` numbers them in
+    # dispatch order, so completions at one time come out in the order they were sent.
+    completions: list[tuple[float, int, int, Outcome, _Open, str]] = []
+    sent = 0
+    # Finished records as plain tuples in `AttemptRecord` / `RequestRecord` field order.
+    attempts_out: list[tuple[float, float, int, int, str, str, str, str]] = []
+    ended: list[tuple[int, float, tuple[str, ...], int, float | None, float, bool, str | None,
+                      str | None, int]] = []
+    # Bound methods and globals as locals: this loop runs a few times per simulated request.
+    submit, poll, complete = core.submit, core.poll, core.complete
+    next_deadline = core.next_deadline
     world_attempt = world.attempt
-    heappop = heapq.heappop
-    heap = loop._heap
-    total = len(arrivals) or 1
+    heappush, heappop = heapq.heappush, heapq.heappop
+    inf = math.inf
+    n_arrivals = len(arrivals)
+    index = 0  # the next arrival; arrivals come sorted, so they need no heap
+    next_arrival = arrivals[0].time if arrivals else inf
+    total = n_arrivals or 1
     next_report = 0
-
-    def handle(decisions: list[Decision], now: float) -> None:
-        for decision in decisions:
-            if type(decision) is Dispatch:
-                rid = decision.request
-                state = open_requests[rid]
-                arrival = state.arrival
-                if state.first is None:
-                    state.first = now
-                state.attempts += 1
-                secret = decision.key.secret
-                reply = world_attempt(now, secret, decision.model, arrival.input_tokens,
-                                      stream=arrival.stream)
-                end = now + reply.latency
-                outcome = reply.outcome
-                limit = deadline_of[rid]
-                if end > limit:
-                    end, outcome = max(limit, now), _TIMEOUT
-                label, project = labels[secret]
-                in_flight[decision.attempt] = (now, rid, decision.number, label, project,
-                                               decision.model, end)
-                attempt_outcome[decision.attempt] = outcome.kind.value
-                loop._counter += 1
-                heapq.heappush(heap, (end, _COMPLETION, loop._counter,
-                                      (decision.attempt, outcome)))
-            elif type(decision) is Finish:
-                _end(decision.request, now, True, None, decision.attempt)
-            else:
-                assert isinstance(decision, Fail)
-                _end(decision.request, now, False, decision.reason.value, None)
-
-    served: dict[int, str] = {}
-
-    def _end(rid: int, now: float, ok: bool, reason: str | None, attempt: int | None) -> None:
-        state = open_requests.pop(rid)
-        arrival = state.arrival
-        del deadline_of[rid]
-        ended.append(RequestRecord(
-            id=rid, arrival=arrival.time, models=arrival.models,
-            input_tokens=arrival.input_tokens, first_dispatch=state.first,
-            end=now, ok=ok, reason=reason, model=served.pop(rid, None) if ok else None,
-            attempts=state.attempts))
-        if not ok:
-            served.pop(rid, None)
+    now = 0.0
 
     while True:
-        at = heap[0][0] if heap else math.inf
-        wake = core.next_deadline()
-        if at == math.inf and (wake == math.inf or not open_requests):
+        at = completions[0][0] if completions else inf
+        if next_arrival < at:
+            at = next_arrival
+        wake = next_deadline()
+        if at == inf and (wake == inf or not open_requests):
             break
         if wake < at:
-            loop.now = wake
-            handle(core.poll(wake), wake)
-            continue
-        # Every event at time `at`, then one poll.
-        loop.now = at
-        while heap and heap[0][0] == at:
-            _, priority, _, event = heappop(heap)
-            if priority == _ARRIVAL:
-                index = cast(int, event)
+            now = wake
+        else:
+            # Every event at time `at` (completions before arrivals), then one poll.
+            now = at
+            while completions and completions[0][0] == at:
+                _, _, attempt, outcome, state, model = heappop(completions)
+                if outcome.kind is _SUCCESS or outcome.kind is _BLOCKED:
+                    state.model = model
+                complete(attempt, outcome, at)
+            while next_arrival == at:
                 arrival = arrivals[index]
-                rid = core.submit(at, models=arrival.models, input_tokens=arrival.input_tokens,
-                                  deadline=arrival.deadline - min(allowance,
-                                                                  arrival.deadline / 2))
-                open_requests[rid] = _Open(arrival)
-                deadline_of[rid] = at + arrival.deadline
+                rid = submit(at, models=arrival.models, input_tokens=arrival.input_tokens,
+                             deadline=arrival.deadline - min(allowance, arrival.deadline / 2))
+                open_requests[rid] = _Open(arrival, at + arrival.deadline)
                 if progress is not None and index >= next_report:
                     progress(index / total)
                     next_report = index + max(1, total // 20)
+                index += 1
+                next_arrival = arrivals[index].time if index < n_arrivals else inf
+        for decision in poll(now):
+            if type(decision) is Dispatch:
+                dispatch = decision
+                state = open_requests[dispatch.request]
+                if state.first is None:
+                    state.first = now
+                state.attempts += 1
+                arrival = state.arrival
+                secret = dispatch.key.secret
+                model = dispatch.model
+                reply = world_attempt(now, secret, model, arrival.input_tokens,
+                                      stream=arrival.stream)
+                end = now + reply.latency
+                outcome = reply.outcome
+                if end > state.limit:
+                    end, outcome = max(state.limit, now), _TIMEOUT
+                label, project = labels[secret]
+                # `_value_`: the plain attribute behind `Enum.value`, which is a slower property.
+                attempts_out.append((now, end, dispatch.request, dispatch.number, label, project,
+                                     model, outcome.kind._value_))
+                sent += 1
+                heappush(completions, (end, sent, dispatch.attempt, outcome, state, model))
+            elif type(decision) is Finish:
+                rid = decision.request
+                state = open_requests.pop(rid)
+                arrival = state.arrival
+                ended.append((rid, arrival.time, arrival.models, arrival.input_tokens,
+                              state.first, now, True, None, state.model, state.attempts))
             else:
-                attempt, outcome = cast(tuple[int, Outcome], event)
-                sent, rid, number, label, project, model, end = in_flight.pop(attempt)
-                attempt_out.append(AttemptRecord(sent, end, rid, number, label, project, model,
-                                                 attempt_outcome.pop(attempt)))
-                if outcome.kind is OutcomeKind.SUCCESS or outcome.kind is OutcomeKind.BLOCKED:
-                    served[rid] = model
-                core.complete(attempt, outcome, at)
-        handle(core.poll(at), at)
-        if record_events:
-            events.extend(core.take_events())
-    if record_events:
-        events.extend(core.take_events())
+                assert isinstance(decision, Fail)
+                rid = decision.request
+                state = open_requests.pop(rid)
+                arrival = state.arrival
+                ended.append((rid, arrival.time, arrival.models, arrival.input_tokens,
+                              state.first, now, False, decision.reason.value, None,
+                              state.attempts))
+    # The core keeps every event until taken, so one take at the end loses none.
+    events = core.take_events() if record_events else []
     if progress is not None:
         progress(1.0)
-    # Attempts are appended at completion; the trace lists them in dispatch order.
-    attempt_out.sort(key=lambda a: (a.time, a.request, a.number))
-    ended.sort(key=lambda r: r.id)
-    return RunResult(scenario=scenario, policy=policy.name, seed=seed, end_time=loop.now,
-                     requests=tuple(ended), attempts=tuple(attempt_out), events=tuple(events),
+    # The trace lists attempts in dispatch order and requests by id.
+    attempts_out.sort(key=_DISPATCH_ORDER)
+    ended.sort()  # ids are unique, so tuples order by id alone
+    return RunResult(scenario=scenario, policy=policy.name, seed=seed, end_time=now,
+                     requests=tuple(map(_request_record, ended)),
+                     attempts=tuple(map(_attempt_record, attempts_out)), events=tuple(events),
                      counters=world.counters(), lost=len(open_requests))
 
 
