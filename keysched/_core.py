@@ -109,7 +109,7 @@ class _Model:
 
 class _Request:
     __slots__ = ("avoid", "deadline", "empties", "id", "last_attempt", "later", "models",
-                 "number", "quota", "server_errors", "state", "tokens")
+                 "number", "quota", "server_errors", "state", "timed", "tokens")
 
     def __init__(self, rid: int, models: tuple[int, ...], tokens: int, deadline: float,
                  quota: bool) -> None:
@@ -125,6 +125,7 @@ class _Request:
         self.avoid: set[int] | None = None  # keys that failed it; made on the first failure
         self.server_errors: dict[int, int] | None = None
         self.last_attempt: int | None = None
+        self.timed = False  # its deadline timer is in the heap (see `Scheduler._arm_deadline`)
 
 
 class _Attempt:
@@ -195,6 +196,7 @@ class Scheduler:
         self._timers: list[tuple[float, int, int, int, int]] = []
         self._timer_limit = 64  # compact the heap past this size (see `_compact_timers`)
         self._decisions: list[Decision] = []
+        self._fresh: list[_Request] = []  # queued since the last poll, deadline not armed yet
         self._events: list[PoolEvent] = []
         self._tier: dict[int, int] = {}
         self._now = -math.inf
@@ -244,8 +246,6 @@ class Scheduler:
         self._requests[rid] = request
         self._counts["submitted"] += 1
         self._enqueue(request)
-        if math.isfinite(request.deadline):
-            self._timer(request.deadline, _TIMER_DEADLINE, rid, 0)
         return rid
 
     def complete(self, attempt: int, outcome: Outcome, now: float) -> None:
@@ -355,11 +355,20 @@ class Scheduler:
         if not (now.__class__ is float and now >= self._now):
             self._check_time(now)
         self._now = now
+        fresh = self._fresh
+        for request in fresh:  # a deadline already passed fails in timer order, as it always did
+            if request.deadline <= now:
+                self._arm_deadline(request)
         timers = self._timers
         if timers and timers[0][0] <= now:
             self._fire_timers(now)
         if self._queues:
             self._dispatch_waiting(now)
+        if fresh:
+            for request in fresh:
+                if request.state == _WAITING:
+                    self._arm_deadline(request)
+            fresh.clear()
         decisions = self._decisions
         if not decisions:
             return []  # a fresh list: the caller may keep what it is given
@@ -368,6 +377,8 @@ class Scheduler:
 
     def next_deadline(self) -> float:
         """The earliest time at which `poll` may have something new to do (`math.inf`: none)."""
+        if self._fresh:
+            return self._now  # requests submitted or re-queued since the last poll
         timers = self._timers
         while timers:
             at, _, kind, ref, _ = timers[0]
@@ -501,9 +512,12 @@ class Scheduler:
             raise UsageError("models must name at least one model")
         return tuple(indices)
 
-    def _timer(self, at: float, kind: int, ref: int, extra: int) -> None:
-        self._seq += 1
-        heapq.heappush(self._timers, (at, self._seq, kind, ref, extra))
+    def _timer(self, at: float, kind: int, ref: int, extra: int, order: int | None = None) -> None:
+        """Have `poll` act at `at`; timers due at one time fire by `order` (default: as pushed)."""
+        if order is None:
+            self._seq += 1
+            order = self._seq
+        heapq.heappush(self._timers, (at, order, kind, ref, extra))
         if len(self._timers) > self._timer_limit:
             self._compact_timers()
 
@@ -532,6 +546,23 @@ class Scheduler:
         request.state = _WAITING
         self._waiting += 1
         heapq.heappush(self._queues.setdefault(models, []), request.id)
+        if not request.timed:
+            self._fresh.append(request)
+
+    def _arm_deadline(self, request: _Request) -> None:
+        """Put the request's deadline timer in the heap, once.
+
+        Only a waiting or backing-off request needs one (the core never fails a request in
+        flight), and most requests are dispatched by the poll that follows their submission: so
+        the timer is armed only when a request is still waiting after a poll, or backs off.  A
+        timer armed at every submission would be dropped unused almost always, and its heap
+        push and later compaction cost a twentieth of a scheduling cycle.
+        """
+        if not request.timed:
+            request.timed = True
+            if math.isfinite(request.deadline):
+                # Deadlines due at one time fail oldest request first, however late each was armed.
+                self._timer(request.deadline, _TIMER_DEADLINE, request.id, 0, order=request.id)
 
     def _effective_models(self, request: _Request) -> tuple[int, ...]:
         errors = request.server_errors
@@ -807,6 +838,7 @@ class Scheduler:
         if step is Next.RETRY_LATER:
             ready = now + self._backoff(request)
             self._timer(ready, _TIMER_READY, request.id, 0)
+            self._arm_deadline(request)
         else:
             self._waiting -= 1
             self._enqueue(request)
