@@ -15,17 +15,17 @@ Decisions where the issue was silent:
 from __future__ import annotations
 
 import random
+from operator import attrgetter
+from typing import NamedTuple
 
-import attrs
-
-from sim.scenario import Scenario, WorkloadSpec
+from sim.draws import uniform_int
+from sim.scenario import Scenario
 
 __all__ = ["Arrival", "generate_arrivals"]
 
 
-@attrs.frozen(kw_only=True)
-class Arrival:
-    """One request entering the system.
+class Arrival(NamedTuple):
+    """One request entering the system (a named tuple: one is built per simulated request).
 
     Attributes:
         time: virtual seconds from the scenario start.
@@ -42,24 +42,22 @@ class Arrival:
     stream: bool = False
 
 
-def _one(phase: WorkloadSpec, time: float, rng: random.Random) -> Arrival:
-    low, high = phase.input_tokens
-    return Arrival(time=time, models=phase.models, input_tokens=rng.randint(low, high),
-                   deadline=phase.deadline,
-                   stream=phase.stream > 0 and rng.random() < phase.stream)
-
-
 def generate_arrivals(scenario: Scenario, rng: random.Random) -> list[Arrival]:
     """All arrivals of `scenario`'s workload, sorted by time; deterministic for a seeded `rng`."""
     arrivals: list[Arrival] = []
     for phase in scenario.workload:
+        models, deadline, stream = phase.models, phase.deadline, phase.stream
+        tokens = uniform_int(rng, *phase.input_tokens)
+        # Per arrival: its size, then (only if the phase streams at all) whether it streams.
         if phase.rate > 0:
             t = phase.start + rng.expovariate(phase.rate)
             while t < phase.end:
-                arrivals.append(_one(phase, t, rng))
+                arrivals.append(Arrival(t, models, tokens(), deadline,
+                                        stream > 0 and rng.random() < stream))
                 t += rng.expovariate(phase.rate)
         for burst in phase.bursts:
             times = sorted(burst.at + rng.random() * burst.spread for _ in range(burst.count))
-            arrivals.extend(_one(phase, t, rng) for t in times)
-    arrivals.sort(key=lambda a: a.time)
+            arrivals.extend(Arrival(t, models, tokens(), deadline,
+                                    stream > 0 and rng.random() < stream) for t in times)
+    arrivals.sort(key=attrgetter("time"))
     return arrivals
