@@ -38,6 +38,7 @@ import random
 import time
 import urllib.parse
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -62,7 +63,14 @@ from keysched._errors import (
     UsageError,
 )
 from keysched._outcomes import Outcome, OutcomeKind
-from keysched._results import AttemptRecord, GenerateResult, StreamChunk
+from keysched._results import (
+    AttemptRecord,
+    GenerateResult,
+    StreamChunk,
+    _build_chunk,
+    _build_record,
+    _build_result,
+)
 from keysched._selection import Policy
 from keysched._snapshot import PoolEvent, PoolSnapshot
 from keysched._sse import SSEParser
@@ -123,36 +131,6 @@ _EVENT_LEVELS = {
 }
 
 
-class _Mailbox:
-    """Decisions for one request, waited on by the task that submitted it."""
-
-    __slots__ = ("_closed", "_event", "_items")
-
-    def __init__(self) -> None:
-        import asyncio
-
-        self._items: collections.deque[Decision] = collections.deque()
-        self._event = asyncio.Event()
-        self._closed = False
-
-    def put(self, decision: Decision) -> None:
-        self._items.append(decision)
-        self._event.set()
-
-    def close(self) -> None:
-        """The client is closing: the waiting caller gets `UsageError` instead of a decision."""
-        self._closed = True
-        self._event.set()
-
-    async def get(self) -> Decision:
-        while not self._items:
-            if self._closed:
-                raise UsageError("the client was closed while the request was open")
-            self._event.clear()
-            await self._event.wait()
-        return self._items.popleft()
-
-
 def _failure(kind: OutcomeKind, message: str) -> Classified:
     return Classified(outcome=Outcome(kind=kind), status=0, message=message)
 
@@ -182,13 +160,29 @@ class _StreamResult:
                                         status=0, message="the stream was abandoned")
 
 
+_ENCODER = json.JSONEncoder(allow_nan=False)  # json.dumps(allow_nan=False) builds one per call
+_INF = math.inf
+
+
 def _encode(body: dict[str, Any]) -> bytes:
     """The request body as JSON; a value JSON cannot carry is the caller's error."""
     try:
-        return json.dumps(body, allow_nan=False).encode()
+        return _ENCODER.encode(body).encode()
     except (TypeError, ValueError) as exc:  # the value itself is not shown: it may be anything
         raise UsageError(f"the request holds a value JSON cannot encode ({type(exc).__name__})"
                          ) from None
+
+
+def _prompt_payload(prompt: str) -> bytes:
+    """``_encode(generate_body(prompt))`` for a bare prompt string, byte for byte."""
+    return b''.join((b'{"contents": [{"role": "user", "parts": [{"text": ',
+                     encode_basestring_ascii(prompt).encode(), b'}]}]}'))
+
+
+def _read_answer(status: int, raw: bytes, headers: Mapping[str, str],
+                 tokens: int) -> tuple[Classified, None]:
+    """`_call`'s reader for generateContent: the classification, no other value."""
+    return classify(status, raw, headers, input_tokens=tokens), None
 
 
 def _estimate(contents: object, body: dict[str, Any]) -> int:
@@ -205,36 +199,75 @@ def _positive(field: str, value: object) -> float:
 
 
 class _Session:
-    """One request's life: submit, wait for decisions, report attempts, end exactly once."""
+    """One request's life: submit, wait for decisions, report attempts, end exactly once.
+
+    It is also the request's mailbox: `_pump` puts the core's decisions for it in `items` and
+    wakes the waiting caller through a future made only when the caller has to wait (most
+    decisions are taken by the same synchronous step that pumped them).
+    """
+
+    __slots__ = ("client", "closed", "deadline_at", "items", "last", "open", "records", "rid",
+                 "value", "waiter")
 
     def __init__(self, client: KeyedClient, models: Sequence[str], tokens: int,
                  deadline: float | None, spends_quota: bool = True) -> None:
         self.client = client
         self.records: list[AttemptRecord] = []
         self.last: tuple[Dispatch, Classified] | None = None
+        self.value: Any = None  # what `read` extracted from the last attempt's answer
         now = client._clock()
         seconds = client._config.retry.deadline if deadline is None else deadline
         self.deadline_at = now + seconds
         self.rid = client._core.submit(now, models=models, input_tokens=tokens, deadline=deadline,
                                        spends_quota=spends_quota)
         self.open = True
-        self.mailbox = _Mailbox()
-        client._mailboxes[self.rid] = self.mailbox
+        self.closed = False  # `aclose` ended the request while the caller waited
+        self.items: collections.deque[Decision] = collections.deque()
+        self.waiter: asyncio.Future[None] | None = None
+        client._mailboxes[self.rid] = self
         client._pump()
 
+    def put(self, decision: Decision) -> None:
+        self.items.append(decision)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def shut(self) -> None:
+        """The client is closing: the waiting caller gets `UsageError` instead of a decision."""
+        self.closed = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     async def next(self) -> Decision:
+        items = self.items
+        waited = False
         while True:
-            decision = await self.mailbox.get()
-            if isinstance(decision, Finish | Fail):
-                self.open = False
-            elif isinstance(decision, Dispatch):
-                client = self.client
+            if not items:
+                if self.closed:
+                    raise UsageError("the client was closed while the request was open")
+                import asyncio
+
+                waiter = self.waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await waiter
+                finally:
+                    self.waiter = None
+                waited = True
+                continue
+            decision = items.popleft()
+            if isinstance(decision, Dispatch):
                 # A dispatch posted by another task's pump waits here for this task's turn; a
                 # refusal that disabled its key may have come back meanwhile.  Never send on a
-                # disabled key: hand the attempt back and wait for the next decision.
-                if client._core.withdraw(decision.attempt, client._clock()):
+                # disabled key: hand the attempt back and wait for the next decision.  (A
+                # dispatch this task's own pump just posted, taken without waiting, is fresh.)
+                client = self.client
+                if waited and client._core.withdraw(decision.attempt, client._clock()):
                     client._pump()
                     continue
+            else:
+                self.open = False
             return decision
 
     def time_left(self) -> float:
@@ -250,11 +283,10 @@ class _Session:
         client = self.client
         ended = client._clock()
         outcome = classified.outcome
-        self.records.append(AttemptRecord(
-            number=dispatch.number, key=dispatch.key.label or "", model=dispatch.model,
-            outcome=outcome.kind, status=classified.status, google_status=classified.google_status,
-            message=classified.message, retry_after=outcome.retry_after, started=started,
-            ended=ended))
+        self.records.append(_build_record(
+            dispatch.number, dispatch.key.label or "", dispatch.model, outcome.kind,
+            classified.status, classified.google_status, classified.message, outcome.retry_after,
+            started, ended))
         self.last = (dispatch, classified)
         if client._closed:  # `aclose` ended the request while this attempt was in flight
             raise UsageError("the client was closed while the request was open")
@@ -378,7 +410,7 @@ class KeyedClient:
         now = clock()
         self._core = Scheduler(config, rng=rng or random.Random(), policy=policy,
                                wall_epoch=wall_clock() - now)
-        self._mailboxes: dict[int, _Mailbox] = {}
+        self._mailboxes: dict[int, _Session] = {}  # the open requests' sessions, by id
         # Bounded, so that a long-running client keeps a window of history, not all of it.
         self._history: collections.deque[PoolEvent] = collections.deque(maxlen=EVENT_HISTORY)
         self._timer: asyncio.Task[None] | None = None
@@ -453,9 +485,9 @@ class KeyedClient:
         """
         self._closed = True
         now = self._clock()
-        for rid, mailbox in list(self._mailboxes.items()):
+        for rid, session in list(self._mailboxes.items()):
             self._core.cancel(rid, now)  # frees its lane; nothing will be dispatched for it
-            mailbox.close()
+            session.shut()
         self._drop_timer()
         # Wait for the cancelled timers, so that no task of this client outlives `aclose`.
         import asyncio
@@ -494,20 +526,21 @@ class KeyedClient:
             ServiceError: a subclass saying why no answer could be had.
             UsageError: a bad argument.
         """
-        body = generate_body(contents, generation_config=generation_config,
-                             system_instruction=system_instruction,
-                             safety_settings=safety_settings, tools=tools)
-        tokens = _estimate(contents, body)
-
-        def read(status: int, raw: bytes, headers: Mapping[str, str]) -> tuple[Classified, None]:
-            return classify(status, raw, headers, input_tokens=tokens), None
-
-        dispatch, answer, _, attempts = await self._call(models, "generateContent", body, tokens,
-                                                         read, timeout, deadline)
-        return GenerateResult(
-            text=answer.text, model=dispatch.model, key=dispatch.key.label or "",
-            attempts=attempts, usage=answer.usage, finish_reason=answer.finish_reason,
-            block_reason=answer.block_reason, raw=answer.json)
+        if (isinstance(contents, str) and generation_config is None and system_instruction is None
+                and safety_settings is None and tools is None):
+            # A bare prompt, the common call: its body is a fixed frame around the JSON string.
+            payload = _prompt_payload(contents)
+            tokens = max(1, -(-len(contents) // 4))
+        else:
+            body = generate_body(contents, generation_config=generation_config,
+                                 system_instruction=system_instruction,
+                                 safety_settings=safety_settings, tools=tools)
+            payload = _encode(body)
+            tokens = _estimate(contents, body)
+        dispatch, answer, _, attempts = await self._call(models, "generateContent", payload,
+                                                         tokens, _read_answer, timeout, deadline)
+        return _build_result(answer.text, dispatch.model, dispatch.key.label or "", attempts,
+                             answer.usage, answer.finish_reason, answer.block_reason, answer.json)
 
     async def stream(
         self,
@@ -658,60 +691,57 @@ class KeyedClient:
         return _Session(self, self._models if models is None else models, tokens, deadline,
                         spends_quota)
 
-    async def _post(self, url: str, key: Key, payload: bytes, timeout: float, total: float,
-                    read: Callable[[int, bytes, Mapping[str, str]], Classified]) -> Classified:
-        try:
-            status, headers, body = await self._backend.post(url, self._headers[key.label],
-                                                             payload, timeout, total)
-        except TransportTimeout:
-            return _failure(OutcomeKind.TIMEOUT, f"no answer within {timeout:.1f}s")
-        except TransportFailure as exc:
-            return _failure(OutcomeKind.CONNECTION_ERROR, f"{exc} before an answer arrived")
-        return read(status, body, headers)
-
     async def _call_json(self, model: str, method: str, body: dict[str, Any],
                          parse: Callable[[Any], Any], timeout: float | None,
                          deadline: float | None, *, spends_quota: bool = True) -> Any:
-        def read(status: int, raw: bytes, headers: Mapping[str, str]) -> tuple[Classified, Any]:
+        def read(status: int, raw: bytes, headers: Mapping[str, str],
+                 tokens: int) -> tuple[Classified, Any]:
             return classify_json_response(status, raw, headers, parse=parse)
 
-        _, _, value, _ = await self._call([model], method, body, estimate_tokens(body), read,
+        payload = _encode(body)
+        _, _, value, _ = await self._call([model], method, payload, estimate_tokens(body), read,
                                           timeout, deadline, spends_quota=spends_quota)
         return value
 
     async def _call(
-        self, models: Sequence[str] | None, method: str, body: dict[str, Any], tokens: int,
-        read: Callable[[int, bytes, Mapping[str, str]], tuple[Classified, Any]],
+        self, models: Sequence[str] | None, method: str, payload: bytes, tokens: int,
+        read: Callable[[int, bytes, Mapping[str, str], int], tuple[Classified, Any]],
         timeout: float | None, deadline: float | None, *, spends_quota: bool = True,
     ) -> tuple[Dispatch, Classified, Any, tuple[AttemptRecord, ...]]:
         """Run one request (not a stream) to its end: the answering attempt, or a raised error.
 
-        `read` classifies an HTTP answer and extracts its value (the embeddings, the count).
+        `read` classifies an HTTP answer (given the request's token estimate) and extracts its
+        value (the embeddings, the count).
         """
-        payload = _encode(body)
         attempt_timeout = self._attempt_timeout(timeout)
         session = self._open(models, tokens, deadline, spends_quota)
-        values: dict[int, Any] = {}
+        clock = self._clock
         try:
             while True:
                 decision = await session.next()
                 if isinstance(decision, Dispatch):
-                    started = self._clock()
-
-                    def classify_attempt(status: int, raw: bytes, headers: Mapping[str, str],
-                                         attempt: int = decision.attempt) -> Classified:
-                        classified, values[attempt] = read(status, raw, headers)
-                        return classified
-
-                    classified = await self._post(
-                        self._url(decision.model, method), decision.key, payload,
-                        session.attempt_timeout(attempt_timeout), session.time_left(),
-                        classify_attempt)
+                    started = clock()
+                    left = session.deadline_at - started
+                    phase = max(0.001, min(attempt_timeout, left))
+                    try:
+                        status, headers, raw = await self._backend.post(
+                            self._url(decision.model, method), self._headers[decision.key.label],
+                            payload, phase, max(0.001, left))
+                    except TransportTimeout:
+                        classified = _failure(OutcomeKind.TIMEOUT,
+                                              f"no answer within {phase:.1f}s")
+                        session.value = None
+                    except TransportFailure as exc:
+                        classified = _failure(OutcomeKind.CONNECTION_ERROR,
+                                              f"{exc} before an answer arrived")
+                        session.value = None
+                    else:
+                        classified, session.value = read(status, raw, headers, tokens)
                     session.report(decision, classified, started)
                 elif isinstance(decision, Finish):
-                    assert session.last is not None
-                    dispatch, answer = session.last
-                    return dispatch, answer, values.get(decision.attempt), tuple(session.records)
+                    last = session.last
+                    assert last is not None
+                    return last[0], last[1], session.value, tuple(session.records)
                 else:
                     raise session.error(decision)
         finally:
@@ -742,9 +772,8 @@ class KeyedClient:
                         usage = event.usage or usage
                         if event.finish_reason in SAFETY_FINISH_REASONS:
                             blocked = event.finish_reason
-                        yield StreamChunk(text=event.text, model=dispatch.model, key=label,
-                                          index=delivered, finish_reason=event.finish_reason,
-                                          usage=event.usage, raw=event.json)
+                        yield _build_chunk(event.text, dispatch.model, label, delivered,
+                                           event.finish_reason, event.usage, event.json)
                         delivered += 1
                 for event in parser.close():
                     if event.classified is not None:
@@ -772,9 +801,9 @@ class KeyedClient:
         """Poll the core, deliver its decisions, log pool events, re-arm the timer."""
         core = self._core
         for decision in core.poll(self._clock()):
-            mailbox = self._mailboxes.get(decision.request)
-            if mailbox is not None:
-                mailbox.put(decision)
+            session = self._mailboxes.get(decision.request)
+            if session is not None:
+                session.put(decision)
             elif isinstance(decision, Dispatch):
                 # Nobody waits for this request any more (its caller is gone): free the lane.
                 core.cancel(decision.request, self._clock())
@@ -789,7 +818,10 @@ class KeyedClient:
                     level = _EVENT_LEVELS.get(event.kind, logging.INFO)
                     if logger.isEnabledFor(level):
                         self._log(event, level)
-        self._arm(core.next_deadline())
+        at = core.next_deadline()
+        # The timer is re-armed only for an earlier wake-up, or dropped once nothing is pending.
+        if at < self._timer_at or (at == _INF and self._timer is not None):
+            self._arm(at)
 
     def _log(self, event: PoolEvent, level: int) -> None:
         where = " ".join(f"{name}={value}" for name, value in (
@@ -801,7 +833,7 @@ class KeyedClient:
                    event.reason)
 
     def _arm(self, at: float) -> None:
-        if math.isinf(at):
+        if at == _INF:
             # Nothing is pending any more: an idle client keeps no task sleeping (a timer left
             # armed for a request that has ended would wake for nothing, and under a virtual
             # clock would make time jump).

@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 
 from keysched._outcomes import OutcomeKind
-from keysched._wire import SAFETY_FINISH_REASONS, Usage
+from keysched._wire import SAFETY_FINISH_REASONS, Usage, _builder
 
 __all__ = ["AttemptRecord", "GenerateResult", "StreamChunk"]
 
@@ -93,3 +93,9 @@ class StreamChunk:
     usage: Usage | None = None
     raw: Any = attrs.field(default=None, repr=False)
 
+
+
+# Positional constructors for the client's hot path (see `keysched._wire._builder`).
+_build_record = _builder(AttemptRecord)
+_build_result = _builder(GenerateResult)
+_build_chunk = _builder(StreamChunk)

@@ -182,6 +182,38 @@ async def test_an_invalid_key_is_used_once_and_never_again() -> None:
     assert snap.lane("key#1", FLASH).reason == "key_invalid"
 
 
+async def test_a_dispatch_on_a_key_disabled_while_it_waited_is_never_sent() -> None:
+    """A waiting request handed a key by another task's answer gets it back unsent if a refusal
+    disables that key before the request's own task runs."""
+    vc = VirtualClock(autojump=False)  # time stands still while the answers are held
+    gates = {secret(i): asyncio.Event() for i in (1, 2, 3)}
+
+    async def respond(request: httpx.Request) -> httpx.Response:
+        await gates[key_of(request)].wait()
+        if key_of(request) == secret(2):  # key#2's project p1 (key#1 too) is disabled
+            return fixture(403, "403_service_disabled.json")
+        return success()
+
+    server = Server(lambda request, n: respond(request))
+    async with make_client(server, vc, max_in_flight_per_key=1) as client:
+        calls = [asyncio.ensure_future(client.generate(f"q{i}")) for i in range(4)]
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert sorted(server.keys) == [secret(1), secret(2), secret(3)]  # q3 waits
+        # key#1's success hands key#1 to q3; key#2's refusal, handled next in the same turn of
+        # the loop, disables key#1 before q3's task runs.
+        gates[secret(1)].set()
+        gates[secret(2)].set()
+        for _ in range(20):
+            await asyncio.sleep(0)
+        gates[secret(3)].set()
+        results = await asyncio.gather(*calls)
+    assert server.keys.count(secret(1)) == 1
+    assert server.keys.count(secret(2)) == 1
+    assert all(result.text for result in results)
+    assert sorted(result.key for result in results) == ["key#1", "key#3", "key#3", "key#3"]
+
+
 async def test_every_key_invalid_is_no_usable_key() -> None:
     """When every key is invalid, the call fails with NoUsableKeyError, each key tried once."""
     vc = VirtualClock()

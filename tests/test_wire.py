@@ -611,3 +611,119 @@ def test_parsers_never_raise(value: Any) -> None:
     assert total is None or total >= 0
     vectors = parse_embeddings(value)
     assert vectors is None or all(isinstance(x, float) for v in vectors for x in v)
+
+
+# Bodies shaped like answers (mostly plain ones, with every oddity the fast path must refuse).
+parts = st.fixed_dictionaries({"text": st.sampled_from(["", "ok", "two words"])}, optional={
+    "thought": st.booleans() | json_values,
+}) | st.fixed_dictionaries({}, optional={
+    "text": json_values, "thought": json_values,
+    "functionCall": st.fixed_dictionaries({"name": st.just("f")}) | json_values,
+    "inlineData": st.fixed_dictionaries({"data": st.just("AAAA")}) | json_values,
+}) | json_values
+candidates = st.fixed_dictionaries({
+    "content": st.fixed_dictionaries({"parts": st.lists(parts, max_size=3) | json_values},
+                                     optional={"role": st.just("model")}) | json_values,
+}, optional={
+    "finishReason": st.sampled_from(["STOP", "MAX_TOKENS", "SAFETY", "RECITATION", ""])
+    | json_values,
+    "index": st.just(0),
+}) | json_values
+counts = st.integers(-2, 10**6) | st.sampled_from(["12", "x"]) | json_values
+answers = st.fixed_dictionaries({
+    "candidates": st.lists(candidates, max_size=2) | json_values,
+}, optional={
+    "usageMetadata": st.fixed_dictionaries({}, optional={
+        "promptTokenCount": counts, "candidatesTokenCount": counts,
+        "thoughtsTokenCount": counts, "totalTokenCount": counts}) | json_values,
+    "promptFeedback": st.fixed_dictionaries({}, optional={
+        "blockReason": st.sampled_from(["SAFETY", ""]) | json_values}) | json_values,
+    "modelVersion": st.just("gemini-2.5-flash"),
+    "error": json_values,
+})
+plain_parts = st.fixed_dictionaries({"text": st.sampled_from(["", "ok", "two words"])},
+                                    optional={"thought": st.booleans()})
+plain_answers = st.fixed_dictionaries({
+    "candidates": st.lists(st.fixed_dictionaries(
+        {"content": st.fixed_dictionaries({"parts": st.lists(plain_parts, max_size=3)})},
+        optional={"finishReason": st.sampled_from(["STOP", "MAX_TOKENS", "SAFETY"])}),
+        min_size=1, max_size=2),
+}, optional={
+    "usageMetadata": st.fixed_dictionaries({}, optional={
+        "promptTokenCount": counts, "candidatesTokenCount": counts,
+        "thoughtsTokenCount": counts, "totalTokenCount": counts}),
+})
+
+
+@given(status=st.integers(200, 299), answer=plain_answers | answers, wrap=st.booleans(),
+       input_tokens=st.none() | st.integers(0, 10**7), empty_is_error=st.booleans())
+def test_the_plain_answer_shortcut_agrees_with_the_full_rules(
+        status: int, answer: dict[str, Any], wrap: bool, input_tokens: int | None,
+        empty_is_error: bool) -> None:
+    """`classify` and `classify_chunk` take a one-pass shortcut for a plain answer: whenever it
+    applies, it gives exactly what the full rules give."""
+    from keysched import _wire
+
+    raw = json.dumps([answer] if wrap else answer).encode()
+    shortcut = _wire._plain_answer(status, answer)
+    if shortcut is not None:
+        full = _wire._classify_answer(status, answer, empty_is_error=empty_is_error)
+        assert shortcut == full
+        assert shortcut.outcome.kind is K.SUCCESS
+        assert classify_chunk(answer) == _wire._classify_answer(
+            200, answer, empty_is_error=False, require_content=False)
+    result = classify(status, raw, {"retry-after": "3"}, input_tokens=input_tokens,
+                      empty_is_error=empty_is_error)
+    if isinstance(answer, dict) and "error" not in answer:
+        assert result == _wire._classify_answer(status, answer, empty_is_error=empty_is_error)
+
+
+def test_the_plain_answer_shortcut_takes_the_common_answer() -> None:
+    """The benchmark's answer (text, finish reason and usage) goes through the shortcut."""
+    from keysched import _wire
+
+    answer = {"candidates": [{"content": {"role": "model", "parts": [
+        {"text": "thinking", "thought": True}, {"text": "o"}, {"text": "k"}]},
+        "finishReason": "STOP"}], "usageMetadata": {"promptTokenCount": 3,
+                                                      "candidatesTokenCount": 1}}
+    result = _wire._plain_answer(200, answer)
+    assert result is not None
+    assert (result.text, result.finish_reason, result.usage) == (
+        "ok", "STOP", Usage(prompt_tokens=3, output_tokens=1))
+    assert (result.outcome.input_tokens, result.outcome.output_tokens) == (3, 1)
+    assert result == classify(200, json.dumps(answer).encode())
+
+
+@pytest.mark.parametrize("cls", [Usage, Classified])
+def test_builders_make_the_same_frozen_instances(cls: Any) -> None:
+    """The hot path's positional builders give instances equal to the constructor's, frozen and
+    printed the same."""
+    from keysched import _results, _wire
+    from keysched._outcomes import Outcome
+
+    values: dict[type, dict[str, Any]] = {
+        Usage: {"prompt_tokens": 1, "output_tokens": 2, "thoughts_tokens": None,
+                "total_tokens": 3},
+        Classified: {"outcome": Outcome(kind=K.SUCCESS), "status": 200, "google_status": None,
+                     "message": "m", "reason": None, "quota_id": "q", "quota_value": 3,
+                     "project": None, "json": {"a": 1}, "text": "t", "finish_reason": "STOP",
+                     "block_reason": None, "usage": None},
+    }
+    builders = {Usage: _wire._build_usage, Classified: _wire._build_classified}
+    built = builders[cls](*values[cls].values())
+    assert type(built) is cls
+    assert built == cls(**values[cls])
+    assert repr(built) == repr(cls(**values[cls]))
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        built.status = 1
+    assert attrs.evolve(built) == built
+    assert _results._build_record.__qualname__ == "AttemptRecord._build"
+
+
+def test_builders_refuse_classes_with_validators() -> None:
+    """A class whose fields are checked cannot get a builder that would skip the checks."""
+    from keysched import _wire
+    from keysched._outcomes import Outcome
+
+    with pytest.raises(TypeError):
+        _wire._builder(Outcome)

@@ -1,0 +1,166 @@
+"""Where `KeyedClient.generate` spends its CPU: microseconds of client work per request.
+
+Run with ``python -m benchmarks.profile_client`` (``--mode fake|server|both``, ``--profile``).
+
+- ``fake``: in one process, no network.  The client's backend is replaced by one that answers
+  every POST with the benchmark's JSON body after one event-loop turn (``asyncio.sleep(0)``);
+  64 workers call ``generate`` in a loop.  The baseline is the same workers awaiting the same
+  fake POST and ``json.loads`` of the body: the difference is keysched's own CPU per request.
+  ``--profile`` runs cProfile over the keysched run and prints the top functions.
+- ``server``: the benchmark's server in another process, and CPU time (``time.process_time``)
+  of this process per request for raw aiohttp posts, ``KeyedClient(fast=True)``, raw httpx and
+  ``KeyedClient`` (httpx): what each request really costs the client, aiohttp included, with the
+  noise of wall-clock rates removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import multiprocessing
+import pstats
+import statistics
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from benchmarks.bench_client import BODY, CONCURRENCY, DELAY, MODEL, _free_port, _serve, _wait_for
+
+KEYS = [f"AIzaBENCHKEY{i:02d}000000000000000000000000" for i in range(10)]
+HEADERS = {"content-type": "application/json", "content-length": str(len(BODY))}
+
+
+class _FakeBackend:
+    """Answers every POST with the benchmark body after one loop turn."""
+
+    async def post(self, url: str, headers: Mapping[str, str], payload: bytes,
+                   timeout: float, total: float) -> tuple[int, Mapping[str, str], bytes]:
+        await asyncio.sleep(0)
+        return 200, HEADERS, BODY
+
+    def stream(self, *args: Any) -> Any:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def _run(call: Callable[[], Awaitable[object]], n: int) -> float:
+    """CPU seconds per call of `n` calls spread over CONCURRENCY workers."""
+    per = n // CONCURRENCY
+
+    async def worker() -> None:
+        for _ in range(per):
+            await call()
+
+    for _ in range(50):
+        await call()
+    start = time.process_time()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return (time.process_time() - start) / (per * CONCURRENCY)
+
+
+async def _fake(n: int, rounds: int, profile: bool) -> None:
+    from keysched import KeyedClient
+
+    backend = _FakeBackend()
+    payload = json.dumps({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}).encode()
+
+    async def raw() -> None:
+        _, _, body = await backend.post("u", HEADERS, payload, 1.0, 1.0)
+        json.loads(body)
+
+    async with KeyedClient(keys=KEYS, models=[MODEL], base_url="http://127.0.0.1:1") as client:
+        client._backend = backend  # the profile replaces the HTTP seam
+
+        def generate() -> Awaitable[object]:
+            return client.generate("hi")
+
+        base, ours = [], []
+        for _ in range(rounds):
+            base.append(await _run(raw, n))
+            ours.append(await _run(generate, n))
+        b, o = statistics.median(base), statistics.median(ours)
+        print(f"fake backend, {n} requests x {rounds} rounds, {CONCURRENCY} concurrent:")
+        print(f"  baseline (fake post + json.loads) {b * 1e6:7.1f} us/request")
+        print(f"  KeyedClient.generate             {o * 1e6:7.1f} us/request")
+        print(f"  keysched overhead                {(o - b) * 1e6:7.1f} us/request")
+        if profile:
+            profiler = cProfile.Profile()
+            profiler.enable()
+            await _run(generate, n)
+            profiler.disable()
+            stats = pstats.Stats(profiler)
+            stats.sort_stats("tottime").print_stats(30)
+
+
+async def _server(base: str, n: int, rounds: int) -> None:
+    import aiohttp
+    import httpx
+
+    from keysched import KeyedClient
+
+    url = f"{base}/v1beta/models/{MODEL}:generateContent"
+    payload = json.dumps({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}).encode()
+    headers = {"x-goog-api-key": "AIzaBENCH0000000000000000000000000000",
+               "content-type": "application/json"}
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+    async with (KeyedClient(keys=KEYS, models=[MODEL], base_url=base) as plain,
+                KeyedClient(keys=KEYS, models=[MODEL], base_url=base, fast=True) as fast,
+                httpx.AsyncClient(limits=limits) as raw,
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000)) as session):
+
+        async def httpx_post() -> None:
+            response = await raw.post(url, content=payload, headers=headers)
+            json.loads(response.content)
+
+        async def aiohttp_post() -> None:
+            async with session.post(url, data=payload, headers=headers) as response:
+                json.loads(await response.read())
+
+        clients: dict[str, tuple[Callable[[], Awaitable[object]], int]] = {
+            "raw aiohttp": (aiohttp_post, n),
+            "KeyedClient (fast=True)": (lambda: fast.generate("hi"), n),
+            "raw httpx": (httpx_post, n // 4),
+            "KeyedClient (httpx)": (lambda: plain.generate("hi"), n // 4),
+        }
+        samples: dict[str, list[float]] = {}
+        for _ in range(rounds):
+            for name, (call, count) in clients.items():
+                samples.setdefault(name, []).append(await _run(call, count))
+    print(f"bench server ({DELAY * 1000:.0f} ms), client CPU per request, median of {rounds}:")
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    for name, value in medians.items():
+        print(f"  {name:26s} {value * 1e6:7.1f} us/request")
+    for ours, raw_name in (("KeyedClient (fast=True)", "raw aiohttp"),
+                           ("KeyedClient (httpx)", "raw httpx")):
+        print(f"  {ours} over {raw_name}: +{(medians[ours] - medians[raw_name]) * 1e6:.1f} us; "
+              f"CPU ratio {raw_name} / {ours} = {medians[raw_name] / medians[ours]:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", choices=["fake", "server", "both"], default="fake")
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    if args.mode in ("fake", "both"):
+        asyncio.run(_fake(args.requests, args.rounds, args.profile))
+    if args.mode in ("server", "both"):
+        port = _free_port()
+        server = multiprocessing.get_context("spawn").Process(target=_serve, args=(port, DELAY),
+                                                              daemon=True)
+        server.start()
+        try:
+            _wait_for(port)
+            asyncio.run(_server(f"http://127.0.0.1:{port}", args.requests // 4, args.rounds))
+        finally:
+            server.terminate()
+            server.join()
+
+
+if __name__ == "__main__":
+    main()
