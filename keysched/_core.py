@@ -186,6 +186,8 @@ class Scheduler:
         self._answered = [0] * lanes
         self._errored = [0] * lanes
         self._actions = self.policy.actions
+        # Looked up per answer; an Enum's hash is a Python-level call, so SUCCESS skips the dict.
+        self._on_success = self._actions[OutcomeKind.SUCCESS]
         self._selector: Selector = self.policy.selector(len(self._keys), n_models, rng)
         self._update = self._selector.update
         self._select = self._selector.select
@@ -267,10 +269,11 @@ class Scheduler:
         del self._attempts[attempt]
         request = self._requests[record.request]
         self._release(record.key)
-        action = self._actions[outcome.kind]
+        kind = outcome.kind
+        action = self._on_success if kind is OutcomeKind.SUCCESS else self._actions[kind]
         if action.effect is not Effect.NONE or outcome.retry_after is not None:
             self._apply(action, outcome, record, now)
-        elif outcome.kind is OutcomeKind.SUCCESS or outcome.kind is OutcomeKind.BLOCKED:
+        elif kind is OutcomeKind.SUCCESS or kind is OutcomeKind.BLOCKED:
             self._models[record.model].streak = 0  # the common case, inlined from `_apply`
         lane = record.key * self._n_models + record.model
         if action.next is Next.RETURN:

@@ -1,13 +1,14 @@
 """Read-only views of the pool: snapshots for dashboards and notebooks, and pool events.
 
-Everything here names keys by label; no secret ever reaches a snapshot or an event.
+Everything here names keys by label; no secret ever reaches a snapshot or an event.  The values
+are `typing.NamedTuple`s: immutable, and cheap to build (a snapshot of 10,000 keys x 3 models
+holds 30,000 lanes) and to define (`import keysched` stays fast).
 """
 
 from __future__ import annotations
 
 import enum
-
-import attrs
+from typing import NamedTuple
 
 __all__ = ["GroupSnapshot", "LaneSnapshot", "LaneState", "PoolEvent", "PoolSnapshot"]
 
@@ -24,8 +25,7 @@ class LaneState(enum.Enum):
     """The model is not available to this key's project (``limit: 0``) or does not exist."""
 
 
-@attrs.frozen(kw_only=True)
-class LaneSnapshot:
+class LaneSnapshot(NamedTuple):
     """One (key, model) lane at the snapshot's time.
 
     Attributes:
@@ -53,8 +53,7 @@ class LaneSnapshot:
     failed: int
 
 
-@attrs.frozen(kw_only=True)
-class GroupSnapshot:
+class GroupSnapshot(NamedTuple):
     """One (project, model) quota group, with its budget usage when limits are known."""
 
     project: str
@@ -67,8 +66,7 @@ class GroupSnapshot:
     requests_today: int | None
 
 
-@attrs.frozen(kw_only=True)
-class PoolSnapshot:
+class PoolSnapshot(NamedTuple):
     """The whole pool at time `now` (core time)."""
 
     now: float
@@ -91,8 +89,7 @@ class PoolSnapshot:
         raise KeyError((key, model))
 
 
-@attrs.frozen(kw_only=True)
-class PoolEvent:
+class PoolEvent(NamedTuple):
     """A notable change of the pool, for logs and plots.
 
     Attributes:

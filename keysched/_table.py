@@ -24,8 +24,7 @@ Policies other than the default (the simulator's baselines) supply their own tab
 from __future__ import annotations
 
 import enum
-
-import attrs
+from typing import NamedTuple
 
 from keysched._outcomes import OutcomeKind
 
@@ -71,8 +70,7 @@ class Next(enum.Enum):
     """Fail the request now."""
 
 
-@attrs.frozen(kw_only=True)
-class Action:
+class Action(NamedTuple):
     """One row of an outcome table.
 
     Attributes:

@@ -198,7 +198,7 @@ class RunResult:
     def trace(self) -> list[tuple[object, ...]]:
         """The run as comparable tuples (attempts, then request ends, then events)."""
         return ([tuple(a) for a in self.attempts] + [tuple(r) for r in self.requests]
-                + [attrs.astuple(e) for e in self.events])
+                + [tuple(e) for e in self.events])
 
 
 _TIMEOUT = Outcome(kind=OutcomeKind.TIMEOUT)

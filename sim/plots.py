@@ -24,7 +24,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from keysched import LaneState, PoolEvent, PoolSnapshot
 
@@ -122,7 +122,8 @@ def _spans(source: RunResult | PoolSnapshot | Sequence[PoolEvent],
     offset = 0.0
     if isinstance(source, Sequence):
         # A client's events are on its monotonic clock: count from the first event instead.
-        events, title = list(source), "Cooldown and disabled spans"
+        # (The cast: a PoolSnapshot is a tuple too, so mypy widens the items to `object`.)
+        events, title = list(cast("Sequence[PoolEvent]", source)), "Cooldown and disabled spans"
         xlabel = "seconds since the first event (s)"
         finite = [e.until for e in events if e.until is not None and math.isfinite(e.until)]
         offset = min((e.time for e in events), default=0.0)
