@@ -716,9 +716,12 @@ class KeyedClient:
         attempt_timeout = self._attempt_timeout(timeout)
         session = self._open(models, tokens, deadline, spends_quota)
         clock = self._clock
+        items = session.items
         try:
             while True:
-                decision = await session.next()
+                # A decision already there was posted by this task's own pump, just now (the
+                # attempt was in flight before): take it without the wait and its checks.
+                decision = items.popleft() if items else await session.next()
                 if isinstance(decision, Dispatch):
                     started = clock()
                     left = session.deadline_at - started
@@ -739,10 +742,12 @@ class KeyedClient:
                         classified, session.value = read(status, raw, headers, tokens)
                     session.report(decision, classified, started)
                 elif isinstance(decision, Finish):
+                    session.open = False
                     last = session.last
                     assert last is not None
                     return last[0], last[1], session.value, tuple(session.records)
                 else:
+                    session.open = False
                     raise session.error(decision)
         finally:
             session.close()

@@ -367,10 +367,18 @@ def _int(value: object) -> int | None:
     return None
 
 
+_DECODER = _json.JSONDecoder()
+
+
 def _parse_json(body: bytes) -> tuple[bool, Any]:
     """``(True, value)`` for a JSON body, ``(False, None)`` otherwise; never raises."""
     try:
-        value = _json.loads(body)
+        if body[:1] == b"{" and body[1:2] != b"\0":
+            # What json.loads does with bytes that start so (UTF-8 by its detection rules),
+            # without the detection.
+            value = _DECODER.decode(body.decode("utf-8", "surrogatepass"))
+        else:
+            value = _json.loads(body)
     except (ValueError, RecursionError, TypeError):  # ValueError covers decode errors too
         return False, None
     if isinstance(value, list) and len(value) == 1:

@@ -66,3 +66,24 @@ def test_result_builders_make_the_public_classes(cls: Any) -> None:
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         built.key = "other"
     assert attrs.asdict(built) == attrs.asdict(made)
+
+
+def test_aiohttp_timeouts_are_built_as_by_keywords() -> None:
+    """The aiohttp backend's positional `ClientTimeout` equals the keyword-built one; a class
+    of another shape is built by keywords."""
+    import dataclasses
+
+    import aiohttp
+
+    from keysched._transport import _limits_maker
+
+    assert _limits_maker(aiohttp.ClientTimeout)(7.5, 2.0) == aiohttp.ClientTimeout(
+        total=7.5, connect=2.0, sock_read=2.0)
+
+    @dataclasses.dataclass(frozen=True)
+    class Other:
+        total: float | None = None
+        connect: float | None = None
+        sock_read: float | None = None
+
+    assert _limits_maker(Other)(7.5, 2.0) == Other(total=7.5, connect=2.0, sock_read=2.0)

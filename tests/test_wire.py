@@ -727,3 +727,20 @@ def test_builders_refuse_classes_with_validators() -> None:
 
     with pytest.raises(TypeError):
         _wire._builder(Outcome)
+
+
+def _parse_with_loads(raw: bytes) -> tuple[bool, Any]:
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError, TypeError):
+        return False, None
+    return True, value[0] if isinstance(value, list) and len(value) == 1 else value
+
+
+@given(raw=st.one_of(st.binary().map(lambda b: b"{" + b), json_values.map(
+    lambda v: json.dumps({"v": v}, ensure_ascii=False).encode()), st.binary()))
+def test_json_bodies_parse_as_json_loads_parses_them(raw: bytes) -> None:
+    """The parser's shortcut for an object body reads exactly what `json.loads` reads."""
+    from keysched import _wire
+
+    assert repr(_wire._parse_json(raw)) == repr(_parse_with_loads(raw))
