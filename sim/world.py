@@ -37,12 +37,15 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 from keysched._outcomes import Outcome, OutcomeKind
 from keysched._pacific import next_pacific_midnight
 from sim import bodies
 from sim.bodies import Body
+from sim.draws import lognormal, uniform_int
 from sim.scenario import FaultKind, FaultSpec, Scenario
 
 __all__ = ["UNKNOWN_KEY", "Reply", "World"]
@@ -203,16 +206,51 @@ class _Group:
         self.day_requests = 0
 
 
+class _Faults:
+    """The faults that can hit one key, by kind, in the scenario's order.
+
+    Filtered by key and project once at construction, so the hot path skips every fault that
+    names other keys without a call (keys with the same faults share one instance).
+    """
+
+    __slots__ = ("cut", "deadline", "disabled", "garbage", "hang", "keyed", "leaked",
+                 "overloaded", "reset", "revoked", "server_error", "shared_429", "slow",
+                 "stream_error", "truncated")
+
+    def __init__(self, faults: tuple[FaultSpec, ...]) -> None:
+        def of(kind: FaultKind) -> tuple[FaultSpec, ...]:
+            return tuple(f for f in faults if f.kind is kind)
+
+        self.reset = of(FaultKind.RESET)
+        self.revoked = of(FaultKind.KEY_REVOKED)
+        self.leaked = of(FaultKind.KEY_LEAKED)
+        self.disabled = of(FaultKind.PROJECT_DISABLED)
+        self.keyed = bool(self.revoked or self.leaked or self.disabled)
+        self.shared_429 = of(FaultKind.SHARED_429)
+        self.deadline = of(FaultKind.DEADLINE_EXCEEDED)
+        self.hang = of(FaultKind.TIMEOUT)
+        self.overloaded = of(FaultKind.OVERLOADED)
+        self.server_error = of(FaultKind.SERVER_ERROR)
+        self.slow = of(FaultKind.SLOW)
+        self.cut = of(FaultKind.STREAM_CUT)
+        self.stream_error = of(FaultKind.STREAM_ERROR)
+        self.truncated = of(FaultKind.TRUNCATED_BODY)
+        self.garbage = of(FaultKind.GARBAGE_BODY)
+
+
 class _KeyState:
-    __slots__ = ("groups", "label", "number", "project", "tier")
+    __slots__ = ("counts", "faults", "groups", "label", "number", "project", "tier")
 
     def __init__(self, label: str, project: str, number: int, tier: str,
-                 groups: dict[str, _Group]) -> None:
+                 groups: dict[str, _Group], faults: _Faults) -> None:
         self.label = label
         self.project = project
         self.number = number
         self.tier = tier
         self.groups = groups
+        self.faults = faults
+        # Per model, the same dict as `World._counts[(label, model)]`: counted without a tuple.
+        self.counts: dict[str, dict[str, int]] = {}
 
 
 class World:
@@ -232,43 +270,42 @@ class World:
         self._error_latency = scenario.error_latency
         self._timeout = scenario.timeout
         self._serial = 0
-        self._counts: dict[tuple[str, str, str], int] = {}
+        # {(key label, model): {"requests": n, <OutcomeKind value>: n}}, in first-seen order.
+        self._counts: dict[tuple[str, str], dict[str, int]] = {}
+        self._unknown_counts: dict[str, dict[str, int]] = {}  # per model, for UNKNOWN_KEY
+        shared: dict[tuple[FaultSpec, ...], _Faults] = {}
         self._keys: dict[str, _KeyState] = {}
         for project in scenario.projects:
             groups = {q.model: _Group(q.rpm, q.tpm, q.rpd) for q in project.quotas}
             for key in project.keys:
+                mine = tuple(f for f in scenario.faults
+                             if (f.key is None or f.key == key.label)
+                             and (f.project is None or f.project == project.name))
+                faults = shared.get(mine)
+                if faults is None:
+                    faults = shared[mine] = _Faults(mine)
                 # The same group objects for every key: quotas are per project, not per key.
                 self._keys[key.secret] = _KeyState(key.label, project.name, project.number,
-                                                   project.tier, groups)
-        self._models = {m.name: (math.log(m.latency_median), m.latency_sigma, m.output_tokens,
-                                 m.stream_chunks) for m in scenario.models}
-
-        def of(kind: FaultKind) -> tuple[FaultSpec, ...]:
-            return tuple(f for f in scenario.faults if f.kind is kind)
-
-        self._reset = of(FaultKind.RESET)
-        self._revoked = of(FaultKind.KEY_REVOKED)
-        self._leaked = of(FaultKind.KEY_LEAKED)
-        self._disabled = of(FaultKind.PROJECT_DISABLED)
-        self._shared_429 = of(FaultKind.SHARED_429)
-        self._deadline = of(FaultKind.DEADLINE_EXCEEDED)
-        self._hang = of(FaultKind.TIMEOUT)
-        self._overloaded = of(FaultKind.OVERLOADED)
-        self._server_error = of(FaultKind.SERVER_ERROR)
-        self._slow = of(FaultKind.SLOW)
-        self._cut = of(FaultKind.STREAM_CUT)
-        self._stream_error = of(FaultKind.STREAM_ERROR)
-        self._truncated = of(FaultKind.TRUNCATED_BODY)
-        self._garbage = of(FaultKind.GARBAGE_BODY)
+                                                   project.tier, groups, faults)
+        # Per model: its latency and output size draws (from the one generator) and its chunks.
+        rng = self._rng
+        self._models: dict[str, tuple[Callable[[], float], Callable[[], int], int]] = {
+            m.name: (lognormal(rng, math.log(m.latency_median), m.latency_sigma)
+                     if m.latency_sigma > 0 else partial(math.exp, math.log(m.latency_median)),
+                     uniform_int(rng, *m.output_tokens), m.stream_chunks)
+            for m in scenario.models}
+        # Every fault, for attempts without a known key (only a reset can hit them).
+        self._faults = _Faults(scenario.faults)
 
     # -- queries ----------------------------------------------------------------------------
 
     def counters(self) -> dict[str, dict[str, dict[str, int]]]:
         """A snapshot ``{key label: {model: {"requests": n, <OutcomeKind value>: n}}}``."""
         snapshot: dict[str, dict[str, dict[str, int]]] = {}
-        # list() copies in one C call under the GIL, so a server thread may keep counting.
-        for (label, model, name), count in list(self._counts.items()):
-            snapshot.setdefault(label, {}).setdefault(model, {})[name] = count
+        # list() and dict() copy in one C call under the GIL, so a server thread may keep
+        # counting.
+        for (label, model), counts in list(self._counts.items()):
+            snapshot.setdefault(label, {})[model] = dict(counts)
         return snapshot
 
     def label_of(self, secret: str) -> str | None:
@@ -304,20 +341,24 @@ class World:
     def _key_error(self, t: float, key: _KeyState | None, model: str) -> _Err | None:
         if key is None:
             return _KEY_INVALID
-        if self._revoked and self._hit(self._revoked, t, key.label, key.project, model):
+        f = key.faults
+        if f.revoked and self._hit(f.revoked, t, key.label, key.project, model):
             return _KEY_INVALID
-        if self._leaked and self._hit(self._leaked, t, key.label, key.project, model):
+        if f.leaked and self._hit(f.leaked, t, key.label, key.project, model):
             return _KEY_LEAKED
-        if self._disabled and self._hit(self._disabled, t, key.label, key.project, model):
+        if f.disabled and self._hit(f.disabled, t, key.label, key.project, model):
             return _SERVICE_DISABLED
         return None
 
-    def _count(self, label: str, model: str, name: str) -> None:
-        counts = self._counts
-        requests = (label, model, "requests")
-        counts[requests] = counts.get(requests, 0) + 1
-        which = (label, model, name)
-        counts[which] = counts.get(which, 0) + 1
+    def _count(self, key: _KeyState | None, model: str, name: str) -> None:
+        """Count one attempt of `key` (``None``: under `UNKNOWN_KEY`) on `model` as `name`."""
+        by_model = self._unknown_counts if key is None else key.counts
+        counts = by_model.get(model)
+        if counts is None:
+            label = UNKNOWN_KEY if key is None else key.label
+            counts = by_model[model] = self._counts.setdefault((label, model), {"requests": 0})
+        counts["requests"] += 1
+        counts[name] = counts.get(name, 0) + 1
 
     def _error(self, err: _Err, model: str, key: _KeyState | None, latency: float,
                stream: bool, quota_value: int = 0, retry_delay: float | None = None) -> Reply:
@@ -326,17 +367,16 @@ class World:
             retry_delay = 0.0
         else:
             outcome = Outcome(kind=err.kind, retry_after=retry_delay)
+        self._count(key, model, err.name)
         if key is None:
-            self._count(UNKNOWN_KEY, model, err.name)
             return Reply(outcome, latency, err.status, model, None, None, err.body, quota_value,
                          retry_delay, "free", 0, 0, 0, 1, self._serial, self.seed, stream)
-        self._count(key.label, model, err.name)
         return Reply(outcome, latency, err.status, model, None, None, err.body, quota_value,
                      retry_delay, key.tier, key.number, 0, 0, 1, self._serial, self.seed, stream)
 
     def _no_response(self, fault: str, outcome: Outcome, model: str, key: _KeyState | None,
                      latency: float, stream: bool) -> Reply:
-        self._count(UNKNOWN_KEY if key is None else key.label, model, outcome.kind.value)
+        self._count(key, model, outcome.kind.value)
         return Reply(outcome, latency, 0, model, fault, serial=self._serial, seed=self.seed,
                      stream=stream)
 
@@ -356,21 +396,20 @@ class World:
         """
         self._serial += 1
         key = self._keys.get(secret)
-        label = UNKNOWN_KEY if key is None else key.label
-        project = "" if key is None else key.project
-        if self._reset and self._hit(self._reset, t, label, project, model):
+        if key is None or not secret:
+            return self._unknown(t, secret, key, model, stream)
+        faults = key.faults
+        if faults.reset and self._hit(faults.reset, t, key.label, key.project, model):
             return self._no_response("reset", _RESET_OUTCOME, model, key, self._error_latency,
                                      stream)
-        if not secret:
-            return self._error(_UNREGISTERED, model, None, self._error_latency, stream)
-        err = self._key_error(t, key, model)
-        if err is not None:
-            return self._error(err, model, key, self._error_latency, stream)
-        assert key is not None  # _key_error answers KEY_INVALID for an unknown key
+        if faults.keyed:
+            err = self._key_error(t, key, model)
+            if err is not None:
+                return self._error(err, model, key, self._error_latency, stream)
         spec = self._models.get(model)
         if spec is None:
             return self._error(_MODEL_NOT_FOUND, model, key, self._error_latency, stream)
-        if self._shared_429 and self._hit(self._shared_429, t, label, project, model):
+        if faults.shared_429 and self._hit(faults.shared_429, t, key.label, key.project, model):
             return self._error(_BARE_429, model, key, self._error_latency, stream)
         group = key.groups.get(model)
         if group is not None:
@@ -379,14 +418,25 @@ class World:
                 return refusal
         return self._serve(t, key, model, input_tokens, stream, spec)
 
+    def _unknown(self, t: float, secret: str, key: _KeyState | None, model: str,
+                 stream: bool) -> Reply:
+        """`attempt` without a key (``""``) or with a secret the scenario does not know."""
+        label = UNKNOWN_KEY if key is None else key.label
+        project = "" if key is None else key.project
+        reset = self._faults.reset
+        if reset and self._hit(reset, t, label, project, model):
+            return self._no_response("reset", _RESET_OUTCOME, model, key, self._error_latency,
+                                     stream)
+        err = _UNREGISTERED if not secret else _KEY_INVALID
+        return self._error(err, model, None, self._error_latency, stream)
+
     def _admit(self, g: _Group, t: float, input_tokens: int, model: str, key: _KeyState,
                stream: bool) -> Reply | None:
         minute = math.floor((t + self._phase) / 60.0)
-        # Rounded to the nanosecond, as the body prints it: the outcome equals the parsed body.
-        delay = round((minute + 1) * 60.0 - self._phase - t, 9)
         latency = self._error_latency
         if g.zero:
-            return self._error(_QUOTA_ZERO, model, key, latency, stream, 0, delay)
+            return self._error(_QUOTA_ZERO, model, key, latency, stream, 0,
+                               self._delay(t, minute))
         if minute > g.minute:
             g.minute = minute
             g.minute_requests = 0
@@ -395,34 +445,45 @@ class World:
             g.day_end = next_pacific_midnight(self._epoch + t) - self._epoch
             g.day_requests = 0
         if g.day_requests >= g.rpd:
-            return self._error(_QUOTA_RPD, model, key, latency, stream, int(g.rpd), delay)
+            return self._error(_QUOTA_RPD, model, key, latency, stream, int(g.rpd),
+                               self._delay(t, minute))
         if g.minute_requests >= g.rpm:
-            return self._error(_QUOTA_RPM, model, key, latency, stream, int(g.rpm), delay)
+            return self._error(_QUOTA_RPM, model, key, latency, stream, int(g.rpm),
+                               self._delay(t, minute))
         if g.minute_tokens + input_tokens > g.tpm:
             err = _TOO_LARGE if input_tokens > g.tpm else _QUOTA_TPM
-            return self._error(err, model, key, latency, stream, int(g.tpm), delay)
+            return self._error(err, model, key, latency, stream, int(g.tpm),
+                               self._delay(t, minute))
         g.minute_requests += 1
         g.minute_tokens += input_tokens
         g.day_requests += 1
         return None
 
+    def _delay(self, t: float, minute: int) -> float:
+        """The time left at `t` in wall-clock minute window `minute` (a refusal's retry delay).
+
+        Rounded to the nanosecond, as the body prints it: the outcome equals the parsed body.
+        """
+        return round((minute + 1) * 60.0 - self._phase - t, 9)
+
     def _serve(self, t: float, key: _KeyState, model: str, input_tokens: int, stream: bool,
-               spec: tuple[float, float, tuple[int, int], int]) -> Reply:
+               spec: tuple[Callable[[], float], Callable[[], int], int]) -> Reply:
         label, project = key.label, key.project
-        if self._deadline and self._hit(self._deadline, t, label, project, model):
+        f = key.faults
+        if f.deadline and self._hit(f.deadline, t, label, project, model):
             return self._error(_DEADLINE, model, key, self._timeout, stream)
-        if self._hang and self._hit(self._hang, t, label, project, model):
+        if f.hang and self._hit(f.hang, t, label, project, model):
             return self._no_response("timeout", _TIMEOUT_OUTCOME, model, key, self._timeout,
                                      stream)
-        if self._overloaded and self._hit(self._overloaded, t, label, project, model):
+        if f.overloaded and self._hit(f.overloaded, t, label, project, model):
             return self._error(_OVERLOADED, model, key, self._error_latency, stream)
-        if self._server_error and self._hit(self._server_error, t, label, project, model):
+        if f.server_error and self._hit(f.server_error, t, label, project, model):
             return self._error(_INTERNAL, model, key, self._error_latency, stream)
-        mu, sigma, (low, high), chunks = spec
+        draw_latency, draw_output_tokens, chunks = spec
+        latency = draw_latency()
+        output_tokens = draw_output_tokens()
         rng = self._rng
-        latency = rng.lognormvariate(mu, sigma) if sigma > 0 else math.exp(mu)
-        output_tokens = rng.randint(low, high)
-        for slow in self._slow:
+        for slow in f.slow:
             if (slow.start <= t < slow.end and (slow.key is None or slow.key == label)
                     and (slow.project is None or slow.project == project)
                     and (slow.model is None or slow.model == model)
@@ -430,9 +491,9 @@ class World:
                 latency *= slow.factor
         serial = self._serial
         if stream:
-            cut = self._cut and self._hit(self._cut, t, label, project, model)
-            broken = None if cut else self._stream_error and self._hit(
-                self._stream_error, t, label, project, model)
+            cut = f.cut and self._hit(f.cut, t, label, project, model)
+            broken = None if cut else f.stream_error and self._hit(
+                f.stream_error, t, label, project, model)
             fault = cut or broken
             if fault:
                 k = min(fault.after_chunks, chunks - 1)
@@ -441,23 +502,23 @@ class World:
                 else:
                     err = _OVERLOADED if fault.code == 503 else _INTERNAL
                     outcome, body, name = err.outcome, err.body, err.name
-                self._count(label, model, name)
+                self._count(key, model, name)
                 return Reply(outcome, latency * (k + 1) / chunks, 200, model,
                              "cut" if cut else "midstream", k, body, 0, 0.0, key.tier,
                              key.number, input_tokens, output_tokens, chunks, serial, self.seed,
                              True)
-        elif self._truncated or self._garbage:
+        elif f.truncated or f.garbage:
             bad = None
-            if self._truncated and self._hit(self._truncated, t, label, project, model):
+            if f.truncated and self._hit(f.truncated, t, label, project, model):
                 bad = "truncated"
-            elif self._garbage and self._hit(self._garbage, t, label, project, model):
+            elif f.garbage and self._hit(f.garbage, t, label, project, model):
                 bad = "garbage"
             if bad is not None:
-                self._count(label, model, _BAD_RESPONSE)
+                self._count(key, model, _BAD_RESPONSE)
                 return Reply(_BAD_BODY_OUTCOME, latency, 200, model, bad, None, None, 0, 0.0,
                              key.tier, key.number, input_tokens, output_tokens, chunks, serial,
                              self.seed, False)
-        self._count(label, model, _SUCCESS)
+        self._count(key, model, _SUCCESS)
         outcome = Outcome(kind=_K.SUCCESS, input_tokens=input_tokens, output_tokens=output_tokens)
         # Positional: this is the hottest line of the simulator.
         return Reply(outcome, latency, 200, model, None, None, None, 0, 0.0, key.tier,
