@@ -273,17 +273,19 @@ class World:
         # {(key label, model): {"requests": n, <OutcomeKind value>: n}}, in first-seen order.
         self._counts: dict[tuple[str, str], dict[str, int]] = {}
         self._unknown_counts: dict[str, dict[str, int]] = {}  # per model, for UNKNOWN_KEY
-        shared: dict[tuple[FaultSpec, ...], _Faults] = {}
+        # Keys hit by the same faults share one `_Faults`, found by the faults' positions (cheap
+        # to hash, unlike the attrs specs).
+        shared: dict[tuple[int, ...], _Faults] = {}
         self._keys: dict[str, _KeyState] = {}
         for project in scenario.projects:
             groups = {q.model: _Group(q.rpm, q.tpm, q.rpd) for q in project.quotas}
             for key in project.keys:
-                mine = tuple(f for f in scenario.faults
+                mine = tuple(i for i, f in enumerate(scenario.faults)
                              if (f.key is None or f.key == key.label)
                              and (f.project is None or f.project == project.name))
                 faults = shared.get(mine)
                 if faults is None:
-                    faults = shared[mine] = _Faults(mine)
+                    faults = shared[mine] = _Faults(tuple(scenario.faults[i] for i in mine))
                 # The same group objects for every key: quotas are per project, not per key.
                 self._keys[key.secret] = _KeyState(key.label, project.name, project.number,
                                                    project.tier, groups, faults)
