@@ -73,7 +73,9 @@ def _check_secret(field: str, value: object) -> str:
         raise ConfigurationError(field, f"a key must be a string, got {type(value).__name__}")
     if not value:
         raise ConfigurationError(field, "a key must not be empty")
-    if any(ch.isspace() or not ch.isprintable() for ch in value):
+    # Every whitespace character but the ASCII space is unprintable (a separator or a control
+    # character), so this is "any whitespace or control character", without a loop per character.
+    if not value.isprintable() or " " in value:
         raise ConfigurationError(field, "a key must not contain whitespace or control characters "
                                         f"(length {len(value)})")
     return value
