@@ -179,12 +179,6 @@ def _prompt_payload(prompt: str) -> bytes:
                      encode_basestring_ascii(prompt).encode(), b'}]}]}'))
 
 
-def _read_answer(status: int, raw: bytes, headers: Mapping[str, str],
-                 tokens: int) -> tuple[Classified, None]:
-    """`_call`'s reader for generateContent: the classification, no other value."""
-    return classify(status, raw, headers, input_tokens=tokens), None
-
-
 def _estimate(contents: object, body: dict[str, Any]) -> int:
     """`estimate_tokens`, with a shortcut for the common case of a bare prompt string."""
     if isinstance(contents, str) and len(body) == 1:
@@ -225,7 +219,7 @@ class _Session:
         self.items: collections.deque[Decision] = collections.deque()
         self.waiter: asyncio.Future[None] | None = None
         client._mailboxes[self.rid] = self
-        client._pump()
+        client._pump(now)
 
     def put(self, decision: Decision) -> None:
         self.items.append(decision)
@@ -298,7 +292,7 @@ class _Session:
             # End it before any poll can dispatch the retry the outcome may have queued.
             self.close(failed=True)
         else:
-            client._pump()
+            client._pump(ended)
 
     def error(self, fail: Fail) -> ServiceError:
         why = _WHY[fail.reason]
@@ -538,7 +532,7 @@ class KeyedClient:
             payload = _encode(body)
             tokens = _estimate(contents, body)
         dispatch, answer, _, attempts = await self._call(models, "generateContent", payload,
-                                                         tokens, _read_answer, timeout, deadline)
+                                                         tokens, None, timeout, deadline)
         return _build_result(answer.text, dispatch.model, dispatch.key.label or "", attempts,
                              answer.usage, answer.finish_reason, answer.block_reason, answer.json)
 
@@ -705,13 +699,13 @@ class KeyedClient:
 
     async def _call(
         self, models: Sequence[str] | None, method: str, payload: bytes, tokens: int,
-        read: Callable[[int, bytes, Mapping[str, str], int], tuple[Classified, Any]],
+        read: Callable[[int, bytes, Mapping[str, str], int], tuple[Classified, Any]] | None,
         timeout: float | None, deadline: float | None, *, spends_quota: bool = True,
     ) -> tuple[Dispatch, Classified, Any, tuple[AttemptRecord, ...]]:
         """Run one request (not a stream) to its end: the answering attempt, or a raised error.
 
         `read` classifies an HTTP answer (given the request's token estimate) and extracts its
-        value (the embeddings, the count).
+        value (the embeddings, the count); None reads a generateContent answer (no value).
         """
         attempt_timeout = self._attempt_timeout(timeout)
         session = self._open(models, tokens, deadline, spends_quota)
@@ -739,7 +733,10 @@ class KeyedClient:
                                               f"{exc} before an answer arrived")
                         session.value = None
                     else:
-                        classified, session.value = read(status, raw, headers, tokens)
+                        if read is None:
+                            classified = classify(status, raw, headers, input_tokens=tokens)
+                        else:
+                            classified, session.value = read(status, raw, headers, tokens)
                     session.report(decision, classified, started)
                 elif isinstance(decision, Finish):
                     session.open = False
@@ -802,10 +799,13 @@ class KeyedClient:
                                 output_tokens=usage.output_tokens if usage else None),
                 status=200, usage=usage)
 
-    def _pump(self) -> None:
-        """Poll the core, deliver its decisions, log pool events, re-arm the timer."""
+    def _pump(self, now: float | None = None) -> None:
+        """Poll the core, deliver its decisions, log pool events, re-arm the timer.
+
+        `now` is the client clock's time if the caller just read it.
+        """
         core = self._core
-        for decision in core.poll(self._clock()):
+        for decision in core.poll(self._clock() if now is None else now):
             session = self._mailboxes.get(decision.request)
             if session is not None:
                 session.put(decision)

@@ -608,11 +608,12 @@ def _plain_answer(status: int, response: Any) -> Classified | None:
     always a ``SUCCESS``.  The result is exactly what `_classify_answer` gives for it (a test
     holds them equal over generated bodies); every other body goes through the full rules.
     """
-    if response.__class__ is not dict or "error" in response or "promptFeedback" in response:
+    if response.__class__ is not dict:
         return None
     answer: dict[str, Any] = response
     candidates = answer.get("candidates")
-    if candidates.__class__ is not list or not candidates:
+    if (candidates.__class__ is not list or not candidates or "error" in answer
+            or "promptFeedback" in answer):
         return None
     candidate = candidates[0]
     if candidate.__class__ is not dict:
@@ -621,15 +622,23 @@ def _plain_answer(status: int, response: Any) -> Classified | None:
     parts = content.get("parts") if content.__class__ is dict else None
     if parts.__class__ is not list:
         return None
-    texts = []
-    for part in parts:
-        if part.__class__ is not dict:
+    if len(parts) == 1:  # most answers: one part, its text
+        part = parts[0]
+        if part.__class__ is not dict or part.get("thought") is True:
             return None
-        if part.get("thought") is not True:
-            text = part.get("text")
-            if text.__class__ is str:
-                texts.append(text)
-    text = texts[0] if len(texts) == 1 else "".join(texts)
+        text = part.get("text")
+        if text.__class__ is not str:
+            return None
+    else:
+        texts = []
+        for part in parts:
+            if part.__class__ is not dict:
+                return None
+            if part.get("thought") is not True:
+                text = part.get("text")
+                if text.__class__ is str:
+                    texts.append(text)
+        text = "".join(texts)
     if not text:
         return None
     finish = candidate.get("finishReason")
@@ -639,19 +648,27 @@ def _plain_answer(status: int, response: Any) -> Classified | None:
         return None
     meta = answer.get("usageMetadata")
     if meta is None:
-        usage = None
-        outcome = Outcome(kind=_K.SUCCESS)
-    elif meta.__class__ is dict:
-        usage = _build_usage(_int(meta.get("promptTokenCount")),
-                             _int(meta.get("candidatesTokenCount")),
-                             _int(meta.get("thoughtsTokenCount")),
-                             _int(meta.get("totalTokenCount")))
-        outcome = Outcome(kind=_K.SUCCESS, input_tokens=usage.prompt_tokens,
-                          output_tokens=usage.output_tokens)
-    else:
+        return _build_classified(Outcome(kind=_K.SUCCESS), status, None, None, None, None, None,
+                                 None, answer, text, finish, None, None)
+    if meta.__class__ is not dict:
         return None
-    return _build_classified(outcome, status, None, None, None, None, None, None, answer, text,
-                             finish, None, usage)
+    # `_int`, inlined for the usual non-negative ints.
+    prompt = meta.get("promptTokenCount")
+    if prompt.__class__ is not int or prompt < 0:
+        prompt = _int(prompt)
+    output = meta.get("candidatesTokenCount")
+    if output.__class__ is not int or output < 0:
+        output = _int(output)
+    thoughts = meta.get("thoughtsTokenCount")
+    if thoughts.__class__ is not int or thoughts < 0:
+        thoughts = _int(thoughts)
+    total = meta.get("totalTokenCount")
+    if total.__class__ is not int or total < 0:
+        total = _int(total)
+    return _build_classified(
+        Outcome(kind=_K.SUCCESS, input_tokens=prompt, output_tokens=output), status, None, None,
+        None, None, None, None, answer, text, finish, None,
+        _build_usage(prompt, output, thoughts, total))
 
 
 def _bad_response(status: int, why: str, parsed: Any = None) -> Classified:
@@ -661,7 +678,8 @@ def _bad_response(status: int, why: str, parsed: Any = None) -> Classified:
 
 def _classify(status: int, body: bytes, headers: Mapping[str, str] | None, *,
               input_tokens: int | None, empty_is_error: bool, answer: bool) -> Classified:
-    is_json, parsed = _parse_json(body) if isinstance(body, bytes | bytearray) else (False, None)
+    is_json, parsed = (_parse_json(body) if body.__class__ is bytes
+                       or isinstance(body, bytes | bytearray) else (False, None))
     if answer and 200 <= status <= 299:
         plain = _plain_answer(status, parsed)
         if plain is not None:
