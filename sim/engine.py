@@ -17,8 +17,8 @@ event)`` entries (`peek()` is `math.inf` when empty, `schedule()` refuses negati
 `simulate` does not use it: with one kind of event in the heap and the arrivals already in
 order, a bare list and `heapq` save a method call and a heap push per request.
 
-The hot loop (a few iterations per simulated request) keeps records as plain tuples and types
-them once at the end, and takes the core's pool events once at the end.
+The hot loop (a few iterations per simulated request) builds records without Python-level
+constructors and takes the core's pool events once at the end.
 
 Decisions where the issue was silent:
 
@@ -205,8 +205,8 @@ _TIMEOUT = Outcome(kind=OutcomeKind.TIMEOUT)
 _SUCCESS, _BLOCKED = OutcomeKind.SUCCESS, OutcomeKind.BLOCKED
 _MASK = 0xFFFFFFFF
 
-# Records are collected as plain tuples and typed once at the end: `tuple.__new__` builds a
-# named tuple in C, where calling the class runs a Python-level ``__new__`` per record.
+# Build records from a tuple of all their fields in C: calling a named tuple class runs a
+# Python-level ``__new__`` per record.
 _attempt_record = cast(Callable[[tuple[object, ...]], AttemptRecord],
                        partial(tuple.__new__, AttemptRecord))
 _request_record = cast(Callable[[tuple[object, ...]], RequestRecord],
@@ -270,10 +270,8 @@ def simulate(scenario: Scenario, policy: str | Policy = "least-loaded", seed: in
     # dispatch order, so completions at one time come out in the order they were sent.
     completions: list[tuple[float, int, int, Outcome, _Open, str]] = []
     sent = 0
-    # Finished records as plain tuples in `AttemptRecord` / `RequestRecord` field order.
-    attempts_out: list[tuple[float, float, int, int, str, str, str, str]] = []
-    ended: list[tuple[int, float, tuple[str, ...], int, float | None, float, bool, str | None,
-                      str | None, int]] = []
+    attempts_out: list[AttemptRecord] = []
+    ended: list[RequestRecord] = []
     # Bound methods and globals as locals: this loop runs a few times per simulated request.
     submit, poll, complete = core.submit, core.poll, core.complete
     next_deadline = core.next_deadline
@@ -332,34 +330,35 @@ def simulate(scenario: Scenario, policy: str | Policy = "least-loaded", seed: in
                     end, outcome = max(state.limit, now), _TIMEOUT
                 label, project = labels[secret]
                 # `_value_`: the plain attribute behind `Enum.value`, which is a slower property.
-                attempts_out.append((now, end, dispatch.request, dispatch.number, label, project,
-                                     model, outcome.kind._value_))
+                attempts_out.append(_attempt_record((now, end, dispatch.request, dispatch.number,
+                                                     label, project, model,
+                                                     outcome.kind._value_)))
                 sent += 1
                 heappush(completions, (end, sent, dispatch.attempt, outcome, state, model))
             elif type(decision) is Finish:
                 rid = decision.request
                 state = open_requests.pop(rid)
                 arrival = state.arrival
-                ended.append((rid, arrival.time, arrival.models, arrival.input_tokens,
-                              state.first, now, True, None, state.model, state.attempts))
+                ended.append(_request_record((rid, arrival.time, arrival.models,
+                                              arrival.input_tokens, state.first, now, True, None,
+                                              state.model, state.attempts)))
             else:
                 assert isinstance(decision, Fail)
                 rid = decision.request
                 state = open_requests.pop(rid)
                 arrival = state.arrival
-                ended.append((rid, arrival.time, arrival.models, arrival.input_tokens,
-                              state.first, now, False, decision.reason.value, None,
-                              state.attempts))
+                ended.append(_request_record((rid, arrival.time, arrival.models,
+                                              arrival.input_tokens, state.first, now, False,
+                                              decision.reason.value, None, state.attempts)))
     # The core keeps every event until taken, so one take at the end loses none.
     events = core.take_events() if record_events else []
     if progress is not None:
         progress(1.0)
     # The trace lists attempts in dispatch order and requests by id.
     attempts_out.sort(key=_DISPATCH_ORDER)
-    ended.sort()  # ids are unique, so tuples order by id alone
+    ended.sort()  # ids are unique, so records order by id alone
     return RunResult(scenario=scenario, policy=policy.name, seed=seed, end_time=now,
-                     requests=tuple(map(_request_record, ended)),
-                     attempts=tuple(map(_attempt_record, attempts_out)), events=tuple(events),
+                     requests=tuple(ended), attempts=tuple(attempts_out), events=tuple(events),
                      counters=world.counters(), lost=len(open_requests))
 
 
