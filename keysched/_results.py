@@ -12,8 +12,43 @@ from keysched._wire import SAFETY_FINISH_REASONS, Usage, _builder
 __all__ = ["AttemptRecord", "GenerateResult", "StreamChunk"]
 
 
+# Each class keeps its fields in a slots base, for its hot-path builder (see `_wire._builder`).
+
+
+class _AttemptRecordSlots:
+    __slots__ = (
+        "ended",
+        "google_status",
+        "key",
+        "message",
+        "model",
+        "number",
+        "outcome",
+        "retry_after",
+        "started",
+        "status",
+    )
+
+
+class _GenerateResultSlots:
+    __slots__ = (
+        "attempts",
+        "block_reason",
+        "finish_reason",
+        "key",
+        "model",
+        "raw",
+        "text",
+        "usage",
+    )
+
+
+class _StreamChunkSlots:
+    __slots__ = ("finish_reason", "index", "key", "model", "raw", "text", "usage")
+
+
 @attrs.frozen(kw_only=True)
-class AttemptRecord:
+class AttemptRecord(_AttemptRecordSlots):
     """One attempt of a request.
 
     Attributes:
@@ -42,7 +77,7 @@ class AttemptRecord:
 
 
 @attrs.frozen(kw_only=True)
-class GenerateResult:
+class GenerateResult(_GenerateResultSlots):
     """The answer to a `generate` call.
 
     Attributes:
@@ -72,7 +107,7 @@ class GenerateResult:
 
 
 @attrs.frozen(kw_only=True)
-class StreamChunk:
+class StreamChunk(_StreamChunkSlots):
     """One chunk of a stream.
 
     Attributes:

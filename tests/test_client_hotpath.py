@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import pickle
+import weakref
 from typing import Any
 
 import attrs
@@ -66,6 +68,8 @@ def test_result_builders_make_the_public_classes(cls: Any) -> None:
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         built.key = "other"
     assert attrs.asdict(built) == attrs.asdict(made)
+    assert pickle.loads(pickle.dumps(built)) == made
+    assert weakref.ref(built)() is built
 
 
 def test_aiohttp_timeouts_are_built_as_by_keywords() -> None:
@@ -87,3 +91,20 @@ def test_aiohttp_timeouts_are_built_as_by_keywords() -> None:
         sock_read: float | None = None
 
     assert _limits_maker(Other)(7.5, 2.0) == Other(total=7.5, connect=2.0, sock_read=2.0)
+
+
+def test_a_builder_without_a_slots_base_stores_through_the_descriptors() -> None:
+    """A frozen class whose fields are not in a slots base of their own still gets a builder
+    (slower, same instances)."""
+    from keysched._wire import _builder
+
+    @attrs.frozen(kw_only=True)
+    class Plain:
+        a: int
+        b: str = "x"
+
+    build = _builder(Plain)
+    assert "_twin" not in build.__code__.co_names
+    assert build(1, "y") == Plain(a=1, b="y")
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        build(1, "y").a = 2
