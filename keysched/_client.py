@@ -84,6 +84,7 @@ from keysched._transport import (
 from keysched._wire import (
     API_BASE,
     EMBED_BATCH_LIMIT,
+    METHODS,
     SAFETY_FINISH_REASONS,
     Classified,
     batch_embed_body,
@@ -210,8 +211,7 @@ class _Session:
         self.last: tuple[Dispatch, Classified] | None = None
         self.value: Any = None  # what `read` extracted from the last attempt's answer
         now = client._clock()
-        seconds = client._config.retry.deadline if deadline is None else deadline
-        self.deadline_at = now + seconds
+        self.deadline_at = now + (client._deadline if deadline is None else deadline)
         self.rid = client._core.submit(now, models=models, input_tokens=tokens, deadline=deadline,
                                        spends_quota=spends_quota)
         self.open = True
@@ -221,8 +221,8 @@ class _Session:
         client._mailboxes[self.rid] = self
         client._pump(now)
 
-    def put(self, decision: Decision) -> None:
-        self.items.append(decision)
+    def wake(self) -> None:
+        """Wake the caller waiting for a decision (`KeyedClient._pump` has put one)."""
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -230,9 +230,7 @@ class _Session:
     def shut(self) -> None:
         """The client is closing: the waiting caller gets `UsageError` instead of a decision."""
         self.closed = True
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self.wake()
 
     async def next(self) -> Decision:
         items = self.items
@@ -394,6 +392,7 @@ class KeyedClient:
         config = PoolConfig(keys=generation.keys, models=pool_models, limits=limits,
                             retry=generation.retry, max_in_flight_per_key=max_in_flight_per_key)
         self._config = config
+        self._deadline = config.retry.deadline  # a request's default deadline, in seconds
         self._base_url = base_url
         self._clock = clock
         if sleep is None:
@@ -413,7 +412,7 @@ class KeyedClient:
         self._closed = False
         # Headers per key, built once: the key is checked and copied into them a single time.
         self._headers = {key.label: request_headers(key.secret) for key in config.keys}
-        self._urls: dict[tuple[str, str], str] = {}
+        self._urls: dict[str, dict[str, str]] = {method: {} for method in METHODS}
         self._backend = self._make_backend(http_client, transport, fast)
 
     @staticmethod
@@ -432,9 +431,12 @@ class KeyedClient:
                                               follow_redirects=False), owned=True)
 
     def _url(self, model: str, method: str) -> str:
-        url = self._urls.get((model, method))
+        urls = self._urls.get(method)
+        if urls is None:  # not a method of the API: endpoint_url says so
+            return endpoint_url(self._base_url, model, method)
+        url = urls.get(model)
         if url is None:
-            url = self._urls[(model, method)] = endpoint_url(self._base_url, model, method)
+            url = urls[model] = endpoint_url(self._base_url, model, method)
         return url
 
     @classmethod
@@ -711,6 +713,7 @@ class KeyedClient:
         session = self._open(models, tokens, deadline, spends_quota)
         clock = self._clock
         items = session.items
+        urls = self._urls[method]
         try:
             while True:
                 # A decision already there was posted by this task's own pump, just now (the
@@ -719,11 +722,13 @@ class KeyedClient:
                 if isinstance(decision, Dispatch):
                     started = clock()
                     left = session.deadline_at - started
-                    phase = max(0.001, min(attempt_timeout, left))
+                    if left < 0.001:
+                        left = 0.001
+                    phase = attempt_timeout if attempt_timeout < left else left
                     try:
                         status, headers, raw = await self._backend.post(
-                            self._url(decision.model, method), self._headers[decision.key.label],
-                            payload, phase, max(0.001, left))
+                            urls.get(decision.model) or self._url(decision.model, method),
+                            self._headers[decision.key.label], payload, phase, left)
                     except TransportTimeout:
                         classified = _failure(OutcomeKind.TIMEOUT,
                                               f"no answer within {phase:.1f}s")
@@ -808,7 +813,9 @@ class KeyedClient:
         for decision in core.poll(self._clock() if now is None else now):
             session = self._mailboxes.get(decision.request)
             if session is not None:
-                session.put(decision)
+                session.items.append(decision)  # `put`, inlined
+                if session.waiter is not None:
+                    session.wake()
             elif isinstance(decision, Dispatch):
                 # Nobody waits for this request any more (its caller is gone): free the lane.
                 core.cancel(decision.request, self._clock())
