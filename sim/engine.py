@@ -314,14 +314,13 @@ def simulate(scenario: Scenario, policy: str | Policy = "least-loaded", seed: in
                 next_arrival = arrivals[index].time if index < n_arrivals else inf
         for decision in poll(now):
             if type(decision) is Dispatch:
-                dispatch = decision
-                state = open_requests[dispatch.request]
+                state = open_requests[decision.request]
                 if state.first is None:
                     state.first = now
                 state.attempts += 1
                 arrival = state.arrival
-                secret = dispatch.key.secret
-                model = dispatch.model
+                secret = decision.key.secret
+                model = decision.model
                 reply = world_attempt(now, secret, model, arrival.input_tokens,
                                       stream=arrival.stream)
                 end = now + reply.latency
@@ -330,11 +329,11 @@ def simulate(scenario: Scenario, policy: str | Policy = "least-loaded", seed: in
                     end, outcome = max(state.limit, now), _TIMEOUT
                 label, project = labels[secret]
                 # `_value_`: the plain attribute behind `Enum.value`, which is a slower property.
-                attempts_out.append(_attempt_record((now, end, dispatch.request, dispatch.number,
+                attempts_out.append(_attempt_record((now, end, decision.request, decision.number,
                                                      label, project, model,
                                                      outcome.kind._value_)))
                 sent += 1
-                heappush(completions, (end, sent, dispatch.attempt, outcome, state, model))
+                heappush(completions, (end, sent, decision.attempt, outcome, state, model))
             elif type(decision) is Finish:
                 rid = decision.request
                 state = open_requests.pop(rid)
@@ -354,7 +353,8 @@ def simulate(scenario: Scenario, policy: str | Policy = "least-loaded", seed: in
     events = core.take_events() if record_events else []
     if progress is not None:
         progress(1.0)
-    # The trace lists attempts in dispatch order and requests by id.
+    # Attempts were appended as dispatched; the trace orders those sent at one time by request
+    # and number, and requests by id.
     attempts_out.sort(key=_DISPATCH_ORDER)
     ended.sort()  # ids are unique, so records order by id alone
     return RunResult(scenario=scenario, policy=policy.name, seed=seed, end_time=now,
