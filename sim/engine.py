@@ -12,10 +12,9 @@ answers and schedules the completion at ``t + reply.latency``; a `Finish` or a `
 request.  Between events the clock jumps to ``min(next event, core.next_deadline())``; nothing
 ticks.
 
-`EventLoop` is the same scheme as a general, SimPy-shaped heap of ``(time, priority, counter,
-event)`` entries (`peek()` is `math.inf` when empty, `schedule()` refuses negative delays).
-`simulate` does not use it: with one kind of event in the heap and the arrivals already in
-order, a bare list and `heapq` save a method call and a heap push per request.
+This is SimPy's scheme (a heap of timed events) reduced to what the simulator needs: with one
+kind of event in the heap and the arrivals already in order, a bare list and `heapq` save a
+method call and a heap push per request over a general event loop.
 
 The hot loop (a few iterations per simulated request) builds records without Python-level
 constructors and takes the core's pool events once at the end.
@@ -61,71 +60,7 @@ from keysched._selection import Policy
 from sim.scenario import Scenario
 from sim.workload import Arrival, generate_arrivals
 
-__all__ = ["AttemptRecord", "EventLoop", "RequestRecord", "RunResult", "simulate"]
-
-
-class EventLoop:
-    """A heap of timed events in virtual time (SimPy's core, without processes).
-
-    Args:
-        start: the initial virtual time.
-    """
-
-    __slots__ = ("_counter", "_heap", "now")
-
-    def __init__(self, start: float = 0.0) -> None:
-        self.now = start
-        self._heap: list[tuple[float, int, int, object]] = []
-        self._counter = 0
-
-    def __len__(self) -> int:
-        return len(self._heap)
-
-    def schedule(self, delay: float, event: object, priority: int = 1) -> None:
-        """Schedule `event` at ``now + delay``.
-
-        Raises:
-            ValueError: `delay` is negative or NaN.
-        """
-        if not delay >= 0:
-            raise ValueError(f"negative delay {delay!r}")
-        self._counter += 1
-        heapq.heappush(self._heap, (self.now + delay, priority, self._counter, event))
-
-    def schedule_at(self, at: float, event: object, priority: int = 1) -> None:
-        """Schedule `event` at absolute time `at`.
-
-        Raises:
-            ValueError: `at` is before `now` (or NaN).
-        """
-        if not at >= self.now:
-            raise ValueError(f"time {at!r} is before now ({self.now!r})")
-        self._counter += 1
-        heapq.heappush(self._heap, (at, priority, self._counter, event))
-
-    def peek(self) -> float:
-        """The time of the next event, `math.inf` when there is none."""
-        return self._heap[0][0] if self._heap else math.inf
-
-    def pop(self) -> tuple[float, object]:
-        """Remove the next event, advance `now` to its time, return ``(time, event)``.
-
-        Raises:
-            IndexError: no event is scheduled.
-        """
-        at, _, _, event = heapq.heappop(self._heap)
-        self.now = at
-        return at, event
-
-    def advance(self, at: float) -> None:
-        """Move the clock to `at` without an event (the core's next deadline).
-
-        Raises:
-            ValueError: `at` is before `now` or after the next event.
-        """
-        if not self.now <= at <= self.peek():
-            raise ValueError(f"cannot advance to {at!r} (now {self.now!r}, next {self.peek()!r})")
-        self.now = at
+__all__ = ["AttemptRecord", "RequestRecord", "RunResult", "simulate"]
 
 
 class AttemptRecord(NamedTuple):

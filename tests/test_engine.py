@@ -1,12 +1,10 @@
-"""The simulator's event loop and driver."""
+"""The simulator's driver."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
-from sim.engine import EventLoop, simulate
+from sim.engine import simulate
 from sim.scenario import parse_scenario
 
 TINY = {
@@ -19,44 +17,6 @@ TINY = {
     "projects": [{"name": "a", "keys": 2}],
     "workload": [{"rate": 0.5, "input_tokens": [100, 200], "deadline": 30}],
 }
-
-
-def test_peek_is_inf_when_empty() -> None:
-    """An empty loop's next event is at infinity."""
-    assert EventLoop().peek() == math.inf
-
-
-def test_negative_delay_is_a_value_error() -> None:
-    """Scheduling into the past raises ValueError and schedules nothing."""
-    loop = EventLoop(5.0)
-    with pytest.raises(ValueError, match="negative"):
-        loop.schedule(-1.0, "x")
-    with pytest.raises(ValueError, match="before now"):
-        loop.schedule_at(4.0, "x")
-    assert len(loop) == 0
-
-
-def test_events_pop_by_time_then_priority_then_order() -> None:
-    """Events come out by time, then priority, then the order they were scheduled."""
-    loop = EventLoop(1.0)
-    loop.schedule(2.0, "late")
-    loop.schedule(1.0, "b")
-    loop.schedule(1.0, "c")
-    loop.schedule(1.0, "a", priority=0)
-    out = [loop.pop() for _ in range(4)]
-    assert out == [(2.0, "a"), (2.0, "b"), (2.0, "c"), (3.0, "late")]
-    assert loop.now == 3.0
-
-
-def test_advance_refuses_to_pass_the_next_event() -> None:
-    """The clock may jump to a deadline but never past a scheduled event or backwards."""
-    loop = EventLoop()
-    loop.schedule(3.0, "x")
-    loop.advance(2.0)
-    with pytest.raises(ValueError, match="cannot advance"):
-        loop.advance(4.0)
-    with pytest.raises(ValueError, match="cannot advance"):
-        loop.advance(1.0)
 
 
 def test_every_request_ends_once_on_a_tiny_run() -> None:
