@@ -11,6 +11,11 @@ Run with ``python -m benchmarks.profile_client`` (``--mode fake|server|both``, `
   of this process per request for raw aiohttp posts, ``KeyedClient(fast=True)``, raw httpx and
   ``KeyedClient`` (httpx): what each request really costs the client, aiohttp included, with the
   noise of wall-clock rates removed.
+- ``ir``: the same server, and the instructions the client process executes per request
+  (valgrind's cachegrind, the difference of a long and a short run) for raw aiohttp posts and
+  ``KeyedClient(fast=True)``.  Instruction counts do not depend on what else the machine runs,
+  and their ratio has tracked the benchmark's throughput ratio (0.56 both, before this tool's
+  first use).  Needs ``valgrind``; slow (about a minute per client).
 """
 
 from __future__ import annotations
@@ -20,8 +25,13 @@ import asyncio
 import cProfile
 import json
 import multiprocessing
+import os
 import pstats
+import re
+import shutil
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -140,23 +150,89 @@ async def _server(base: str, n: int, rounds: int) -> None:
               f"CPU ratio {raw_name} / {ours} = {medians[raw_name] / medians[ours]:.2f}")
 
 
+async def _one_client(base: str, name: str, n: int) -> None:
+    """`n` requests of client `name` (after a warm-up), for `--mode ir` to count."""
+    import aiohttp
+
+    from keysched import KeyedClient
+
+    url = f"{base}/v1beta/models/{MODEL}:generateContent"
+    payload = json.dumps({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}).encode()
+    headers = {"x-goog-api-key": "AIzaBENCH0000000000000000000000000000",
+               "content-type": "application/json"}
+    async with (KeyedClient(keys=KEYS, models=[MODEL], base_url=base, fast=True) as fast,
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000)) as session):
+
+        async def aiohttp_post() -> None:
+            async with session.post(url, data=payload, headers=headers) as response:
+                json.loads(await response.read())
+
+        call = {"raw aiohttp": aiohttp_post,
+                "KeyedClient (fast=True)": lambda: fast.generate("hi")}[name]
+
+        async def worker(count: int) -> None:
+            for _ in range(count):
+                await call()
+
+        await asyncio.gather(*(worker(4) for _ in range(CONCURRENCY)))
+        await asyncio.gather(*(worker(n // CONCURRENCY) for _ in range(CONCURRENCY)))
+
+
+def _instructions(base: str, name: str, n: int) -> int:
+    out = subprocess.run(
+        ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+         sys.executable, "-m", "benchmarks.profile_client", "--run-client", name,
+         "--requests", str(n), "--base", base],
+        check=True, capture_output=True, text=True, env=os.environ)
+    match = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
+    if match is None:
+        raise RuntimeError(f"no instruction count from valgrind: {out.stderr[-500:]}")
+    return int(match[1].replace(",", ""))
+
+
+def _ir(base: str, n: int) -> None:
+    short = n // 4 // CONCURRENCY * CONCURRENCY
+    long = n // CONCURRENCY * CONCURRENCY
+    per: dict[str, float] = {}
+    for name in ("raw aiohttp", "KeyedClient (fast=True)"):
+        per[name] = ((_instructions(base, name, long) - _instructions(base, name, short))
+                     / (long - short))
+    print(f"bench server ({DELAY * 1000:.0f} ms), client instructions per request:")
+    for name, value in per.items():
+        print(f"  {name:26s} {value / 1000:7.1f} k")
+    ours, raw = per["KeyedClient (fast=True)"], per["raw aiohttp"]
+    print(f"  KeyedClient (fast=True) over raw aiohttp: +{(ours - raw) / 1000:.1f} k; "
+          f"ratio raw aiohttp / KeyedClient (fast=True) = {raw / ours:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mode", choices=["fake", "server", "both"], default="fake")
+    parser.add_argument("--mode", choices=["fake", "server", "both", "ir"], default="fake")
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--run-client", help=argparse.SUPPRESS)  # one client, for --mode ir
+    parser.add_argument("--base", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.run_client:
+        asyncio.run(_one_client(args.base, args.run_client, args.requests))
+        return
+    if args.mode == "ir" and shutil.which("valgrind") is None:
+        parser.error("--mode ir needs valgrind")
     if args.mode in ("fake", "both"):
         asyncio.run(_fake(args.requests, args.rounds, args.profile))
-    if args.mode in ("server", "both"):
+    if args.mode in ("server", "both", "ir"):
         port = _free_port()
         server = multiprocessing.get_context("spawn").Process(target=_serve, args=(port, DELAY),
                                                               daemon=True)
         server.start()
         try:
             _wait_for(port)
-            asyncio.run(_server(f"http://127.0.0.1:{port}", args.requests // 4, args.rounds))
+            if args.mode == "ir":
+                _ir(f"http://127.0.0.1:{port}", min(args.requests, 2560))
+            else:
+                asyncio.run(_server(f"http://127.0.0.1:{port}", args.requests // 4,
+                                    args.rounds))
         finally:
             server.terminate()
             server.join()
