@@ -63,14 +63,7 @@ from keysched._errors import (
     UsageError,
 )
 from keysched._outcomes import Outcome, OutcomeKind
-from keysched._results import (
-    AttemptRecord,
-    GenerateResult,
-    StreamChunk,
-    _build_chunk,
-    _build_record,
-    _build_result,
-)
+from keysched._results import AttemptRecord, GenerateResult, StreamChunk
 from keysched._selection import Policy
 from keysched._snapshot import PoolEvent, PoolSnapshot
 from keysched._sse import SSEParser
@@ -275,7 +268,7 @@ class _Session:
         client = self.client
         ended = client._clock()
         outcome = classified.outcome
-        self.records.append(_build_record(
+        self.records.append(AttemptRecord(
             dispatch.number, dispatch.key.label or "", dispatch.model, outcome.kind,
             classified.status, classified.google_status, classified.message, outcome.retry_after,
             started, ended))
@@ -535,7 +528,7 @@ class KeyedClient:
             tokens = _estimate(contents, body)
         dispatch, answer, _, attempts = await self._call(models, "generateContent", payload,
                                                          tokens, None, timeout, deadline)
-        return _build_result(answer.text, dispatch.model, dispatch.key.label or "", attempts,
+        return GenerateResult(answer.text, dispatch.model, dispatch.key.label or "", attempts,
                              answer.usage, answer.finish_reason, answer.block_reason, answer.json)
 
     async def stream(
@@ -779,8 +772,9 @@ class KeyedClient:
                         usage = event.usage or usage
                         if event.finish_reason in SAFETY_FINISH_REASONS:
                             blocked = event.finish_reason
-                        yield _build_chunk(event.text, dispatch.model, label, delivered,
-                                           event.finish_reason, event.usage, event.json)
+                        yield StreamChunk(text=event.text, model=dispatch.model, key=label,
+                                          index=delivered, finish_reason=event.finish_reason,
+                                          usage=event.usage, raw=event.json)
                         delivered += 1
                 for event in parser.close():
                     if event.classified is not None:

@@ -2,53 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
 from keysched._outcomes import OutcomeKind
-from keysched._wire import SAFETY_FINISH_REASONS, Usage, _builder
+from keysched._wire import SAFETY_FINISH_REASONS, Usage
 
 __all__ = ["AttemptRecord", "GenerateResult", "StreamChunk"]
 
 
-# Each class keeps its fields in a slots base, for its hot-path builder (see `_wire._builder`).
+def _repr_without_raw(self: Any) -> str:
+    """The usual named-tuple repr, less the raw JSON (long, and nothing a log line needs)."""
+    fields = ", ".join(f"{name}={value!r}" for name, value in zip(self._fields, self, strict=True)
+                       if name != "raw")
+    return f"{type(self).__name__}({fields})"
 
 
-class _AttemptRecordSlots:
-    __slots__ = (
-        "ended",
-        "google_status",
-        "key",
-        "message",
-        "model",
-        "number",
-        "outcome",
-        "retry_after",
-        "started",
-        "status",
-    )
-
-
-class _GenerateResultSlots:
-    __slots__ = (
-        "attempts",
-        "block_reason",
-        "finish_reason",
-        "key",
-        "model",
-        "raw",
-        "text",
-        "usage",
-    )
-
-
-class _StreamChunkSlots:
-    __slots__ = ("finish_reason", "index", "key", "model", "raw", "text", "usage")
-
-
-@attrs.frozen(kw_only=True)
-class AttemptRecord(_AttemptRecordSlots):
+class AttemptRecord(NamedTuple):
     """One attempt of a request.
 
     Attributes:
@@ -76,8 +47,7 @@ class AttemptRecord(_AttemptRecordSlots):
     ended: float = 0.0
 
 
-@attrs.frozen(kw_only=True)
-class GenerateResult(_GenerateResultSlots):
+class GenerateResult(NamedTuple):
     """The answer to a `generate` call.
 
     Attributes:
@@ -98,7 +68,10 @@ class GenerateResult(_GenerateResultSlots):
     usage: Usage | None = None
     finish_reason: str | None = None
     block_reason: str | None = None
-    raw: Any = attrs.field(default=None, repr=False)
+    raw: Any = None
+
+    def __repr__(self) -> str:
+        return _repr_without_raw(self)
 
     @property
     def blocked(self) -> bool:
@@ -107,8 +80,9 @@ class GenerateResult(_GenerateResultSlots):
 
 
 @attrs.frozen(kw_only=True)
-class StreamChunk(_StreamChunkSlots):
-    """One chunk of a stream.
+class StreamChunk:
+    """One chunk of a stream.  (An attrs class, not a named tuple like the others here: its field
+    `index` would shadow ``tuple.index``.)
 
     Attributes:
         text: the chunk's text.
@@ -127,10 +101,3 @@ class StreamChunk(_StreamChunkSlots):
     finish_reason: str | None = None
     usage: Usage | None = None
     raw: Any = attrs.field(default=None, repr=False)
-
-
-
-# Positional constructors for the client's hot path (see `keysched._wire._builder`).
-_build_record = _builder(AttemptRecord)
-_build_result = _builder(GenerateResult)
-_build_chunk = _builder(StreamChunk)

@@ -39,9 +39,7 @@ from __future__ import annotations
 
 import json as _json
 import re
-from typing import Any
-
-import attrs
+from typing import Any, NamedTuple
 
 from keysched._errors import UsageError
 from keysched._outcomes import Outcome, OutcomeKind
@@ -55,8 +53,7 @@ _IGNORED_FIELDS = frozenset({b"event", b"id", b"retry"})
 _STRUCTURE = re.compile(rb'\\.|[{}\[\]"]')
 
 
-@attrs.frozen(kw_only=True)
-class StreamEvent:
+class StreamEvent(NamedTuple):
     """One event of a stream: a chunk, or an error (then `classified` is set).
 
     Attributes:

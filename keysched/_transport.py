@@ -16,7 +16,7 @@ failure (never a URL, a header or a key).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
 import httpx
@@ -158,27 +158,6 @@ def _aiohttp_errors() -> Any:
         raise TransportFailure(type(exc).__name__) from None
 
 
-def _limits_maker(client_timeout: Any) -> Callable[[float, float], Any]:
-    """``(total, phase) -> ClientTimeout(total=total, connect=phase, sock_read=phase)``.
-
-    aiohttp's `ClientTimeout` is a frozen attrs class, built at every attempt: when its fields
-    are the known five, it is built positionally (a third of the cost), else by keywords.
-    """
-    from keysched._wire import _builder
-
-    fields = [field.name for field in getattr(client_timeout, "__attrs_attrs__", ())]
-    if fields == ["total", "connect", "sock_read", "sock_connect", "ceil_threshold"]:
-        try:
-            build = _builder(client_timeout)
-        except TypeError:
-            pass
-        else:
-            default = client_timeout()
-            sock_connect, ceil = default.sock_connect, default.ceil_threshold
-            return lambda total, phase: build(total, phase, phase, sock_connect, ceil)
-    return lambda total, phase: client_timeout(total=total, connect=phase, sock_read=phase)
-
-
 class AiohttpBackend:
     """Send through one `aiohttp.ClientSession`, created on first use inside the event loop."""
 
@@ -192,7 +171,6 @@ class AiohttpBackend:
         self._session: Any = None
         self._timeouts = (TimeoutError, aiohttp.ServerTimeoutError)
         self._failures = aiohttp.ClientError
-        self._limits = _limits_maker(aiohttp.ClientTimeout)
 
     def _get_session(self) -> Any:
         if self._session is None:
@@ -208,7 +186,7 @@ class AiohttpBackend:
         session = self._session or self._get_session()
         # The same meaning as httpx's: `timeout` per phase, `total` for the whole attempt
         # (aiohttp's defaults for the other two fields).
-        limits = self._limits(total, timeout)
+        limits = self._aiohttp.ClientTimeout(total=total, connect=timeout, sock_read=timeout)
         # The errors are mapped here rather than by `_aiohttp_errors`: a context manager per
         # request costs a generator and two calls.
         try:

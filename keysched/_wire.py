@@ -55,9 +55,7 @@ import math
 import re
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
-
-import attrs
+from typing import Any, NamedTuple, TypeVar
 
 from keysched._errors import UsageError
 from keysched._outcomes import Outcome, OutcomeKind
@@ -265,35 +263,7 @@ def estimate_tokens(body: Mapping[str, Any]) -> int:
 # Values read from responses
 
 
-# The fields of the classes built on the hot path live in a slots base (see `_builder`): attrs
-# leaves slots a base already has to it, so the frozen class adds only ``__weakref__``, and a
-# mutable twin with the same base has the same layout.
-
-
-class _UsageSlots:
-    __slots__ = ("output_tokens", "prompt_tokens", "thoughts_tokens", "total_tokens")
-
-
-class _ClassifiedSlots:
-    __slots__ = (
-        "block_reason",
-        "finish_reason",
-        "google_status",
-        "json",
-        "message",
-        "outcome",
-        "project",
-        "quota_id",
-        "quota_value",
-        "reason",
-        "status",
-        "text",
-        "usage",
-    )
-
-
-@attrs.frozen(kw_only=True)
-class Usage(_UsageSlots):
+class Usage(NamedTuple):
     """``usageMetadata`` of an answer (cumulative over a stream); a missing count is None."""
 
     prompt_tokens: int | None = None
@@ -303,8 +273,7 @@ class Usage(_UsageSlots):
     total_tokens: int | None = None
 
 
-@attrs.frozen(kw_only=True)
-class Classified(_ClassifiedSlots):
+class Classified(NamedTuple):
     """One response, classified: the core's `Outcome` plus what callers and errors report.
 
     Attributes:
@@ -336,60 +305,6 @@ class Classified(_ClassifiedSlots):
     finish_reason: str | None = None
     block_reason: str | None = None
     usage: Usage | None = None
-
-
-_C = TypeVar("_C")
-
-
-def _builder(cls: type[_C]) -> Callable[..., _C]:
-    """A positional constructor of the frozen attrs class `cls`, for the hot path.
-
-    An attrs frozen instance is built through ``object.__setattr__``, about 0.15 µs per field.
-    When `cls` keeps its fields in a slots base of their own, the builder fills a mutable twin of the same
-    layout with plain attribute stores and then turns it into a `cls` (``__class__``
-    assignment), a quarter of the cost; otherwise it stores each field through its slot's own
-    descriptor (half the cost).  It takes every field, in declaration order, and runs no
-    validators: use it only for classes without any, on values already checked.  The instances
-    are the class's own (equal, frozen, printed and pickled as if built by the constructor).
-    """
-    fields: tuple[attrs.Attribute[Any], ...] | None = getattr(cls, "__attrs_attrs__", None)
-    if fields is None or "__slots__" not in cls.__dict__ or any(
-            field.validator is not None or field.converter is not None for field in fields):
-        raise TypeError(f"{cls.__name__} cannot have a builder")
-    names = [field.name for field in fields]
-    base = cls.__bases__[0]
-    if sorted(base.__dict__.get("__slots__", ())) == sorted(names) and len(cls.__bases__) == 1:
-        twin = type(f"_{cls.__name__}Twin", (base,), {"__slots__": cls.__dict__["__slots__"]})
-        build = _compile(cls, names, twin)
-        try:
-            build(*[None] * len(names))  # the layouts match: CPython accepts the assignment
-        except TypeError:
-            build = _compile(cls, names, None)
-    else:
-        build = _compile(cls, names, None)
-    build.__qualname__ = f"{cls.__qualname__}._build"
-    return build
-
-
-def _compile(cls: type[_C], names: list[str], twin: type | None) -> Callable[..., _C]:
-    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_twin": twin}
-    lines = [f"def build({', '.join(names)}):"]
-    if twin is not None:
-        lines.append("    self = _new(_twin)")
-        lines += [f"    self.{name} = {name}" for name in names]
-        lines.append("    self.__class__ = _cls")
-    else:
-        namespace.update({f"_set_{name}": getattr(cls, name).__set__ for name in names})
-        lines.append("    self = _new(_cls)")
-        lines += [f"    _set_{name}(self, {name})" for name in names]
-    lines.append("    return self")
-    exec("\n".join(lines), namespace)  # a fixed template over the class's own field names
-    build: Callable[..., _C] = namespace["build"]
-    return build
-
-
-_build_usage = _builder(Usage)
-_build_classified = _builder(Classified)
 
 
 def _dict(value: object) -> dict[str, Any] | None:
@@ -439,7 +354,7 @@ def _usage(response: dict[str, Any]) -> Usage | None:
     meta = _dict(response.get("usageMetadata"))
     if meta is None:
         return None
-    return _build_usage(_int(meta.get("promptTokenCount")), _int(meta.get("candidatesTokenCount")),
+    return Usage(_int(meta.get("promptTokenCount")), _int(meta.get("candidatesTokenCount")),
                         _int(meta.get("thoughtsTokenCount")), _int(meta.get("totalTokenCount")))
 
 
@@ -510,14 +425,12 @@ def _retry_after(error: dict[str, Any], details: dict[str, dict[str, Any]],
 # Classification
 
 
-@attrs.frozen(kw_only=True)
-class _Violation:
+class _Violation(NamedTuple):
     quota_id: str
     value: int | None
 
 
-@attrs.frozen(kw_only=True)
-class _Verdict:
+class _Verdict(NamedTuple):
     kind: OutcomeKind
     violation: _Violation | None = None
 
@@ -697,7 +610,7 @@ def _plain_answer(status: int, response: Any) -> Classified | None:
         return None
     meta = answer.get("usageMetadata")
     if meta is None:
-        return _build_classified(Outcome(kind=_K.SUCCESS), status, None, None, None, None, None,
+        return Classified(Outcome(kind=_K.SUCCESS), status, None, None, None, None, None,
                                  None, answer, text, finish, None, None)
     if meta.__class__ is not dict:
         return None
@@ -714,10 +627,10 @@ def _plain_answer(status: int, response: Any) -> Classified | None:
     total = meta.get("totalTokenCount")
     if total.__class__ is not int or total < 0:
         total = _int(total)
-    return _build_classified(
+    return Classified(
         Outcome(kind=_K.SUCCESS, input_tokens=prompt, output_tokens=output), status, None, None,
         None, None, None, None, answer, text, finish, None,
-        _build_usage(prompt, output, thoughts, total))
+        Usage(prompt, output, thoughts, total))
 
 
 def _bad_response(status: int, why: str, parsed: Any = None) -> Classified:
