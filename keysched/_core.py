@@ -53,7 +53,7 @@ from collections.abc import Sequence
 
 from keysched._budget import Budget
 from keysched._config import Key, PoolConfig
-from keysched._decisions import Decision, Dispatch, Fail, FailReason, Finish
+from keysched._decisions import Decision, Fail, FailReason, new_dispatch, new_finish
 from keysched._errors import UsageError
 from keysched._outcomes import Outcome, OutcomeKind
 from keysched._pacific import next_pacific_midnight
@@ -278,7 +278,7 @@ class Scheduler:
         lane = record.key * self._n_models + record.model
         if action.next is Next.RETURN:
             self._answered[lane] += 1
-            self._decisions.append(Finish(request.id, attempt))
+            self._decisions.append(new_finish((request.id, attempt)))
             self._end(request, "finished")
         else:
             self._errored[lane] += 1
@@ -612,20 +612,26 @@ class Scheduler:
 
     def _dispatch_waiting(self, now: float) -> None:
         queues = self._queues
+        requests = self._requests
         blocked: set[tuple[int, ...]] = set()
         while True:
             # The oldest head among the queues not blocked yet (request ids grow with time).
             best: tuple[int, ...] | None = None
             head = 0
             for models, queue in queues.items():
-                while queue and self._stale(queue[0], models):
+                while queue:  # drop entries of requests that ended or moved (inlined: hot)
+                    waiting = requests.get(queue[0])
+                    if waiting is not None and waiting.state == _WAITING and (
+                            self._effective_models(waiting) if waiting.server_errors
+                            else waiting.models) == models:
+                        break
                     heapq.heappop(queue)
                 if queue and models not in blocked and (best is None or queue[0] < head):
                     best, head = models, queue[0]
             if best is None:
                 break
             queue = queues[best]
-            request = self._requests[head]
+            request = requests[head]
             if self._place(request, best, now):
                 heapq.heappop(queue)
             elif not self.policy.waits_for_capacity or self._hopeless(best):
@@ -641,12 +647,6 @@ class Scheduler:
         if len(queues) > len(blocked):  # stale entries emptied a queue that nothing placed from
             for models in [models for models, queue in queues.items() if not queue]:
                 del queues[models]
-
-    def _stale(self, rid: int, models: tuple[int, ...]) -> bool:
-        request = self._requests.get(rid)
-        return (request is None or request.state != _WAITING
-                or (self._effective_models(request) if request.server_errors
-                    else request.models) != models)
 
     def _hopeless(self, models: tuple[int, ...]) -> bool:
         return all(self._models[m].unavailable or self._models[m].usable_groups <= 0
@@ -690,8 +690,8 @@ class Scheduler:
         request.last_attempt = aid
         if model != self._tier.get(request.models[0], request.models[0]):
             self._note_tier(request, model, now)
-        self._decisions.append(Dispatch(request.id, aid, request.number, state.key,
-                                        self._models[model].name))
+        self._decisions.append(new_dispatch((request.id, aid, request.number, state.key,
+                                             self._models[model].name)))
 
     def _note_tier(self, request: _Request, model: int, now: float) -> None:
         best = request.models[0]

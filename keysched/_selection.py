@@ -94,21 +94,6 @@ class LeastLoaded:
         # A fresh stamp everywhere keeps the rule "at most one live entry per key and heap".
         self.update(key, self._load[key])
 
-    def _refile(self, model: int) -> list[tuple[int, int, int, int]]:
-        """Push a fresh entry for every key that changed since this model's heap was last used."""
-        heap = self._heaps[model]
-        dirty = self._dirty[model]
-        if dirty:
-            load, stamps = self._load, self._stamp
-            for key in dirty:
-                in_flight, seq = load[key]
-                heapq.heappush(heap, (in_flight, seq, key, stamps[key]))
-            dirty.clear()
-            if len(heap) > 4 * self._n + 64:
-                self._compact(model)
-                heap = self._heaps[model]
-        return heap
-
     def _compact(self, model: int) -> None:
         # Keep only the newest entry of each key; duplicates and stale entries go.
         seen: set[int] = set()
@@ -123,9 +108,19 @@ class LeastLoaded:
 
     def select(self, oracle: LaneOracle, model: int, now: float,
                avoid: Container[int]) -> int | None:
-        heap = self._refile(model)
+        heap = self._heaps[model]
         stamps = self._stamp
-        set_aside: list[tuple[int, int, int, int]] = []
+        dirty = self._dirty[model]
+        if dirty:  # re-file every key that changed since this model's heap was last used
+            load = self._load
+            for key in dirty:
+                in_flight, seq = load[key]
+                heapq.heappush(heap, (in_flight, seq, key, stamps[key]))
+            dirty.clear()
+            if len(heap) > 4 * self._n + 64:
+                self._compact(model)
+                heap = self._heaps[model]
+        set_aside: list[tuple[int, int, int, int]] | None = None
         fallback: int | None = None
         chosen: int | None = None
         while heap:
@@ -135,20 +130,21 @@ class LeastLoaded:
                 heapq.heappop(heap)
                 continue
             blocked = oracle.block(key, model, now)
-            if blocked is None:
-                if key not in avoid:
-                    chosen = key
-                    break
-                if fallback is None:
+            if blocked is None and key not in avoid:
+                chosen = key
+                break
+            if blocked is None or blocked == SKIP:  # usable as a last resort, or by others
+                if blocked is None and fallback is None:
                     fallback = key
-                set_aside.append(heapq.heappop(heap))
-            elif blocked == SKIP:
+                if set_aside is None:
+                    set_aside = []
                 set_aside.append(heapq.heappop(heap))
             else:
                 heapq.heappop(heap)
                 oracle.park(key, model, blocked)
-        for entry in set_aside:
-            heapq.heappush(heap, entry)
+        if set_aside is not None:
+            for entry in set_aside:
+                heapq.heappush(heap, entry)
         return chosen if chosen is not None else fallback
 
 
