@@ -529,7 +529,7 @@ class KeyedClient:
         dispatch, answer, _, attempts = await self._call(models, "generateContent", payload,
                                                          tokens, None, timeout, deadline)
         return GenerateResult(answer.text, dispatch.model, dispatch.key.label or "", attempts,
-                             answer.usage, answer.finish_reason, answer.block_reason, answer.json)
+                              answer.usage, answer.finish_reason, answer.block_reason, answer.json)
 
     async def stream(
         self,

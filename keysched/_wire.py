@@ -355,7 +355,7 @@ def _usage(response: dict[str, Any]) -> Usage | None:
     if meta is None:
         return None
     return Usage(_int(meta.get("promptTokenCount")), _int(meta.get("candidatesTokenCount")),
-                        _int(meta.get("thoughtsTokenCount")), _int(meta.get("totalTokenCount")))
+                 _int(meta.get("thoughtsTokenCount")), _int(meta.get("totalTokenCount")))
 
 
 def _answer_parts(response: dict[str, Any]) -> list[dict[str, Any]]:
@@ -610,8 +610,8 @@ def _plain_answer(status: int, response: Any) -> Classified | None:
         return None
     meta = answer.get("usageMetadata")
     if meta is None:
-        return Classified(Outcome(kind=_K.SUCCESS), status, None, None, None, None, None,
-                                 None, answer, text, finish, None, None)
+        return Classified(Outcome(kind=_K.SUCCESS), status, None, None, None, None, None, None,
+                          answer, text, finish, None, None)
     if meta.__class__ is not dict:
         return None
     # `_int`, inlined for the usual non-negative ints.
