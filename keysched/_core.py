@@ -429,7 +429,12 @@ class Scheduler:
         groups = []
         for project_index, row in enumerate(self._groups):
             for model_index, group in enumerate(row):
-                usage = group.budget.usage(at) if group.budget else (None, None, None)
+                if group.budget is None:
+                    usage: tuple[int | None, int | None, int | None] = (None, None, None)
+                elif math.isfinite(at):
+                    usage = group.budget.usage(at)
+                else:  # the core has seen no time yet, so nothing was sent
+                    usage = (0, 0, 0)
                 cooling = group.cool_until > at
                 groups.append(GroupSnapshot(
                     project=self._project_names[project_index],
@@ -882,7 +887,7 @@ class Scheduler:
         until, reason = max(candidates, key=lambda item: item[0])
         if until > now:
             return LaneState.COOLING, reason, until
-        if group.budget is not None:
+        if group.budget is not None and math.isfinite(now):  # -inf: no time seen, nothing sent
             free = group.budget.free_at(now, 0)
             if free > now:
                 return LaneState.COOLING, "budget", free

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 __all__ = ["Outcome", "OutcomeKind"]
 
@@ -88,3 +88,7 @@ class Outcome(_OutcomeFields):
         if retry_after is not None and not (math.isfinite(retry_after) and retry_after >= 0):
             raise ValueError(f"retry_after must be a finite number >= 0, got {retry_after!r}")
         return tuple.__new__(cls, (kind, retry_after, input_tokens, output_tokens))
+
+    def _replace(self, **changes: Any) -> Outcome:
+        """A copy with `changes`, checked like a new one (the tuple's own copy is not)."""
+        return Outcome(*super()._replace(**changes))

@@ -307,3 +307,25 @@ def test_cooldown_wake_up_survives_an_idle_next_deadline() -> None:
     assert core.next_deadline() <= T0 + RETRY.overload_cooldown
     sent = _dispatches(core.poll(T0 + RETRY.overload_cooldown))
     assert waiting in {d.request for d in sent}
+
+
+def test_a_snapshot_before_any_time_shows_empty_budgets() -> None:
+    """A pool with known limits can be pictured before the core has seen any time: every lane
+    is available and nothing has been counted against its budget."""
+    config = PoolConfig(keys=["AIza-a", "AIza-b"], models=["m"],
+                        limits=[Limit(model="m", rpm=5, tpm=1000, rpd=10)])
+    snapshot = Scheduler(config, rng=random.Random(0)).snapshot()
+    assert all(lane.state is LaneState.AVAILABLE for lane in snapshot.lanes)
+    assert {(g.requests_last_minute, g.tokens_last_minute, g.requests_today)
+            for g in snapshot.groups} == {(0, 0, 0)}
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.inf, math.nan])
+def test_an_outcome_copy_is_checked_like_a_new_one(bad: float) -> None:
+    """`Outcome._replace` refuses a bad retry delay, as the constructor does."""
+    outcome = Outcome(kind=OutcomeKind.TIMEOUT)
+    assert outcome._replace(retry_after=2.5).retry_after == 2.5
+    with pytest.raises(ValueError, match="retry_after"):
+        outcome._replace(retry_after=bad)
+    with pytest.raises(ValueError, match="retry_after"):
+        Outcome(kind=OutcomeKind.TIMEOUT, retry_after=bad)
