@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import socket
@@ -27,7 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 BODY = json.dumps({
     "candidates": [{"content": {"role": "model", "parts": [{"text": "ok"}]},
@@ -37,6 +38,7 @@ BODY = json.dumps({
 CONCURRENCY = 64
 DELAY = 0.005
 MODEL = "gemini-2.5-flash"
+KEYS = [f"AIzaBENCHKEY{i:02d}000000000000000000000000" for i in range(10)]
 
 
 def _serve(port: int, delay: float) -> None:
@@ -87,12 +89,9 @@ async def _drive(call: Callable[[], Awaitable[object]], seconds: float) -> float
     return count / (time.perf_counter() - started)
 
 
-async def _measure(base: str, seconds: float, rounds: int) -> dict[str, float]:
-    """Requests per second of each client: the median of `rounds` interleaved runs.
-
-    Interleaving (A B C D, A B C D, ...) spreads the shared machine's noise over every client
-    instead of letting one client run while another process happens to hog a core.
-    """
+@contextlib.asynccontextmanager
+async def clients(base: str) -> AsyncIterator[dict[str, Callable[[], Awaitable[object]]]]:
+    """The four clients measured, each as a call that makes one request and reads its answer."""
     import aiohttp
     import httpx
 
@@ -102,11 +101,9 @@ async def _measure(base: str, seconds: float, rounds: int) -> dict[str, float]:
     payload = json.dumps({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}).encode()
     headers = {"x-goog-api-key": "AIzaBENCH0000000000000000000000000000",
                "content-type": "application/json"}
-    keys = [f"AIzaBENCHKEY{i:02d}000000000000000000000000" for i in range(10)]
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
-    samples: dict[str, list[float]] = {}
-    async with (KeyedClient(keys=keys, models=[MODEL], base_url=base) as plain,
-                KeyedClient(keys=keys, models=[MODEL], base_url=base, fast=True) as fast,
+    async with (KeyedClient(keys=KEYS, models=[MODEL], base_url=base) as plain,
+                KeyedClient(keys=KEYS, models=[MODEL], base_url=base, fast=True) as fast,
                 httpx.AsyncClient(limits=limits) as raw,
                 aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000)) as session):
 
@@ -118,14 +115,24 @@ async def _measure(base: str, seconds: float, rounds: int) -> dict[str, float]:
             async with session.post(url, data=payload, headers=headers) as response:
                 json.loads(await response.read())
 
-        clients: dict[str, Callable[[], Awaitable[object]]] = {
+        yield {
             "KeyedClient (httpx)": lambda: plain.generate("hi"),
             "KeyedClient (fast=True)": lambda: fast.generate("hi"),
             "raw httpx": httpx_post,
             "raw aiohttp": aiohttp_post,
         }
+
+
+async def _measure(base: str, seconds: float, rounds: int) -> dict[str, float]:
+    """Requests per second of each client: the median of `rounds` interleaved runs.
+
+    Interleaving (A B C D, A B C D, ...) spreads the shared machine's noise over every client
+    instead of letting one client run while another process happens to hog a core.
+    """
+    samples: dict[str, list[float]] = {}
+    async with clients(base) as calls:
         for _ in range(rounds):
-            for name, call in clients.items():
+            for name, call in calls.items():
                 samples.setdefault(name, []).append(await _drive(call, seconds))
     return {name: statistics.median(rates) for name, rates in samples.items()}
 
