@@ -74,7 +74,6 @@ def _wait_for(port: int) -> None:
 async def _drive(call: Callable[[], Awaitable[object]], seconds: float) -> float:
     """Run `call` from CONCURRENCY workers for `seconds`; return requests per second."""
     count = 0
-    stop = time.perf_counter() + seconds
 
     async def worker() -> None:
         nonlocal count
@@ -85,6 +84,7 @@ async def _drive(call: Callable[[], Awaitable[object]], seconds: float) -> float
     for _ in range(50):  # warm up connections
         await call()
     started = time.perf_counter()
+    stop = started + seconds  # after the warm-up, which must not eat into the measured run
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
     return count / (time.perf_counter() - started)
 
