@@ -90,6 +90,7 @@ from keysched._wire import (
     parse_count_tokens,
     parse_embeddings,
     request_headers,
+    tokens_for_chars,
 )
 
 __all__ = ["DEFAULT_MODELS", "KeyedClient"]
@@ -176,7 +177,7 @@ def _prompt_payload(prompt: str) -> bytes:
 def _estimate(contents: object, body: dict[str, Any]) -> int:
     """`estimate_tokens`, with a shortcut for the common case of a bare prompt string."""
     if isinstance(contents, str) and len(body) == 1:
-        return max(1, -(-len(contents) // 4))
+        return tokens_for_chars(len(contents))
     return estimate_tokens(body)
 
 
@@ -519,7 +520,7 @@ class KeyedClient:
                 and safety_settings is None and tools is None):
             # A bare prompt, the common call: its body is a fixed frame around the JSON string.
             payload = _prompt_payload(contents)
-            tokens = max(1, -(-len(contents) // 4))
+            tokens = tokens_for_chars(len(contents))
         else:
             body = generate_body(contents, generation_config=generation_config,
                                  system_instruction=system_instruction,

@@ -79,6 +79,7 @@ __all__ = [
     "parse_count_tokens",
     "parse_embeddings",
     "request_headers",
+    "tokens_for_chars",
 ]
 
 API_BASE = "https://generativelanguage.googleapis.com"
@@ -243,6 +244,11 @@ def batch_embed_body(model: str, texts: Sequence[str]) -> dict[str, Any]:
                          for text in texts]}
 
 
+def tokens_for_chars(chars: int) -> int:
+    """The input-token estimate of `chars` characters of text: a quarter, rounded up, >= 1."""
+    return max(1, -(-chars // 4))
+
+
 def estimate_tokens(body: Mapping[str, Any]) -> int:
     """A cheap input-token estimate for TPM budgeting: text characters / 4, rounded up, >= 1."""
     chars = 0
@@ -256,7 +262,7 @@ def estimate_tokens(body: Mapping[str, Any]) -> int:
                 chars += len(text)
         # Only containers go on the stack: scalars (most of a body) are skipped right here.
         stack.extend(v for v in values if isinstance(v, Mapping | list | tuple))
-    return max(1, -(-chars // 4))
+    return tokens_for_chars(chars)
 
 
 # ---------------------------------------------------------------------------------------------
