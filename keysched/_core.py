@@ -271,10 +271,10 @@ class Scheduler:
         self._release(record.key)
         kind = outcome.kind
         action = self._on_success if kind is OutcomeKind.SUCCESS else self._actions[kind]
+        if kind is OutcomeKind.SUCCESS or kind is OutcomeKind.BLOCKED:
+            self._models[record.model].streak = 0  # the model answered: a 503 streak is over
         if action.effect is not Effect.NONE or outcome.retry_after is not None:
             self._apply(action, outcome, record, now)
-        elif kind is OutcomeKind.SUCCESS or kind is OutcomeKind.BLOCKED:
-            self._models[record.model].streak = 0  # the common case, inlined from `_apply`
         lane = record.key * self._n_models + record.model
         if action.next is Next.RETURN:
             self._answered[lane] += 1
@@ -699,13 +699,14 @@ class Scheduler:
                                              self._models[model].name)))
 
     def _note_tier(self, request: _Request, model: int, now: float) -> None:
+        """Record and announce a change of the tier serving the request's best model (the
+        caller has seen that `model` differs from the tier last used)."""
         best = request.models[0]
         previous = self._tier.get(best, best)
-        if model != previous:
-            self._tier[best] = model
-            kind = "recovered" if model == best else "fallback"
-            self._emit(kind, f"{self._models[previous].name} -> {self._models[model].name}", now,
-                       model=self._models[model].name)
+        self._tier[best] = model
+        kind = "recovered" if model == best else "fallback"
+        self._emit(kind, f"{self._models[previous].name} -> {self._models[model].name}", now,
+                   model=self._models[model].name)
 
     # ------------------------------------------------------------------ the outcome table
 
@@ -716,8 +717,6 @@ class Scheduler:
         group = self._groups[state.project][record.model]
         project = self._project_names[state.project]
         reason = outcome.kind.value
-        if outcome.kind in (OutcomeKind.SUCCESS, OutcomeKind.BLOCKED):
-            model.streak = 0
         if effect is Effect.COOL_GROUP:
             delay = (min(outcome.retry_after, _MAX_SERVER_DELAY)
                      if outcome.retry_after is not None else self._retry.minute_cooldown)
