@@ -8,11 +8,10 @@ instance (0.5 µs against 1.6 µs).
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
-from functools import partial
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 from keysched._config import Key
+from keysched._tuples import tuple_builder
 
 __all__ = ["Decision", "Dispatch", "Fail", "FailReason", "Finish"]
 
@@ -66,9 +65,6 @@ class Fail(NamedTuple):
 
 Decision = Dispatch | Finish | Fail
 
-# The core builds a Dispatch per attempt and a Finish per answer.  ``tuple.__new__`` fills a named
-# tuple from a tuple of all its fields in C; calling the class runs its Python-level ``__new__``
-# first, which is a quarter of a scheduling cycle's dispatch step.
-new_dispatch = cast(Callable[[tuple[int, int, int, Key, str]], Dispatch],
-                    partial(tuple.__new__, Dispatch))
-new_finish = cast(Callable[[tuple[int, int]], Finish], partial(tuple.__new__, Finish))
+# The core builds a Dispatch per attempt and a Finish per answer.
+new_dispatch = tuple_builder(Dispatch)
+new_finish = tuple_builder(Finish)

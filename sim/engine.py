@@ -48,15 +48,15 @@ import math
 import random
 import sys
 from collections.abc import Callable
-from functools import partial
 from operator import itemgetter
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 import attrs
 
 from keysched import Outcome, OutcomeKind, PoolConfig, PoolEvent, Scheduler
 from keysched._decisions import Dispatch, Fail, Finish
 from keysched._selection import Policy
+from keysched._tuples import tuple_builder
 from sim.scenario import Scenario
 from sim.workload import Arrival, generate_arrivals
 
@@ -140,12 +140,8 @@ _TIMEOUT = Outcome(kind=OutcomeKind.TIMEOUT)
 _SUCCESS, _BLOCKED = OutcomeKind.SUCCESS, OutcomeKind.BLOCKED
 _MASK = 0xFFFFFFFF
 
-# Build records from a tuple of all their fields in C: calling a named tuple class runs a
-# Python-level ``__new__`` per record.
-_attempt_record = cast(Callable[[tuple[object, ...]], AttemptRecord],
-                       partial(tuple.__new__, AttemptRecord))
-_request_record = cast(Callable[[tuple[object, ...]], RequestRecord],
-                       partial(tuple.__new__, RequestRecord))
+_attempt_record = tuple_builder(AttemptRecord)  # one per simulated attempt
+_request_record = tuple_builder(RequestRecord)
 _DISPATCH_ORDER = itemgetter(0, 2, 3)  # an attempt's (time, request, number)
 
 

@@ -15,11 +15,10 @@ Decisions where the issue was silent:
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from functools import partial
 from operator import attrgetter
-from typing import Any, NamedTuple, cast
+from typing import NamedTuple
 
+from keysched._tuples import tuple_builder
 from sim.draws import uniform_int
 from sim.scenario import Scenario
 
@@ -44,9 +43,7 @@ class Arrival(NamedTuple):
     stream: bool = False
 
 
-# Builds an `Arrival` from a tuple of all its fields in C, without the named tuple's Python-level
-# ``__new__`` (one per simulated request).
-_new_arrival = cast(Callable[[tuple[Any, ...]], Arrival], partial(tuple.__new__, Arrival))
+_new_arrival = tuple_builder(Arrival)  # one per simulated request
 
 
 def generate_arrivals(scenario: Scenario, rng: random.Random) -> list[Arrival]:

@@ -39,10 +39,11 @@ import math
 import random
 from collections.abc import Callable
 from functools import partial
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 from keysched._outcomes import Outcome, OutcomeKind
 from keysched._pacific import next_pacific_midnight
+from keysched._tuples import tuple_builder
 from sim import bodies
 from sim.bodies import Body
 from sim.draws import lognormal, uniform_int
@@ -188,9 +189,7 @@ class Reply(NamedTuple):
         return 200, list(_JSON_HEADERS), body
 
 
-# Builds a `Reply` from a tuple of all its fields in C; calling `Reply(...)` runs the named
-# tuple's Python-level ``__new__`` first.  For the two lines every attempt goes through.
-_new_reply = cast(Callable[[tuple[Any, ...]], Reply], partial(tuple.__new__, Reply))
+_new_reply = tuple_builder(Reply)  # for the two replies every attempt goes through
 
 
 class _Group:
