@@ -54,8 +54,11 @@ HEADERS = {"content-type": "application/json", "content-length": str(len(BODY))}
 class _FakeBackend:
     """Answers every POST with the benchmark body after one loop turn."""
 
+    def headers(self, headers: Mapping[str, str]) -> Mapping[str, str]:
+        return headers
+
     async def post(self, url: str, headers: Mapping[str, str], payload: bytes,
-                   timeout: float, total: float) -> tuple[int, Mapping[str, str], bytes]:
+                   timeout: float) -> tuple[int, Mapping[str, str], bytes]:
         await asyncio.sleep(0)
         return 200, HEADERS, BODY
 
@@ -88,7 +91,7 @@ async def _fake(n: int, rounds: int, profile: bool) -> None:
     payload = json.dumps({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}).encode()
 
     async def raw() -> None:
-        _, _, body = await backend.post("u", HEADERS, payload, 1.0, 1.0)
+        _, _, body = await backend.post("u", HEADERS, payload, 1.0)
         json.loads(body)
 
     async with KeyedClient(keys=KEYS, models=[MODEL], base_url="http://127.0.0.1:1") as client:

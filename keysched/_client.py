@@ -11,10 +11,13 @@ to the mailbox of its request, logs pool events and arms one timer task for the 
 This is the only module of keysched that does I/O.  Decisions where the issue was silent:
 
 - Keys travel only in the ``x-goog-api-key`` header; the URL never carries one.
-- ``timeout`` bounds each network phase of an attempt (connecting, waiting for a pooled
-  connection, each read), as httpx and aiohttp define it, capped by the time left before the
-  request's deadline; the deadline also bounds each attempt's total time, so a server that
-  drips its answer cannot hold a call past its deadline.
+- ``timeout`` bounds a whole attempt of `generate`, `count_tokens` and `embed` (waiting for a
+  connection, connecting, sending, and reading the entire answer), capped by the time left
+  before the request's deadline: an attempt that hangs, or a server that drips its answer,
+  is abandoned after ``timeout`` and the call fails over.  The server sends a non-streamed
+  answer only once it is complete, so a bound per read would be nearly the same bound, only
+  harder to state.  A stream may rightly run for minutes: there ``timeout`` bounds connecting
+  and each wait for more of the answer.
 - A stream fails over only before its first chunk reaches the caller.  After that, a failure is
   reported to the core (so the key or model is cooled as usual), the request is ended, and
   `StreamInterruptedError` says how many chunks were delivered.
@@ -74,6 +77,7 @@ from keysched._transport import (
     TransportFailure,
     TransportTimeout,
 )
+from keysched._tuples import tuple_builder
 from keysched._wire import (
     API_BASE,
     EMBED_BATCH_LIMIT,
@@ -155,6 +159,9 @@ class _StreamResult:
                                         status=0, message="the stream was abandoned")
 
 
+# One of each per request: built in C, as their values need no checks.
+_new_record = tuple_builder(AttemptRecord)
+_new_result = tuple_builder(GenerateResult)
 _ENCODER = json.JSONEncoder(allow_nan=False)  # json.dumps(allow_nan=False) builds one per call
 _INF = math.inf
 
@@ -256,10 +263,6 @@ class _Session:
                 self.open = False
             return decision
 
-    def time_left(self) -> float:
-        """Seconds before the request's deadline (at least a millisecond)."""
-        return max(0.001, self.deadline_at - self.client._clock())
-
     def attempt_timeout(self, timeout: float) -> float:
         return max(0.001, min(timeout, self.deadline_at - self.client._clock()))
 
@@ -269,10 +272,10 @@ class _Session:
         client = self.client
         ended = client._clock()
         outcome = classified.outcome
-        self.records.append(AttemptRecord(
+        self.records.append(_new_record((
             dispatch.number, dispatch.key.label or "", dispatch.model, outcome.kind,
             classified.status, classified.google_status, classified.message, outcome.retry_after,
-            started, ended))
+            started, ended)))
         self.last = (dispatch, classified)
         if client._closed:  # `aclose` ended the request while this attempt was in flight
             raise UsageError("the client was closed while the request was open")
@@ -330,9 +333,8 @@ class KeyedClient:
         base_url: the API's base URL; point it at any Gemini-compatible server.
         retry: the retry policy (attempts, backoff, deadline, cooldowns).
         limits: known quotas per project and model; the pool then never exceeds them.
-        timeout: the longest an attempt may wait on the network at a time (to connect, for a
-            free connection, or between bytes of the answer), in seconds; the request's
-            deadline bounds each attempt's total time.
+        timeout: the longest one attempt may take, in seconds (for `stream`: the longest
+            wait to connect or for more of the answer); capped by the request's deadline.
         max_in_flight_per_key: an optional cap on concurrent requests per key.
         embedding_model: the model `embed` uses by default.
         http_client: your own `httpx.AsyncClient` (not closed by `aclose`).
@@ -404,10 +406,11 @@ class KeyedClient:
         self._timer_at = math.inf
         self._stale_timers: set[asyncio.Task[None]] = set()  # cancelled, not yet finished
         self._closed = False
-        # Headers per key, built once: the key is checked and copied into them a single time.
-        self._headers = {key.label: request_headers(key.secret) for key in config.keys}
-        self._urls: dict[str, dict[str, str]] = {method: {} for method in METHODS}
         self._backend = self._make_backend(http_client, transport, fast)
+        # Headers per key, built once: the key is checked and copied into them a single time.
+        self._headers = {key.label: self._backend.headers(request_headers(key.secret))
+                         for key in config.keys}
+        self._urls: dict[str, dict[str, str]] = {method: {} for method in METHODS}
 
     @staticmethod
     def _make_backend(http_client: httpx.AsyncClient | None,
@@ -505,8 +508,7 @@ class KeyedClient:
             contents: a prompt string, or the REST ``contents`` list.
             models: the models this call may use, best first (default: the pool's).
             generation_config, system_instruction, safety_settings, tools: as in the REST API.
-            timeout: the longest an attempt may wait on the network at a time (default: the
-                client's).
+            timeout: the longest one attempt may take (default: the client's).
             deadline: the longest the whole call may take, retries included.
 
         Returns:
@@ -529,8 +531,8 @@ class KeyedClient:
             tokens = _estimate(contents, body)
         dispatch, answer, _, attempts = await self._call(models, "generateContent", payload,
                                                          tokens, None, timeout, deadline)
-        return GenerateResult(answer.text, dispatch.model, dispatch.key.label or "", attempts,
-                              answer.usage, answer.finish_reason, answer.block_reason, answer.json)
+        return _new_result((answer.text, dispatch.model, dispatch.key.label or "", attempts,
+                            answer.usage, answer.finish_reason, answer.block_reason, answer.json))
 
     async def stream(
         self,
@@ -547,6 +549,7 @@ class KeyedClient:
         """Stream content chunk by chunk (``:streamGenerateContent?alt=sse``).
 
         Fails over to another key or model only until the first chunk is delivered.
+        `timeout` bounds connecting and each wait for more of the answer, not the whole stream.
 
         Raises:
             StreamInterruptedError: the stream broke after chunks were delivered.
@@ -715,17 +718,18 @@ class KeyedClient:
                 decision = items.popleft() if items else await session.next()
                 if isinstance(decision, Dispatch):
                     started = clock()
-                    left = session.deadline_at - started
-                    if left < 0.001:
-                        left = 0.001
-                    phase = attempt_timeout if attempt_timeout < left else left
+                    bound = session.deadline_at - started  # `attempt_timeout`, inlined
+                    if bound > attempt_timeout:
+                        bound = attempt_timeout
+                    elif bound < 0.001:
+                        bound = 0.001
                     try:
                         status, headers, raw = await self._backend.post(
                             urls.get(decision.model) or self._url(decision.model, method),
-                            self._headers[decision.key.label], payload, phase, left)
+                            self._headers[decision.key.label], payload, bound)
                     except TransportTimeout:
                         classified = _failure(OutcomeKind.TIMEOUT,
-                                              f"no answer within {phase:.1f}s")
+                                              f"no answer within {bound:.1f}s")
                         session.value = None
                     except TransportFailure as exc:
                         classified = _failure(OutcomeKind.CONNECTION_ERROR,

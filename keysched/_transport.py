@@ -47,17 +47,19 @@ class StreamResponse(Protocol):
 class Backend(Protocol):
     """What `KeyedClient` needs from an HTTP library."""
 
-    async def post(self, url: str, headers: Mapping[str, str], payload: bytes,
-                   timeout: float, total: float) -> tuple[int, Mapping[str, str], bytes]:
-        """POST and read the whole answer.
+    def headers(self, headers: Mapping[str, str]) -> Mapping[str, str]:
+        """One key's request headers in the form this backend sends fastest (built once)."""
+        ...
 
-        `timeout` bounds each phase (connecting, waiting for a connection, each read); `total`
-        bounds the whole attempt (the time left before the request's deadline).
-        """
+    async def post(self, url: str, headers: Mapping[str, str], payload: bytes,
+                   timeout: float) -> tuple[int, Mapping[str, str], bytes]:
+        """POST and read the whole answer; `timeout` bounds the whole exchange."""
         ...
 
     def stream(self, url: str, headers: Mapping[str, str], payload: bytes,
-               timeout: float) -> contextlib.AbstractAsyncContextManager[StreamResponse]: ...
+               timeout: float) -> contextlib.AbstractAsyncContextManager[StreamResponse]:
+        """POST and stream the answer; `timeout` bounds the connection and each read."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -95,14 +97,18 @@ class HttpxBackend:
         self._client = client
         self._owned = owned
 
+    def headers(self, headers: Mapping[str, str]) -> Mapping[str, str]:
+        return httpx.Headers(headers)  # merged into the client's own without re-encoding
+
     async def post(self, url: str, headers: Mapping[str, str], payload: bytes,
-                   timeout: float, total: float) -> tuple[int, Mapping[str, str], bytes]:
+                   timeout: float) -> tuple[int, Mapping[str, str], bytes]:
         import asyncio
 
-        # httpx's timeouts bound each phase, not the whole answer: a server that drips bytes
-        # would outlast them. The outer bound keeps an attempt inside the request's deadline.
+        # httpx's timeouts bound each phase, not the whole exchange (a server that drips bytes
+        # would outlast them): the outer bound does that.  (Each phase gets the same bound, so
+        # a transport sees the attempt's timeout in its request's extensions.)
         try:
-            async with asyncio.timeout(total):
+            async with asyncio.timeout(timeout):
                 with _httpx_errors():
                     response = await self._client.post(url, content=payload, headers=headers,
                                                        timeout=timeout)
@@ -171,6 +177,7 @@ class AiohttpBackend:
         self._session: Any = None
         self._timeouts = (TimeoutError, aiohttp.ServerTimeoutError)
         self._failures = aiohttp.ClientError
+        self._limits: dict[float, Any] = {}  # ClientTimeout by seconds
 
     def _get_session(self) -> Any:
         if self._session is None:
@@ -181,12 +188,22 @@ class AiohttpBackend:
                                                   cookie_jar=aiohttp.DummyCookieJar())
         return self._session
 
+    def headers(self, headers: Mapping[str, str]) -> Mapping[str, str]:
+        # aiohttp copies a dict into a CIMultiDict on every request, but not a multidict.
+        from multidict import CIMultiDict, CIMultiDictProxy
+
+        return CIMultiDictProxy(CIMultiDict(headers))
+
     async def post(self, url: str, headers: Mapping[str, str], payload: bytes,
-                   timeout: float, total: float) -> tuple[int, Mapping[str, str], bytes]:
+                   timeout: float) -> tuple[int, Mapping[str, str], bytes]:
         session = self._session or self._get_session()
-        # The same meaning as httpx's: `timeout` per phase, `total` for the whole attempt
-        # (aiohttp's defaults for the other two fields).
-        limits = self._aiohttp.ClientTimeout(total=total, connect=timeout, sock_read=timeout)
+        # One timer for the whole exchange.  Building a ClientTimeout costs a dataclass init,
+        # and an attempt's timeout is the same value until the request's deadline nears.
+        limits = self._limits.get(timeout)
+        if limits is None:
+            if len(self._limits) >= 64:
+                self._limits.clear()
+            limits = self._limits[timeout] = self._aiohttp.ClientTimeout(total=timeout)
         # The errors are mapped here rather than by `_aiohttp_errors`: a context manager per
         # request costs a generator and two calls.
         try:

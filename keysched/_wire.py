@@ -59,6 +59,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from keysched._errors import UsageError
 from keysched._outcomes import Outcome, OutcomeKind
+from keysched._tuples import tuple_builder
 
 __all__ = [
     "API_BASE",
@@ -337,19 +338,25 @@ def _int(value: object) -> int | None:
     return None
 
 
-_DECODER = _json.JSONDecoder()
+# The C scanner under `json.loads` (JSONDecoder.__init__ sets it; typeshed leaves it out).
+_SCAN: Callable[[str, int], tuple[Any, int]] = _json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def _parse_json(body: bytes) -> tuple[bool, Any]:
     """``(True, value)`` for a JSON body, ``(False, None)`` otherwise; never raises."""
     try:
         if body[:1] == b"{" and body[1:2] != b"\0":
-            # What json.loads does with bytes that start so (UTF-8 by its detection rules),
-            # without the detection.
-            value = _DECODER.decode(body.decode("utf-8", "surrogatepass"))
+            # What json.loads does with bytes that start so (UTF-8 by its detection rules, no
+            # leading whitespace), without the detection, the decoder's two regex matches and
+            # its two Python-level calls: scan the object, then allow only JSON whitespace.
+            text = body.decode("utf-8", "surrogatepass")
+            value, end = _SCAN(text, 0)
+            if end != len(text) and len(text.rstrip(" \t\n\r")) != end:
+                return False, None  # data after the object
         else:
             value = _json.loads(body)
-    except (ValueError, RecursionError, TypeError):  # ValueError covers decode errors too
+    except (ValueError, RecursionError, TypeError, StopIteration):
+        # ValueError covers decode errors too; StopIteration is the scanner's "no value here".
         return False, None
     if isinstance(value, list) and len(value) == 1:
         value = value[0]  # Google wraps errors in a one-element array on some paths
@@ -568,6 +575,14 @@ def _classify_answer(status: int, response: dict[str, Any], *, empty_is_error: b
                       usage=usage)
 
 
+# `_plain_answer` builds its records in C: it runs once per answer, and its values need no
+# checks (an Outcome's one check is on `retry_after`, None here).
+_new_outcome = tuple_builder(Outcome)
+_new_classified = tuple_builder(Classified)
+_new_usage = tuple_builder(Usage)
+_NO_TOKENS = Outcome(kind=OutcomeKind.SUCCESS)
+
+
 def _plain_answer(status: int, response: Any) -> Classified | None:
     """The common answer, classified in one pass; None for anything else.
 
@@ -616,8 +631,8 @@ def _plain_answer(status: int, response: Any) -> Classified | None:
         return None
     meta = answer.get("usageMetadata")
     if meta is None:
-        return Classified(Outcome(kind=_K.SUCCESS), status, None, None, None, None, None, None,
-                          answer, text, finish, None, None)
+        return _new_classified((_NO_TOKENS, status, None, None, None, None, None, None,
+                                answer, text, finish, None, None))
     if meta.__class__ is not dict:
         return None
     # `_int`, inlined for the usual non-negative ints.
@@ -633,10 +648,9 @@ def _plain_answer(status: int, response: Any) -> Classified | None:
     total = meta.get("totalTokenCount")
     if total.__class__ is not int or total < 0:
         total = _int(total)
-    return Classified(
-        Outcome(kind=_K.SUCCESS, input_tokens=prompt, output_tokens=output), status, None, None,
-        None, None, None, None, answer, text, finish, None,
-        Usage(prompt, output, thoughts, total))
+    return _new_classified((
+        _new_outcome((_K.SUCCESS, None, prompt, output)), status, None, None, None, None, None,
+        None, answer, text, finish, None, _new_usage((prompt, output, thoughts, total))))
 
 
 def _bad_response(status: int, why: str, parsed: Any = None) -> Classified:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+from typing import Any
 
 import httpx
 import pytest
@@ -122,6 +123,84 @@ async def test_the_embedding_model_can_have_its_own_limit() -> None:
         assert await client.embed(["a", "b"]) == [[1.0], [1.0]]
         with pytest.raises(CapacityError):
             await client.embed(["c"], deadline=1.0)  # one request per minute
+
+
+async def _serve_once(handle: Any) -> tuple[asyncio.Server, str]:
+    """A loopback HTTP/1.1 server whose every connection is `handle(headers, writer)`."""
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            await handle(head.lower(), writer)
+        except (ConnectionError, asyncio.CancelledError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(connection, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+ANSWER = json.dumps({"candidates": [{"content": {"parts": [{"text": "ok"}]},
+                                     "finishReason": "STOP"}]}).encode()
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["httpx", "aiohttp"])
+async def test_timeout_bounds_a_whole_attempt_and_the_call_fails_over(fast: bool) -> None:
+    """An answer dripped a few bytes at a time is abandoned after `timeout`, although no single
+    read waits that long and the deadline is far; the call fails over to the next key."""
+
+    async def handle(head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                     b"content-length: %d\r\n\r\n" % len(ANSWER))
+        dripping = b"x-goog-api-key: aizadrip" in head
+        for i in range(0, len(ANSWER), 4):
+            writer.write(ANSWER[i:i + 4])
+            await writer.drain()
+            if dripping:
+                await asyncio.sleep(0.1)  # the whole answer takes 2 s; each read 0.1 s
+
+    server, base_url = await _serve_once(handle)
+    try:
+        async with KeyedClient(keys=["AIzaDRIP", "AIzaGOOD"], models=[FLASH], timeout=0.3,
+                               base_url=base_url, fast=fast) as client:
+            result = await client.generate("hi")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (result.text, result.key) == ("ok", "key#2")
+    first, second = result.attempts
+    assert (first.key, first.outcome.value, second.outcome.value) == ("key#1", "timeout",
+                                                                      "success")
+    assert 0.3 <= first.ended - first.started < 1.5  # the timeout, not the 2 s answer
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["httpx", "aiohttp"])
+async def test_a_stream_may_outlast_its_timeout_while_chunks_keep_coming(fast: bool) -> None:
+    """For a stream, `timeout` bounds each wait for more of the answer, not the whole of it."""
+    chunks = [b"data: " + json.dumps({"candidates": [{"content": {"parts": [{"text": f"{i} "}]},
+                                                      "index": 0}]}).encode() + b"\r\n\r\n"
+              for i in range(6)]
+
+    async def handle(head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                     b"connection: close\r\n\r\n")
+        for chunk in chunks:
+            writer.write(chunk)
+            await writer.drain()
+            await asyncio.sleep(0.1)  # 0.6 s in all, twice the timeout
+
+    server, base_url = await _serve_once(handle)
+    try:
+        async with KeyedClient(keys=["AIzaONE"], models=[FLASH], timeout=0.3,
+                               base_url=base_url, fast=fast) as client:
+            texts = [chunk.text async for chunk in client.stream("hi")]
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert texts == [f"{i} " for i in range(6)]
 
 
 async def test_the_deadline_bounds_a_dripping_answer() -> None:

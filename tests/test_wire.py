@@ -702,8 +702,14 @@ def _parse_with_loads(raw: bytes) -> tuple[bool, Any]:
     return True, value[0] if isinstance(value, list) and len(value) == 1 else value
 
 
-@given(raw=st.one_of(st.binary().map(lambda b: b"{" + b), json_values.map(
-    lambda v: json.dumps({"v": v}, ensure_ascii=False).encode()), st.binary()))
+@given(raw=st.one_of(
+    st.binary().map(lambda b: b"{" + b),
+    json_values.map(lambda v: json.dumps({"v": v}, ensure_ascii=False).encode()),
+    # what may follow an object: JSON whitespace, other whitespace, more data
+    st.tuples(json_values, st.one_of(st.text(alphabet=" \t\n\r\x0b\x0c\xa0\u2028"),
+                                     st.text(alphabet=" \nx}{0\""))).map(
+        lambda pair: (json.dumps({"v": pair[0]}) + pair[1]).encode()),
+    st.binary()))
 def test_json_bodies_parse_as_json_loads_parses_them(raw: bytes) -> None:
     """The parser's shortcut for an object body reads exactly what `json.loads` reads."""
     from keysched import _wire
