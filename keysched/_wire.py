@@ -342,21 +342,37 @@ def _int(value: object) -> int | None:
 _SCAN: Callable[[str, int], tuple[Any, int]] = _json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
+def _scan_object(body: bytes) -> dict[str, Any] | None:
+    """The JSON object `body` holds, if it starts with ``{``; None otherwise; never raises.
+
+    What json.loads does with bytes that start so (UTF-8 by its detection rules, no leading
+    whitespace), without the detection, the decoder's two regex matches and its two
+    Python-level calls: scan the object, then allow only JSON whitespace after it.
+    """
+    if body[:1] != b"{" or body[1:2] == b"\0":  # a NUL second byte means UTF-16 or -32
+        return None
+    try:
+        text = body.decode("utf-8", "surrogatepass")
+        value: dict[str, Any]
+        value, end = _SCAN(text, 0)
+    except (ValueError, RecursionError, StopIteration):
+        # ValueError covers decode errors too; StopIteration is the scanner's "no value here".
+        return None
+    if end != len(text) and len(text.rstrip(" \t\n\r")) != end:
+        return None  # data after the object
+    return value
+
+
 def _parse_json(body: bytes) -> tuple[bool, Any]:
     """``(True, value)`` for a JSON body, ``(False, None)`` otherwise; never raises."""
+    if body[:1] == b"{" and body[1:2] != b"\0":
+        value: Any = _scan_object(body)
+        if value is None:
+            return False, None
+        return True, value
     try:
-        if body[:1] == b"{" and body[1:2] != b"\0":
-            # What json.loads does with bytes that start so (UTF-8 by its detection rules, no
-            # leading whitespace), without the detection, the decoder's two regex matches and
-            # its two Python-level calls: scan the object, then allow only JSON whitespace.
-            text = body.decode("utf-8", "surrogatepass")
-            value, end = _SCAN(text, 0)
-            if end != len(text) and len(text.rstrip(" \t\n\r")) != end:
-                return False, None  # data after the object
-        else:
-            value = _json.loads(body)
-    except (ValueError, RecursionError, TypeError, StopIteration):
-        # ValueError covers decode errors too; StopIteration is the scanner's "no value here".
+        value = _json.loads(body)
+    except (ValueError, RecursionError, TypeError):  # ValueError covers decode errors too
         return False, None
     if isinstance(value, list) and len(value) == 1:
         value = value[0]  # Google wraps errors in a one-element array on some paths
@@ -591,66 +607,60 @@ def _plain_answer(status: int, response: Any) -> Classified | None:
     always a ``SUCCESS``.  The result is exactly what `_classify_answer` gives for it (a test
     holds them equal over generated bodies); every other body goes through the full rules.
     """
-    if response.__class__ is not dict:
+    if response.__class__ is not dict or "error" in response or "promptFeedback" in response:
         return None
-    answer: dict[str, Any] = response
-    candidates = answer.get("candidates")
-    if (candidates.__class__ is not list or not candidates or "error" in answer
-            or "promptFeedback" in answer):
-        return None
-    candidate = candidates[0]
-    if candidate.__class__ is not dict:
-        return None
-    content = candidate.get("content")
-    parts = content.get("parts") if content.__class__ is dict else None
-    if parts.__class__ is not list:
-        return None
-    if len(parts) == 1:  # most answers: one part, its text
-        part = parts[0]
-        if part.__class__ is not dict or part.get("thought") is True:
-            return None
-        text = part.get("text")
-        if text.__class__ is not str:
-            return None
-    else:
-        texts = []
-        for part in parts:
-            if part.__class__ is not dict:
+    # Indexing instead of checking each type first: JSON has no other containers, so a value of
+    # the wrong type raises one of the errors caught below (a str's [0] is a str, whose ["..."]
+    # and .get raise too), and the full rules take over.
+    try:
+        candidate = response["candidates"][0]
+        parts = candidate["content"]["parts"]
+        if len(parts) == 1:  # most answers: one part, its text
+            part = parts[0]
+            if part.get("thought") is True:
                 return None
-            if part.get("thought") is not True:
-                text = part.get("text")
-                if text.__class__ is str:
-                    texts.append(text)
-        text = "".join(texts)
+            text = part["text"]
+            if text.__class__ is not str:
+                return None
+        else:
+            texts = []
+            for part in parts:
+                if part.get("thought") is not True:
+                    text = part.get("text")
+                    if text.__class__ is str:
+                        texts.append(text)
+            text = "".join(texts)
+        finish = candidate.get("finishReason")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
     if not text:
         return None
-    finish = candidate.get("finishReason")
     if finish.__class__ is not str:
         finish = None
     elif finish in SAFETY_FINISH_REASONS:
         return None
-    meta = answer.get("usageMetadata")
+    meta = response.get("usageMetadata")
     if meta is None:
         return _new_classified((_NO_TOKENS, status, None, None, None, None, None, None,
-                                answer, text, finish, None, None))
+                                response, text, finish, None, None))
     if meta.__class__ is not dict:
         return None
-    # `_int`, inlined for the usual non-negative ints.
+    # `_int`, inlined for the usual non-negative ints and for an absent count.
     prompt = meta.get("promptTokenCount")
     if prompt.__class__ is not int or prompt < 0:
-        prompt = _int(prompt)
+        prompt = None if prompt is None else _int(prompt)
     output = meta.get("candidatesTokenCount")
     if output.__class__ is not int or output < 0:
-        output = _int(output)
+        output = None if output is None else _int(output)
     thoughts = meta.get("thoughtsTokenCount")
     if thoughts.__class__ is not int or thoughts < 0:
-        thoughts = _int(thoughts)
+        thoughts = None if thoughts is None else _int(thoughts)
     total = meta.get("totalTokenCount")
     if total.__class__ is not int or total < 0:
-        total = _int(total)
+        total = None if total is None else _int(total)
     return _new_classified((
         _new_outcome((_K.SUCCESS, None, prompt, output)), status, None, None, None, None, None,
-        None, answer, text, finish, None, _new_usage((prompt, output, thoughts, total))))
+        None, response, text, finish, None, _new_usage((prompt, output, thoughts, total))))
 
 
 def _bad_response(status: int, why: str, parsed: Any = None) -> Classified:
@@ -701,6 +711,10 @@ def classify(status: int, body: bytes, headers: Mapping[str, str] | None = None,
     Returns:
         The classification; see the module docstring for the rules.
     """
+    if status == 200 and body.__class__ is bytes:  # the common answer, at its shortest
+        plain = _plain_answer(200, _scan_object(body))
+        if plain is not None:
+            return plain
     return _classify(status, body, headers, input_tokens=input_tokens,
                      empty_is_error=empty_is_error, answer=True)
 
