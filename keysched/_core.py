@@ -200,13 +200,14 @@ class Scheduler:
         self._decisions: list[Decision] = []
         self._fresh: list[_Request] = []  # queued since the last poll, deadline not armed yet
         self._events: list[PoolEvent] = []
-        self._tier: dict[int, int] = {}
+        self._tier = list(range(n_models))  # per best model, the tier last dispatched to
         self._now = -math.inf
         self._seq = 0
         self._next_request = 1
         self._next_attempt = 1
         self._waiting = 0
-        self._counts = {"submitted": 0, "finished": 0, "failed": 0, "cancelled": 0}
+        # Requests by how they ended (counted on the hot path: attributes, not a dict).
+        self._submitted = self._finished = self._failed = self._cancelled = 0
         self._current: _Request | None = None  # the request being placed, for `block`
         self._skip_until = math.inf  # when a token budget too full for `_current` frees up
         self._indices_cache: dict[tuple[str, ...], tuple[int, ...]] = {}
@@ -231,7 +232,10 @@ class Scheduler:
         """
         if not (now.__class__ is float and now >= self._now):  # NaN fails `>=` too
             self._check_time(now)
-        indices = self._all_models if models is None else self._model_indices(models)
+        # The same few model lists come again and again: a tuple is looked up in the cache here.
+        indices = self._indices_cache.get(models) if models.__class__ is tuple else None
+        if indices is None:
+            indices = self._model_indices(models)
         if (input_tokens.__class__ is not int  # the fast path: a plain int
                 and (isinstance(input_tokens, bool) or not isinstance(input_tokens, int))
                 ) or input_tokens < 0:
@@ -246,7 +250,7 @@ class Scheduler:
         self._next_request += 1
         request = _Request(rid, indices, input_tokens, now + float(seconds), bool(spends_quota))
         self._requests[rid] = request
-        self._counts["submitted"] += 1
+        self._submitted += 1
         self._enqueue(request)
         return rid
 
@@ -259,16 +263,17 @@ class Scheduler:
         """
         if not isinstance(outcome, Outcome):
             raise UsageError(f"outcome must be an Outcome, got {type(outcome).__name__}")
-        record = self._attempts.get(attempt)
+        if not (now.__class__ is float and now >= self._now):
+            self._check_time(now)
+        record = self._attempts.pop(attempt, None)
         if record is None:
             raise UsageError(f"attempt {attempt!r} is not in flight (unknown, completed or "
                              "cancelled)")
-        if not (now.__class__ is float and now >= self._now):
-            self._check_time(now)
         self._now = now
-        del self._attempts[attempt]
         request = self._requests[record.request]
-        self._release(record.key)
+        state = self._keys[record.key]  # `_release`, inlined
+        state.in_flight -= 1
+        self._update(record.key, (state.in_flight, state.seq))
         kind = outcome.kind
         action = self._on_success if kind is OutcomeKind.SUCCESS else self._actions[kind]
         if kind is OutcomeKind.SUCCESS or kind is OutcomeKind.BLOCKED:
@@ -279,7 +284,9 @@ class Scheduler:
         if action.next is Next.RETURN:
             self._answered[lane] += 1
             self._decisions.append(new_finish((request.id, attempt)))
-            self._end(request, "finished")
+            request.state = _ENDED  # `_end`, inlined: the request was in flight, not waiting
+            del self._requests[request.id]
+            self._finished += 1
         else:
             self._errored[lane] += 1
             self._advance(request, action, outcome, record, now)
@@ -346,7 +353,7 @@ class Scheduler:
         if state.state == _IN_FLIGHT and state.last_attempt is not None:
             record = self._attempts.pop(state.last_attempt)
             self._release(record.key)
-        self._end(state, "failed" if failed else "cancelled")
+        self._end(state, failed=failed)
         return True
 
     def poll(self, now: float) -> list[Decision]:
@@ -445,9 +452,9 @@ class Scheduler:
                     tokens_last_minute=usage[1], requests_today=usage[2]))
         return PoolSnapshot(
             now=at, lanes=tuple(lanes), groups=tuple(groups), waiting=self._waiting,
-            in_flight=len(self._attempts), requests_submitted=self._counts["submitted"],
-            requests_finished=self._counts["finished"], requests_failed=self._counts["failed"],
-            requests_cancelled=self._counts["cancelled"])
+            in_flight=len(self._attempts), requests_submitted=self._submitted,
+            requests_finished=self._finished, requests_failed=self._failed,
+            requests_cancelled=self._cancelled)
 
     # ------------------------------------------------------------------ LaneOracle
 
@@ -580,19 +587,23 @@ class Scheduler:
         models = tuple(m for m in request.models if errors.get(m, 0) < limit)
         return models or request.models[-1:]
 
-    def _end(self, request: _Request, how: str) -> None:
+    def _end(self, request: _Request, *, failed: bool) -> None:
+        """End a request that failed or was cancelled (`complete` ends answered ones itself)."""
         if request.state in (_WAITING, _BACKOFF):
             self._waiting -= 1
         request.state = _ENDED
         del self._requests[request.id]
-        self._counts[how] += 1
+        if failed:
+            self._failed += 1
+        else:
+            self._cancelled += 1
 
     def _fail(self, request: _Request, reason: FailReason, now: float) -> None:
         retry_at = self._capacity_returns(request, now) if reason in (
             FailReason.DEADLINE, FailReason.NO_CAPACITY) else None
         self._decisions.append(Fail(request=request.id, reason=reason,
                                     attempt=request.last_attempt, retry_at=retry_at))
-        self._end(request, "failed")
+        self._end(request, failed=True)
 
     def _release(self, key: int) -> None:
         state = self._keys[key]
@@ -618,7 +629,7 @@ class Scheduler:
     def _dispatch_waiting(self, now: float) -> None:
         queues = self._queues
         requests = self._requests
-        blocked: set[tuple[int, ...]] = set()
+        blocked: set[tuple[int, ...]] | None = None  # made when a queue first blocks
         while True:
             # The oldest head among the queues not blocked yet (request ids grow with time).
             best: tuple[int, ...] | None = None
@@ -631,7 +642,8 @@ class Scheduler:
                             else waiting.models) == models:
                         break
                     heapq.heappop(queue)
-                if queue and models not in blocked and (best is None or queue[0] < head):
+                if queue and (blocked is None or models not in blocked) and (
+                        best is None or queue[0] < head):
                     best, head = models, queue[0]
             if best is None:
                 break
@@ -645,11 +657,14 @@ class Scheduler:
                           else FailReason.NO_CAPACITY)
                 self._fail(request, reason, now)
             else:
+                if blocked is None:
+                    blocked = set()
                 blocked.add(best)
                 continue
             if not queue:
                 del queues[best]
-        if len(queues) > len(blocked):  # stale entries emptied a queue that nothing placed from
+        # Stale entries may have emptied a queue that nothing placed from.
+        if len(queues) > (0 if blocked is None else len(blocked)):
             for models in [models for models, queue in queues.items() if not queue]:
                 del queues[models]
 
@@ -677,32 +692,32 @@ class Scheduler:
 
     def _dispatch(self, request: _Request, key: int, model: int, now: float) -> None:
         state = self._keys[key]
-        self._seq += 1
+        aid = self._next_attempt
+        self._next_attempt = aid + 1
         state.in_flight += 1
-        state.seq = self._seq
-        self._update(key, (state.in_flight, state.seq))
+        # Attempt ids grow with every dispatch: the id orders keys by their last dispatch too.
+        state.seq = aid
+        self._update(key, (state.in_flight, aid))
         group = self._groups[state.project][model]
         budgeted = group.budget is not None and request.quota
         if budgeted:
             group.budget.record(now, request.tokens)  # type: ignore[union-attr]
         self._dispatched[key * self._n_models + model] += 1
-        aid = self._next_attempt
-        self._next_attempt += 1
         self._attempts[aid] = _Attempt(request.id, key, model, now, budgeted)
         self._waiting -= 1
         request.state = _IN_FLIGHT
-        request.number += 1
+        number = request.number = request.number + 1
         request.last_attempt = aid
-        if model != self._tier.get(request.models[0], request.models[0]):
+        if model != self._tier[request.models[0]]:
             self._note_tier(request, model, now)
-        self._decisions.append(new_dispatch((request.id, aid, request.number, state.key,
+        self._decisions.append(new_dispatch((request.id, aid, number, state.key,
                                              self._models[model].name)))
 
     def _note_tier(self, request: _Request, model: int, now: float) -> None:
         """Record and announce a change of the tier serving the request's best model (the
         caller has seen that `model` differs from the tier last used)."""
         best = request.models[0]
-        previous = self._tier.get(best, best)
+        previous = self._tier[best]
         self._tier[best] = model
         kind = "recovered" if model == best else "fallback"
         self._emit(kind, f"{self._models[previous].name} -> {self._models[model].name}", now,
