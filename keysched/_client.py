@@ -217,7 +217,7 @@ class _Session:
                                        spends_quota=spends_quota)
         self.open = True
         self.closed = False  # `aclose` ended the request while the caller waited
-        self.items: collections.deque[Decision] = collections.deque()
+        self.items: list[Decision] = []  # rarely more than one: a list pops its head cheaply
         self.waiter: asyncio.Future[None] | None = None
         client._mailboxes[self.rid] = self
         client._pump(now)
@@ -249,7 +249,7 @@ class _Session:
                     self.waiter = None
                 waited = True
                 continue
-            decision = items.popleft()
+            decision = items.pop(0)
             if isinstance(decision, Dispatch):
                 # A dispatch posted by another task's pump waits here for this task's turn; a
                 # refusal that disabled its key may have come back meanwhile.  Never send on a
@@ -715,7 +715,7 @@ class KeyedClient:
             while True:
                 # A decision already there was posted by this task's own pump, just now (the
                 # attempt was in flight before): take it without the wait and its checks.
-                decision = items.popleft() if items else await session.next()
+                decision = items.pop(0) if items else await session.next()
                 if isinstance(decision, Dispatch):
                     started = clock()
                     bound = session.deadline_at - started  # `attempt_timeout`, inlined
@@ -809,8 +809,9 @@ class KeyedClient:
         `now` is the client clock's time if the caller just read it.
         """
         core = self._core
+        mailboxes = self._mailboxes
         for decision in core.poll(self._clock() if now is None else now):
-            session = self._mailboxes.get(decision.request)
+            session = mailboxes.get(decision.request)
             if session is not None:
                 session.items.append(decision)  # `put`, inlined
                 if session.waiter is not None:
@@ -830,8 +831,10 @@ class KeyedClient:
                     if logger.isEnabledFor(level):
                         self._log(event, level)
         at = core.next_deadline()
-        # The timer is re-armed only for an earlier wake-up, or dropped once nothing is pending.
-        if at < self._timer_at or (at == _INF and self._timer is not None):
+        # The timer is re-armed only for an earlier wake-up, or dropped once nothing is pending
+        # (a timer is armed exactly when `_timer_at` is finite).
+        timer_at = self._timer_at
+        if at != timer_at and (at < timer_at or at == _INF):
             self._arm(at)
 
     def _log(self, event: PoolEvent, level: int) -> None:
