@@ -237,9 +237,11 @@ class _Session:
         items = self.items
         waited = False
         while True:
+            # `aclose` may have ended the request after a decision for it was posted, before
+            # this task ran: that decision is void (its attempt was cancelled with it).
+            if self.closed:
+                raise UsageError("the client was closed while the request was open")
             if not items:
-                if self.closed:
-                    raise UsageError("the client was closed while the request was open")
                 import asyncio
 
                 waiter = self.waiter = asyncio.get_running_loop().create_future()

@@ -70,6 +70,42 @@ async def test_aclose_during_an_attempt_raises_usage_error() -> None:
         assert client.snapshot().in_flight == 0
 
 
+async def test_aclose_before_a_waiting_call_takes_its_dispatch_raises_usage_error() -> None:
+    """A call woken with a dispatch but not yet run when the client closes raises the closed
+    client's UsageError (not one about an attempt no longer in flight), and sends nothing."""
+    sent: list[str] = []
+    answer = asyncio.Event()
+
+    in_flight = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content)["contents"][0]["parts"][0]["text"])
+        in_flight.set()
+        await answer.wait()
+        return success()
+
+    client = KeyedClient(keys=["AIzaONE"], models=[FLASH], max_in_flight_per_key=1,
+                         transport=httpx.MockTransport(handler))
+
+    async def first_then_close() -> None:
+        await client.generate("first")  # its answer freed the key: the second call's
+        await client.aclose()           # dispatch is posted; close before that call runs
+
+    first = asyncio.ensure_future(first_then_close())
+    second = asyncio.ensure_future(client.generate("second"))  # waits: the one key is busy
+    await in_flight.wait()
+    await asyncio.sleep(0)  # the second call submits
+    assert client.snapshot().waiting == 1
+    answer.set()
+    with pytest.raises(UsageError, match="the client was closed"):
+        await asyncio.wait_for(second, 5)
+    await first
+    assert sent == ["first"]
+    snap = client.snapshot()
+    assert (snap.in_flight, snap.waiting, snap.requests_finished, snap.requests_cancelled) == (
+        0, 0, 1, 1)
+
+
 async def test_a_stream_that_ends_on_a_safety_stop_is_an_answer() -> None:
     """A safety finishReason on the last chunk ends the stream normally, as `generate` returns it."""
     vc = VirtualClock()
