@@ -237,11 +237,9 @@ class _Session:
         items = self.items
         waited = False
         while True:
-            # `aclose` may have ended the request after a decision for it was posted, before
-            # this task ran: that decision is void (its attempt was cancelled with it).
-            if self.closed:
-                raise UsageError("the client was closed while the request was open")
             if not items:
+                if self.closed:
+                    raise UsageError("the client was closed while the request was open")
                 import asyncio
 
                 waiter = self.waiter = asyncio.get_running_loop().create_future()
@@ -253,6 +251,11 @@ class _Session:
                 continue
             decision = items.pop(0)
             if isinstance(decision, Dispatch):
+                if self.closed:
+                    # `aclose` ended the request after this dispatch was posted, before this
+                    # task ran: the attempt it names was cancelled with the request.  (A Finish
+                    # or Fail posted before `aclose` still ends the call as it says.)
+                    raise UsageError("the client was closed while the request was open")
                 # A dispatch posted by another task's pump waits here for this task's turn; a
                 # refusal that disabled its key may have come back meanwhile.  Never send on a
                 # disabled key: hand the attempt back and wait for the next decision.  (A
@@ -408,10 +411,11 @@ class KeyedClient:
         self._timer_at = math.inf
         self._stale_timers: set[asyncio.Task[None]] = set()  # cancelled, not yet finished
         self._closed = False
+        # Headers per key, built once: the key is checked and copied into them a single time
+        # (before an HTTP client exists that a failure here would leave open).
+        headers = {key.label: request_headers(key.secret) for key in config.keys}
         self._backend = self._make_backend(http_client, transport, fast)
-        # Headers per key, built once: the key is checked and copied into them a single time.
-        self._headers = {key.label: self._backend.headers(request_headers(key.secret))
-                         for key in config.keys}
+        self._headers = {label: self._backend.headers(each) for label, each in headers.items()}
         self._urls: dict[str, dict[str, str]] = {method: {} for method in METHODS}
 
     @staticmethod

@@ -78,6 +78,11 @@ def _check_secret(field: str, value: object) -> str:
     if not value.isprintable() or " " in value:
         raise ConfigurationError(field, "a key must not contain whitespace or control characters "
                                         f"(length {len(value)})")
+    # An HTTP header carries ASCII: a key pasted with curly quotes, say, would otherwise fail
+    # in the HTTP library, with the key in its error message.
+    if not value.isascii():
+        raise ConfigurationError(field, "a key must be ASCII (a character outside it was found, "
+                                        f"length {len(value)}; the key is not shown)")
     return value
 
 

@@ -149,9 +149,9 @@ def request_headers(secret: str) -> dict[str, str]:
     Raises:
         UsageError: for a key that could not be a header value (the key is never quoted).
     """
-    if not isinstance(secret, str) or not secret or any(
+    if not isinstance(secret, str) or not secret or not secret.isascii() or any(
             ch.isspace() or not ch.isprintable() for ch in secret):
-        raise UsageError("secret: a key must be a non-empty string without whitespace or "
+        raise UsageError("secret: a key must be a non-empty ASCII string without whitespace or "
                          "control characters")
     return {"x-goog-api-key": secret, "content-type": "application/json",
             "user-agent": f"keysched/{_VERSION}"}
@@ -669,13 +669,19 @@ def _bad_response(status: int, why: str, parsed: Any = None) -> Classified:
 
 
 def _classify(status: int, body: bytes, headers: Mapping[str, str] | None, *,
-              input_tokens: int | None, empty_is_error: bool, answer: bool) -> Classified:
-    is_json, parsed = (_parse_json(body) if body.__class__ is bytes
-                       or isinstance(body, bytes | bytearray) else (False, None))
-    if answer and 200 <= status <= 299:
-        plain = _plain_answer(status, parsed)
-        if plain is not None:
-            return plain
+              input_tokens: int | None, empty_is_error: bool, answer: bool,
+              scanned: dict[str, Any] | None = None) -> Classified:
+    """The rules; `scanned` is the body's object when the caller has parsed it already (and
+    found it is not a plain answer)."""
+    if scanned is not None:
+        is_json, parsed = True, scanned
+    else:
+        is_json, parsed = (_parse_json(body) if body.__class__ is bytes
+                           or isinstance(body, bytes | bytearray) else (False, None))
+        if answer and 200 <= status <= 299:
+            plain = _plain_answer(status, parsed)
+            if plain is not None:
+                return plain
     response = _dict(parsed)
     if 200 <= status <= 299:
         if response is None:
@@ -711,12 +717,14 @@ def classify(status: int, body: bytes, headers: Mapping[str, str] | None = None,
     Returns:
         The classification; see the module docstring for the rules.
     """
+    scanned = None
     if status == 200 and body.__class__ is bytes:  # the common answer, at its shortest
-        plain = _plain_answer(200, _scan_object(body))
+        scanned = _scan_object(body)
+        plain = _plain_answer(200, scanned)
         if plain is not None:
             return plain
     return _classify(status, body, headers, input_tokens=input_tokens,
-                     empty_is_error=empty_is_error, answer=True)
+                     empty_is_error=empty_is_error, answer=True, scanned=scanned)
 
 
 _T = TypeVar("_T")

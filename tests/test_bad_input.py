@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 from helpers import FLASH, LITE, body
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -44,7 +45,8 @@ weird_numbers = st.sampled_from([
 weird_strings = st.sampled_from(["", " ", "\n", "models/", "gemini-nope", "models/../x", "a" * 5000,
                                  "gemini-2.5-flash\x00", "?key=leak#", None, 0, b"x", [], {}])
 weird_keys = st.lists(
-    st.sampled_from([CANARY, CANARY + " ", CANARY + "\n", "", None, 7, b"bytes", object(),
+    st.sampled_from([CANARY, CANARY + " ", CANARY + "\n", "\u2018" + CANARY + "\u2019", "",
+                     None, 7, b"bytes", object(),
                      Key(secret=CANARY, label="canary"), "ok-key-1", "ok-key-2"]),
     max_size=4) | st.sampled_from([CANARY, None, 5, {"a": CANARY}, b"key"])
 weird_models = (st.lists(weird_strings | st.sampled_from([FLASH, LITE]), max_size=3)
@@ -67,6 +69,15 @@ def texts_of(exc: BaseException) -> list[str]:
 def ok_transport() -> httpx.MockTransport:
     return httpx.MockTransport(lambda request: httpx.Response(200, content=body(
         "200_success.json")))
+
+
+def test_a_key_outside_ascii_is_a_configuration_error_that_never_shows_it() -> None:
+    """A key pasted with curly quotes cannot go in an HTTP header: the client refuses it when
+    built (not at the first call, in the HTTP library's words, which quote the key)."""
+    with pytest.raises(ConfigurationError) as caught:
+        KeyedClient(keys=["\u2018" + CANARY + "\u2019"], models=[FLASH])
+    assert caught.value.field == "keys[0]"
+    assert all(CANARY not in text for text in texts_of(caught.value))
 
 
 @settings(max_examples=150)

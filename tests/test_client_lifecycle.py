@@ -106,6 +106,40 @@ async def test_aclose_before_a_waiting_call_takes_its_dispatch_raises_usage_erro
         0, 0, 1, 1)
 
 
+async def test_aclose_after_a_waiting_call_failed_still_raises_its_error() -> None:
+    """A call whose deadline failed it just before the client closed (the Fail posted, its task
+    not yet run) ends with that CapacityError, as its request did, not with UsageError."""
+    vc = VirtualClock()
+    answer = asyncio.Event()
+    in_flight = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        in_flight.set()
+        await answer.wait()
+        return success()
+
+    closing: list[asyncio.Future[None]] = []
+
+    async def sleep(seconds: float) -> None:
+        await vc.sleep(seconds)
+        # The deadline is due: the timer task pumps (posting the Fail) right after this
+        # returns; the closer, woken now, runs before the failed call's task does.
+        closing.append(asyncio.ensure_future(client.aclose()))
+
+    client = KeyedClient(keys=["AIzaONE"], models=[FLASH], max_in_flight_per_key=1,
+                         transport=httpx.MockTransport(handler), clock=vc.clock, sleep=sleep)
+    first = asyncio.ensure_future(client.generate("first"))
+    await in_flight.wait()
+    with pytest.raises(CapacityError):
+        await asyncio.wait_for(client.generate("second", deadline=5.0), 5)
+    await asyncio.gather(*closing)
+    answer.set()
+    with pytest.raises(UsageError, match="closed"):
+        await first
+    snap = client.snapshot()
+    assert (snap.requests_failed, snap.requests_cancelled) == (1, 1)
+
+
 async def test_a_stream_that_ends_on_a_safety_stop_is_an_answer() -> None:
     """A safety finishReason on the last chunk ends the stream normally, as `generate` returns it."""
     vc = VirtualClock()

@@ -117,7 +117,8 @@ def test_limit_model_must_be_a_name(value: object) -> None:
     assert info.value.field == "model"
 
 
-@pytest.mark.parametrize("value", [None, 123, b"bytes", "", "a\nb", "tab\there"])
+@pytest.mark.parametrize("value", [None, 123, b"bytes", "", "a\nb", "tab\there",
+                                   "\u2018AIzaQUOTED\u2019", "AIza\u00e9t\u00e9"])
 def test_bad_secret_is_refused_without_echo(value: object) -> None:
     """A secret that is not a clean non-empty string is refused, and never echoed."""
     with pytest.raises(ConfigurationError) as info:
