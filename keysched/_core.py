@@ -233,7 +233,10 @@ class Scheduler:
         if not (now.__class__ is float and now >= self._now):  # NaN fails `>=` too
             self._check_time(now)
         # The same few model lists come again and again: a tuple is looked up in the cache here.
-        indices = self._indices_cache.get(models) if models.__class__ is tuple else None
+        try:
+            indices = self._indices_cache.get(models) if models.__class__ is tuple else None
+        except TypeError:  # a tuple holding a list, say: `_model_indices` says what is wrong
+            indices = None
         if indices is None:
             indices = self._model_indices(models)
         if (input_tokens.__class__ is not int  # the fast path: a plain int
@@ -506,7 +509,10 @@ class Scheduler:
         if models is None:
             return self._all_models
         if type(models) is tuple:  # the common case: the same few model lists, again and again
-            cached = self._indices_cache.get(models)
+            try:
+                cached = self._indices_cache.get(models)
+            except TypeError:  # unhashable: not a tuple of names
+                return self._model_indices(list(models))
             if cached is None:
                 cached = self._model_indices(list(models))
                 if len(self._indices_cache) < 256:

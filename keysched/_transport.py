@@ -222,8 +222,9 @@ class AiohttpBackend:
     async def stream(self, url: str, headers: Mapping[str, str], payload: bytes,
                      timeout: float) -> AsyncIterator[StreamResponse]:
         session = self._get_session()
-        # A stream may run long: bound the connection and each read, not the whole answer.
-        limits = self._aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+        # A stream may run long: bound getting a connection (a free one from the pool, or a new
+        # one) and each read, not the whole answer.
+        limits = self._aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
         with _aiohttp_errors():
             request = session.post(url, data=payload, headers=headers, allow_redirects=False,
                                    timeout=limits)

@@ -437,7 +437,7 @@ class CoreMachine(RuleBasedStateMachine):
 
     @rule(data=st.data(), which=st.sampled_from(
         ["finished", "unknown", "poll_back", "submit_back", "complete_back", "cancel_back",
-         "cancel_never"]))
+         "cancel_never", "submit_unhashable_model"]))
     def illegal(self, data: st.DataObject, which: str) -> None:
         """7. An illegal input raises UsageError and changes nothing."""
         assert self.core is not None
@@ -456,6 +456,7 @@ class CoreMachine(RuleBasedStateMachine):
             "cancel_back": lambda: core.cancel(
                 min((r.rid for r in self.reqs.values() if r.state != "ended"), default=-5), back),
             "cancel_never": lambda: core.cancel(10**9, now),
+            "submit_unhashable_model": lambda: core.submit(now, models=(["m"],)),  # type: ignore[arg-type]
         }
         before = (core.snapshot(now), core.next_deadline(), core.in_flight, core.open_requests)
         try:
