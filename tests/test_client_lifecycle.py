@@ -28,6 +28,24 @@ SAFETY_STREAM = b"".join(b"data: " + json.dumps(chunk).encode() + b"\r\n\r\n" fo
 ))
 
 
+class HeldServer:
+    """A MockTransport handler that holds every request until `release` is set.
+
+    `sent` is set when a request arrives; `prompts` lists the prompt of each, in order.
+    """
+
+    def __init__(self) -> None:
+        self.sent = asyncio.Event()
+        self.release = asyncio.Event()
+        self.prompts: list[str] = []
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.prompts.append(json.loads(request.content)["contents"][0]["parts"][0]["text"])
+        self.sent.set()
+        await self.release.wait()
+        return success()
+
+
 async def test_aclose_ends_a_call_waiting_in_backoff() -> None:
     """A call backing off when the client closes raises UsageError at once and holds nothing."""
     gate = asyncio.Event()
@@ -50,21 +68,14 @@ async def test_aclose_ends_a_call_waiting_in_backoff() -> None:
 
 async def test_aclose_during_an_attempt_raises_usage_error() -> None:
     """A call whose attempt is in flight when the client closes raises UsageError, not httpx's."""
-    sent = asyncio.Event()
-    release = asyncio.Event()
-
-    async def handler(request: httpx.Request) -> httpx.Response:
-        sent.set()
-        await release.wait()
-        return success()
-
-    transport = httpx.MockTransport(handler)
+    server = HeldServer()
+    transport = httpx.MockTransport(server)
     async with httpx.AsyncClient(transport=transport) as http:  # ours to close, not the client's
         client = KeyedClient(keys=["AIzaONE"], models=[FLASH], http_client=http)
         call = asyncio.ensure_future(client.generate("hi"))
-        await sent.wait()
+        await server.sent.wait()
         await client.aclose()
-        release.set()
+        server.release.set()
         with pytest.raises(UsageError, match="closed"):
             await asyncio.wait_for(call, 5)
         assert client.snapshot().in_flight == 0
@@ -73,19 +84,9 @@ async def test_aclose_during_an_attempt_raises_usage_error() -> None:
 async def test_aclose_before_a_waiting_call_takes_its_dispatch_raises_usage_error() -> None:
     """A call woken with a dispatch but not yet run when the client closes raises the closed
     client's UsageError (not one about an attempt no longer in flight), and sends nothing."""
-    sent: list[str] = []
-    answer = asyncio.Event()
-
-    in_flight = asyncio.Event()
-
-    async def handler(request: httpx.Request) -> httpx.Response:
-        sent.append(json.loads(request.content)["contents"][0]["parts"][0]["text"])
-        in_flight.set()
-        await answer.wait()
-        return success()
-
+    server = HeldServer()
     client = KeyedClient(keys=["AIzaONE"], models=[FLASH], max_in_flight_per_key=1,
-                         transport=httpx.MockTransport(handler))
+                         transport=httpx.MockTransport(server))
 
     async def first_then_close() -> None:
         await client.generate("first")  # its answer freed the key: the second call's
@@ -93,14 +94,14 @@ async def test_aclose_before_a_waiting_call_takes_its_dispatch_raises_usage_erro
 
     first = asyncio.ensure_future(first_then_close())
     second = asyncio.ensure_future(client.generate("second"))  # waits: the one key is busy
-    await in_flight.wait()
+    await server.sent.wait()
     await asyncio.sleep(0)  # the second call submits
     assert client.snapshot().waiting == 1
-    answer.set()
+    server.release.set()
     with pytest.raises(UsageError, match="the client was closed"):
         await asyncio.wait_for(second, 5)
     await first
-    assert sent == ["first"]
+    assert server.prompts == ["first"]
     snap = client.snapshot()
     assert (snap.in_flight, snap.waiting, snap.requests_finished, snap.requests_cancelled) == (
         0, 0, 1, 1)
@@ -110,14 +111,7 @@ async def test_aclose_after_a_waiting_call_failed_still_raises_its_error() -> No
     """A call whose deadline failed it just before the client closed (the Fail posted, its task
     not yet run) ends with that CapacityError, as its request did, not with UsageError."""
     vc = VirtualClock()
-    answer = asyncio.Event()
-    in_flight = asyncio.Event()
-
-    async def handler(request: httpx.Request) -> httpx.Response:
-        in_flight.set()
-        await answer.wait()
-        return success()
-
+    server = HeldServer()
     closing: list[asyncio.Future[None]] = []
 
     async def sleep(seconds: float) -> None:
@@ -127,13 +121,13 @@ async def test_aclose_after_a_waiting_call_failed_still_raises_its_error() -> No
         closing.append(asyncio.ensure_future(client.aclose()))
 
     client = KeyedClient(keys=["AIzaONE"], models=[FLASH], max_in_flight_per_key=1,
-                         transport=httpx.MockTransport(handler), clock=vc.clock, sleep=sleep)
+                         transport=httpx.MockTransport(server), clock=vc.clock, sleep=sleep)
     first = asyncio.ensure_future(client.generate("first"))
-    await in_flight.wait()
+    await server.sent.wait()
     with pytest.raises(CapacityError):
         await asyncio.wait_for(client.generate("second", deadline=5.0), 5)
     await asyncio.gather(*closing)
-    answer.set()
+    server.release.set()
     with pytest.raises(UsageError, match="closed"):
         await first
     snap = client.snapshot()
