@@ -30,7 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 BODY = json.dumps({
     "candidates": [{"content": {"role": "model", "parts": [{"text": "ok"}]},
@@ -71,6 +71,21 @@ def _wait_for(port: int) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError("the benchmark server did not start")
+
+
+@contextlib.contextmanager
+def bench_server() -> Iterator[str]:
+    """The benchmark server, in its own process, for the duration: yields its base URL."""
+    port = _free_port()
+    server = multiprocessing.get_context("spawn").Process(target=_serve, args=(port, DELAY),
+                                                          daemon=True)
+    server.start()
+    try:
+        _wait_for(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.join()
 
 
 async def _drive(call: Callable[[], Awaitable[object]], seconds: float) -> float:
@@ -187,17 +202,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="length of one run")
     parser.add_argument("--rounds", type=int, default=9, help="interleaved runs per client")
     args = parser.parse_args()
-    port = _free_port()
-    server = multiprocessing.get_context("spawn").Process(target=_serve, args=(port, DELAY),
-                                                          daemon=True)
-    server.start()
-    try:
-        _wait_for(port)
-        samples = asyncio.run(_measure(f"http://127.0.0.1:{port}", args.seconds,
-                                       args.rounds))
-    finally:
-        server.terminate()
-        server.join()
+    with bench_server() as base:
+        samples = asyncio.run(_measure(base, args.seconds, args.rounds))
     print(f"{CONCURRENCY} concurrent requests, server delay {DELAY * 1000:.0f} ms, "
           f"{args.rounds} interleaved runs of {args.seconds:g} s per client")
     for name, rates in samples.items():

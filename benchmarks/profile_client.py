@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import cProfile
 import json
-import multiprocessing
 import os
 import pstats
 import re
@@ -42,9 +41,7 @@ from benchmarks.bench_client import (
     DELAY,
     KEYS,
     MODEL,
-    _free_port,
-    _serve,
-    _wait_for,
+    bench_server,
     clients,
 )
 
@@ -198,20 +195,11 @@ def main() -> None:
     if args.mode in ("fake", "both"):
         asyncio.run(_fake(args.requests, args.rounds, args.profile))
     if args.mode in ("server", "both", "ir"):
-        port = _free_port()
-        server = multiprocessing.get_context("spawn").Process(target=_serve, args=(port, DELAY),
-                                                              daemon=True)
-        server.start()
-        try:
-            _wait_for(port)
+        with bench_server() as base:
             if args.mode == "ir":
-                _ir(f"http://127.0.0.1:{port}", min(args.requests, 2560))
+                _ir(base, min(args.requests, 2560))
             else:
-                asyncio.run(_server(f"http://127.0.0.1:{port}", args.requests // 4,
-                                    args.rounds))
-        finally:
-            server.terminate()
-            server.join()
+                asyncio.run(_server(base, args.requests // 4, args.rounds))
 
 
 if __name__ == "__main__":
