@@ -268,8 +268,12 @@ class _Session:
                 self.open = False
             return decision
 
-    def attempt_timeout(self, timeout: float) -> float:
-        return max(0.001, min(timeout, self.deadline_at - self.client._clock()))
+    def attempt_timeout(self, timeout: float, now: float) -> float:
+        """`timeout`, capped by the time left at `now` before the deadline (at least 1 ms)."""
+        bound = self.deadline_at - now  # compared, not min/max: this runs once per attempt
+        if bound > timeout:
+            bound = timeout
+        return bound if bound > 0.001 else 0.001
 
     def report(self, dispatch: Dispatch, classified: Classified, started: float, *,
                final: bool = False) -> None:
@@ -578,8 +582,9 @@ class KeyedClient:
                     raise session.error(decision)
                 started = self._clock()
                 result = _StreamResult()
-                attempt = self._stream_attempt(decision, payload, tokens,
-                                               session.attempt_timeout(attempt_timeout), result)
+                attempt = self._stream_attempt(
+                    decision, payload, tokens, session.attempt_timeout(attempt_timeout, started),
+                    result)
                 async with contextlib.aclosing(attempt) as chunks:
                     async for chunk in chunks:
                         delivered += 1
@@ -724,11 +729,7 @@ class KeyedClient:
                 decision = items.pop(0) if items else await session.next()
                 if isinstance(decision, Dispatch):
                     started = clock()
-                    bound = session.deadline_at - started  # `attempt_timeout`, inlined
-                    if bound > attempt_timeout:
-                        bound = attempt_timeout
-                    elif bound < 0.001:
-                        bound = 0.001
+                    bound = session.attempt_timeout(attempt_timeout, started)
                     try:
                         status, headers, raw = await self._backend.post(
                             urls.get(decision.model) or self._url(decision.model, method),
