@@ -11,8 +11,8 @@ State:
 
 - **keys**: each may be disabled for good (the reason is kept).
 - **quota groups**, one per (project, model): keys of a project share them.  A group can be
-  cooling until a time, unavailable for good (``limit: 0``), and, when limits are configured,
-  carries a `Budget` that is never overdrawn.
+  cooling until a time, unavailable for good (``limit: 0``), or *probing*; it carries a `Budget`
+  that is never overdrawn once a limit is known, configured or learned from a 429.
 - **models**: cooling (503 storms, escalating) or unavailable (404).
 - **lanes** (key, model): can serve iff the key is enabled and under its in-flight cap, its
   group and model are neither cooling nor unavailable, its budget has room, and (baseline
@@ -26,6 +26,33 @@ the least-loaded lane of the best model tier that can serve it.  ``complete`` ap
 outcome table (`keysched._table`) and either ends the request or queues its retry.  Illegal
 input (an unknown or finished attempt, time running backwards) raises `UsageError` and changes
 nothing.
+
+Learning what nobody configured (the quota-intelligence issue):
+
+- A 429 names the quotas it enforced and their values (`Outcome.violations`).  Each value
+  becomes the group's limit for that dimension (`Budget.learn`), and from then on the group is
+  budgeted exactly like a configured `Limit`: after one 429 per limit, a pool with unknown limits
+  behaves like one whose limits were given.  A configured limit always wins.
+- Beyond what is proven, one attempt at a time.  A group that does not know its limit for a
+  dimension *presumes* one: by default the limit learned on another group of the same model
+  (free-tier projects share their numbers, and their windows fill together).  A group already
+  past its presumed limit gets one attempt in flight at a time, so at most one 429 teaches it its
+  own; an answer past it raises the group's presumed limit to what it has now sent (it has more:
+  another tier), and the next attempt may go.
+- Quotas also grow (a tier upgrade), and nothing says so: a learned limit that holds requests
+  back is tested ``relearn_after`` seconds after it was learned, with one attempt past it (only
+  when nothing else is in flight on the group, and only while the server's window is full too,
+  margin aside).  An answer drops the learned limits and the group probes (slow start) until
+  the next 429 teaches the new ones; a 429 keeps them and doubles the wait before the next test.
+- A group benched by a 429 whose limit is still unknown (no ``quotaValue``, or a 429 without
+  details) reopens *probing*, like a circuit breaker's half-open state: one attempt in flight
+  at a time, twice as many after each answer, until `_PROBE_CLOSED` are allowed and the group
+  is trusted again.  A 429 while probing starts over at one.  The queue waits meanwhile instead
+  of flooding the group the moment its cooldown ends.
+- A 429 on a quota (per minute, per day, spend, ``limit: 0``) does not count against
+  ``max_attempts``: the request only waited for quota and spent no answer.  Its deadline still
+  bounds it, and so does a hard cap of `_QUOTA_ATTEMPT_FACTOR` x ``max_attempts`` attempts.
+- A refused attempt is taken out of its group's budget (the server did not count it either).
 
 Decisions where the spec was silent (see also the module docstrings of `_budget` and `_table`):
 
@@ -51,11 +78,11 @@ import math
 import random
 from collections.abc import Sequence
 
-from keysched._budget import Budget
+from keysched._budget import Budget, KnownLimit
 from keysched._config import Key, PoolConfig
 from keysched._decisions import Decision, Fail, FailReason, new_dispatch, new_finish
 from keysched._errors import UsageError
-from keysched._outcomes import Outcome, OutcomeKind
+from keysched._outcomes import Outcome, OutcomeKind, QuotaDimension, Violation
 from keysched._pacific import next_pacific_midnight
 from keysched._selection import SKIP, Policy, Selector
 from keysched._snapshot import GroupSnapshot, LaneSnapshot, LaneState, PoolEvent, PoolSnapshot
@@ -68,6 +95,14 @@ _WAITING, _BACKOFF, _IN_FLIGHT, _ENDED = range(4)
 # days must not bench a key for days (a per-day quota has its own, exact, rule).
 _MAX_SERVER_DELAY = 3600.0
 _TIMER_READY, _TIMER_DEADLINE, _TIMER_LANE, _TIMER_WAKE = range(4)
+# A probing group is trusted again once this many attempts may be in flight on it.
+_PROBE_CLOSED = 16
+# Quota 429s do not count against `max_attempts`; this many times it still ends a request.
+_QUOTA_ATTEMPT_FACTOR = 4
+# 429s that refuse an attempt on a quota: the server did not count it, and no answer was spent.
+_QUOTA_REFUSALS = frozenset({OutcomeKind.RATE_LIMITED_MINUTE, OutcomeKind.RATE_LIMITED_DAY,
+                             OutcomeKind.SPEND_LIMITED, OutcomeKind.QUOTA_ZERO})
+_ALL_429S = _QUOTA_REFUSALS | {OutcomeKind.SHARED_CAPACITY, OutcomeKind.TOO_LARGE_FOR_QUOTA}
 
 
 class _Key:
@@ -84,13 +119,26 @@ class _Key:
 
 
 class _Group:
-    __slots__ = ("budget", "cool_until", "reason", "unavailable")
+    """One (project, model) quota group."""
 
-    def __init__(self, budget: Budget | None) -> None:
+    __slots__ = ("budget", "cool_until", "in_flight", "model", "parked", "presumed", "probe",
+                 "project", "reason", "relearn_at", "relearn_wait", "unavailable")
+
+    def __init__(self, project: int, model: int, budget: Budget | None) -> None:
+        self.project = project
+        self.model = model
         self.cool_until = -math.inf
         self.reason: str | None = None
         self.unavailable = False
-        self.budget = budget
+        self.budget = budget  # None for policies that budget nothing (the baselines)
+        self.in_flight = 0
+        # While probing: how many attempts may be in flight on the group (None: not probing).
+        self.probe: int | None = None
+        self.parked = False  # lanes of the group were parked until an attempt of it ends
+        # Limits presumed for dimensions the group does not know; None: its model's priors.
+        self.presumed: dict[QuotaDimension, int] | None = None
+        self.relearn_at = math.inf  # when a learned limit holding requests back is tested
+        self.relearn_wait = math.inf  # how long after learning (doubles after a failed test)
 
 
 class _Model:
@@ -109,7 +157,7 @@ class _Model:
 
 class _Request:
     __slots__ = ("avoid", "deadline", "empties", "id", "last_attempt", "later", "models",
-                 "number", "quota", "server_errors", "state", "timed", "tokens")
+                 "number", "quota", "quota_waits", "server_errors", "state", "timed", "tokens")
 
     def __init__(self, rid: int, models: tuple[int, ...], tokens: int, deadline: float,
                  quota: bool) -> None:
@@ -120,6 +168,7 @@ class _Request:
         self.deadline = deadline
         self.state = _WAITING
         self.number = 0
+        self.quota_waits = 0  # attempts refused by a quota 429 (not counted in max_attempts)
         self.later = 0
         self.empties = 0
         self.avoid: set[int] | None = None  # keys that failed it; made on the first failure
@@ -129,14 +178,16 @@ class _Request:
 
 
 class _Attempt:
-    __slots__ = ("budgeted", "key", "model", "request", "sent")
+    __slots__ = ("budgeted", "key", "model", "relearn", "request", "sent")
 
-    def __init__(self, request: int, key: int, model: int, sent: float, budgeted: bool) -> None:
+    def __init__(self, request: int, key: int, model: int, sent: float, budgeted: bool,
+                 relearn: bool = False) -> None:
         self.request = request
         self.key = key
         self.model = model
         self.sent = sent
         self.budgeted = budgeted  # recorded in its group's budget (to undo on withdraw)
+        self.relearn = relearn  # sent past a learned limit, to test it
 
 
 class Scheduler:
@@ -172,12 +223,21 @@ class Scheduler:
         n_models = len(config.models)
         self._models = [_Model(name, len(projects)) for name in config.models]
         self._groups: list[list[_Group]] = []
-        for project in projects:
+        for project_index, project in enumerate(projects):
             row = []
-            for model in config.models:
-                limit = config.limit_for(project, model) if self.policy.budgets_limits else None
-                row.append(_Group(Budget(limit, wall_epoch) if limit else None))
+            for model_index, model in enumerate(config.models):
+                budget = (Budget(config.limit_for(project, model), wall_epoch,
+                                 config.retry.quota_margin)
+                          if self.policy.budgets_limits else None)
+                row.append(_Group(project_index, model_index, budget))
             self._groups.append(row)
+        # Projects by billing account: a spend 429 benches every project of the account.
+        accounts: dict[str, list[int]] = {}
+        for project_index, project in enumerate(projects):
+            accounts.setdefault(config.billing_account_of(project), []).append(project_index)
+        self._account_projects = [accounts[config.billing_account_of(p)] for p in projects]
+        # Per model: the limits learned on any of its groups (see "prior" in the docstring).
+        self._priors: list[dict[QuotaDimension, int]] = [{} for _ in config.models]
         self._lane_cool: dict[tuple[int, int], float] = {}
         # Per lane (index ``key * n_models + model``): attempts dispatched, answered, failed.
         lanes = len(self._keys) * n_models
@@ -274,13 +334,20 @@ class Scheduler:
                              "cancelled)")
         self._now = now
         request = self._requests[record.request]
-        state = self._keys[record.key]  # `_release`, inlined
-        state.in_flight -= 1
-        self._update(record.key, (state.in_flight, state.seq))
+        self._release(record)
         kind = outcome.kind
         action = self._on_success if kind is OutcomeKind.SUCCESS else self._actions[kind]
+        group = self._groups[self._keys[record.key].project][record.model]
         if kind is OutcomeKind.SUCCESS or kind is OutcomeKind.BLOCKED:
             self._models[record.model].streak = 0  # the model answered: a 503 streak is over
+            if group.probe is not None:
+                self._widen_probe(group)
+            if record.relearn:
+                self._relearned(group, now)
+            if self._presumed(group):
+                self._raise_presumed(group, now)
+        elif kind in _ALL_429S:
+            self._on_429(group, record, outcome, request, now)
         if action.effect is not Effect.NONE or outcome.retry_after is not None:
             self._apply(action, outcome, record, now)
         lane = record.key * self._n_models + record.model
@@ -317,7 +384,7 @@ class Scheduler:
             return False
         self._now = now
         del self._attempts[attempt]
-        self._release(record.key)
+        self._release(record)
         self._dispatched[record.key * self._n_models + record.model] -= 1
         if record.budgeted:  # it was never sent: give its quota back
             budget = self._groups[self._keys[record.key].project][record.model].budget
@@ -355,7 +422,7 @@ class Scheduler:
         self._now = now
         if state.state == _IN_FLIGHT and state.last_attempt is not None:
             record = self._attempts.pop(state.last_attempt)
-            self._release(record.key)
+            self._release(record)
         self._end(state, failed=failed)
         return True
 
@@ -452,7 +519,9 @@ class Scheduler:
                     cooldown_until=group.cool_until if cooling else None,
                     reason=group.reason if cooling or group.unavailable else None,
                     unavailable=group.unavailable, requests_last_minute=usage[0],
-                    tokens_last_minute=usage[1], requests_today=usage[2]))
+                    tokens_last_minute=usage[1], requests_today=usage[2],
+                    limits=() if group.budget is None else group.budget.limits,
+                    probing=group.probe is not None))
         return PoolSnapshot(
             now=at, lanes=tuple(lanes), groups=tuple(groups), waiting=self._waiting,
             in_flight=len(self._attempts), requests_submitted=self._submitted,
@@ -475,9 +544,20 @@ class Scheduler:
             until = lane_until
         if until > now:
             return until
-        if group.budget is not None and self._current is not None and self._current.quota:
+        if group.in_flight and ((group.probe is not None and group.in_flight >= group.probe) or (
+                self._presumed(group) and self._past_presumed(
+                    group, 0 if self._current is None else self._current.tokens, now))):
+            group.parked = True  # `_release` offers the lanes again when an attempt ends
+            return math.inf
+        if (group.budget is not None and group.budget.limited and self._current is not None
+                and self._current.quota):
             tokens = self._current.tokens
             free = group.budget.free_at(now, tokens)
+            if (now >= group.relearn_at and not group.in_flight and math.isfinite(free)
+                    and free - group.budget.margin > now):
+                # Test the learned limit (`_dispatch` marks the attempt), but only while the
+                # server's window is full too: inside the margin, an answer would prove nothing.
+                return None
             if free > now:
                 if math.isinf(free):
                     return SKIP  # this request can never fit this group's token limit
@@ -611,10 +691,113 @@ class Scheduler:
                                     attempt=request.last_attempt, retry_at=retry_at))
         self._end(request, failed=True)
 
-    def _release(self, key: int) -> None:
-        state = self._keys[key]
+    def _release(self, record: _Attempt) -> None:
+        """Free the key and the quota group an attempt held."""
+        state = self._keys[record.key]
         state.in_flight -= 1
-        self._update(key, (state.in_flight, state.seq))
+        self._update(record.key, (state.in_flight, state.seq))
+        group = self._groups[state.project][record.model]
+        group.in_flight -= 1
+        if group.parked:
+            self._unpark(group)
+
+    def _unpark(self, group: _Group) -> None:
+        """Offer the group's lanes again (they were parked until one of its attempts ended)."""
+        group.parked = False
+        for key in self._project_keys[group.project]:
+            self._selector.release(key, group.model)
+
+    # ------------------------------------------------------------------ learning quotas
+
+    def _on_429(self, group: _Group, record: _Attempt, outcome: Outcome, request: _Request,
+                now: float) -> None:
+        """Learn from a 429: the limits it names, whether to probe, what the request spent."""
+        budget = group.budget
+        if record.budgeted and budget is not None:
+            budget.forget(record.sent, request.tokens)  # refused: the server did not count it
+        if outcome.kind in _QUOTA_REFUSALS:
+            request.quota_waits += 1
+        if budget is None or not self.policy.learns_limits:
+            return
+        if record.relearn:  # the learned limit held: test it again, twice as late
+            group.relearn_wait *= 2
+            group.relearn_at = now + group.relearn_wait
+        for violation in outcome.violations:
+            if violation.value is None:
+                continue
+            if budget.learn(violation.dimension, violation.value, now, violation.quota_id):
+                self._emit_learned(group, violation, now)
+                if self._retry.relearn_after is not None and not record.relearn:
+                    group.relearn_wait = self._retry.relearn_after
+                    group.relearn_at = now + group.relearn_wait
+            if violation.dimension is not QuotaDimension.SPEND:
+                self._priors[group.model][violation.dimension] = violation.value
+        if outcome.kind is OutcomeKind.TOO_LARGE_FOR_QUOTA or (
+                outcome.kind is OutcomeKind.QUOTA_ZERO):
+            return  # the request is at fault, or the group is gone: nothing to probe
+        unknown = not outcome.violations or any(not budget.knows(v.dimension)
+                                                for v in outcome.violations)
+        if unknown or group.probe is not None:
+            group.probe = 1  # half-open: one attempt at a time when the cooldown ends
+
+    def _relearned(self, group: _Group, now: float) -> None:
+        """An answer past a learned limit: the quota grew, so the learned limits go."""
+        assert group.budget is not None
+        budget = group.budget
+        assert budget is not None
+        # Beyond the old limits, one attempt at a time, until a 429 teaches the new ones.
+        group.presumed = {limit.dimension: limit.value for limit in budget.limits
+                          if limit.source == "learned"}
+        budget.forget_learned()
+        group.relearn_at = group.relearn_wait = math.inf
+        self._emit("limit_unlearned", "an answer past the learned limit", now,
+                   project=self._project_names[group.project],
+                   model=self._models[group.model].name)
+        if group.parked:
+            self._unpark(group)
+
+    def _presumed(self, group: _Group) -> dict[QuotaDimension, int]:
+        """The limits the group presumes for what it does not know (see the docstring)."""
+        return self._priors[group.model] if group.presumed is None else group.presumed
+
+    def _past_presumed(self, group: _Group, tokens: int, now: float) -> bool:
+        """Whether one more request of `tokens` would take the group past a limit it presumes."""
+        budget = group.budget
+        if budget is None:
+            return False
+        for dimension, value in self._presumed(group).items():
+            if not budget.knows(dimension):
+                extra = tokens if dimension is QuotaDimension.TOKENS_PER_MINUTE else 1
+                if budget.used(dimension, now) + extra > value:
+                    return True
+        return False
+
+    def _raise_presumed(self, group: _Group, now: float) -> None:
+        """An answer: where the group has now sent more than it presumed, it has more."""
+        budget = group.budget
+        if budget is None:
+            return
+        presumed = self._presumed(group)
+        raised = {dimension: max(value, budget.used(dimension, now))
+                  for dimension, value in presumed.items() if not budget.knows(dimension)}
+        if raised != {d: v for d, v in presumed.items() if not budget.knows(d)}:
+            group.presumed = raised
+            if group.parked:
+                self._unpark(group)
+
+    def _widen_probe(self, group: _Group) -> None:
+        """An answer on a probing group: allow twice as many in flight, or stop probing."""
+        assert group.probe is not None
+        group.probe *= 2
+        if group.probe >= _PROBE_CLOSED:
+            group.probe = None
+        if group.parked:
+            self._unpark(group)
+
+    def _emit_learned(self, group: _Group, violation: Violation, now: float) -> None:
+        self._emit("limit_learned", f"{violation.dimension.value}={violation.value} from "
+                   f"{violation.quota_id}", now, project=self._project_names[group.project],
+                   model=self._models[group.model].name)
 
     def _fire_timers(self, now: float) -> None:
         timers = self._timers
@@ -705,11 +888,19 @@ class Scheduler:
         state.seq = aid
         self._update(key, (state.in_flight, aid))
         group = self._groups[state.project][model]
-        budgeted = group.budget is not None and request.quota
+        group.in_flight += 1
+        budget = group.budget
+        budgeted = budget is not None and request.quota
+        relearn = False
         if budgeted:
-            group.budget.record(now, request.tokens)  # type: ignore[union-attr]
+            assert budget is not None
+            # Past a known limit only as the test of a learned one (see `block`).
+            relearn = budget.limited and budget.free_at(now, request.tokens) > now
+            if relearn:
+                group.relearn_at = math.inf  # one test at a time
+            budget.record(now, request.tokens)
         self._dispatched[key * self._n_models + model] += 1
-        self._attempts[aid] = _Attempt(request.id, key, model, now, budgeted)
+        self._attempts[aid] = _Attempt(request.id, key, model, now, budgeted, relearn)
         self._waiting -= 1
         request.state = _IN_FLIGHT
         number = request.number = request.number + 1
@@ -742,6 +933,14 @@ class Scheduler:
             delay = (min(outcome.retry_after, _MAX_SERVER_DELAY)
                      if outcome.retry_after is not None else self._retry.minute_cooldown)
             self._cool_group(group, now + delay, reason, project, model.name, now)
+        elif effect is Effect.COOL_BILLING_ACCOUNT:
+            delay = (min(outcome.retry_after, _MAX_SERVER_DELAY)
+                     if outcome.retry_after is not None else self._retry.minute_cooldown)
+            for project_index in self._account_projects[state.project]:
+                for other in self._groups[project_index]:
+                    self._cool_group(other, now + delay, reason,
+                                     self._project_names[project_index],
+                                     self._models[other.model].name, now)
         elif effect is Effect.COOL_GROUP_BRIEFLY:
             until = now + self._retry.shared_capacity_cooldown
             self._cool_group(group, until, reason, project, model.name, now)
@@ -854,7 +1053,9 @@ class Scheduler:
                     return
             else:
                 errors[record.model] = errors.get(record.model, 0) + 1
-        if request.number >= self._retry.max_attempts:
+        max_attempts = self._retry.max_attempts
+        if (request.number - request.quota_waits >= max_attempts
+                or request.number >= max_attempts * _QUOTA_ATTEMPT_FACTOR):
             self._fail(request, FailReason.ATTEMPTS_EXHAUSTED, now)
             return
         if now >= request.deadline:
@@ -889,7 +1090,7 @@ class Scheduler:
                 if group.unavailable or self._project_active[project_index] == 0:
                     continue
                 at = max(now, group.cool_until, model.cool_until)
-                if group.budget is not None:
+                if group.budget is not None and group.budget.limited:
                     at = max(at, group.budget.free_at(now, request.tokens))
                 best = min(best, at)
         return best if math.isfinite(best) else None
@@ -907,7 +1108,8 @@ class Scheduler:
         until, reason = max(candidates, key=lambda item: item[0])
         if until > now:
             return LaneState.COOLING, reason, until
-        if group.budget is not None and math.isfinite(now):  # -inf: no time seen, nothing sent
+        if group.budget is not None and group.budget.limited and math.isfinite(now):
+            # (now is -inf when no time was seen: nothing was sent)
             free = group.budget.free_at(now, 0)
             if free > now:
                 return LaneState.COOLING, "budget", free

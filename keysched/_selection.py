@@ -220,6 +220,8 @@ class Policy:
         actions: the outcome table (`keysched._table.DEFAULT_ACTIONS` by default).
         waits_for_capacity: queue requests when nothing can serve (True), or fail them at once.
         budgets_limits: budget the configured known limits so that no request exceeds them.
+        learns_limits: learn limits from the values 429s report and budget them too, and probe
+            a group whose limit is still unknown after its cooldown (needs `budgets_limits`).
     """
 
     name: str = "least-loaded"
@@ -227,6 +229,7 @@ class Policy:
     actions: Mapping[OutcomeKind, Action] = attrs.field(factory=lambda: dict(DEFAULT_ACTIONS))
     waits_for_capacity: bool = True
     budgets_limits: bool = True
+    learns_limits: bool = True
 
     def __attrs_post_init__(self) -> None:
         missing = [kind.value for kind in OutcomeKind if kind not in self.actions]

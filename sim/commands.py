@@ -42,7 +42,8 @@ from sim.scenario import ScenarioError, builtin_scenarios, load_scenario
 __all__ = ["DEFAULT_PLOT_DIR", "DEFAULT_SCENARIOS", "add_commands", "main", "main_default"]
 
 DEFAULT_SCENARIOS = ("steady", "saturation", "daily-exhaustion", "overload-storm",
-                     "revoked-keys", "shared-project", "thousand-keys", "bare-429-burst")
+                     "revoked-keys", "shared-project", "thousand-keys", "bare-429-burst",
+                     "free-tier-unknown", "paid-tier-unknown", "tier-change")
 """The scenarios of the default comparison, in the order the table shows them."""
 
 DEFAULT_PLOT_DIR = "sim-plots"

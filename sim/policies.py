@@ -1,7 +1,11 @@
 """The policies the simulator compares, all as `keysched.Policy` objects run by the same core.
 
 - ``least-loaded``: keysched's default (`keysched.Policy()`); it budgets the known limits when
-  the scenario hands them over (``limits_known``).
+  the scenario hands them over (``limits_known``), and otherwise learns them from 429s.
+- ``told-limits``: the default policy handed the scenario's limits whatever ``limits_known``
+  says: what a user who configured ``limits=`` gets, the bar learning is held to.
+- ``no-learning``: the default policy as it was before it learned limits: it benches a group
+  for the retry delay and floods it when the delay ends.
 - ``round-robin`` / ``random``: naive rotation.  Every failure retries at once on the next key
   (or a random one); nothing is cooled, disabled or budgeted; a request error still fails.
 - ``router-like``: modelled on LiteLLM's router: shuffle among deployments, cool a deployment
@@ -23,7 +27,7 @@ from collections.abc import Mapping
 
 from keysched import Action, Effect, Next, OutcomeKind, Policy, RandomChoice, RoundRobin, Selector
 
-__all__ = ["POLICIES", "POLICY_NAMES", "get_policy", "naive_actions"]
+__all__ = ["GIVEN_LIMITS", "POLICIES", "POLICY_NAMES", "get_policy", "naive_actions"]
 
 _ANSWERS = (OutcomeKind.SUCCESS, OutcomeKind.BLOCKED)
 _RETURN = Action(effect=Effect.NONE, next=Next.RETURN)
@@ -52,6 +56,8 @@ def _random(n_keys: int, n_models: int, rng: random.Random) -> Selector:
 
 
 LEAST_LOADED = Policy()
+TOLD_LIMITS = Policy(name="told-limits")
+NO_LEARNING = Policy(name="no-learning", learns_limits=False)
 ROUND_ROBIN = Policy(name="round-robin", selector=_round_robin, actions=naive_actions(),
                      budgets_limits=False)
 RANDOM = Policy(name="random", selector=_random, actions=naive_actions(), budgets_limits=False)
@@ -67,8 +73,11 @@ STRIKE_THREE = Policy(
     budgets_limits=False)
 
 POLICIES: Mapping[str, Policy] = {p.name: p for p in (
-    LEAST_LOADED, ROUND_ROBIN, RANDOM, ROUTER_LIKE, STRIKE_THREE)}
+    LEAST_LOADED, TOLD_LIMITS, NO_LEARNING, ROUND_ROBIN, RANDOM, ROUTER_LIKE, STRIKE_THREE)}
 """Every policy the simulator knows, by name (the default first)."""
+
+GIVEN_LIMITS = frozenset({TOLD_LIMITS.name})
+"""Policies handed the scenario's limits even when ``limits_known`` is false."""
 
 POLICY_NAMES: tuple[str, ...] = tuple(POLICIES)
 

@@ -45,6 +45,10 @@ from keysched._decisions import Decision, Dispatch
 
 T0 = 1_000_000.0
 WINDOW = 60.0
+_K = OutcomeKind
+QUOTA_REFUSALS = {_K.RATE_LIMITED_MINUTE, _K.RATE_LIMITED_DAY, _K.SPEND_LIMITED, _K.QUOTA_ZERO}
+ALL_429S = QUOTA_REFUSALS | {_K.SHARED_CAPACITY, _K.TOO_LARGE_FOR_QUOTA}
+PROBING_429S = {_K.RATE_LIMITED_MINUTE, _K.RATE_LIMITED_DAY, _K.SPEND_LIMITED, _K.SHARED_CAPACITY}
 # Wall epochs that put core time T0 shortly before a Pacific midnight, some next to DST changes.
 WALLS = [1_710_061_200.0 - T0 - 1_800.0,  # 2024-03-10 01:00 PST - 30 min: DST starts that night
          1_717_311_600.0 - T0 - 300.25,  # 2024-06-02 00:00 PDT - 5 min
@@ -67,6 +71,7 @@ class Req:
     number: int = 0
     later: int = 0
     empties: int = 0
+    quota_waits: int = 0
     attempt: int | None = None
     avoid: set[int] = field(default_factory=set)
     errors: dict[int, int] = field(default_factory=dict)
@@ -124,6 +129,12 @@ class CoreMachine(RuleBasedStateMachine):
         self.limit = {(p, m): self.config.limit_for(p, models[m])
                       for p in set(projects) for m in range(n_models)}
         self.sent: dict[tuple[str, int], list[tuple[float, int]]] = {g: [] for g in self.limit}
+        # A window ends `quota_margin` later than the clock says (keysched._budget).
+        self.margin = self.retry.quota_margin
+        self.window = WINDOW + self.margin
+        # Probing groups (a 429 without a known limit): attempts allowed in flight, and in flight.
+        self.probe: dict[tuple[str, int], int] = {}
+        self.group_flight: dict[tuple[str, int], int] = dict.fromkeys(self.limit, 0)
         self.group_cool: dict[tuple[str, int], float] = {}
         self.group_gone: set[tuple[str, int]] = set()
         self.model_cool = [-math.inf] * n_models
@@ -134,6 +145,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.in_flight = [0] * self.n_keys
         self.reqs: dict[int, Req] = {}
         self.attempts: dict[int, tuple[int, int, int]] = {}
+        self.sent_at: dict[int, float] = {}
         self.done_attempts: list[int] = []
         self.pending: list[Decision] = []
         self.dispatched = 0
@@ -153,9 +165,9 @@ class CoreMachine(RuleBasedStateMachine):
         if limit is None:
             return True
         sent = self.sent[group]
-        window = [n for t, n in sent if t + WINDOW > now]
-        day = next_pacific_midnight(now + self.wall)
-        today = sum(1 for t, _ in sent if next_pacific_midnight(t + self.wall) == day)
+        window = [n for t, n in sent if t + self.window > now]
+        day = next_pacific_midnight(now - self.margin + self.wall)
+        today = sum(1 for t, _ in sent if next_pacific_midnight(t - self.margin + self.wall) == day)
         return ((limit.rpm is None or len(window) + 1 <= limit.rpm)
                 and (limit.tpm is None or sum(window) + tokens <= limit.tpm)
                 and (limit.rpd is None or today + 1 <= limit.rpd))
@@ -166,6 +178,7 @@ class CoreMachine(RuleBasedStateMachine):
                 and not self.model_gone[model] and self.model_cool[model] <= now
                 and group not in self.group_gone and self.group_cool.get(group, -math.inf) <= now
                 and self.lane_cool.get((key, model), -math.inf) <= now
+                and (group not in self.probe or self.group_flight[group] < self.probe[group])
                 and self.budget_room(key, model, req.tokens, now))
 
     def hopeless(self, models: tuple[int, ...]) -> bool:
@@ -250,8 +263,10 @@ class CoreMachine(RuleBasedStateMachine):
         assert key in pool
         assert self.in_flight[key] == min(self.in_flight[k] for k in pool)
         self.in_flight[key] += 1
+        self.group_flight[(self.project[key], model)] += 1
         self.sent[(self.project[key], model)].append((now, req.tokens))
         self.attempts[decision.attempt] = (req.rid, key, model)
+        self.sent_at[decision.attempt] = now
         req.state, req.number, req.attempt = "flight", req.number + 1, decision.attempt
         self.dispatched += 1
 
@@ -275,8 +290,10 @@ class CoreMachine(RuleBasedStateMachine):
         times = set(self.group_cool.values()) | set(self.lane_cool.values()) | set(
             self.model_cool)
         for sent in self.sent.values():
-            times.update(t + WINDOW for t, _ in sent)
+            times.update(t + self.window for t, _ in sent)
         times.add(next_pacific_midnight(self.now + self.wall) - self.wall)
+        times.add(next_pacific_midnight(self.now - self.margin + self.wall) - self.wall
+                  + self.margin)
         return {t for t in times if math.isfinite(t)}
 
     # ---------------------------------------------------------------- rules
@@ -346,9 +363,20 @@ class CoreMachine(RuleBasedStateMachine):
         self.in_flight[key] -= 1
         req = self.reqs[rid]
         group = (self.project[key], model)
+        self.group_flight[group] -= 1
         action = DEFAULT_ACTIONS[kind]
         if kind in (OutcomeKind.SUCCESS, OutcomeKind.BLOCKED):
             self.streak[model] = 0
+            if group in self.probe:  # slow start: twice as many, until trusted again
+                self.probe[group] *= 2
+                if self.probe[group] >= 16:
+                    del self.probe[group]
+        if kind in ALL_429S:  # refused: the server did not count it, nor does the budget
+            self.sent[group].remove((self.sent_at[aid], req.tokens))
+        if kind in QUOTA_REFUSALS:
+            req.quota_waits += 1
+        if kind in PROBING_429S:  # no limit known (this oracle sends no quota values)
+            self.probe[group] = 1
         effect = action.effect
         if effect is Effect.COOL_GROUP:
             until = now + (retry_after if retry_after is not None else retry.minute_cooldown)
@@ -359,6 +387,11 @@ class CoreMachine(RuleBasedStateMachine):
         elif effect is Effect.COOL_GROUP_UNTIL_MIDNIGHT:
             until = next_pacific_midnight(now + self.wall) - self.wall
             self.group_cool[group] = max(self.group_cool.get(group, -math.inf), until)
+        elif effect is Effect.COOL_BILLING_ACCOUNT:  # each project is billed alone here
+            until = now + (retry_after if retry_after is not None else retry.minute_cooldown)
+            for m in range(self.n_models):
+                other = (self.project[key], m)
+                self.group_cool[other] = max(self.group_cool.get(other, -math.inf), until)
         elif effect is Effect.GROUP_UNAVAILABLE:
             self.group_gone.add(group)
         elif effect is Effect.COOL_MODEL:
@@ -402,7 +435,8 @@ class CoreMachine(RuleBasedStateMachine):
             if all(req.errors.get(m, 0) >= retry.server_errors_per_model for m in req.models):
                 return fail(FailReason.REQUEST_ERROR if kind is OutcomeKind.TOO_LARGE_FOR_QUOTA
                             else FailReason.NO_USABLE_LANE)
-        if req.number >= retry.max_attempts:
+        if (req.number - req.quota_waits >= retry.max_attempts
+                or req.number >= 4 * retry.max_attempts):
             return fail(FailReason.ATTEMPTS_EXHAUSTED)
         if now >= req.deadline:
             return fail(FailReason.DEADLINE)
@@ -428,9 +462,10 @@ class CoreMachine(RuleBasedStateMachine):
         if req is not None and open_:
             if req.state == "flight":
                 assert req.attempt is not None
-                _, key, _ = self.attempts.pop(req.attempt)
+                _, key, model = self.attempts.pop(req.attempt)
                 self.done_attempts.append(req.attempt)
                 self.in_flight[key] -= 1
+                self.group_flight[(self.project[key], model)] -= 1
             req.state = "ended"
         if then_poll:
             self.poll()
@@ -492,7 +527,7 @@ class CoreMachine(RuleBasedStateMachine):
             assert group.unavailable is (g in self.group_gone)
             if group.requests_last_minute is not None:
                 assert group.requests_last_minute == sum(
-                    1 for t, _ in self.sent[g] if t + WINDOW > self.now)
+                    1 for t, _ in self.sent[g] if t + self.window > self.now)
         ended = snap.requests_finished + snap.requests_failed + snap.requests_cancelled
         assert snap.requests_submitted == ended + self.core.open_requests
 

@@ -32,7 +32,8 @@ T0 = 1_000_000.0
 WALL = 1_718_000_000.0 - T0  # a June day: Pacific daylight time
 RETRY = RetryPolicy(max_attempts=6, backoff_base=1.0, backoff_cap=4.0, jitter=0.0,
                     deadline=600.0, minute_cooldown=30.0, overload_cooldown=5.0,
-                    overload_cooldown_cap=20.0, empty_retries=1, server_errors_per_model=2)
+                    overload_cooldown_cap=20.0, empty_retries=1, server_errors_per_model=2,
+                    quota_margin=0.0)  # budgets here end on the clock: exact arithmetic
 
 
 def _core(wall: float = WALL) -> Scheduler:
@@ -81,6 +82,14 @@ def _check_effect(core: Scheduler, kind: OutcomeKind, effect: Effect, now: float
         until = next_pacific_midnight(now + WALL) - WALL
         assert group.cooldown_until == until
         assert snap.lane("k2", "m1").state is LaneState.COOLING
+        assert other.state is LaneState.AVAILABLE
+    elif effect is Effect.COOL_BILLING_ACCOUNT:  # p1 is billed alone: its every model is benched
+        until = now + (retry_after if retry_after is not None else RETRY.minute_cooldown)
+        for key in ("k1", "k2"):
+            for model in ("m1", "m2"):
+                lane = snap.lane(key, model)
+                assert (lane.state, lane.cooldown_until, lane.reason) == (
+                    LaneState.COOLING, until, kind.value)
         assert other.state is LaneState.AVAILABLE
     elif effect is Effect.GROUP_UNAVAILABLE:
         assert group.unavailable
@@ -139,7 +148,7 @@ def test_every_outcome_has_its_tabled_effect(kind: OutcomeKind, retry_after: flo
         if action.effect is Effect.COOL_MODEL:
             assert retry.model == "m2"
         elif action.effect in (Effect.COOL_GROUP, Effect.COOL_GROUP_BRIEFLY,
-                               Effect.COOL_GROUP_UNTIL_MIDNIGHT,
+                               Effect.COOL_GROUP_UNTIL_MIDNIGHT, Effect.COOL_BILLING_ACCOUNT,
                                Effect.GROUP_UNAVAILABLE, Effect.DISABLE_PROJECT):
             assert (retry.key.label, retry.model) == ("k3", "m1")
         else:
