@@ -568,8 +568,9 @@ class Scheduler:
                     self._skip_until = min(self._skip_until, free)
                     return SKIP
                 # Blocked for everyone, but only until a request of no tokens could pass: a
-                # smaller request may use the lane then, before this one's tokens fit.
-                return anyone
+                # smaller request may use the lane then, before this one's tokens fit.  Or
+                # until its learned limit is due to be tested.
+                return anyone if group.relearn_at <= now else min(anyone, group.relearn_at)
         return None
 
     def park(self, key: int, model: int, until: float) -> None:

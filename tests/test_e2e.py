@@ -477,7 +477,7 @@ async def test_deadline_while_every_lane_cools_raises_capacity_error() -> None:
     """When no lane can serve before the deadline, the call fails with CapacityError and a retry time."""
     sc = scenario(projects=[{"name": "alpha"}], quotas={FLASH: {"rpm": 1}})
     async with running_server(sc) as (server, world), scenario_client(server) as client:
-        await client.generate("uses the minute")
+        first = await client.generate("uses the minute")
         with pytest.raises(CapacityError) as caught:
             await client.generate("too late", deadline=10.0)
         counters = await saw(server, world)
@@ -486,7 +486,11 @@ async def test_deadline_while_every_lane_cools_raises_capacity_error() -> None:
     refused = error.attempts[0]
     assert refused.retry_after is not None
     assert error.retry_at is not None
-    assert error.retry_at == pytest.approx(refused.ended + refused.retry_after, abs=1e-6)
+    # The 429 taught "1 per minute": capacity returns when the first call leaves the budget's
+    # minute (its window ends `quota_margin` late), after the group's cooldown has ended.
+    sent = first.attempts[0].started
+    assert refused.ended + refused.retry_after <= error.retry_at
+    assert error.retry_at == pytest.approx(sent + 60.0 + RetryPolicy().quota_margin, abs=1e-6)
     assert error.retry_at >= 60.0  # the next minute window
     assert counters == {"alpha-1": {FLASH: {"requests": 2, "success": 1,
                                             "rate_limited_minute": 1}}}
