@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 from keysched._config import Key, Limit, PoolConfig, RetryPolicy, _duration
 from keysched._core import Scheduler
 from keysched._decisions import Decision, Dispatch, Fail, FailReason, Finish
+from keysched._durations import AttemptDurations
 from keysched._errors import (
     AttemptsExhaustedError,
     CapacityError,
@@ -212,9 +213,11 @@ class _Session:
         self.last: tuple[Dispatch, Classified] | None = None
         self.value: Any = None  # what `read` extracted from the last attempt's answer
         now = client._clock()
-        self.deadline_at = now + (client._deadline if deadline is None else deadline)
-        self.rid = client._core.submit(now, models=models, input_tokens=tokens, deadline=deadline,
-                                       spends_quota=spends_quota)
+        seconds = client._deadline if deadline is None else deadline
+        self.deadline_at = now + seconds
+        self.rid = client._core.submit(
+            now, models=models, input_tokens=tokens, deadline=deadline, spends_quota=spends_quota,
+            start_within=seconds - client._durations.allowance(seconds))
         self.open = True
         self.closed = False  # `aclose` ended the request while the caller waited
         self.items: list[Decision] = []  # rarely more than one: a list pops its head cheaply
@@ -291,6 +294,8 @@ class _Session:
         if outcome.kind is not OutcomeKind.SUCCESS:
             logger.debug("attempt %d of a request via %s on %s: %s (HTTP %s)", dispatch.number,
                          dispatch.key.label, dispatch.model, outcome.kind.value, classified.status)
+        if outcome.kind is OutcomeKind.SUCCESS:
+            client._durations.add(ended - started)
         client._core.complete(dispatch.attempt, outcome, ended)
         if final:
             # End it before any poll can dispatch the retry the outcome may have queued.
@@ -409,6 +414,7 @@ class KeyedClient:
         self._core = Scheduler(config, rng=rng or random.Random(), policy=policy,
                                wall_epoch=wall_clock() - now)
         self._mailboxes: dict[int, _Session] = {}  # the open requests' sessions, by id
+        self._durations = AttemptDurations()  # when a request is too late to start an attempt
         # Bounded, so that a long-running client keeps a window of history, not all of it.
         self._history: collections.deque[PoolEvent] = collections.deque(maxlen=EVENT_HISTORY)
         self._timer: asyncio.Task[None] | None = None

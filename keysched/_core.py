@@ -90,7 +90,8 @@ from keysched._table import Action, Effect, Next
 
 __all__ = ["Scheduler"]
 
-_WAITING, _BACKOFF, _IN_FLIGHT, _ENDED = range(4)
+# _LATE: past its `start_by`, out of the queue, waiting for its deadline (see `submit`).
+_WAITING, _BACKOFF, _IN_FLIGHT, _ENDED, _LATE = range(5)
 # A server-given delay longer than this is treated as this: a typo'd or hostile Retry-After of
 # days must not bench a key for days (a per-day quota has its own, exact, rule).
 _MAX_SERVER_DELAY = 3600.0
@@ -157,15 +158,17 @@ class _Model:
 
 class _Request:
     __slots__ = ("avoid", "deadline", "empties", "id", "last_attempt", "later", "models",
-                 "number", "quota", "quota_waits", "server_errors", "state", "timed", "tokens")
+                 "number", "quota", "quota_waits", "server_errors", "start_by", "state", "timed",
+                 "tokens")
 
     def __init__(self, rid: int, models: tuple[int, ...], tokens: int, deadline: float,
-                 quota: bool) -> None:
+                 quota: bool, start_by: float) -> None:
         self.id = rid
         self.models = models
         self.tokens = tokens
         self.quota = quota
         self.deadline = deadline
+        self.start_by = start_by  # no attempt starts after this: it could not end in time
         self.state = _WAITING
         self.number = 0
         self.quota_waits = 0  # attempts refused by a quota 429 (not counted in max_attempts)
@@ -275,7 +278,8 @@ class Scheduler:
     # ------------------------------------------------------------------ inputs
 
     def submit(self, now: float, *, models: Sequence[str] | None = None, input_tokens: int = 0,
-               deadline: float | None = None, spends_quota: bool = True) -> int:
+               deadline: float | None = None, spends_quota: bool = True,
+               start_within: float | None = None) -> int:
         """Submit a request; returns its id. Call `poll` to learn where it goes.
 
         Args:
@@ -285,6 +289,11 @@ class Scheduler:
             deadline: seconds it may take in total (default: the retry policy's deadline).
             spends_quota: whether the request counts against the known limits (countTokens
                 calls are believed not to).
+            start_within: seconds after which no attempt of it may start (default: its whole
+                deadline).  A driver sets it to the deadline less what an attempt takes: an
+                attempt that cannot end before the deadline would spend quota for nothing, and
+                a younger request may use that quota instead.  Past it, the request leaves the
+                queue and fails at its deadline.
 
         Raises:
             UsageError: an unknown model, a negative token count, a bad deadline, or time
@@ -311,7 +320,9 @@ class Scheduler:
         self._now = now
         rid = self._next_request
         self._next_request += 1
-        request = _Request(rid, indices, input_tokens, now + float(seconds), bool(spends_quota))
+        start = float(seconds) if start_within is None else min(float(seconds), start_within)
+        request = _Request(rid, indices, input_tokens, now + float(seconds), bool(spends_quota),
+                           now + start)
         self._requests[rid] = request
         self._submitted += 1
         self._enqueue(request)
@@ -676,7 +687,7 @@ class Scheduler:
 
     def _end(self, request: _Request, *, failed: bool) -> None:
         """End a request that failed or was cancelled (`complete` ends answered ones itself)."""
-        if request.state in (_WAITING, _BACKOFF):
+        if request.state in (_WAITING, _BACKOFF, _LATE):
             self._waiting -= 1
         request.state = _ENDED
         del self._requests[request.id]
@@ -813,7 +824,7 @@ class Scheduler:
             if kind == _TIMER_READY and request.state == _BACKOFF:
                 self._waiting -= 1
                 self._enqueue(request)
-            elif kind == _TIMER_DEADLINE and request.state in (_WAITING, _BACKOFF):
+            elif kind == _TIMER_DEADLINE and request.state in (_WAITING, _BACKOFF, _LATE):
                 self._fail(request, FailReason.DEADLINE, now)
 
     def _dispatch_waiting(self, now: float) -> None:
@@ -839,7 +850,11 @@ class Scheduler:
                 break
             queue = queues[best]
             request = requests[head]
-            if self._place(request, best, now):
+            if now > request.start_by:  # too late to start: let the requests behind it go
+                heapq.heappop(queue)
+                request.state = _LATE
+                self._arm_deadline(request)
+            elif self._place(request, best, now):
                 heapq.heappop(queue)
             elif not self.policy.waits_for_capacity or self._hopeless(best):
                 heapq.heappop(queue)
