@@ -78,7 +78,7 @@ import math
 import random
 from collections.abc import Sequence
 
-from keysched._budget import Budget, KnownLimit
+from keysched._budget import Budget
 from keysched._config import Key, PoolConfig
 from keysched._decisions import Decision, Fail, FailReason, new_dispatch, new_finish
 from keysched._errors import UsageError
@@ -226,18 +226,18 @@ class Scheduler:
         n_models = len(config.models)
         self._models = [_Model(name, len(projects)) for name in config.models]
         self._groups: list[list[_Group]] = []
-        for project_index, project in enumerate(projects):
+        for p, project in enumerate(projects):
             row = []
-            for model_index, model in enumerate(config.models):
+            for m, model in enumerate(config.models):
                 budget = (Budget(config.limit_for(project, model), wall_epoch,
                                  config.retry.quota_margin)
                           if self.policy.budgets_limits else None)
-                row.append(_Group(project_index, model_index, budget))
+                row.append(_Group(p, m, budget))
             self._groups.append(row)
         # Projects by billing account: a spend 429 benches every project of the account.
         accounts: dict[str, list[int]] = {}
-        for project_index, project in enumerate(projects):
-            accounts.setdefault(config.billing_account_of(project), []).append(project_index)
+        for p, project in enumerate(projects):
+            accounts.setdefault(config.billing_account_of(project), []).append(p)
         self._account_projects = [accounts[config.billing_account_of(p)] for p in projects]
         # Per model: the limits learned on any of its groups (see "prior" in the docstring).
         self._priors: list[dict[QuotaDimension, int]] = [{} for _ in config.models]

@@ -39,9 +39,9 @@ construction, so the same sequence of calls gives the same replies.
 
 from __future__ import annotations
 
+import collections
 import math
 import random
-import collections
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple

@@ -154,7 +154,8 @@ def test_quota_429s_still_end_a_request_at_four_times_max_attempts() -> None:
         assert attempt.number == n + 2
     core.complete(attempt.attempt, rpm_429(None, retry_after=500.0), T0)
     [fail] = core.poll(T0)
-    assert isinstance(fail, Fail) and fail.reason is FailReason.ATTEMPTS_EXHAUSTED
+    assert isinstance(fail, Fail)
+    assert fail.reason is FailReason.ATTEMPTS_EXHAUSTED
 
 
 def test_a_limit_learned_on_one_group_gates_its_full_siblings_to_one_attempt() -> None:
@@ -162,7 +163,7 @@ def test_a_limit_learned_on_one_group_gates_its_full_siblings_to_one_attempt() -
     keys = [Key(secret=f"s{i}", label=f"k{i}", project=f"p{i}") for i in range(3)]
     core = core_of(keys)
     answer(core, send(core, T0, 15), T0)  # five each, least-loaded
-    [a, b, c] = send(core, T0 + 1, 3)  # one more each: all past the (unknown) limit
+    [a, b, _] = send(core, T0 + 1, 3)  # one more each: all past the (unknown) limit
     core.complete(a.attempt, rpm_429(5, retry_after=59.0), T0 + 1)
     for _ in range(4):
         core.submit(T0 + 1)
@@ -232,7 +233,8 @@ def test_bad_quota_values_never_make_a_budget() -> None:
     wake = core.next_deadline()
     assert wake <= T0 + 31  # ... and nothing waits for ever: its deadline ends it
     [fail] = core.poll(T0 + 31)
-    assert isinstance(fail, Fail) and fail.request == rid
+    assert isinstance(fail, Fail)
+    assert fail.request == rid
 
 
 def test_a_spend_429_benches_every_project_of_the_billing_account() -> None:

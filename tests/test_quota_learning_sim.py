@@ -6,8 +6,9 @@ quota allowed is lost.  "One" is counted from the client's side: the first 429 o
 only be learned from when it comes back, and attempts already in flight to the group then were
 sent before anything could be known (a hypothesis run found two requests 0.07 s apart, both
 past the limit, with the first 429 still on its way).  So: once a group's first 429 reporting
-a value came back, no attempt sent to it is refused with that value again.  Runs are short enough (under ``relearn_after`` after the first 429)
-that no learned limit is tested; `test_quota_learning.py` covers that test on its own.
+a value came back, no attempt sent to it is refused with that value again.  Runs are short
+enough (under ``relearn_after`` after the first 429) that no learned limit is tested;
+`test_quota_learning.py` covers that test on its own.
 """
 
 from __future__ import annotations
