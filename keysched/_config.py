@@ -169,6 +169,8 @@ class RetryPolicy:
         overload_cooldown: how long a 503 takes its model out of rotation; doubles while 503s
             continue, up to ``overload_cooldown_cap``.
         overload_cooldown_cap: the largest overload cooldown, in seconds.
+        shared_capacity_cooldown_cap: bare 429s (shared capacity) that persist on one group
+            double its cooldown each time, up to this (seconds); an answer resets it.
         empty_retries: how many times a 200 without content is retried on another key.
         server_errors_per_model: how many 500s a request takes on one model before it falls
             back to the next model.
@@ -191,6 +193,7 @@ class RetryPolicy:
     overload_cooldown: float = attrs.field(default=2.0, converter=_to_seconds)
     # A short cap: the cooldown is also how late the pool notices that the model recovered.
     overload_cooldown_cap: float = attrs.field(default=20.0, converter=_to_seconds)
+    shared_capacity_cooldown_cap: float = attrs.field(default=60.0, converter=_to_seconds)
     empty_retries: int = 1
     server_errors_per_model: int = 2
     quota_margin: float = attrs.field(default=1.0, converter=_to_seconds)
@@ -201,7 +204,8 @@ class RetryPolicy:
         _count("retry.empty_retries", self.empty_retries, minimum=0)
         _count("retry.server_errors_per_model", self.server_errors_per_model)
         for name in ("backoff_base", "backoff_cap", "deadline", "minute_cooldown",
-                     "shared_capacity_cooldown", "overload_cooldown", "overload_cooldown_cap"):
+                     "shared_capacity_cooldown", "overload_cooldown", "overload_cooldown_cap",
+                     "shared_capacity_cooldown_cap"):
             _duration(f"retry.{name}", getattr(self, name))
         _duration("retry.quota_margin", self.quota_margin, allow_zero=True)
         if self.relearn_after is not None:

@@ -54,6 +54,20 @@ Learning what nobody configured (the quota-intelligence issue):
   bounds it, and so does a hard cap of `_QUOTA_ATTEMPT_FACTOR` x ``max_attempts`` attempts.
 - A refused attempt is taken out of its group's budget (the server did not count it either).
 
+Breakers that trip on evidence (the breakers issue):
+
+- A 503 retries its request at once on another key of the same model and blames nothing; the
+  request moves to the next model after ``server_errors_per_model`` 503s or 500s on one model.
+  The model is taken out of rotation only when the evidence says it is overloaded
+  (`keysched._breaker.OverloadEvidence`, thresholds on `Policy`); its cooldown then escalates
+  per failed probe as before.
+- While a model cools, a request that nothing else can serve probes it, at most once per
+  ``Policy.probe_interval``; an answer ends the cooldown.  The last model never goes dark.
+- A lane that answers ``Policy.lane_error_trip`` 500s in a row cools, from
+  ``overload_cooldown`` doubling per failed probe; an answer resets it.
+- Bare 429s (shared capacity) that persist on one group double its cooldown each time, up to
+  ``shared_capacity_cooldown_cap``; an answer on the group resets it.
+
 Decisions where the spec was silent (see also the module docstrings of `_budget` and `_table`):
 
 - A request already in flight is not failed at its deadline by the core: the driver bounds the
@@ -78,6 +92,7 @@ import math
 import random
 from collections.abc import Sequence
 
+from keysched._breaker import OverloadEvidence
 from keysched._budget import Budget
 from keysched._config import Key, PoolConfig
 from keysched._decisions import Decision, Fail, FailReason, new_dispatch, new_finish
@@ -122,8 +137,8 @@ class _Key:
 class _Group:
     """One (project, model) quota group."""
 
-    __slots__ = ("budget", "cool_until", "in_flight", "model", "parked", "presumed", "probe",
-                 "project", "reason", "relearn_at", "relearn_wait", "unavailable")
+    __slots__ = ("bare_429s", "budget", "cool_until", "in_flight", "model", "parked", "presumed",
+                 "probe", "project", "reason", "relearn_at", "relearn_wait", "unavailable")
 
     def __init__(self, project: int, model: int, budget: Budget | None) -> None:
         self.project = project
@@ -140,20 +155,23 @@ class _Group:
         self.presumed: dict[QuotaDimension, int] | None = None
         self.relearn_at = math.inf  # when a learned limit holding requests back is tested
         self.relearn_wait = math.inf  # how long after learning (doubles after a failed test)
+        self.bare_429s = 0  # bare 429s since the group last answered (escalates its cooldown)
 
 
 class _Model:
-    __slots__ = ("cool_until", "cooled_at", "name", "reason", "streak", "unavailable",
-                 "usable_groups")
+    __slots__ = ("cool_until", "cooled_at", "evidence", "name", "probe_at", "reason", "streak",
+                 "unavailable", "usable_groups")
 
-    def __init__(self, name: str, groups: int) -> None:
+    def __init__(self, name: str, groups: int, evidence: OverloadEvidence) -> None:
         self.name = name
         self.cool_until = -math.inf
         self.cooled_at = -math.inf
+        self.probe_at = -math.inf  # while cooling: when a request may probe it next
         self.reason: str | None = None
         self.streak = 0
         self.unavailable = False
         self.usable_groups = groups
+        self.evidence = evidence
 
 
 class _Request:
@@ -224,7 +242,13 @@ class Scheduler:
             self._project_keys[state.project].append(state.index)
         self._project_active = [len(keys) for keys in self._project_keys]
         n_models = len(config.models)
-        self._models = [_Model(name, len(projects)) for name in config.models]
+        policy = self.policy
+        self._models = [
+            _Model(name, len(projects), OverloadEvidence(
+                trip=policy.overload_trip, rate=policy.overload_rate, window=policy.overload_window))
+            for name in config.models]
+        # Server errors in a row per (key, model) lane, for the lane breaker.
+        self._lane_errors: dict[tuple[int, int], int] = {}
         self._groups: list[list[_Group]] = []
         for p, project in enumerate(projects):
             row = []
@@ -350,7 +374,10 @@ class Scheduler:
         action = self._on_success if kind is OutcomeKind.SUCCESS else self._actions[kind]
         group = self._groups[self._keys[record.key].project][record.model]
         if kind is OutcomeKind.SUCCESS or kind is OutcomeKind.BLOCKED:
-            self._models[record.model].streak = 0  # the model answered: a 503 streak is over
+            self._model_answered(record, now)
+            if self._lane_errors:
+                self._lane_errors.pop((record.key, record.model), None)
+            group.bare_429s = 0
             if group.probe is not None:
                 self._widen_probe(group)
             if record.relearn:
@@ -359,6 +386,8 @@ class Scheduler:
                 self._raise_presumed(group, now)
         elif kind in _ALL_429S:
             self._on_429(group, record, outcome, request, now)
+        elif kind is OutcomeKind.SERVER_ERROR and action.effect is Effect.NONE:
+            self._lane_error(record, kind.value, now)
         if action.effect is not Effect.NONE or outcome.retry_after is not None:
             self._apply(action, outcome, record, now)
         lane = record.key * self._n_models + record.model
@@ -889,11 +918,27 @@ class Scheduler:
                 if key is not None:
                     self._dispatch(request, key, model, now)
                     return True
+            if self._probe(request, models, now):
+                return True
             if math.isfinite(self._skip_until):
                 self._timer(self._skip_until, _TIMER_WAKE, 0, 0)
             return False
         finally:
             self._current = None
+
+    def _probe(self, request: _Request, models: tuple[int, ...], now: float) -> bool:
+        """Nothing else can serve the request: probe a cooling model, if one is due."""
+        for model in models:
+            state = self._models[model]
+            if state.unavailable or state.cool_until <= now or state.probe_at > now:
+                continue
+            key = self._select(self, model, now, request.avoid or ())
+            if key is not None:
+                state.probe_at = now + self.policy.probe_interval
+                self._timer(state.probe_at, _TIMER_WAKE, 0, 0)
+                self._dispatch(request, key, model, now)
+                return True
+        return False
 
     def _dispatch(self, request: _Request, key: int, model: int, now: float) -> None:
         state = self._keys[key]
@@ -958,8 +1003,13 @@ class Scheduler:
                                      self._project_names[project_index],
                                      self._models[other.model].name, now)
         elif effect is Effect.COOL_GROUP_BRIEFLY:
-            until = now + self._retry.shared_capacity_cooldown
-            self._cool_group(group, until, reason, project, model.name, now)
+            # Bare 429s that persist on a group (paid accounts see them for hours on one model):
+            # twice as long each time, so the pool spends its attempts elsewhere.
+            retry = self._retry
+            delay = min(retry.shared_capacity_cooldown_cap,
+                        retry.shared_capacity_cooldown * 2.0 ** group.bare_429s)
+            group.bare_429s += 1
+            self._cool_group(group, now + delay, reason, project, model.name, now)
         elif effect is Effect.COOL_GROUP_UNTIL_MIDNIGHT:
             until = next_pacific_midnight(now + self._wall_epoch) - self._wall_epoch
             self._cool_group(group, until, reason, project, model.name, now)
@@ -971,10 +1021,16 @@ class Scheduler:
                     model.usable_groups -= 1
                 self._emit("group_unavailable", reason, now, project=project, model=model.name)
         elif effect is Effect.COOL_MODEL:
-            # Escalate only on a 503 to an attempt sent after the model was last cooled (a failed
-            # probe). The attempts already in flight when the storm began say nothing new: without
-            # this, 8 concurrent 503s would double the cooldown 8 times in one instant.
-            probe_failed = record.sent >= model.cooled_at
+            # One 503 is noise; the model cools when the evidence trips the breaker, or when an
+            # attempt sent while it cooled (a probe) fails.  Escalate only on a failed probe: the
+            # attempts already in flight when the storm began say nothing new (without this,
+            # 8 concurrent 503s would double the cooldown 8 times in one instant).
+            tripped = model.evidence.overloaded(now)
+            cooling = model.cool_until > now
+            probe_failed = record.sent >= model.cooled_at and (cooling or tripped)
+            if not (tripped or cooling):
+                self._lane_retry_delay(action, outcome, record, now)
+                return
             if probe_failed:
                 model.streak += 1
             delay = min(self._retry.overload_cooldown_cap,
@@ -984,7 +1040,9 @@ class Scheduler:
                 model.cooled_at = now
                 model.cool_until = now + delay
                 model.reason = reason
+                model.probe_at = now + self.policy.probe_interval
                 self._timer(model.cool_until, _TIMER_WAKE, 0, 0)
+                self._timer(model.probe_at, _TIMER_WAKE, 0, 0)
                 if fresh or probe_failed:  # not for every straggler that extends it a little
                     self._emit("model_cooled", reason, now, model=model.name,
                                until=model.cool_until)
@@ -1004,12 +1062,36 @@ class Scheduler:
             state.strikes += 1
             if state.strikes >= action.strikes:
                 self._disable(state, f"{action.strikes} strikes, last {reason}", now)
-        if (outcome.retry_after is not None and effect in (Effect.NONE, Effect.COOL_MODEL)
+        self._lane_retry_delay(action, outcome, record, now)
+
+    def _lane_retry_delay(self, action: Action, outcome: Outcome, record: _Attempt,
+                          now: float) -> None:
+        if (outcome.retry_after is not None
+                and action.effect in (Effect.NONE, Effect.COOL_MODEL)
                 and action.next in (Next.RETRY_NOW, Next.RETRY_LATER)):
             # The server named a retry delay but no quota group to blame (a Retry-After on a
             # 5xx, a timeout or a 503): honour it for this lane only, until exactly t + d.
-            self._cool_lane(record, now + min(outcome.retry_after, _MAX_SERVER_DELAY), reason,
-                            now)
+            self._cool_lane(record, now + min(outcome.retry_after, _MAX_SERVER_DELAY),
+                            outcome.kind.value, now)
+
+    def _lane_error(self, record: _Attempt, reason: str, now: float) -> None:
+        """A 500 on a lane: the lane breaker cools it at `lane_error_trip` in a row."""
+        lane = (record.key, record.model)
+        errors = self._lane_errors[lane] = self._lane_errors.get(lane, 0) + 1
+        trip = self.policy.lane_error_trip
+        if errors >= trip:
+            retry = self._retry
+            delay = min(retry.overload_cooldown_cap,
+                        retry.overload_cooldown * 2.0 ** (errors - trip))
+            self._cool_lane(record, now + delay, reason, now)
+
+    def _model_answered(self, record: _Attempt, now: float) -> None:
+        """An answer on a model: its 503 streak is over, and a probe ends its cooldown."""
+        model = self._models[record.model]
+        model.streak = 0
+        model.evidence.answered(now)
+        if model.cool_until > now and record.sent >= model.cooled_at:
+            model.cool_until = now
 
     def _cool_lane(self, record: _Attempt, until: float, reason: str, now: float) -> None:
         lane = (record.key, record.model)
@@ -1055,7 +1137,8 @@ class Scheduler:
             if request.empties > self._retry.empty_retries:
                 self._fail(request, FailReason.EMPTY_RESPONSE, now)
                 return
-        if outcome.kind is OutcomeKind.SERVER_ERROR or step is Next.RETRY_OTHER_MODEL:
+        if (outcome.kind is OutcomeKind.SERVER_ERROR or outcome.kind is OutcomeKind.OVERLOADED
+                or step is Next.RETRY_OTHER_MODEL):
             errors = request.server_errors
             if errors is None:
                 errors = request.server_errors = {}

@@ -140,6 +140,13 @@ class CoreMachine(RuleBasedStateMachine):
         self.model_cool = [-math.inf] * n_models
         self.model_gone = [False] * n_models
         self.streak = [0] * n_models
+        # The model breaker (default Policy): recent (time, was a 503) per model, when each model
+        # was last cooled, and when a request may next probe it while it cools.
+        self.evidence: list[list[tuple[float, bool]]] = [[] for _ in range(n_models)]
+        self.cooled_at = [-math.inf] * n_models
+        self.probe_at = [-math.inf] * n_models
+        self.lane_errors: dict[tuple[int, int], int] = {}  # 500s in a row per lane
+        self.bare: dict[tuple[str, int], int] = {}  # bare 429s since the group last answered
         self.lane_cool: dict[tuple[int, int], float] = {}
         self.disabled = [False] * self.n_keys
         self.in_flight = [0] * self.n_keys
@@ -172,10 +179,10 @@ class CoreMachine(RuleBasedStateMachine):
                 and (limit.tpm is None or sum(window) + tokens <= limit.tpm)
                 and (limit.rpd is None or today + 1 <= limit.rpd))
 
-    def can_serve(self, key: int, model: int, req: Req, now: float) -> bool:
+    def can_serve(self, key: int, model: int, req: Req, now: float, probing: bool = False) -> bool:
         group = (self.project[key], model)
         return (not self.disabled[key] and self.in_flight[key] < self.cap
-                and not self.model_gone[model] and self.model_cool[model] <= now
+                and not self.model_gone[model] and (probing or self.model_cool[model] <= now)
                 and group not in self.group_gone and self.group_cool.get(group, -math.inf) <= now
                 and self.lane_cool.get((key, model), -math.inf) <= now
                 and (group not in self.probe or self.group_flight[group] < self.probe[group])
@@ -196,7 +203,20 @@ class CoreMachine(RuleBasedStateMachine):
                 firsts.setdefault(self.eff(req), req)
         return list(firsts.values())
 
+    def probe_model(self, req: Req, now: float) -> int | None:
+        """The cooling model a request nothing else can serve would probe now, if any."""
+        if any(self.can_serve(k, m, req, now) for m in self.eff(req) for k in range(self.n_keys)):
+            return None
+        for m in self.eff(req):
+            if (not self.model_gone[m] and self.model_cool[m] > now and self.probe_at[m] <= now
+                    and any(self.can_serve(k, m, req, now, probing=True)
+                            for k in range(self.n_keys))):
+                return m
+        return None
+
     def servable(self, req: Req, now: float) -> bool:
+        if self.probe_model(req, now) is not None:
+            return True
         return any(self.can_serve(k, m, req, now) for m in self.eff(req)
                    for k in range(self.n_keys))
 
@@ -251,13 +271,17 @@ class CoreMachine(RuleBasedStateMachine):
         key = int(decision.key.label.removeprefix("k"))  # type: ignore[union-attr]
         model = self.config.models.index(decision.model)
         assert decision.number == req.number + 1
+        probing = not self.can_serve(key, model, req, now)
+        if probing:  # only a probe of a cooling model that nothing else could replace
+            assert self.probe_model(req, now) == model, (key, model)
+            self.probe_at[model] = now + 1.0  # Policy().probe_interval
         # 1. Safety: the lane may serve this request now.
-        assert self.can_serve(key, model, req, now), (key, model)
+        assert self.can_serve(key, model, req, now, probing), (key, model)
         # 2. The best tier that can serve, then the least-loaded lane, avoiding keys that failed.
         assert model in models
         for better in models[:models.index(model)]:
             assert not any(self.can_serve(k, better, req, now) for k in range(self.n_keys))
-        lanes = [k for k in range(self.n_keys) if self.can_serve(k, model, req, now)]
+        lanes = [k for k in range(self.n_keys) if self.can_serve(k, model, req, now, probing)]
         fresh = [k for k in lanes if k not in req.avoid]
         pool = fresh or lanes
         assert key in pool
@@ -288,7 +312,7 @@ class CoreMachine(RuleBasedStateMachine):
 
     def event_times(self) -> set[float]:
         times = set(self.group_cool.values()) | set(self.lane_cool.values()) | set(
-            self.model_cool)
+            self.model_cool) | set(self.probe_at)
         for sent in self.sent.values():
             times.update(t + self.window for t, _ in sent)
         times.add(next_pacific_midnight(self.now + self.wall) - self.wall)
@@ -356,6 +380,13 @@ class CoreMachine(RuleBasedStateMachine):
         if then_poll:
             self.poll()
 
+    def note_evidence(self, model: int, now: float, *, overloaded: bool) -> bool:
+        """Record an answer or a 503; whether the model breaker trips (default Policy)."""
+        recent = [e for e in self.evidence[model] if e[0] + 10.0 > now] + [(now, overloaded)]
+        self.evidence[model] = recent
+        count = sum(1 for _, bad in recent if bad)
+        return overloaded and count >= 5 and count >= 0.5 * len(recent)
+
     def apply_outcome(self, aid: int, kind: OutcomeKind, retry_after: float | None) -> None:
         now, retry = self.now, self.retry
         rid, key, model = self.attempts.pop(aid)
@@ -365,8 +396,14 @@ class CoreMachine(RuleBasedStateMachine):
         group = (self.project[key], model)
         self.group_flight[group] -= 1
         action = DEFAULT_ACTIONS[kind]
+        sent = self.sent_at[aid]
         if kind in (OutcomeKind.SUCCESS, OutcomeKind.BLOCKED):
             self.streak[model] = 0
+            self.note_evidence(model, now, overloaded=False)
+            if self.model_cool[model] > now and sent >= self.cooled_at[model]:
+                self.model_cool[model] = now  # a probe answered: the model is back
+            self.lane_errors.pop((key, model), None)
+            self.bare.pop(group, None)
             if group in self.probe:  # slow start: twice as many, until trusted again
                 self.probe[group] *= 2
                 if self.probe[group] >= 16:
@@ -381,8 +418,11 @@ class CoreMachine(RuleBasedStateMachine):
         if effect is Effect.COOL_GROUP:
             until = now + (retry_after if retry_after is not None else retry.minute_cooldown)
             self.group_cool[group] = max(self.group_cool.get(group, -math.inf), until)
-        elif effect is Effect.COOL_GROUP_BRIEFLY:
-            until = now + retry.shared_capacity_cooldown
+        elif effect is Effect.COOL_GROUP_BRIEFLY:  # doubling while bare 429s persist
+            n = self.bare.get(group, 0)
+            self.bare[group] = n + 1
+            until = now + min(retry.shared_capacity_cooldown_cap,
+                              retry.shared_capacity_cooldown * 2.0 ** n)
             self.group_cool[group] = max(self.group_cool.get(group, -math.inf), until)
         elif effect is Effect.COOL_GROUP_UNTIL_MIDNIGHT:
             until = next_pacific_midnight(now + self.wall) - self.wall
@@ -394,11 +434,18 @@ class CoreMachine(RuleBasedStateMachine):
                 self.group_cool[other] = max(self.group_cool.get(other, -math.inf), until)
         elif effect is Effect.GROUP_UNAVAILABLE:
             self.group_gone.add(group)
-        elif effect is Effect.COOL_MODEL:
-            self.streak[model] += 1
-            delay = min(retry.overload_cooldown_cap,
-                        retry.overload_cooldown * 2.0 ** (self.streak[model] - 1))
-            self.model_cool[model] = max(self.model_cool[model], now + delay)
+        elif effect is Effect.COOL_MODEL:  # the breaker: on evidence, or a failed probe
+            tripped = self.note_evidence(model, now, overloaded=True)
+            cooling = self.model_cool[model] > now
+            if tripped or cooling:
+                if sent >= self.cooled_at[model]:
+                    self.streak[model] += 1
+                delay = min(retry.overload_cooldown_cap,
+                            retry.overload_cooldown * 2.0 ** (max(self.streak[model], 1) - 1))
+                if now + delay > self.model_cool[model]:
+                    self.cooled_at[model] = now
+                    self.model_cool[model] = now + delay
+                    self.probe_at[model] = now + 1.0
         elif effect is Effect.MODEL_UNAVAILABLE:
             self.model_gone[model] = True
         elif effect is Effect.DISABLE_KEY:
@@ -407,6 +454,13 @@ class CoreMachine(RuleBasedStateMachine):
             for k in range(self.n_keys):
                 if self.project[k] == self.project[key]:
                     self.disabled[k] = True
+        if kind is OutcomeKind.SERVER_ERROR:  # the lane breaker: three 500s in a row
+            n = self.lane_errors[(key, model)] = self.lane_errors.get((key, model), 0) + 1
+            if n >= 3:
+                until = now + min(retry.overload_cooldown_cap,
+                                  retry.overload_cooldown * 2.0 ** (n - 3))
+                self.lane_cool[(key, model)] = max(self.lane_cool.get((key, model), -math.inf),
+                                                   until)
         # 3. A retry delay on an outcome that blames no quota group idles the lane until t + d.
         if (retry_after is not None and effect in (Effect.NONE, Effect.COOL_MODEL)
                 and action.next in (Next.RETRY_NOW, Next.RETRY_LATER)):
@@ -428,7 +482,7 @@ class CoreMachine(RuleBasedStateMachine):
             req.empties += 1
             if req.empties > retry.empty_retries:
                 return fail(FailReason.EMPTY_RESPONSE)
-        if kind is OutcomeKind.SERVER_ERROR:
+        if kind in (OutcomeKind.SERVER_ERROR, OutcomeKind.OVERLOADED):
             req.errors[model] = req.errors.get(model, 0) + 1
         if step is Next.RETRY_OTHER_MODEL:
             req.errors[model] = retry.server_errors_per_model

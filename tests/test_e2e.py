@@ -24,6 +24,7 @@ from keysched import (
     KeyedClient,
     NoUsableKeyError,
     OutcomeKind,
+    Policy,
     RetryPolicy,
     StreamChunk,
     StreamInterruptedError,
@@ -163,12 +164,14 @@ async def test_disabled_project_api_disables_every_key_of_the_project() -> None:
 
 
 async def test_overloaded_model_falls_back_then_returns(caplog: pytest.LogCaptureFixture) -> None:
-    """A 503 cools the best model and the request falls back a tier; once it recovers, it returns."""
+    """A 503 that trips the breaker (here at one) cools the best model and the request falls
+    back a tier; once it recovers, it returns."""
     caplog.set_level(logging.INFO, logger="keysched")
     sc = scenario(projects=[{"name": "alpha", "keys": 2}], models=(PRO, FLASH),
                   faults=({"kind": "overloaded", "model": PRO, "start": 0, "end": 40},))
     async with running_server(sc) as (server, world), scenario_client(
-            server, retry=RetryPolicy(overload_cooldown=10.0)) as client:
+            server, retry=RetryPolicy(overload_cooldown=10.0),
+            policy=Policy(overload_trip=1, probe_interval=100.0)) as client:
         during = await client.generate("during the storm")
         cooling = client.snapshot()
         await clock_of(server).until(45.0)
@@ -449,7 +452,8 @@ async def test_error_inside_a_200_stream() -> None:
         {"kind": "stream_error", "model": PRO, "key": "alpha-2", "after_chunks": 0}))
     chunks: list[StreamChunk] = []
     async with running_server(sc) as (server, world), scenario_client(
-            server, retry=RetryPolicy(overload_cooldown=5.0)) as client:
+            server, retry=RetryPolicy(overload_cooldown=5.0),
+            policy=Policy(overload_trip=1, probe_interval=100.0)) as client:
         with pytest.raises(StreamInterruptedError) as caught:
             await collect(client.stream("first"), chunks)
         cooled = client.snapshot().lane("alpha-1", PRO)
