@@ -61,6 +61,8 @@ Breakers that trip on evidence (the breakers issue):
   The model is taken out of rotation only when the evidence says it is overloaded
   (`keysched._breaker.OverloadEvidence`, thresholds on `Policy`); its cooldown then escalates
   per failed probe as before.
+- A model that was cooled stays half-open until it answers (its 503 streak is not over): the
+  first 503 to an attempt sent after the cooldown began cools it again, escalating.
 - While a model cools, a request that nothing else can serve probes it, at most once per
   ``Policy.probe_interval``; an answer ends the cooldown.  The last model never goes dark.
 - A lane that answers ``Policy.lane_error_trip`` 500s in a row cools, from
@@ -1025,7 +1027,10 @@ class Scheduler:
             # attempt sent while it cooled (a probe) fails.  Escalate only on a failed probe: the
             # attempts already in flight when the storm began say nothing new (without this,
             # 8 concurrent 503s would double the cooldown 8 times in one instant).
-            tripped = model.evidence.overloaded(now)
+            # Once cooled, the model is half-open until it answers: a failed probe after the
+            # cooldown re-trips at once, as it did before evidence was weighed.
+            tripped = model.evidence.overloaded(now) or (
+                model.streak > 0 and record.sent >= model.cooled_at)
             cooling = model.cool_until > now
             probe_failed = record.sent >= model.cooled_at and (cooling or tripped)
             if not (tripped or cooling):

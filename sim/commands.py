@@ -43,7 +43,8 @@ __all__ = ["DEFAULT_PLOT_DIR", "DEFAULT_SCENARIOS", "add_commands", "main", "mai
 
 DEFAULT_SCENARIOS = ("steady", "saturation", "daily-exhaustion", "overload-storm",
                      "revoked-keys", "shared-project", "thousand-keys", "bare-429-burst",
-                     "free-tier-unknown", "paid-tier-unknown", "tier-change")
+                     "free-tier-unknown", "paid-tier-unknown", "tier-change", "flaky",
+                     "sticky-bare-429")
 """The scenarios of the default comparison, in the order the table shows them."""
 
 DEFAULT_PLOT_DIR = "sim-plots"

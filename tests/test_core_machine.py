@@ -435,7 +435,8 @@ class CoreMachine(RuleBasedStateMachine):
         elif effect is Effect.GROUP_UNAVAILABLE:
             self.group_gone.add(group)
         elif effect is Effect.COOL_MODEL:  # the breaker: on evidence, or a failed probe
-            tripped = self.note_evidence(model, now, overloaded=True)
+            tripped = self.note_evidence(model, now, overloaded=True) or (
+                self.streak[model] > 0 and sent >= self.cooled_at[model])  # half-open
             cooling = self.model_cool[model] > now
             if tripped or cooling:
                 if sent >= self.cooled_at[model]:
