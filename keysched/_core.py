@@ -179,7 +179,7 @@ class _Model:
 class _Request:
     __slots__ = ("avoid", "deadline", "empties", "id", "last_attempt", "later", "models",
                  "number", "quota", "quota_waits", "server_errors", "start_by", "state", "timed",
-                 "tokens")
+                 "tokens", "weighed")
 
     def __init__(self, rid: int, models: tuple[int, ...], tokens: int, deadline: float,
                  quota: bool, start_by: float) -> None:
@@ -189,6 +189,7 @@ class _Request:
         self.quota = quota
         self.deadline = deadline
         self.start_by = start_by  # no attempt starts after this: it could not end in time
+        self.weighed = -1  # the `Scheduler._benched` count when its return time was last weighed
         self.state = _WAITING
         self.number = 0
         self.quota_waits = 0  # attempts refused by a quota 429 (not counted in max_attempts)
@@ -300,6 +301,9 @@ class Scheduler:
         self._current: _Request | None = None  # the request being placed, for `block`
         self._skip_until = math.inf  # when a token budget too full for `_current` frees up
         self._indices_cache: dict[tuple[str, ...], tuple[int, ...]] = {}
+        # Counts what was benched, disabled or taken out: a waiting request's return time is
+        # weighed again only when it changed (see `_returns_too_late`).
+        self._benched = 0
 
     # ------------------------------------------------------------------ inputs
 
@@ -769,6 +773,7 @@ class Scheduler:
             if violation.value is None:
                 continue
             if budget.learn(violation.dimension, violation.value, now, violation.quota_id):
+                self._benched += 1
                 self._emit_learned(group, violation, now)
                 if self._retry.relearn_after is not None and not record.relearn:
                     group.relearn_wait = self._retry.relearn_after
@@ -892,6 +897,9 @@ class Scheduler:
                 reason = (FailReason.NO_USABLE_LANE if self._hopeless(best)
                           else FailReason.NO_CAPACITY)
                 self._fail(request, reason, now)
+            elif self._returns_too_late(request, now):
+                heapq.heappop(queue)
+                self._fail(request, FailReason.DEADLINE, now)
             else:
                 if blocked is None:
                     blocked = set()
@@ -903,6 +911,17 @@ class Scheduler:
         if len(queues) > (0 if blocked is None else len(blocked)):
             for models in [models for models, queue in queues.items() if not queue]:
                 del queues[models]
+
+    def _returns_too_late(self, request: _Request, now: float) -> bool:
+        """Whether nothing can serve the request before its deadline, as far as the core knows
+        (every lane benched past it: say, a pool benched until midnight).  Then it fails at once,
+        with `retry_at`, instead of waiting out its deadline.  Weighed again only after something
+        was benched (`_benched`): the answer cannot change otherwise."""
+        if request.weighed == self._benched:
+            return False
+        request.weighed = self._benched
+        returns = self._capacity_returns(request, now)
+        return returns is not None and returns > request.deadline
 
     def _hopeless(self, models: tuple[int, ...]) -> bool:
         return all(self._models[m].unavailable or self._models[m].usable_groups <= 0
@@ -1045,6 +1064,7 @@ class Scheduler:
                 model.cooled_at = now
                 model.cool_until = now + delay
                 model.reason = reason
+                self._benched += 1
                 model.probe_at = now + self.policy.probe_interval
                 self._timer(model.cool_until, _TIMER_WAKE, 0, 0)
                 self._timer(model.probe_at, _TIMER_WAKE, 0, 0)
@@ -1111,6 +1131,7 @@ class Scheduler:
     def _cool_group(self, group: _Group, until: float, reason: str, project: str, model: str,
                     now: float) -> None:
         if until > group.cool_until:
+            self._benched += 1
             group.cool_until = until
             group.reason = reason
             self._timer(until, _TIMER_WAKE, 0, 0)
@@ -1120,6 +1141,7 @@ class Scheduler:
         if state.disabled is not None:
             return
         state.disabled = reason
+        self._benched += 1
         self._project_active[state.project] -= 1
         if self._project_active[state.project] == 0:
             for model_index, group in enumerate(self._groups[state.project]):
@@ -1193,9 +1215,13 @@ class Scheduler:
                 group = row[model_index]
                 if group.unavailable or self._project_active[project_index] == 0:
                     continue
-                at = max(now, group.cool_until, model.cool_until)
+                # A cooling model may be probed before its cooldown ends, and a learned limit
+                # tested before its budget frees: both can return capacity early.
+                model_at = min(model.cool_until, max(now, model.probe_at))
+                at = max(now, group.cool_until, model_at)
                 if group.budget is not None and group.budget.limited:
-                    at = max(at, group.budget.free_at(now, request.tokens))
+                    free = group.budget.free_at(now, request.tokens)
+                    at = max(at, min(free, max(now, group.relearn_at)))
                 best = min(best, at)
         return best if math.isfinite(best) else None
 

@@ -257,8 +257,18 @@ class CoreMachine(RuleBasedStateMachine):
         if isinstance(decision, Fail):
             req = self.reqs[decision.request]
             assert req.state == "waiting"
-            assert decision.reason is FailReason.NO_USABLE_LANE
-            assert self.hopeless(self.eff(req))
+            if decision.reason is FailReason.DEADLINE:
+                # Failed early: nothing can serve it before its deadline, and the core says when
+                # capacity returns, after it.  No cooldown end, budget expiry or probe before the
+                # deadline may make it servable.
+                assert decision.retry_at is not None
+                assert decision.retry_at > req.deadline
+                assert now < req.deadline
+                for at in [now, *sorted(t for t in self.event_times() if now < t <= req.deadline)]:
+                    assert not self.servable(req, at), (req.rid, at)
+            else:
+                assert decision.reason is FailReason.NO_USABLE_LANE
+                assert self.hopeless(self.eff(req))
             req.state = "ended"
             return
         assert isinstance(decision, Dispatch), decision
