@@ -49,6 +49,7 @@ class RawServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.requests: list[Request] = []
         self.arrived = asyncio.Event()  # a request has been read
+        self._counted = asyncio.Condition()
         self.url = ""
 
     async def __aenter__(self) -> RawServer:
@@ -77,9 +78,15 @@ class RawServer:
         many are still open."""
         loop = asyncio.get_running_loop()
         end = loop.time() + guard
-        while self.open_connections() and loop.time() < end:
+        # Polled: a client's FIN or RST reaches the server's streams with no event to await.
+        while self.open_connections() and loop.time() < end:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         return self.open_connections()
+
+    async def until_requests(self, count: int) -> None:
+        """Wait until `count` requests have been read."""
+        async with self._counted:
+            await self._counted.wait_for(lambda: len(self.requests) >= count)
 
     async def _connection(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
@@ -95,6 +102,8 @@ class RawServer:
                     int(request.headers.get("content-length", "0")))
                 self.requests.append(request)
                 self.arrived.set()
+                async with self._counted:
+                    self._counted.notify_all()
                 if not await self._handle(request, writer):
                     break
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):

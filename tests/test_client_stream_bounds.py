@@ -181,9 +181,13 @@ async def test_a_stream_without_its_last_chunk_is_interrupted(fast: bool, framin
         async with KeyedClient(keys=["AIzaONE", "AIzaTWO"], models=[FLASH],
                                base_url=server.url, fast=fast, timeout=5.0) as client:
             received: list[str] = []
-            with pytest.raises(StreamInterruptedError) as caught:
+
+            async def consume() -> None:
                 async for chunk in client.stream("hi"):
                     received.append(chunk.text)
+
+            with pytest.raises(StreamInterruptedError) as caught:
+                await asyncio.wait_for(consume(), GUARD)
             snap = client.snapshot()
     assert received == ["Hello ", "world"]
     assert caught.value.chunks_delivered == 2
