@@ -16,6 +16,14 @@ import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
+
+from keysched import KeyedClient, PoolSnapshot, StreamInterruptedError
+
+FLASH = "gemini-2.5-flash"
+BACKENDS = pytest.mark.parametrize("fast", [False, True], ids=["httpx", "aiohttp"])
+"""Run a test on both of KeyedClient's backends: httpx, and aiohttp (``fast=True``)."""
+
 Handle = Callable[["Request", asyncio.StreamWriter], Awaitable[bool | None]]
 
 
@@ -162,3 +170,33 @@ def answer(text: str) -> bytes:
 def gzipped(data: bytes) -> bytes:
     compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     return compressor.compress(data) + compressor.flush()
+
+
+class Interrupted:
+    """What `interrupted_stream` saw: the texts received, the error, the pool and the server."""
+
+    def __init__(self, texts: list[str], error: StreamInterruptedError, snapshot: PoolSnapshot,
+                 server: RawServer) -> None:
+        self.texts = texts
+        self.error = error
+        self.snapshot = snapshot
+        self.server = server
+
+
+async def interrupted_stream(handle: Handle, fast: bool, guard: float,
+                             **options: Any) -> Interrupted:
+    """Stream from a server answering with `handle` (two keys; `options` for the client) and
+    expect `StreamInterruptedError` within `guard` seconds."""
+    texts: list[str] = []
+    async with RawServer(handle) as server:
+        async with KeyedClient(keys=["AIzaONE", "AIzaTWO"], models=[FLASH],
+                               base_url=server.url, fast=fast, **options) as client:
+
+            async def consume() -> None:
+                async for chunk in client.stream("hi"):
+                    texts.append(chunk.text)
+
+            with pytest.raises(StreamInterruptedError) as caught:
+                await asyncio.wait_for(consume(), guard)
+            snapshot = client.snapshot()
+    return Interrupted(texts, caught.value, snapshot, server)

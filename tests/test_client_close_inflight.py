@@ -12,12 +12,10 @@ import asyncio
 from typing import Any
 
 import pytest
-from raw_server import RawServer, Request, event, head, hold
+from raw_server import BACKENDS, FLASH, RawServer, Request, event, head, hold
 
 from keysched import KeyedClient, UsageError
 
-FLASH = "gemini-2.5-flash"
-BACKENDS = pytest.mark.parametrize("fast", [False, True], ids=["httpx", "aiohttp"])
 GUARD = 10.0
 EACH = 5  # calls of each kind
 

@@ -11,7 +11,18 @@ import functools
 import zlib
 
 import pytest
-from raw_server import RawServer, Request, answer, event, gzipped, head
+from raw_server import (
+    BACKENDS,
+    FLASH,
+    Handle,
+    RawServer,
+    Request,
+    answer,
+    event,
+    gzipped,
+    head,
+    interrupted_stream,
+)
 
 from keysched import (
     ConfigurationError,
@@ -19,11 +30,8 @@ from keysched import (
     LaneState,
     RequestError,
     ResponseTooLargeError,
-    StreamInterruptedError,
 )
 
-FLASH = "gemini-2.5-flash"
-BACKENDS = pytest.mark.parametrize("fast", [False, True], ids=["httpx", "aiohttp"])
 GUARD = 30.0  # seconds: only "the call ended at all"
 MiB = 1024 * 1024
 CAP = 64 * 1024
@@ -41,14 +49,19 @@ def bomb() -> tuple[bytes, int]:
     return b"".join(parts), len(prefix) + 100 * MiB + len(suffix)
 
 
-async def _over_cap(client: KeyedClient, server: RawServer) -> ResponseTooLargeError:
-    with pytest.raises(ResponseTooLargeError) as caught:
-        await asyncio.wait_for(client.generate("hi"), GUARD)
+async def _over_cap(handle: Handle, fast: bool, **cap: int) -> ResponseTooLargeError:
+    """`generate` from a server answering with `handle` fails as too large, once, and no key is
+    blamed; `cap` is the client's ``max_response_bytes`` if given."""
+    async with RawServer(handle) as server:
+        async with KeyedClient(keys=["AIzaONE", "AIzaTWO"], models=[FLASH],
+                               base_url=server.url, fast=fast, **cap) as client:
+            with pytest.raises(ResponseTooLargeError) as caught:
+                await asyncio.wait_for(client.generate("hi"), GUARD)
+            snap = client.snapshot()
     error = caught.value
     assert isinstance(error, RequestError)
     assert "max_response_bytes" in str(error)
     assert len(server.requests) == 1  # not retried on the other key: it would get the same
-    snap = client.snapshot()
     assert all(lane.state is LaneState.AVAILABLE for lane in snap.lanes)  # no key blamed
     assert (snap.requests_failed, snap.in_flight) == (1, 0)
     return error
@@ -61,11 +74,7 @@ async def test_an_answer_declared_longer_than_the_cap_is_refused(fast: bool) -> 
     async def long_answer(request: Request, writer: asyncio.StreamWriter) -> None:
         writer.write(head(200, "application/json", content_length=len(big)) + big)
 
-    async with RawServer(long_answer) as server:
-        async with KeyedClient(keys=["AIzaONE", "AIzaTWO"], models=[FLASH],
-                               base_url=server.url, fast=fast,
-                               max_response_bytes=CAP) as client:
-            await _over_cap(client, server)
+    await _over_cap(long_answer, fast, max_response_bytes=CAP)
 
 
 @BACKENDS
@@ -79,11 +88,7 @@ async def test_an_endless_answer_without_a_length_is_cut_at_the_cap(fast: bool) 
             writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             await writer.drain()
 
-    async with RawServer(endless) as server:
-        async with KeyedClient(keys=["AIzaONE", "AIzaTWO"], models=[FLASH],
-                               base_url=server.url, fast=fast,
-                               max_response_bytes=CAP) as client:
-            await _over_cap(client, server)
+    await _over_cap(endless, fast, max_response_bytes=CAP)
 
 
 @BACKENDS
@@ -97,10 +102,7 @@ async def test_a_gzip_bomb_is_stopped_at_the_cap_once_inflated(fast: bool) -> No
         writer.write(head(200, "application/json", content_encoding="gzip",
                           content_length=len(compressed)) + compressed)
 
-    async with RawServer(gzip_bomb) as server:
-        async with KeyedClient(keys=["AIzaONE", "AIzaTWO"], models=[FLASH],
-                               base_url=server.url, fast=fast) as client:
-            error = await _over_cap(client, server)
+    error = await _over_cap(gzip_bomb, fast)  # the default cap
     assert str(32 * MiB) in str(error)
 
 
@@ -145,23 +147,12 @@ async def test_a_stream_is_capped_as_a_whole(fast: bool) -> None:
             await writer.drain()
         writer.write(event("", "STOP"))
 
-    async with RawServer(long_stream) as server:
-        async with KeyedClient(keys=["AIzaONE", "AIzaTWO"], models=[FLASH],
-                               base_url=server.url, fast=fast,
-                               max_response_bytes=10 * len(chunk)) as client:
-            received: list[str] = []
-
-            async def consume() -> None:
-                async for piece in client.stream("hi"):
-                    received.append(piece.text)
-
-            with pytest.raises(StreamInterruptedError) as caught:
-                await asyncio.wait_for(consume(), GUARD)
-            snap = client.snapshot()
-    assert 1 <= caught.value.chunks_delivered == len(received) <= 10
-    assert "max_response_bytes" in str(caught.value)
-    assert caught.value.attempts[-1].outcome.value == "request_error"
-    assert len(server.requests) == 1
+    seen = await interrupted_stream(long_stream, fast, GUARD, max_response_bytes=10 * len(chunk))
+    assert 1 <= seen.error.chunks_delivered == len(seen.texts) <= 10
+    assert "max_response_bytes" in str(seen.error)
+    assert seen.error.attempts[-1].outcome.value == "request_error"
+    assert len(seen.server.requests) == 1
+    snap = seen.snapshot
     assert all(lane.state is LaneState.AVAILABLE for lane in snap.lanes)
 
 

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
-from raw_server import RawServer, Request, drip, event, head, hold, reset
+from raw_server import BACKENDS, FLASH, RawServer, Request, drip, event, head, hold, interrupted_stream, reset
 
 from keysched import (
     AttemptsExhaustedError,
@@ -23,8 +23,6 @@ from keysched import (
     StreamInterruptedError,
 )
 
-FLASH = "gemini-2.5-flash"
-BACKENDS = pytest.mark.parametrize("fast", [False, True], ids=["httpx", "aiohttp"])
 GUARD = 15.0  # seconds: only "the call ended at all"
 
 
@@ -177,21 +175,12 @@ async def test_a_stream_without_its_last_chunk_is_interrupted(fast: bool, framin
     """Two chunks without a finishReason, then the body ends cleanly or the connection is
     reset: the stream was cut short, whatever the framing and the backend."""
     payload = _framed(framing, TWO_CHUNKS, complete=ending == "clean")
-    async with RawServer(_serving(payload, then_reset=ending == "reset")) as server:
-        async with KeyedClient(keys=["AIzaONE", "AIzaTWO"], models=[FLASH],
-                               base_url=server.url, fast=fast, timeout=5.0) as client:
-            received: list[str] = []
-
-            async def consume() -> None:
-                async for chunk in client.stream("hi"):
-                    received.append(chunk.text)
-
-            with pytest.raises(StreamInterruptedError) as caught:
-                await asyncio.wait_for(consume(), GUARD)
-            snap = client.snapshot()
-    assert received == ["Hello ", "world"]
-    assert caught.value.chunks_delivered == 2
-    assert len(server.requests) == 1  # chunks were delivered: never replayed on another key
+    seen = await interrupted_stream(_serving(payload, then_reset=ending == "reset"), fast, GUARD,
+                                    timeout=5.0)
+    assert seen.texts == ["Hello ", "world"]
+    assert seen.error.chunks_delivered == 2
+    assert len(seen.server.requests) == 1  # chunks were delivered: never replayed elsewhere
+    snap = seen.snapshot
     assert (snap.requests_finished, snap.requests_failed) == (0, 1)
 
 
