@@ -642,10 +642,12 @@ class KeyedClient:
         """Stream content chunk by chunk (``:streamGenerateContent?alt=sse``).
 
         Fails over to another key or model only until the first chunk is delivered.
-        `timeout` bounds connecting and each wait for more of the answer, not the whole stream.
+        `timeout` bounds each wait for the next chunk, not the whole stream; `deadline` bounds
+        the wait for the first.  A stream is complete when its last chunk has a finish reason.
 
         Raises:
-            StreamInterruptedError: the stream broke after chunks were delivered.
+            StreamInterruptedError: the stream broke (or ended without its last chunk) after
+                chunks were delivered.
             ServiceError: no stream could be started.
         """
         body = generate_body(contents, generation_config=generation_config,

@@ -12,7 +12,18 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
-from raw_server import BACKENDS, FLASH, RawServer, Request, drip, event, head, hold, interrupted_stream, reset
+from raw_server import (
+    BACKENDS,
+    FLASH,
+    RawServer,
+    Request,
+    drip,
+    event,
+    head,
+    hold,
+    interrupted_stream,
+    reset,
+)
 
 from keysched import (
     AttemptsExhaustedError,
