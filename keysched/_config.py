@@ -210,6 +210,10 @@ class RetryPolicy:
         _duration("retry.quota_margin", self.quota_margin, allow_zero=True)
         if self.relearn_after is not None:
             _duration("retry.relearn_after", self.relearn_after)
+        if self.shared_capacity_cooldown_cap < self.shared_capacity_cooldown:
+            raise ConfigurationError("retry.shared_capacity_cooldown_cap", f"must be >= "
+                                     f"shared_capacity_cooldown ({self.shared_capacity_cooldown!r}"
+                                     f"), got {self.shared_capacity_cooldown_cap!r}")
         if self.backoff_cap < self.backoff_base:
             raise ConfigurationError("retry.backoff_cap", f"must be >= backoff_base "
                                      f"({self.backoff_base!r}), got {self.backoff_cap!r}")
