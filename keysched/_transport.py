@@ -97,6 +97,11 @@ class HttpxBackend:
         self._client = client
         self._owned = owned
 
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The httpx client it sends through (`PoolTransport` passes requests through it)."""
+        return self._client
+
     def headers(self, headers: Mapping[str, str]) -> Mapping[str, str]:
         return httpx.Headers(headers)  # merged into the client's own without re-encoding
 

@@ -2,8 +2,9 @@
 
 Endpoints (``reference/gemini-api.md`` section 1): ``POST /v1beta/models/{model}:generateContent``,
 ``:streamGenerateContent`` (``?alt=sse`` for SSE, else one JSON array), ``:countTokens``,
-``:batchEmbedContents``, ``GET /v1beta/models`` and ``GET /v1beta/models/{model}``.  The key is
-read from ``x-goog-api-key``, else ``?key=``.  Outside ``/v1beta``: ``GET /_sim/counters`` (the
+``:batchEmbedContents``, ``GET /v1beta/models`` and ``GET /v1beta/models/{model}``; the
+OpenAI-compatible dialect under ``/v1beta/openai/`` (`sim.openai_compat`).  The key is read from
+``x-goog-api-key``, else ``?key=``, else ``Authorization: Bearer``.  Outside ``/v1beta``: ``GET /_sim/counters`` (the
 world's per key and model counters as JSON) and ``GET /_sim/state`` (scenario and virtual time).
 
 Time: virtual time is ``(clock() - started) * time_scale``, ``started`` being the clock when the
@@ -39,7 +40,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from keysched._wire import estimate_tokens
-from sim import bodies
+from sim import bodies, openai_compat
 from sim.bodies import Body
 from sim.httpserver import ASGIApp, SimServer, SimulatedDisconnect
 from sim.world import Reply, World
@@ -100,13 +101,18 @@ class SimApp:
         query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
-        secret = headers.get("x-goog-api-key") or query.get("key", [""])[0]
+        bearer = headers.get("authorization", "")
+        secret = (headers.get("x-goog-api-key") or query.get("key", [""])[0]
+                  or (bearer[7:].strip() if bearer[:7].lower() == "bearer " else ""))
         await self._route(scope["method"], scope["path"], query, secret, body, send)
 
     async def _route(self, method: str, path: str, query: dict[str, list[str]], secret: str,
                      body: bytes, send: Send) -> None:
         if path.startswith("/_sim/"):
             await self._sim_endpoint(method, path, send)
+            return
+        if path.startswith(openai_compat.PREFIXES):
+            await openai_compat.handle(self, method, path, secret, body, send)
             return
         if not path.startswith("/v1beta/models"):
             await _send(send, 404, _JSON, _not_found(f"{path} was not found."))
