@@ -250,9 +250,9 @@ class _Call:
             relay = _StreamRelay(self, session, dispatch, started, response, exits)
             first = await relay.first_event()
             if first is None or first.classified is not None:
-                classified = first.classified if first is not None else _failure(
-                    OutcomeKind.EMPTY, "the stream ended without a chunk")
-                assert classified is not None
+                classified = _failure(OutcomeKind.EMPTY, "the stream ended without a chunk")
+                if first is not None and first.classified is not None:
+                    classified = first.classified
                 self.last = _Answer(200, answer_headers, relay.prefix(), dispatch,
                                     classified.outcome.kind)
                 session.report(dispatch, classified, started)
@@ -274,7 +274,8 @@ class _Call:
     def _answer(self, session: _Session) -> httpx.Response:
         """The answer that ended the request, for the SDK (with the key that sent it redacted)."""
         last = self.last
-        assert last is not None and last.status
+        assert last is not None
+        assert last.status
         key = last.dispatch.key
         label = key.label or ""
         return httpx.Response(last.status, headers=response_headers(

@@ -102,8 +102,8 @@ class Route(NamedTuple):
         return json.dumps({**self.json, "model": model}).encode()
 
     def classify(self, status: int, raw: bytes, headers: Mapping[str, str]) -> Classified:
-        """A whole (non-streamed) answer, by the wire rules of `KeyedClient`."""
-        if self.method == "generateContent":
+        """A whole answer (or a stream's non-200 answer), by the wire rules of `KeyedClient`."""
+        if self.method in ("generateContent", "streamGenerateContent"):
             return classify(status, raw, headers, input_tokens=self.tokens)
         parse = _PARSERS[self.method]
         classified, value = classify_json_response(status, raw, headers, parse=parse)

@@ -272,8 +272,9 @@ def genai_client(keys: Sequence[str | Key], models: Sequence[str] | None = None,
         options: any other `KeyedClient` argument; ``base_url`` points both the pool and the
             SDK.
 
-    Closing the SDK client (``client.close()`` and ``await client.aio.aclose()``) closes the
-    pool once both are closed.  The SDK's own retries stay off: the pool retries.
+    The pool closes once both surfaces are closed (``client.close()`` and ``await
+    client.aio.aclose()``, or the SDK's context managers); until then it runs on a daemon
+    thread.  The SDK's own retries stay off: the pool retries.
 
     Raises:
         ConfigurationError: google-genai is not installed (``pip install 'keysched[sdk]'``).
@@ -287,12 +288,11 @@ def genai_client(keys: Sequence[str | Key], models: Sequence[str] | None = None,
         raise ConfigurationError("genai_client", "google-genai is not installed: pip install "
                                  "'keysched[sdk]'") from exc
     pool = PoolThread(keys, models, **options)
-    base_url = options.get("base_url")
+    # Transports rather than httpx clients: the SDK then makes its clients around them and closes
+    # them in ``close()`` / ``aclose()`` (a client handed to it would be left open).
     http_options = types.HttpOptions(
-        base_url=base_url, api_version=api_version, retry_options=None,
-        httpx_client=httpx.Client(transport=pool.transport(fallback=fallback, owner=True),
-                                  timeout=None),
-        httpx_async_client=httpx.AsyncClient(
-            transport=pool.async_transport(fallback=fallback, owner=True), timeout=None))
+        base_url=options.get("base_url"), api_version=api_version, retry_options=None,
+        client_args={"transport": pool.transport(fallback=fallback, owner=True)},
+        async_client_args={"transport": pool.async_transport(fallback=fallback, owner=True)})
     # The SDK insists on a key; the pool replaces it on every request.
     return genai.Client(api_key="keysched-pool", http_options=http_options)

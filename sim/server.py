@@ -3,9 +3,10 @@
 Endpoints (``reference/gemini-api.md`` section 1): ``POST /v1beta/models/{model}:generateContent``,
 ``:streamGenerateContent`` (``?alt=sse`` for SSE, else one JSON array), ``:countTokens``,
 ``:batchEmbedContents``, ``GET /v1beta/models`` and ``GET /v1beta/models/{model}``; the
-OpenAI-compatible dialect under ``/v1beta/openai/`` (`sim.openai_compat`).  The key is read from
-``x-goog-api-key``, else ``?key=``, else ``Authorization: Bearer``.  Outside ``/v1beta``: ``GET /_sim/counters`` (the
-world's per key and model counters as JSON) and ``GET /_sim/state`` (scenario and virtual time).
+OpenAI-compatible dialect under ``/v1beta/openai/`` (`sim.openai_compat`).  The key is read
+from ``x-goog-api-key``, else ``?key=``, else ``Authorization: Bearer``.  Outside ``/v1beta``:
+``GET /_sim/counters`` (the world's per key and model counters as JSON) and ``GET /_sim/state``
+(scenario and virtual time).
 
 Time: virtual time is ``(clock() - started) * time_scale``, ``started`` being the clock when the
 app was made; latencies are slept back at ``latency / time_scale`` with the injected ``sleep``,
