@@ -15,21 +15,20 @@ small ``chat.completion``.  Each pair is measured in the same run, taking turns 
 
 CPU is the process's own (``time.process_time``: every thread, the pool's loop thread
 included), divided by the calls.  The verdict is the median ratio (pool / alone) over rounds.
+``--fast`` lets the pool send through aiohttp (``KeyedClient(fast=True)``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import multiprocessing
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from benchmarks.bench_client import BODY, KEYS, _free_port, _wait_for
+from benchmarks.bench_client import BODY, KEYS, bench_server
 
 MODELS = ["gemini-2.5-flash", "gemini-2.5-flash-lite"]
 CHAT = json.dumps({
@@ -54,20 +53,6 @@ def _serve(port: int) -> None:
                 handle_signals=False)
 
 
-@contextlib.contextmanager
-def sdk_server() -> Iterator[str]:
-    port = _free_port()
-    server = multiprocessing.get_context("spawn").Process(target=_serve, args=(port,),
-                                                          daemon=True)
-    server.start()
-    try:
-        _wait_for(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.join()
-
-
 def _cpu_per_call(run: Callable[[], None], calls: int) -> float:
     started = time.process_time()
     run()
@@ -90,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--fast", action="store_true",
+                        help="the pool sends through aiohttp (KeyedClient(fast=True))")
     args = parser.parse_args(argv)
 
     import httpx
@@ -101,8 +88,8 @@ def main(argv: list[str] | None = None) -> None:
 
     calls = args.calls - args.calls % CONCURRENCY
     loop = asyncio.new_event_loop()
-    with sdk_server() as base:
-        pool = KeyedClient(keys=KEYS, models=MODELS, base_url=base)
+    with bench_server(_serve, ()) as base:
+        pool = KeyedClient(keys=KEYS, models=MODELS, base_url=base, fast=args.fast)
 
         def genai_on(**http: Any) -> genai.Client:
             return genai.Client(api_key=KEYS[0], http_options=types.HttpOptions(
@@ -112,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         pooled_async = genai_on(async_client_args={"transport": pool.transport()})
         alone_sync = genai_on(client_args={"transport": httpx.HTTPTransport()})
         pooled_sync = genai_client(keys=KEYS, models=MODELS, base_url=base,
-                                   api_version="v1beta")
+                                   api_version="v1beta", fast=args.fast)
         openai_base = f"{base}/v1beta/openai/"
         alone_openai = openai.AsyncOpenAI(api_key=KEYS[0], base_url=openai_base,
                                           max_retries=0, http_client=httpx.AsyncClient())
@@ -149,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
                 results[name].append((_cpu_per_call(pooled, calls),
                                       _cpu_per_call(alone, calls)))
         pooled_sync.close()
+        loop.run_until_complete(pooled_sync.aio.aclose())  # both surfaces closed: the pool too
         loop.run_until_complete(pool.aclose())
     loop.close()
     print(f"CPU per call, {calls} calls per run, {args.rounds} rounds (median of runs; "

@@ -260,16 +260,17 @@ class _Call:
             handed_over = True
             return httpx.Response(200, headers=response_headers(
                 answer_headers, dispatch.key.secret, dispatch.key.label or "",
-                self._marks(session, dispatch)), stream=relay)
+                self._marks(dispatch, len(session.records) + 1)), stream=relay)
         finally:
             if not handed_over:
                 # The attempt was reported already: a failure to close it changes nothing.
                 with contextlib.suppress(TransportFailure, TransportTimeout):
                     await exits.aclose()
 
-    def _marks(self, session: _Session, dispatch: Dispatch) -> dict[str, str]:
+    @staticmethod
+    def _marks(dispatch: Dispatch, attempts: int) -> dict[str, str]:
         return {"x-keysched-model": dispatch.model, "x-keysched-key": dispatch.key.label or "",
-                "x-keysched-attempts": str(len(session.records))}
+                "x-keysched-attempts": str(attempts)}
 
     def _answer(self, session: _Session) -> httpx.Response:
         """The answer that ended the request, for the SDK (with the key that sent it redacted)."""
@@ -279,7 +280,7 @@ class _Call:
         key = last.dispatch.key
         label = key.label or ""
         return httpx.Response(last.status, headers=response_headers(
-            last.headers, key.secret, label, self._marks(session, last.dispatch)),
+            last.headers, key.secret, label, self._marks(last.dispatch, len(session.records))),
             content=redact(last.body, key.secret, label))
 
     def _failed(self, session: _Session, fail: Fail) -> httpx.Response:

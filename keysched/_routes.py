@@ -45,7 +45,8 @@ from keysched._wire import (
     tokens_for_chars,
 )
 
-__all__ = ["FALLBACK_HEADER", "Route", "attempt_headers", "redact", "response_headers", "route"]
+__all__ = ["FALLBACK_HEADER", "Route", "attempt_headers", "openai_tokens", "redact", "response_headers",
+           "route"]
 
 FALLBACK_HEADER = "x-keysched-fallback"
 """Request header: ``off`` (or ``0``, ``false``, ``no``) pins a call to the model it named."""
@@ -138,8 +139,9 @@ _PARSERS: dict[str, Any] = {
 }
 
 
-def _openai_tokens(body: Mapping[str, Any]) -> int:
-    """Characters of text in ``messages`` (chat) or ``input`` (embeddings), as tokens."""
+def openai_tokens(body: Mapping[str, Any]) -> int:
+    """Characters of text in ``messages`` (chat) or ``input`` (embeddings), as tokens (the
+    fake server counts an OpenAI-compatible request's input with this too)."""
     def chars(value: object) -> int:
         if isinstance(value, str):
             return len(value)
@@ -205,7 +207,7 @@ def route(method: str, path: str, query: str, body: bytes, headers: Mapping[str,
         models = (model,)
     stream = rpc == "streamGenerateContent" or (openai is not None and
                                                 json_value.get("stream") is True)
-    tokens = _openai_tokens(json_value) if openai is not None else estimate_tokens(json_value)
+    tokens = openai_tokens(json_value) if openai is not None else estimate_tokens(json_value)
     return Route(openai=openai is not None, method=rpc, models=models, stream=stream,
                  tokens=tokens, spends_quota=rpc != "countTokens", path_head=head,
                  path_tail=tail, query=_query_without_key(query), json=json_value)

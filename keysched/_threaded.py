@@ -75,7 +75,7 @@ class PoolThread:
         except BaseException:
             self._stop()
             raise
-        self._pool: dict[bool, PoolTransport] = {}
+        self._transports: dict[bool, PoolTransport] = {}
 
     def __repr__(self) -> str:
         return f"PoolThread({self.client!r})"
@@ -135,8 +135,13 @@ class PoolThread:
         with self._lock:
             if self._closed:
                 return
+            async def shut() -> None:
+                for transport in self._transports.values():
+                    await transport.aclose()  # what it made itself (an httpx client)
+                await self.client.aclose()
+
             try:
-                self.run(self.client.aclose())
+                self.run(shut())
             finally:
                 self._closed = True
                 self._stop()
@@ -150,9 +155,9 @@ class PoolThread:
     def _inner(self, fallback: bool) -> PoolTransport:
         from keysched._integrations import PoolTransport
 
-        transport = self._pool.get(fallback)
+        transport = self._transports.get(fallback)
         if transport is None:
-            transport = self._pool[fallback] = PoolTransport(self.client, fallback=fallback)
+            transport = self._transports[fallback] = PoolTransport(self.client, fallback=fallback)
         return transport
 
     def _own(self, owner: bool) -> bool:

@@ -26,7 +26,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from keysched._wire import tokens_for_chars
+from keysched._routes import openai_tokens
 from sim import bodies
 from sim.bodies import Body
 from sim.httpserver import SimulatedDisconnect
@@ -67,7 +67,7 @@ async def handle(app: SimApp, method: str, path: str, secret: str, body: bytes,
             Body.BAD_REQUEST, message=f"Invalid JSON payload: expected 'model' and '{field}'.")))
         return
     model = model.removeprefix("models/")
-    tokens = tokens_for_chars(_text_chars(payload[field]))
+    tokens = openai_tokens(payload)
     if rest == "embeddings":
         await _embeddings(app, secret, model, payload["input"], tokens, send)
     else:
@@ -160,17 +160,6 @@ async def _models(app: SimApp, secret: str, send: Send) -> None:
     data = [{"id": f"models/{spec.name}", "object": "model", "owned_by": "google"}
             for spec in app.world.scenario.models]
     await _send(send, 200, json.dumps({"object": "list", "data": data}).encode())
-
-
-def _text_chars(value: object) -> int:
-    """Characters of text in messages or inputs (the native estimate counts the same way)."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, list):
-        return sum(_text_chars(item) for item in value)
-    if isinstance(value, dict):
-        return sum(_text_chars(value.get(name)) for name in ("content", "text"))
-    return 0
 
 
 def _status(code: int, status: str, message: str) -> dict[str, Any]:

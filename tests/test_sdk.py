@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import threading
 from typing import Any
 
 import httpx
@@ -34,7 +35,7 @@ from sdk_support import (
     requests_of,
 )
 
-from keysched import LaneState, PoolThread, RetryPolicy, genai_client
+from keysched import ConfigurationError, LaneState, PoolThread, RetryPolicy, genai_client
 from sim.httpserver import SimServer
 from sim.server import SimApp, make_app, serve
 from sim.world import World
@@ -155,7 +156,7 @@ def test_sync_genai_client_from_8_threads_shares_one_pool() -> None:
             return answer.text or ""
 
         answers.append(asyncio.run(from_a_loop()))
-        pool_threads = [t for t in __import__("threading").enumerate()
+        pool_threads = [t for t in threading.enumerate()
                         if t.name == "keysched-pool"]
         client.close()  # both surfaces closed: the pool closes and its thread ends
         counters = world.counters()
@@ -272,6 +273,7 @@ async def test_fallback_along_the_pool_list_is_switchable() -> None:
             assert answer.sdk_http_response is not None
             headers = answer.sdk_http_response.headers or {}
             assert headers.get("x-keysched-model") == LITE
+            assert int(headers["x-keysched-attempts"]) >= 2  # the best model's 503 first
             pinned = genai_async(server.base_url, pool.transport(fallback=False))
             with pytest.raises(genai_errors.APIError) as caught:
                 await pinned.aio.models.generate_content(model=FLASH, contents="y")
@@ -363,3 +365,15 @@ async def test_pool_thread_async_transport_serves_another_loop() -> None:
     assert len(streamed) == 3
     assert snapshot.requests_finished == 5
     assert snapshot.in_flight == 0
+
+
+def test_a_pool_thread_with_a_bad_option_raises_and_leaves_no_thread() -> None:
+    before = {t.ident for t in threading.enumerate() if t.name == "keysched-pool"}
+    with pytest.raises(ConfigurationError, match="timeout"):
+        PoolThread(keys=["AIzaONE"], timeout=-1)
+    assert not [t for t in threading.enumerate()
+                if t.name == "keysched-pool" and t.ident not in before]
+    with PoolThread(keys=["AIzaONE"]) as pool:
+        transport = pool.transport()
+    with pytest.raises(Exception, match="closed"):
+        httpx.Client(transport=transport).post("http://x.invalid/v1beta/models/m:generateContent")

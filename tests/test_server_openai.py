@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
 import httpx
 import pytest
+from virtual_clock import VirtualClock
 
 from keysched._outcomes import OutcomeKind
 from keysched._routes import route
@@ -18,18 +18,6 @@ from sim.world import World
 FLASH = "gemini-2.5-flash"
 EMBED = "gemini-embedding-001"
 BASE = "http://sim/v1beta/openai"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 def client(faults: list[dict[str, Any]] | None = None,
@@ -44,8 +32,8 @@ def client(faults: list[dict[str, Any]] | None = None,
                                             {"label": "p-2", "secret": "AIzaP2"}]}],
         "faults": faults or [],
     }, source="<openai>"))
-    clock = FakeClock()
-    app = make_app(world, clock=clock, sleep=clock.sleep)
+    clock = VirtualClock()  # the server's latencies pass in virtual time only
+    app = make_app(world, clock=clock.clock, sleep=clock.sleep)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app)), world
 
 
