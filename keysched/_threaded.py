@@ -11,9 +11,10 @@ once.  A streamed answer is read from the pool's loop one piece at a time.
 
 Decisions where the issue was silent:
 
-- Closing: `PoolThread.close()` ends open calls (they raise `UsageError`), closes the
-  `KeyedClient` and stops the thread.  A transport made with ``owner=True`` (as `genai_client`
-  makes them) holds the pool open; the pool closes when the last such transport closes.
+- Closing: `PoolThread.close()` ends open calls at once, those sending an attempt too (their
+  callers get `UsageError`), closes the `KeyedClient` and stops the thread.  A transport made
+  with ``owner=True`` (as `genai_client` makes them) holds the pool open; the pool closes when
+  the last such transport closes.
 - Calling the pool from its own thread (a callback run on the pool's loop) would deadlock: it
   is a `UsageError` instead.
 - Cancelling an async caller cancels its request on the pool's loop.
@@ -61,6 +62,7 @@ class PoolThread:
         self._thread.start()
         self._lock = threading.Lock()
         self._owners = 0
+        self._closing = False  # close() has begun: a cancelled call means the pool closed
         self._closed = False
         if models is not None:
             options["models"] = models
@@ -87,8 +89,18 @@ class PoolThread:
         self.close()
 
     def run(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
-        """Run `coroutine` on the pool's loop and wait for its result (from any other thread)."""
-        return self.submit(coroutine).result()
+        """Run `coroutine` on the pool's loop and wait for its result (from any other thread).
+
+        Raises:
+            UsageError: the pool was closed before the coroutine ended.
+        """
+        future = self.submit(coroutine)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            if self._closing:
+                raise UsageError("the pool was closed while the call was open") from None
+            raise
 
     def submit(self, coroutine: Coroutine[Any, Any, _T]) -> concurrent.futures.Future[_T]:
         """Start `coroutine` on the pool's loop; its future (cancel it to cancel the coroutine)."""
@@ -135,10 +147,18 @@ class PoolThread:
         with self._lock:
             if self._closed:
                 return
+            self._closing = True
             async def shut() -> None:
                 for transport in self._transports.values():
                     await transport.aclose()  # what it made itself (an httpx client)
                 await self.client.aclose()
+                # Calls still sending an attempt end now, not when their answer arrives: their
+                # callers (blocked in other threads) get `UsageError` (see `run`).
+                this = asyncio.current_task()
+                others = [task for task in asyncio.all_tasks() if task is not this]
+                for task in others:
+                    task.cancel()
+                await asyncio.gather(*others, return_exceptions=True)
 
             try:
                 self.run(shut())
@@ -221,7 +241,13 @@ class _HopTransport(httpx.AsyncBaseTransport):
 
 async def _hop(pool: PoolThread, coroutine: Coroutine[Any, Any, _T]) -> _T:
     """Await `coroutine` on the pool's loop; cancelling the caller cancels it there."""
-    return await asyncio.wrap_future(pool.submit(coroutine))
+    try:
+        return await asyncio.wrap_future(pool.submit(coroutine))
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if pool._closing and (task is None or not task.cancelling()):
+            raise UsageError("the pool was closed while the call was open") from None
+        raise
 
 
 async def _next_piece(pieces: AsyncIterator[bytes]) -> Any:

@@ -35,7 +35,14 @@ from sdk_support import (
     requests_of,
 )
 
-from keysched import ConfigurationError, LaneState, PoolThread, RetryPolicy, genai_client
+from keysched import (
+    ConfigurationError,
+    LaneState,
+    PoolThread,
+    RetryPolicy,
+    UsageError,
+    genai_client,
+)
 from sim.httpserver import SimServer
 from sim.server import SimApp, make_app, serve
 from sim.world import World
@@ -377,3 +384,41 @@ def test_a_pool_thread_with_a_bad_option_raises_and_leaves_no_thread() -> None:
         transport = pool.transport()
     with pytest.raises(Exception, match="closed"):
         httpx.Client(transport=transport).post("http://x.invalid/v1beta/models/m:generateContent")
+
+
+async def test_cancelling_an_sdk_call_releases_its_lane_at_once() -> None:
+    slow = ({"kind": "slow", "factor": 1000.0},)  # an attempt takes 1,000 virtual seconds
+    async with running_server(hostile_scenario(overloaded=False, faults=slow)) as (server, _):
+        app = app_of(server)
+        async with pool_for(app, server.base_url, timeout=5000.0,
+                            retry=RetryPolicy(deadline=5000.0)) as pool:
+            client = genai_async(server.base_url, pool.transport())
+            call = asyncio.ensure_future(client.aio.models.generate_content(model=LITE,
+                                                                            contents="slow"))
+            while pool.snapshot().in_flight == 0:  # noqa: ASYNC110 - waiting for the dispatch
+                await asyncio.sleep(0.001)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            snapshot = pool.snapshot()
+    assert snapshot.in_flight == 0
+    assert snapshot.requests_cancelled == 1
+
+
+def test_closing_a_pool_thread_ends_the_calls_waiting_in_other_threads() -> None:
+    world = World(hostile_scenario(overloaded=False, faults=({"kind": "slow", "factor": 1000.0},)))
+    app = make_app(world)
+    with serve(app) as server:
+        pool = PoolThread(base_url=server.base_url,
+                          **pool_options(app, timeout=5000.0, retry=RetryPolicy(deadline=5000.0)))
+        http = httpx.Client(transport=pool.transport())
+        with concurrent.futures.ThreadPoolExecutor(2) as threads:
+            calls = [threads.submit(http.post, f"{server.base_url}/v1beta/models/{LITE}"
+                                    ":generateContent", json={"contents": [{"parts": [
+                                        {"text": f"slow {i}"}]}]}) for i in range(2)]
+            while pool.snapshot().in_flight < 2:
+                threading.Event().wait(0.001)
+            pool.close()
+            # A generous guard only: the calls end as soon as the pool cancels them.
+            errors = [call.exception(timeout=60) for call in calls]
+    assert all(isinstance(error, UsageError) and "closed" in str(error) for error in errors)
