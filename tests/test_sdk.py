@@ -156,6 +156,7 @@ def test_sync_genai_client_from_8_threads_shares_one_pool() -> None:
 
         with concurrent.futures.ThreadPoolExecutor(8) as threads:
             answers = list(threads.map(one, range(32)))
+        listed = [model.name for model in client.models.list()]  # passed through, streamed
 
         async def from_a_loop() -> str:  # the .aio surface shares the same pool
             answer = await client.aio.models.generate_content(model=FLASH, contents="async")
@@ -169,6 +170,7 @@ def test_sync_genai_client_from_8_threads_shares_one_pool() -> None:
         counters = world.counters()
     assert len(answers) == 33
     assert all(answers)
+    assert f"models/{FLASH}" in listed
     assert requests_of(counters, "revoked-1") == 1
     assert outcomes(counters, "overloaded") >= 1
     assert pool_threads
