@@ -77,6 +77,9 @@ class Counting(httpx.AsyncBaseTransport):
         self.requests += 1
         return await self.inner.handle_async_request(request)
 
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
 
 class Tap(httpx.AsyncBaseTransport):
     """Records every request that leaves the pool (URL, headers, body), then sends it."""
