@@ -139,11 +139,8 @@ async def _embeddings(app: SimApp, secret: str, model: str, inputs: object, toke
         await _send(send, 400, _array(bodies.error_object(
             Body.BAD_REQUEST, message="Invalid JSON payload: 'input' must be text or a list.")))
         return
-    reply = app.world.attempt(app.now(), secret, model, tokens)
-    if reply.status != 200 or reply.fault is not None:
-        await app._answer(reply, send, array=reply.status != 200)
+    if not await app.embedding_served(model, secret, tokens, send, array=True):
         return
-    await app._wait(reply.latency)
     data = [{"object": "embedding", "index": i,
              "embedding": _vector({"content": {"parts": [{"text": text}]}})}
             for i, text in enumerate(texts)]

@@ -23,9 +23,11 @@ Decisions where the issue was silent:
   `SimulatedDisconnect` (an `httpx.ReadError`; the socket server turns it into a TCP reset).
   Through `httpx.ASGITransport` the body is buffered, so a cut stream fails the whole call.
 - ``countTokens`` and ``ListModels`` check the key (revoked, leaked, disabled) but spend no
-  quota and are not counted.  ``batchEmbedContents`` is one attempt on the world (the model must
-  be declared in the scenario), its input tokens the sum of the batch's; vectors are stable
-  pseudo-random values of ``outputDimensionality`` (default 8) from a hash of each text.
+  quota and are not counted.  ``batchEmbedContents`` is one attempt on the world, its input
+  tokens the sum of the batch's, when the scenario declares the model; an embedding model
+  (``*embedding*``) it does not declare is served in every scenario, key checked, no quota.
+  Vectors are stable pseudo-random values of ``outputDimensionality`` (default 8) from a hash
+  of each text.
 - A body that is not a JSON object with ``contents`` is a 400 ``INVALID_ARGUMENT`` (not sent to
   the world, not counted); so is a body over Google's 4 MiB limit or a batch over 100 items.
 """
@@ -215,13 +217,32 @@ class SimApp:
             await self._bad_request(send, "* BatchEmbedContentsRequest.requests: at most 100 "
                                           "requests can be in one batch\n")
             return
-        reply = self.world.attempt(self.now(), secret, model, estimate_tokens(payload))
-        if reply.status != 200 or reply.fault is not None:
-            await self._answer(reply, send)
+        if not await self.embedding_served(model, secret, estimate_tokens(payload), send):
             return
-        await self._wait(reply.latency)
         embeddings = [{"values": _vector(item)} for item in requests]
         await _send(send, 200, _JSON, bodies.pretty({"embeddings": embeddings}))
+
+    async def embedding_served(self, model: str, secret: str, tokens: int, send: Send,
+                               *, array: bool = False) -> bool:
+        """Decide an embedding call: True once its latency has passed, False if an error was
+        sent (`array`: wrapped as the OpenAI-compatible dialect wraps errors).
+
+        An embedding model the scenario does not declare is served without quota, its key
+        checked (as for countTokens), so that embeddings work in every scenario.
+        """
+        if "embedding" in model and model not in self.world.scenario.models_best_first:
+            refusal = self.world.check_key(self.now(), secret)
+            if refusal is not None:
+                await self._answer(refusal, send, array=array)
+                return False
+            await self._wait(self.world.scenario.error_latency)
+            return True
+        reply = self.world.attempt(self.now(), secret, model, tokens)
+        if reply.status != 200 or reply.fault is not None:
+            await self._answer(reply, send, array=array and reply.status != 200)
+            return False
+        await self._wait(reply.latency)
+        return True
 
     async def _models(self, rest: str, query: dict[str, list[str]], secret: str,
                       send: Send) -> None:

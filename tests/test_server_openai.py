@@ -119,3 +119,23 @@ async def test_embeddings_and_models() -> None:
     assert bad.status_code == 400
     assert bad.json()[0]["error"]["status"] == "INVALID_ARGUMENT"
     assert world.counters() == {"p-1": {EMBED: {"requests": 1, "success": 1}}}
+
+
+async def test_an_undeclared_embedding_model_is_served_in_every_scenario() -> None:
+    """Both dialects embed with a model the scenario lacks: key checked, no quota counted."""
+    http, world = client([{"kind": "key_revoked", "key": "p-2"}])
+    native = "http://sim/v1beta/models/text-embedding-004:batchEmbedContents"
+    request = {"requests": [{"model": "models/text-embedding-004",
+                             "content": {"parts": [{"text": "a"}]}}]}
+    async with http:
+        vectors = await http.post(native, json=request, headers={"x-goog-api-key": "AIzaP1"})
+        compat = await http.post(f"{BASE}/embeddings", headers=BEARER,
+                                 json={"model": "text-embedding-004", "input": "a"})
+        refused = await http.post(native, json=request, headers={"x-goog-api-key": "AIzaP2"})
+        other = await http.post("http://sim/v1beta/models/gemini-9:batchEmbedContents",
+                                json=request, headers={"x-goog-api-key": "AIzaP1"})
+    assert len(vectors.json()["embeddings"]) == 1
+    assert len(compat.json()["data"][0]["embedding"]) == 8
+    assert refused.status_code == 400
+    assert other.status_code == 404  # not an embedding model: the world's answer
+    assert world.counters() == {"p-1": {"gemini-9": {"requests": 1, "model_not_found": 1}}}
