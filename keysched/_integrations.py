@@ -38,6 +38,7 @@ Decisions where the issue was silent:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping
@@ -99,6 +100,7 @@ class PoolTransport(httpx.AsyncBaseTransport):
         backend = client._backend
         self._http = backend.client if isinstance(backend, HttpxBackend) else None
         self._own_http: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return f"PoolTransport({self._client!r}, fallback={self._fallback})"
@@ -107,6 +109,12 @@ class PoolTransport(httpx.AsyncBaseTransport):
         client = self._client
         if client._closed:
             raise UsageError("the client is closed")
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            if self._loop is not None:  # the pool's timers and connections live on one loop
+                raise UsageError("a KeyedClient's transport serves the event loop it was first "
+                                 "used on; for other loops or threads use keysched.PoolThread")
+            self._loop = loop
         body = await request.aread()
         raw_path, _, query = request.url.raw_path.decode("ascii").partition("?")
         call = route(request.method, raw_path, query, body, request.headers,

@@ -432,3 +432,25 @@ def test_closing_a_pool_thread_ends_the_calls_waiting_in_other_threads() -> None
             # A generous guard only: the calls end as soon as the pool cancels them.
             errors = [call.exception(timeout=60) for call in calls]
     assert all(isinstance(error, UsageError) and "closed" in str(error) for error in errors)
+
+
+def test_a_clients_transport_refuses_a_second_event_loop() -> None:
+    from keysched import KeyedClient
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"candidates": [{"content": {"parts": [{"text": "ok"}]}}]})
+
+    pool = KeyedClient(keys=["AIzaONE"], base_url="http://mock.invalid",
+                       transport=httpx.MockTransport(answer))
+    transport = pool.transport()
+
+    async def call() -> int:
+        async with httpx.AsyncClient(transport=transport) as http:
+            response = await http.post(
+                f"http://mock.invalid/v1beta/models/{FLASH}:generateContent",
+                json={"contents": [{"parts": [{"text": "hi"}]}]})
+            return response.status_code
+
+    assert asyncio.run(call()) == 200
+    with pytest.raises(UsageError, match="PoolThread"):
+        asyncio.run(call())
