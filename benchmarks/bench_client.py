@@ -74,10 +74,12 @@ def _wait_for(port: int) -> None:
 
 
 @contextlib.contextmanager
-def bench_server() -> Iterator[str]:
-    """The benchmark server, in its own process, for the duration: yields its base URL."""
+def bench_server(target: Callable[..., None] = _serve,
+                 args: tuple[object, ...] = (DELAY,)) -> Iterator[str]:
+    """A benchmark server (``target(port, *args)``), in its own process, for the duration:
+    yields its base URL."""
     port = _free_port()
-    server = multiprocessing.get_context("spawn").Process(target=_serve, args=(port, DELAY),
+    server = multiprocessing.get_context("spawn").Process(target=target, args=(port, *args),
                                                           daemon=True)
     server.start()
     try:

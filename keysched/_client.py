@@ -772,6 +772,16 @@ class KeyedClient:
         """
         return list(self._history)
 
+    def transport(self, *, fallback: bool = True) -> httpx.AsyncBaseTransport:
+        """An httpx transport over this pool, for an SDK's httpx client (same event loop).
+
+        Each model call the SDK sends is scheduled like `generate` (see
+        `keysched._integrations`); `fallback` lets a call fall back along the pool's models.
+        """
+        from keysched._integrations import PoolTransport
+
+        return PoolTransport(self, fallback=fallback)
+
     @property
     def models(self) -> tuple[str, ...]:
         """The generation models, best first."""

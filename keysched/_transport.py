@@ -229,6 +229,11 @@ class HttpxBackend:
         self._owned = owned
         self._cap = max_response_bytes
 
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The httpx client it sends through (`PoolTransport` passes requests through it)."""
+        return self._client
+
     def headers(self, headers: Mapping[str, str]) -> Mapping[str, str]:
         # Merged into the client's own without re-encoding.
         return httpx.Headers({**headers, "accept-encoding": _ACCEPT_ENCODING})

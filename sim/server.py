@@ -2,9 +2,11 @@
 
 Endpoints (``reference/gemini-api.md`` section 1): ``POST /v1beta/models/{model}:generateContent``,
 ``:streamGenerateContent`` (``?alt=sse`` for SSE, else one JSON array), ``:countTokens``,
-``:batchEmbedContents``, ``GET /v1beta/models`` and ``GET /v1beta/models/{model}``.  The key is
-read from ``x-goog-api-key``, else ``?key=``.  Outside ``/v1beta``: ``GET /_sim/counters`` (the
-world's per key and model counters as JSON) and ``GET /_sim/state`` (scenario and virtual time).
+``:batchEmbedContents``, ``GET /v1beta/models`` and ``GET /v1beta/models/{model}``; the
+OpenAI-compatible dialect under ``/v1beta/openai/`` (`sim.openai_compat`).  The key is read
+from ``x-goog-api-key``, else ``?key=``, else ``Authorization: Bearer``.  Outside ``/v1beta``:
+``GET /_sim/counters`` (the world's per key and model counters as JSON) and ``GET /_sim/state``
+(scenario and virtual time).
 
 Time: virtual time is ``(clock() - started) * time_scale``, ``started`` being the clock when the
 app was made; latencies are slept back at ``latency / time_scale`` with the injected ``sleep``,
@@ -21,9 +23,11 @@ Decisions where the issue was silent:
   `SimulatedDisconnect` (an `httpx.ReadError`; the socket server turns it into a TCP reset).
   Through `httpx.ASGITransport` the body is buffered, so a cut stream fails the whole call.
 - ``countTokens`` and ``ListModels`` check the key (revoked, leaked, disabled) but spend no
-  quota and are not counted.  ``batchEmbedContents`` is one attempt on the world (the model must
-  be declared in the scenario), its input tokens the sum of the batch's; vectors are stable
-  pseudo-random values of ``outputDimensionality`` (default 8) from a hash of each text.
+  quota and are not counted.  ``batchEmbedContents`` is one attempt on the world, its input
+  tokens the sum of the batch's, when the scenario declares the model; an embedding model
+  (``*embedding*``) it does not declare is served in every scenario, key checked, no quota.
+  Vectors are stable pseudo-random values of ``outputDimensionality`` (default 8) from a hash
+  of each text.
 - A body that is not a JSON object with ``contents`` is a 400 ``INVALID_ARGUMENT`` (not sent to
   the world, not counted); so is a body over Google's 4 MiB limit or a batch over 100 items.
 """
@@ -39,7 +43,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from keysched._wire import estimate_tokens
-from sim import bodies
+from sim import bodies, openai_compat
 from sim.bodies import Body
 from sim.httpserver import ASGIApp, SimServer, SimulatedDisconnect
 from sim.world import Reply, World
@@ -100,13 +104,18 @@ class SimApp:
         query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
-        secret = headers.get("x-goog-api-key") or query.get("key", [""])[0]
+        bearer = headers.get("authorization", "")
+        secret = (headers.get("x-goog-api-key") or query.get("key", [""])[0]
+                  or (bearer[7:].strip() if bearer[:7].lower() == "bearer " else ""))
         await self._route(scope["method"], scope["path"], query, secret, body, send)
 
     async def _route(self, method: str, path: str, query: dict[str, list[str]], secret: str,
                      body: bytes, send: Send) -> None:
         if path.startswith("/_sim/"):
             await self._sim_endpoint(method, path, send)
+            return
+        if path.startswith(openai_compat.PREFIXES):
+            await openai_compat.handle(self, method, path, secret, body, send)
             return
         if not path.startswith("/v1beta/models"):
             await _send(send, 404, _JSON, _not_found(f"{path} was not found."))
@@ -208,13 +217,32 @@ class SimApp:
             await self._bad_request(send, "* BatchEmbedContentsRequest.requests: at most 100 "
                                           "requests can be in one batch\n")
             return
-        reply = self.world.attempt(self.now(), secret, model, estimate_tokens(payload))
-        if reply.status != 200 or reply.fault is not None:
-            await self._answer(reply, send)
+        if not await self.embedding_served(model, secret, estimate_tokens(payload), send):
             return
-        await self._wait(reply.latency)
         embeddings = [{"values": _vector(item)} for item in requests]
         await _send(send, 200, _JSON, bodies.pretty({"embeddings": embeddings}))
+
+    async def embedding_served(self, model: str, secret: str, tokens: int, send: Send,
+                               *, array: bool = False) -> bool:
+        """Decide an embedding call: True once its latency has passed, False if an error was
+        sent (`array`: wrapped as the OpenAI-compatible dialect wraps errors).
+
+        An embedding model the scenario does not declare is served without quota, its key
+        checked (as for countTokens), so that embeddings work in every scenario.
+        """
+        if "embedding" in model and model not in self.world.scenario.models_best_first:
+            refusal = self.world.check_key(self.now(), secret)
+            if refusal is not None:
+                await self._answer(refusal, send, array=array)
+                return False
+            await self._wait(self.world.scenario.error_latency)
+            return True
+        reply = self.world.attempt(self.now(), secret, model, tokens)
+        if reply.status != 200 or reply.fault is not None:
+            await self._answer(reply, send, array=array and reply.status != 200)
+            return False
+        await self._wait(reply.latency)
+        return True
 
     async def _models(self, rest: str, query: dict[str, list[str]], secret: str,
                       send: Send) -> None:
