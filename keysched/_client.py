@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     # At run time asyncio is imported where it is first used, as httpx itself does: keeping it
     # out of `import keysched` saves a third of the import time (see benchmarks/bench_client.py).
     import asyncio
+    import datetime
 
 from keysched._config import Key, Limit, PoolConfig, RetryPolicy, _duration
 from keysched._core import Scheduler
@@ -509,8 +510,8 @@ class KeyedClient:
         system_instruction: str | Mapping[str, Any] | None = None,
         safety_settings: Sequence[Mapping[str, Any]] | None = None,
         tools: Sequence[Mapping[str, Any]] | None = None,
-        timeout: float | None = None,
-        deadline: float | None = None,
+        timeout: float | datetime.timedelta | None = None,
+        deadline: float | datetime.timedelta | None = None,
     ) -> GenerateResult:
         """Generate content with the best model that can serve now.
 
@@ -553,8 +554,8 @@ class KeyedClient:
         system_instruction: str | Mapping[str, Any] | None = None,
         safety_settings: Sequence[Mapping[str, Any]] | None = None,
         tools: Sequence[Mapping[str, Any]] | None = None,
-        timeout: float | None = None,
-        deadline: float | None = None,
+        timeout: float | datetime.timedelta | None = None,
+        deadline: float | datetime.timedelta | None = None,
     ) -> AsyncIterator[StreamChunk]:
         """Stream content chunk by chunk (``:streamGenerateContent?alt=sse``).
 
@@ -608,8 +609,9 @@ class KeyedClient:
             session.close()
 
     async def count_tokens(self, contents: str | Sequence[Mapping[str, Any]], *,
-                           model: str | None = None, timeout: float | None = None,
-                           deadline: float | None = None) -> int:
+                           model: str | None = None,
+                           timeout: float | datetime.timedelta | None = None,
+                           deadline: float | datetime.timedelta | None = None) -> int:
         """Count the input tokens of `contents` for `model` (default: the best model).
 
         Scheduled on the pool like any call (failover, cooldowns), but not counted against the
@@ -622,8 +624,8 @@ class KeyedClient:
         return int(value)
 
     async def embed(self, texts: Sequence[str], *, model: str | None = None,
-                    timeout: float | None = None,
-                    deadline: float | None = None) -> list[list[float]]:
+                    timeout: float | datetime.timedelta | None = None,
+                    deadline: float | datetime.timedelta | None = None) -> list[list[float]]:
         """Embed `texts`, in batches of at most 100 per call, split transparently.
 
         Returns:
@@ -683,21 +685,25 @@ class KeyedClient:
 
     # ------------------------------------------------------------------ internals
 
-    def _attempt_timeout(self, timeout: float | None) -> float:
+    def _attempt_timeout(self, timeout: float | datetime.timedelta | None) -> float:
         return self._timeout if timeout is None else _positive("timeout", timeout)
 
-    def _open(self, models: Sequence[str] | None, tokens: int, deadline: float | None,
+    def _open(self, models: Sequence[str] | None, tokens: int,
+              deadline: float | datetime.timedelta | None,
               spends_quota: bool = True) -> _Session:
         if self._closed:
             raise UsageError("the client is closed")
         if deadline is not None:
-            _positive("deadline", deadline)
+            # The checked value goes on: a `timedelta` becomes seconds here, at the edge.
+            deadline = _positive("deadline", deadline)
         return _Session(self, self._models if models is None else models, tokens, deadline,
                         spends_quota)
 
     async def _call_json(self, model: str, method: str, body: dict[str, Any],
-                         parse: Callable[[Any], Any], timeout: float | None,
-                         deadline: float | None, *, spends_quota: bool = True) -> Any:
+                         parse: Callable[[Any], Any],
+                         timeout: float | datetime.timedelta | None,
+                         deadline: float | datetime.timedelta | None, *,
+                         spends_quota: bool = True) -> Any:
         def read(status: int, raw: bytes, headers: Mapping[str, str],
                  tokens: int) -> tuple[Classified, Any]:
             return classify_json_response(status, raw, headers, parse=parse)
@@ -710,7 +716,8 @@ class KeyedClient:
     async def _call(
         self, models: Sequence[str] | None, method: str, payload: bytes, tokens: int,
         read: Callable[[int, bytes, Mapping[str, str], int], tuple[Classified, Any]] | None,
-        timeout: float | None, deadline: float | None, *, spends_quota: bool = True,
+        timeout: float | datetime.timedelta | None, deadline: float | datetime.timedelta | None,
+        *, spends_quota: bool = True,
     ) -> tuple[Dispatch, Classified, Any, tuple[AttemptRecord, ...]]:
         """Run one request (not a stream) to its end: the answering attempt, or a raised error.
 

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from helpers import FLASH, LITE, body
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_wire import bodies, header_maps
 from virtual_clock import VirtualClock
@@ -133,6 +133,12 @@ async def run_call(method: str, what: Any, kwargs: dict[str, Any]) -> object:
 
 @settings(max_examples=200)
 @given(st.sampled_from(["generate", "stream", "count_tokens", "embed"]), contents, call_args())
+# A timedelta deadline was converted by the check and then passed on unconverted (issue 14).
+@example("generate", "hi", {"deadline": datetime.timedelta(seconds=30)})
+@example("stream", "hi", {"deadline": datetime.timedelta(seconds=30)})
+@example("count_tokens", "hi", {"deadline": datetime.timedelta(seconds=30),
+                                "timeout": datetime.timedelta(seconds=5)})
+@example("embed", ["a"], {"deadline": datetime.timedelta(seconds=30)})
 def test_hostile_call_arguments_raise_only_documented_errors(method: str, what: Any,
                                                              kwargs: dict[str, Any]) -> None:
     """Bad prompts, models, timeouts and options raise ConfigurationError or UsageError only."""
@@ -147,6 +153,34 @@ def test_hostile_call_arguments_raise_only_documented_errors(method: str, what: 
         assert isinstance(error, ConfigurationError | UsageError), repr(error)
         for text in texts_of(error):
             assert CANARY not in text
+
+
+@pytest.mark.parametrize("method", ["generate", "stream", "count_tokens", "embed"])
+def test_a_timedelta_deadline_is_seconds_on_every_call(method: str) -> None:
+    """``deadline=timedelta(...)`` works on each call and bounds it like the same float: against
+    a server that keeps answering 500, the call fails once its deadline has passed."""
+    async def run() -> float:
+        vc = VirtualClock()
+        failing = httpx.MockTransport(lambda request: httpx.Response(500, content=body(
+            "500_internal.json")))
+        async with KeyedClient(keys=["k-1"], models=[FLASH], transport=failing,
+                               retry=RetryPolicy(max_attempts=1000), clock=vc.clock,
+                               sleep=vc.sleep, wall_clock=vc.wall,
+                               rng=random.Random(1)) as client:
+            deadline = datetime.timedelta(seconds=3)
+            with pytest.raises(ServiceError) as caught:
+                if method == "generate":
+                    await client.generate("hi", deadline=deadline)
+                elif method == "stream":
+                    [chunk async for chunk in client.stream("hi", deadline=deadline)]
+                elif method == "count_tokens":
+                    await client.count_tokens("hi", deadline=deadline)
+                else:
+                    await client.embed(["a"], deadline=deadline)
+            assert type(caught.value).__name__ == "CapacityError", repr(caught.value)
+            return vc.now - vc.start
+
+    assert asyncio.run(run()) <= 3.0  # not the default deadline of 120 s
 
 
 def scripted(answers: list[tuple[int, bytes, dict[str, str] | None]]
