@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     import asyncio
     import datetime
 
-from keysched._config import Key, Limit, PoolConfig, RetryPolicy, _duration
+from keysched._config import Key, Limit, PoolConfig, RetryPolicy, _duration, _timeout
 from keysched._core import Scheduler
 from keysched._decisions import Decision, Dispatch, Fail, FailReason, Finish
 from keysched._errors import (
@@ -385,7 +385,7 @@ class KeyedClient:
         if not isinstance(embedding_model, str) or not embedding_model.strip():
             raise ConfigurationError("embedding_model", f"expected a model name, got "
                                      f"{embedding_model!r}")
-        self._timeout = _positive("timeout", timeout)
+        self._timeout = _timeout("timeout", timeout)
         embedding_model = embedding_model.removeprefix("models/")
         self._embedding_model = embedding_model
         # The embedding model shares the keys (and may have its own `Limit`), but it is never a
@@ -686,7 +686,7 @@ class KeyedClient:
     # ------------------------------------------------------------------ internals
 
     def _attempt_timeout(self, timeout: float | datetime.timedelta | None) -> float:
-        return self._timeout if timeout is None else _positive("timeout", timeout)
+        return self._timeout if timeout is None else _timeout("timeout", timeout)
 
     def _open(self, models: Sequence[str] | None, tokens: int,
               deadline: float | datetime.timedelta | None,

@@ -50,6 +50,19 @@ def _duration(field: str, value: object, *, allow_zero: bool = False) -> float:
     return seconds
 
 
+MIN_TIMEOUT = 0.001
+"""The shortest attempt timeout accepted, in seconds: below a millisecond no answer can arrive."""
+
+
+def _timeout(field: str, value: object) -> float:
+    """A timeout: a duration of at least `MIN_TIMEOUT` (a smaller one is a typo for seconds)."""
+    seconds = _duration(field, value)
+    if seconds < MIN_TIMEOUT:
+        raise ConfigurationError(field, f"expected at least {MIN_TIMEOUT} seconds (one "
+                                        f"millisecond), got {_show(value)}")
+    return seconds
+
+
 def _count(field: str, value: object, *, minimum: int = 1, optional: bool = False) -> int | None:
     if value is None and optional:
         return None
@@ -64,6 +77,16 @@ def _count(field: str, value: object, *, minimum: int = 1, optional: bool = Fals
 def _name(field: str, value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigurationError(field, f"expected a non-empty string, got {_show(value)}")
+    return value
+
+
+def _label(field: str, value: object) -> str:
+    """A name that goes into log lines and messages: no control characters (a newline in a
+    label would forge a log line)."""
+    _name(field, value)
+    assert isinstance(value, str)
+    if any(not ch.isprintable() and ch != " " for ch in value):
+        raise ConfigurationError(field, f"expected no control characters, got {_show(value)}")
     return value
 
 
@@ -103,9 +126,9 @@ class Key:
     def __attrs_post_init__(self) -> None:
         _check_secret("secret", self.secret)
         if self.label is not None:
-            _name("label", self.label)
+            _label("label", self.label)
         if self.project is not None:
-            _name("project", self.project)
+            _label("project", self.project)
 
     def __repr__(self) -> str:
         return f"Key(label={self.label!r}, project={self.project!r})"
@@ -165,6 +188,10 @@ class RetryPolicy:
         empty_retries: how many times a 200 without content is retried on another key.
         server_errors_per_model: how many 500s a request takes on one model before it falls
             back to the next model.
+        max_server_delay: the longest a retry delay given by the server (``retryDelay``,
+            ``Retry-After``) may bench a quota group or lane, in seconds; a longer one is cut
+            to this.  A single absurd value must not bench a project for days.  (A per-day
+            429 waits for midnight Pacific whatever this says.)
     """
 
     max_attempts: int = attrs.field(default=8)
@@ -179,13 +206,15 @@ class RetryPolicy:
     overload_cooldown_cap: float = attrs.field(default=20.0, converter=_to_seconds)
     empty_retries: int = 1
     server_errors_per_model: int = 2
+    max_server_delay: float = attrs.field(default=3600.0, converter=_to_seconds)
 
     def __attrs_post_init__(self) -> None:
         _count("retry.max_attempts", self.max_attempts)
         _count("retry.empty_retries", self.empty_retries, minimum=0)
         _count("retry.server_errors_per_model", self.server_errors_per_model)
         for name in ("backoff_base", "backoff_cap", "deadline", "minute_cooldown",
-                     "shared_capacity_cooldown", "overload_cooldown", "overload_cooldown_cap"):
+                     "shared_capacity_cooldown", "overload_cooldown", "overload_cooldown_cap",
+                     "max_server_delay"):
             _duration(f"retry.{name}", getattr(self, name))
         if self.backoff_cap < self.backoff_base:
             raise ConfigurationError("retry.backoff_cap", f"must be >= backoff_base "

@@ -64,9 +64,6 @@ from keysched._table import Action, Effect, Next
 __all__ = ["Scheduler"]
 
 _WAITING, _BACKOFF, _IN_FLIGHT, _ENDED = range(4)
-# A server-given delay longer than this is treated as this: a typo'd or hostile Retry-After of
-# days must not bench a key for days (a per-day quota has its own, exact, rule).
-_MAX_SERVER_DELAY = 3600.0
 _TIMER_READY, _TIMER_DEADLINE, _TIMER_LANE, _TIMER_WAKE = range(4)
 
 
@@ -739,7 +736,7 @@ class Scheduler:
         project = self._project_names[state.project]
         reason = outcome.kind.value
         if effect is Effect.COOL_GROUP:
-            delay = (min(outcome.retry_after, _MAX_SERVER_DELAY)
+            delay = (min(outcome.retry_after, self._retry.max_server_delay)
                      if outcome.retry_after is not None else self._retry.minute_cooldown)
             self._cool_group(group, now + delay, reason, project, model.name, now)
         elif effect is Effect.COOL_GROUP_BRIEFLY:
@@ -793,8 +790,8 @@ class Scheduler:
                 and action.next in (Next.RETRY_NOW, Next.RETRY_LATER)):
             # The server named a retry delay but no quota group to blame (a Retry-After on a
             # 5xx, a timeout or a 503): honour it for this lane only, until exactly t + d.
-            self._cool_lane(record, now + min(outcome.retry_after, _MAX_SERVER_DELAY), reason,
-                            now)
+            self._cool_lane(record, now + min(outcome.retry_after, self._retry.max_server_delay),
+                            reason, now)
 
     def _cool_lane(self, record: _Attempt, until: float, reason: str, now: float) -> None:
         lane = (record.key, record.model)

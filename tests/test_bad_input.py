@@ -120,15 +120,20 @@ async def run_call(method: str, what: Any, kwargs: dict[str, Any]) -> object:
     async with KeyedClient(keys=["ok-key-1", Key(secret=CANARY, label="canary")],
                            models=[FLASH, LITE], transport=ok_transport(), clock=vc.clock,
                            sleep=vc.sleep, wall_clock=vc.wall, rng=random.Random(1)) as client:
-        if method == "generate":
-            return await client.generate(what, **kwargs)
-        if method == "stream":
-            return [chunk async for chunk in client.stream(what, **kwargs)]
-        if method == "count_tokens":
-            allowed = {k: v for k, v in kwargs.items() if k in ("timeout", "deadline")}
-            return await client.count_tokens(what, model=kwargs.get("models"), **allowed)
-        allowed = {k: v for k, v in kwargs.items() if k in ("timeout", "deadline")}
-        return await client.embed(what, model=kwargs.get("models"), **allowed)
+        return await call_method(client, method, what, kwargs)
+
+
+async def call_method(client: KeyedClient, method: str, what: Any,
+                      kwargs: dict[str, Any]) -> object:
+    """``client.<method>(what, **kwargs)``, with only the arguments that method takes."""
+    if method == "generate":
+        return await client.generate(what, **kwargs)
+    if method == "stream":
+        return [chunk async for chunk in client.stream(what, **kwargs)]
+    allowed = {k: v for k, v in kwargs.items() if k in ("timeout", "deadline")}
+    if method == "count_tokens":
+        return await client.count_tokens(what, model=kwargs.get("models"), **allowed)
+    return await client.embed(what, model=kwargs.get("models"), **allowed)
 
 
 @settings(max_examples=200)
@@ -167,16 +172,10 @@ def test_a_timedelta_deadline_is_seconds_on_every_call(method: str) -> None:
                                retry=RetryPolicy(max_attempts=1000), clock=vc.clock,
                                sleep=vc.sleep, wall_clock=vc.wall,
                                rng=random.Random(1)) as client:
-            deadline = datetime.timedelta(seconds=3)
+            what = ["a"] if method == "embed" else "hi"
             with pytest.raises(ServiceError) as caught:
-                if method == "generate":
-                    await client.generate("hi", deadline=deadline)
-                elif method == "stream":
-                    [chunk async for chunk in client.stream("hi", deadline=deadline)]
-                elif method == "count_tokens":
-                    await client.count_tokens("hi", deadline=deadline)
-                else:
-                    await client.embed(["a"], deadline=deadline)
+                await call_method(client, method, what,
+                                  {"deadline": datetime.timedelta(seconds=3)})
             assert type(caught.value).__name__ == "CapacityError", repr(caught.value)
             return vc.now - vc.start
 
