@@ -67,6 +67,7 @@ from keysched._errors import (
     UsageError,
 )
 from keysched._outcomes import Outcome, OutcomeKind
+from keysched._redact import Redactor
 from keysched._results import AttemptRecord, GenerateResult, StreamChunk
 from keysched._selection import Policy
 from keysched._snapshot import PoolEvent, PoolSnapshot
@@ -277,11 +278,19 @@ class _Session:
         return bound if bound > 0.001 else 0.001
 
     def report(self, dispatch: Dispatch, classified: Classified, started: float, *,
-               final: bool = False) -> None:
-        """Record an attempt and tell the core; `final` ends the request with no retry."""
+               final: bool = False) -> Classified:
+        """Record an attempt and tell the core; `final` ends the request with no retry.
+
+        Returns `classified` as it was kept: a failure's server texts with every secret of the
+        pool replaced by its label (a proxy may quote the key it was sent).
+        """
         client = self.client
         ended = client._clock()
         outcome = classified.outcome
+        if outcome.kind is not OutcomeKind.SUCCESS:
+            redact = client._redactor.redact
+            classified = classified._replace(message=redact(classified.message),
+                                             google_status=redact(classified.google_status))
         self.records.append(_new_record((
             dispatch.number, dispatch.key.label or "", dispatch.model, outcome.kind,
             classified.status, classified.google_status, classified.message, outcome.retry_after,
@@ -298,6 +307,7 @@ class _Session:
             self.close(failed=True)
         else:
             client._pump(ended)
+        return classified
 
     def error(self, fail: Fail) -> ServiceError:
         why = _WHY[fail.reason]
@@ -419,6 +429,7 @@ class KeyedClient:
         # Headers per key, built once: the key is checked and copied into them a single time
         # (before an HTTP client exists that a failure here would leave open).
         headers = {key.label: request_headers(key.secret) for key in config.keys}
+        self._redactor = Redactor(config.keys)
         self._backend = self._make_backend(http_client, transport, fast)
         self._headers = {label: self._backend.headers(each) for label, each in headers.items()}
         self._urls: dict[str, dict[str, str]] = {method: {} for method in METHODS}
@@ -594,7 +605,7 @@ class KeyedClient:
                 # A safety stop on the last chunk is an answer (as for `generate`), not a break.
                 broken = delivered > 0 and classified.outcome.kind not in (
                     OutcomeKind.SUCCESS, OutcomeKind.BLOCKED)
-                session.report(decision, classified, started, final=broken)
+                classified = session.report(decision, classified, started, final=broken)
                 if broken:
                     # Chunks already reached the caller: no transparent failover any more.
                     raise StreamInterruptedError(
