@@ -58,7 +58,8 @@ def scenario() -> Scenario:
         "models": [{"name": FLASH, "latency_median": 2.0, "stream_chunks": 3},
                    {"name": PRO, "latency_median": 4.0}],
         "quotas": {FLASH: {"rpm": 2, "tpm": 1000, "rpd": 100}, PRO: 0},
-        "projects": [{"name": "alpha", "keys": 2}, {"name": "beta", "keys": 1}],
+        "projects": [{"name": "alpha", "keys": 2}, {"name": "beta", "keys": 1},
+                     {"name": "gamma", "keys": 1}, {"name": "delta", "keys": 1}],
         "faults": [
             {"kind": "key_revoked", "key": "alpha-2", "start": 0},
             {"kind": "overloaded", "start": 1000, "end": 1100},
@@ -69,6 +70,11 @@ def scenario() -> Scenario:
             {"kind": "shared_429", "start": 1500, "end": 1600},
             {"kind": "server_error", "start": 1600, "end": 1700},
             {"kind": "deadline_exceeded", "start": 1700, "end": 1800},
+            {"kind": "proxy_refused", "start": 1800, "end": 1900, "code": 401},
+            {"kind": "proxy_refused", "start": 1900, "end": 2000},
+            {"kind": "file_denied", "start": 2000, "end": 2100},
+            {"kind": "key_type_unsupported", "key": "gamma-1"},
+            {"kind": "project_denied", "project": "delta"},
             {"kind": "key_leaked", "key": "alpha-1", "start": 3000},
             {"kind": "project_disabled", "project": "beta", "start": 3000},
         ],
@@ -209,7 +215,9 @@ def _world_replies() -> list[tuple[Reply, int]]:
              (10.0, "alpha-1", "gemini-9", 1), (1050.0, "alpha-1", FLASH, 1),
              (1550.0, "alpha-1", FLASH, 1), (1650.0, "alpha-1", FLASH, 1),
              (1750.0, "alpha-1", FLASH, 1), (3050.0, "alpha-1", FLASH, 1),
-             (3050.0, "beta-1", FLASH, 1)]
+             (3050.0, "beta-1", FLASH, 1), (1850.0, "alpha-1", FLASH, 1),
+             (1950.0, "alpha-1", FLASH, 1), (2050.0, "alpha-1", FLASH, 1),
+             (10.0, "gamma-1", FLASH, 1), (10.0, "delta-1", FLASH, 1)]
     replies = [(world.attempt(t, f"fake-{label}", model, size), size)
                for t, label, model, size in calls]
     replies.append((world.attempt(1.0, "", FLASH, 1), 1))
