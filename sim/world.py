@@ -13,8 +13,10 @@ Order of decisions (where Google would decide them, earliest first):
    longer takes (401 ``ACCESS_TOKEN_TYPE_UNSUPPORTED``), its project's API disabled (403
    ``SERVICE_DISABLED``) or its project denied access (403); no key at all is the 403
    "unregistered callers".
-3. The model: one the scenario does not declare is a 404; then ``file_denied``: a 403 about the
-   request's file (a request error), not counted against any quota.
+3. The model: one the scenario does not declare is a 404 (the default embedding model,
+   ``gemini-embedding-001``, is served by every scenario, without quota); then
+   ``file_denied``: a 403 about the request's file (a request error), not counted against any
+   quota.
 4. ``shared_429`` faults: a bare 429 (shared capacity), not counted against any quota.
 5. Quotas of the key's (project, model), never of the key: ``limit: 0``, then requests per day,
    then requests per minute, then input tokens per minute.  Only an admitted request counts,
@@ -45,13 +47,14 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
+from keysched._client import DEFAULT_EMBEDDING_MODEL
 from keysched._outcomes import Outcome, OutcomeKind
 from keysched._pacific import next_pacific_midnight
 from keysched._tuples import tuple_builder
 from sim import bodies
 from sim.bodies import Body
 from sim.draws import lognormal, uniform_int
-from sim.scenario import FaultKind, FaultSpec, Scenario
+from sim.scenario import FaultKind, FaultSpec, ModelSpec, Scenario
 
 __all__ = ["UNKNOWN_KEY", "Reply", "World"]
 
@@ -96,6 +99,11 @@ _FILE_DENIED = _err(Body.FILE_DENIED, _K.REQUEST_ERROR)
 _PROXY = {401: _err(Body.PROXY_401, _K.ACCESS_REFUSED), 403: _err(Body.PROXY_403,
                                                                  _K.ACCESS_REFUSED)}
 _RESET_OUTCOME = Outcome(kind=_K.CONNECTION_ERROR)
+# Served by every scenario that does not declare it, so that `KeyedClient.embed()` works
+# against any of them; a fixed latency draws nothing from the world's generator, so the
+# scenario's replies stay the same.
+_EMBEDDING = ModelSpec(name=DEFAULT_EMBEDDING_MODEL, latency_median=0.2, latency_sigma=0.0,
+                       output_tokens=(1, 1))
 _BAD_BODY_OUTCOME = Outcome(kind=_K.BAD_RESPONSE)
 _BAD_RESPONSE = _K.BAD_RESPONSE.value
 _GARBAGE = (b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n"
@@ -312,11 +320,16 @@ class World:
                                                    project.tier, groups, faults)
         # Per model: its latency and output size draws (from the one generator) and its chunks.
         rng = self._rng
+        specs = scenario.models
+        if DEFAULT_EMBEDDING_MODEL not in scenario.models_best_first:
+            specs += (_EMBEDDING,)
         self._models: dict[str, tuple[Callable[[], float], Callable[[], int], int]] = {
             m.name: (lognormal(rng, math.log(m.latency_median), m.latency_sigma)
                      if m.latency_sigma > 0 else partial(math.exp, math.log(m.latency_median)),
                      uniform_int(rng, *m.output_tokens), m.stream_chunks)
-            for m in scenario.models}
+            for m in specs}
+        self.models = tuple(m.name for m in specs)
+        """Every model the world serves: the scenario's, then the default embedding model."""
         # Every fault, for attempts without a known key (only a reset can hit them).
         self._faults = _Faults(scenario.faults)
 

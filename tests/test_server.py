@@ -11,11 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
+from e2e_support import running_server, scenario_client
 
+from keysched import RetryPolicy
 from keysched._outcomes import OutcomeKind
 from sim.bodies import Body
 from sim.cli import build_parser, main
-from sim.scenario import Scenario, parse_scenario
+from sim.scenario import Scenario, builtin_scenarios, load_scenario, parse_scenario
 from sim.server import SimApp, SimulatedDisconnect, make_app, serve
 from sim.world import Reply, World
 
@@ -328,7 +330,8 @@ async def test_other_endpoints(app: SimApp, clock: FakeClock, client: httpx.Asyn
     assert len(vectors[0]["values"]) == 8
     assert vectors[0] != vectors[1]
     listed = (await client.get("/v1beta/models", headers=key("alpha-1"))).json()
-    assert [m["name"] for m in listed["models"]] == [f"models/{FLASH}", f"models/{PRO}"]
+    assert [m["name"] for m in listed["models"]] == [f"models/{FLASH}", f"models/{PRO}",
+                                                     "models/gemini-embedding-001"]
     paged = (await client.get("/v1beta/models", params={"pageSize": 1},
                               headers=key("alpha-1"))).json()
     assert paged["nextPageToken"] == "1"
@@ -459,3 +462,34 @@ def test_python_m_sim_serve_answers_on_a_free_port() -> None:
         if process.stdout is not None:
             process.stdout.close()
 
+
+
+@pytest.mark.parametrize("version", ["v1", "v1beta"])
+async def test_both_api_versions_are_served(app: SimApp, clock: FakeClock,
+                                            client: httpx.AsyncClient, version: str) -> None:
+    """google-genai 3.x calls ``/v1/...`` by default, keysched ``/v1beta/...``: both answer,
+    from the same world, for every method."""
+    at(app, clock, 10.0)
+    headers = key("alpha-1")
+    base = f"/{version}/models"
+    generated = await client.post(f"{base}/{FLASH}:generateContent", json=PROMPT,
+                                  headers=headers)
+    assert generated.status_code == 200
+    assert generated.json()["candidates"][0]["finishReason"] == "STOP"
+    counted = await client.post(f"{base}/{FLASH}:countTokens", json=PROMPT, headers=headers)
+    assert counted.json() == {"totalTokens": 100}
+    listed = await client.get(base, headers=headers)
+    assert [m["name"] for m in listed.json()["models"]][:2] == [f"models/{FLASH}",
+                                                                f"models/{PRO}"]
+    assert (await client.get(f"/{version}/other", headers=headers)).status_code == 404
+    assert (await client.get("/v2/models", headers=headers)).status_code == 404
+
+
+@pytest.mark.parametrize("name", builtin_scenarios())
+async def test_every_builtin_scenario_serves_the_default_embedding_model(name: str) -> None:
+    """``embed()`` works against ``python -m sim serve <any built-in>``, over loopback HTTP."""
+    async with running_server(load_scenario(name)) as (server, _), scenario_client(
+            server, retry=RetryPolicy(deadline=600.0)) as client:
+        vectors = await client.embed(["a", "b"])
+    assert len(vectors) == 2
+    assert vectors[0] != vectors[1]
