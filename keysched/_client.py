@@ -124,12 +124,16 @@ _WHY = {
     FailReason.NO_USABLE_LANE: "no usable key is left for the allowed models",
     FailReason.EMPTY_RESPONSE: "the service kept answering without content",
 }
+# A library adds no handler: with logging unconfigured, Python prints WARNING and above to
+# stderr.  So WARNING is kept for what a user must act on (a key or a model gone for good);
+# the pool's ordinary weather (cooldowns, fallbacks, recoveries) is INFO or DEBUG.
 _EVENT_LEVELS = {
     "key_disabled": logging.WARNING, "group_unavailable": logging.WARNING,
-    "model_unavailable": logging.ERROR, "model_cooled": logging.WARNING,
-    "fallback": logging.WARNING, "recovered": logging.INFO, "group_cooled": logging.INFO,
-    "lane_cooled": logging.INFO,
+    "model_unavailable": logging.WARNING, "model_cooled": logging.INFO,
+    "fallback": logging.INFO, "recovered": logging.INFO, "group_cooled": logging.DEBUG,
+    "lane_cooled": logging.DEBUG,
 }
+_MOST_SEVERE_EVENT = max(_EVENT_LEVELS.values())
 
 
 def _failure(kind: OutcomeKind, message: str) -> Classified:
@@ -845,12 +849,12 @@ class KeyedClient:
                 # Nobody waits for this request any more (its caller is gone): free the lane.
                 core.cancel(decision.request, self._clock())
         # Each event is logged at its own level: a logger set to WARNING must still see
-        # disabled keys and fallbacks.  The shortcut skips the loop only when even the most
-        # severe level (ERROR, a model gone for good) is filtered out.
+        # disabled keys.  The shortcut skips the loop only when even the most severe level is
+        # filtered out.
         events = core.take_events()
         if events:
             self._history.extend(events)
-            if logger.isEnabledFor(logging.ERROR):
+            if logger.isEnabledFor(_MOST_SEVERE_EVENT):
                 for event in events:
                     level = _EVENT_LEVELS.get(event.kind, logging.INFO)
                     if logger.isEnabledFor(level):
