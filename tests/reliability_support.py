@@ -38,7 +38,8 @@ always passes them.  In real time (the soak, in-process without latencies) they 
 hang."""
 HANG = 12_000.0
 DISABLING = frozenset({OutcomeKind.KEY_INVALID, OutcomeKind.KEY_LEAKED,
-                       OutcomeKind.KEY_FORBIDDEN, OutcomeKind.PROJECT_DISABLED})
+                       OutcomeKind.KEY_FORBIDDEN, OutcomeKind.KEY_TYPE_UNSUPPORTED,
+                       OutcomeKind.PROJECT_DISABLED})
 
 
 def faulty_scenario(keys: int = 50, *, revoke_at: Sequence[float] = (0.0, 150.0, 400.0),
