@@ -116,6 +116,8 @@ async def against_real_api() -> None:
 def main() -> None:
     """Pick the real API when keys are configured, else the embedded fake server."""
     logging.basicConfig(level=logging.WARNING, format="  [log] %(name)s: %(message)s")
+    # keysched logs disabled keys at WARNING and fallbacks and model cooldowns at INFO: show both.
+    logging.getLogger("keysched").setLevel(logging.INFO)
     started = time.monotonic()
     if os.environ.get("GEMINI_API_KEYS"):
         asyncio.run(against_real_api())

@@ -110,9 +110,6 @@ __all__ = ["Scheduler"]
 
 # _LATE: past its `start_by`, out of the queue, waiting for its deadline (see `submit`).
 _WAITING, _BACKOFF, _IN_FLIGHT, _ENDED, _LATE = range(5)
-# A server-given delay longer than this is treated as this: a typo'd or hostile Retry-After of
-# days must not bench a key for days (a per-day quota has its own, exact, rule).
-_MAX_SERVER_DELAY = 3600.0
 _TIMER_READY, _TIMER_DEADLINE, _TIMER_LANE, _TIMER_WAKE = range(4)
 # A half-open group is trusted again once this many attempts may be in flight on it.
 _HALF_OPEN_CLOSED = 16
@@ -1029,12 +1026,10 @@ class Scheduler:
         project = self._project_names[state.project]
         reason = outcome.kind.value
         if effect is Effect.COOL_GROUP:
-            delay = (min(outcome.retry_after, _MAX_SERVER_DELAY)
-                     if outcome.retry_after is not None else self._retry.minute_cooldown)
+            delay = self._quota_delay(outcome)
             self._cool_group(group, now + delay, reason, project, model.name, now)
         elif effect is Effect.COOL_BILLING_ACCOUNT:
-            delay = (min(outcome.retry_after, _MAX_SERVER_DELAY)
-                     if outcome.retry_after is not None else self._retry.minute_cooldown)
+            delay = self._quota_delay(outcome)
             for project_index in self._account_projects[state.project]:
                 for other in self._groups[project_index]:
                     self._cool_group(other, now + delay, reason,
@@ -1114,6 +1109,12 @@ class Scheduler:
                 self._disable(state, f"{action.strikes} strikes, last {reason}", now)
         self._lane_retry_delay(action, outcome, record, now)
 
+    def _quota_delay(self, outcome: Outcome) -> float:
+        """How long a quota 429 benches: the server's delay (capped), else a minute."""
+        if outcome.retry_after is None:
+            return self._retry.minute_cooldown
+        return min(outcome.retry_after, self._retry.max_server_delay)
+
     def _lane_retry_delay(self, action: Action, outcome: Outcome, record: _Attempt,
                           now: float) -> None:
         if (outcome.retry_after is not None
@@ -1121,7 +1122,7 @@ class Scheduler:
                 and action.next in (Next.RETRY_NOW, Next.RETRY_LATER)):
             # The server named a retry delay but no quota group to blame (a Retry-After on a
             # 5xx, a timeout or a 503): honour it for this lane only, until exactly t + d.
-            self._cool_lane(record, now + min(outcome.retry_after, _MAX_SERVER_DELAY),
+            self._cool_lane(record, now + min(outcome.retry_after, self._retry.max_server_delay),
                             outcome.kind.value, now)
 
     def _lane_error(self, record: _Attempt, reason: str, now: float) -> None:

@@ -2,11 +2,11 @@
 
 Endpoints (``reference/gemini-api.md`` section 1): ``POST /v1beta/models/{model}:generateContent``,
 ``:streamGenerateContent`` (``?alt=sse`` for SSE, else one JSON array), ``:countTokens``,
-``:batchEmbedContents``, ``GET /v1beta/models`` and ``GET /v1beta/models/{model}``; the
-OpenAI-compatible dialect under ``/v1beta/openai/`` (`sim.openai_compat`).  The key is read
-from ``x-goog-api-key``, else ``?key=``, else ``Authorization: Bearer``.  Outside ``/v1beta``:
-``GET /_sim/counters`` (the world's per key and model counters as JSON) and ``GET /_sim/state``
-(scenario and virtual time).
+``:batchEmbedContents``, ``GET /v1beta/models`` and ``GET /v1beta/models/{model}``; the same
+under ``/v1`` (the version google-genai 3.x calls by default); the OpenAI-compatible dialect
+under ``/v1beta/openai/`` (`sim.openai_compat`).  The key is read from ``x-goog-api-key``, else
+``?key=``, else ``Authorization: Bearer``.  Outside the API: ``GET /_sim/counters`` (the world's
+per key and model counters as JSON) and ``GET /_sim/state`` (scenario and virtual time).
 
 Time: virtual time is ``(clock() - started) * time_scale``, ``started`` being the clock when the
 app was made; latencies are slept back at ``latency / time_scale`` with the injected ``sleep``,
@@ -56,6 +56,7 @@ Send = Callable[[Message], Awaitable[None]]
 Sleep = Callable[[float], Awaitable[None]]
 
 _MAX_PAYLOAD = 4_194_304
+_API_PREFIXES = ("/v1beta/models", "/v1/models")
 _MAX_BATCH = 100
 _JSON = [(b"content-type", b"application/json; charset=UTF-8"),
          (b"vary", b"Origin, X-Origin, Referer")]
@@ -117,10 +118,12 @@ class SimApp:
         if path.startswith(openai_compat.PREFIXES):
             await openai_compat.handle(self, method, path, secret, body, send)
             return
-        if not path.startswith("/v1beta/models"):
+        # /v1beta is what keysched and older SDKs call; google-genai 3.x calls /v1 by default.
+        prefix = next((p for p in _API_PREFIXES if path.startswith(p)), None)
+        if prefix is None:
             await _send(send, 404, _JSON, _not_found(f"{path} was not found."))
             return
-        rest = path.removeprefix("/v1beta/models").lstrip("/")
+        rest = path.removeprefix(prefix).lstrip("/")
         if method == "GET":
             await self._models(rest, query, secret, send)
             return
@@ -167,7 +170,9 @@ class SimApp:
         if reply.fault in ("reset", "timeout"):
             raise SimulatedDisconnect(f"simulated {reply.fault}: connection dropped")
         status, headers, body = reply.render()
-        await _send(send, status, headers, b"[" + body + b"\n]" if array else body)
+        if array and reply.body not in bodies.PROXY_BODIES:  # a proxy's page is not Google's
+            body = b"[" + body + b"\n]"
+        await _send(send, status, headers, body)
 
     async def _stream(self, reply: Reply, send: Send, *, sse: bool) -> None:
         events = reply.stream_events()
@@ -248,8 +253,7 @@ class SimApp:
                       send: Send) -> None:
         if await self._key_refused(secret, send):
             return
-        scenario = self.world.scenario
-        items = [_model_item(spec.name) for spec in scenario.models]
+        items = [_model_item(name) for name in self.world.models]
         if rest:
             found = [item for item in items if item["name"] == f"models/{rest}"]
             if not found:
@@ -316,7 +320,9 @@ def _model_item(name: str) -> dict[str, Any]:
     return {"name": f"models/{name}", "version": "001", "displayName": name,
             "description": f"Simulated {name}", "inputTokenLimit": 1_048_576,
             "outputTokenLimit": 65_536,
-            "supportedGenerationMethods": ["generateContent", "countTokens"],
+            "supportedGenerationMethods": (["embedContent", "batchEmbedContents"]
+                                           if "embedding" in name
+                                           else ["generateContent", "countTokens"]),
             "temperature": 1, "topP": 0.95, "topK": 64, "maxTemperature": 2, "thinking": True}
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,17 @@ def test_unknown_scenario_is_an_error(capsys: pytest.CaptureFixture[str]) -> Non
     """A scenario that is neither a file nor a built-in name exits 2 with a message."""
     assert main(["run", "no-such-scenario"]) == 2
     assert "no-such-scenario" in capsys.readouterr().err
+
+
+def test_list_into_a_closed_pipe_ends_quietly() -> None:
+    """`python -m sim list | head -1`: no BrokenPipeError traceback once the reader has gone."""
+    with subprocess.Popen([sys.executable, "-m", "sim", "list"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        assert proc.stdout.readline()  # what `head -1` reads, then it goes away
+        proc.stdout.close()
+        errors = proc.stderr.read()
+        code = proc.wait(timeout=60)
+    assert errors == b""
+    assert code in (0, 141)  # 141 = 128 + SIGPIPE, as `yes | head` reports it

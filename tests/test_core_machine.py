@@ -465,6 +465,9 @@ class CoreMachine(RuleBasedStateMachine):
                     self.probe_at[model] = now + 1.0
         elif effect is Effect.MODEL_UNAVAILABLE:
             self.model_gone[model] = True
+        elif effect is Effect.COOL_LANE:
+            lane = (key, model)
+            self.lane_cool[lane] = max(self.lane_cool.get(lane, -math.inf), now + action.seconds)
         elif effect is Effect.DISABLE_KEY:
             self.disabled[key] = True
         elif effect is Effect.DISABLE_PROJECT:
