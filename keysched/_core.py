@@ -150,7 +150,8 @@ class _Group:
         self.cool_until = -math.inf
         self.reason: str | None = None
         self.unavailable = False
-        self.budget = budget  # None for policies that budget nothing (the baselines)
+        # None until its first dispatch, and for policies that budget nothing (the baselines).
+        self.budget = budget
         self.in_flight = 0
         # While half-open: how many attempts may be in flight on the group (None: closed).
         self.half_open: int | None = None
@@ -260,16 +261,18 @@ class Scheduler:
         for p, project in enumerate(projects):
             row = []
             for m, model in enumerate(config.models):
-                budget = (Budget(config.limit_for(project, model), wall_epoch,
-                                 config.retry.quota_margin)
-                          if self.policy.budgets_limits else None)
+                # A group without a configured limit gets its budget (its history, for limits
+                # learned later) on its first dispatch: most groups of a big pool stay small.
+                limit = config.limit_for(project, model) if self.policy.budgets_limits else None
+                budget = (Budget(limit, wall_epoch, config.retry.quota_margin) if limit
+                          else None)
                 row.append(_Group(p, m, budget))
             self._groups.append(row)
-        # Projects by billing account: a spend 429 benches every project of the account.
-        accounts: dict[str, list[int]] = {}
-        for p, project in enumerate(projects):
-            accounts.setdefault(config.billing_account_of(project), []).append(p)
-        self._account_projects = [accounts[config.billing_account_of(p)] for p in projects]
+        # Each project's billing account (a spend 429 benches every project of the account);
+        # a project no key names an account for is billed alone.
+        account_of = {key.project: key.billing_account for key in config.keys
+                      if key.billing_account is not None}
+        self._accounts = [account_of.get(project, f"project:{project}") for project in projects]
         # Per model: the limits learned on any of its groups (see "prior" in the docstring).
         self._priors: list[dict[QuotaDimension, int]] = [{} for _ in config.models]
         self._lane_cool: dict[tuple[int, int], float] = {}
@@ -986,6 +989,8 @@ class Scheduler:
         group = self._groups[state.project][model]
         group.in_flight += 1
         budget = group.budget
+        if budget is None and self.policy.budgets_limits:
+            budget = group.budget = Budget(None, self._wall_epoch, self._retry.quota_margin)
         budgeted = budget is not None and request.quota
         relearn = False
         if budgeted:
@@ -1030,7 +1035,8 @@ class Scheduler:
             self._cool_group(group, now + delay, reason, project, model.name, now)
         elif effect is Effect.COOL_BILLING_ACCOUNT:
             delay = self._quota_delay(outcome)
-            for project_index in self._account_projects[state.project]:
+            account = self._accounts[state.project]
+            for project_index in (p for p, a in enumerate(self._accounts) if a == account):
                 for other in self._groups[project_index]:
                     self._cool_group(other, now + delay, reason,
                                      self._project_names[project_index],
