@@ -1,4 +1,4 @@
-"""Evidence for the model breaker: is a model overloaded, or did one 503 just happen?
+"""The model breaker: is a model overloaded, or did one 503 just happen?
 
 One 503 among twenty answers is noise, and the answer to noise is to retry at once on another
 key; a model is taken out of rotation only when the recent evidence says it is overloaded.
@@ -13,8 +13,11 @@ storm (the `overload-storm` scenario: 70-80% of 503s) trips within its first fiv
 from __future__ import annotations
 
 import collections
+import math
 
-__all__ = ["OverloadEvidence"]
+__all__ = ["ModelState", "OverloadEvidence"]
+
+_MAX_DOUBLINGS = 30  # escalation stops here (a float overflows after 1,024 doublings)
 
 
 class OverloadEvidence:
@@ -62,3 +65,67 @@ class OverloadEvidence:
         self._total += 1
         self._overloaded += 1
         return self._overloaded >= self.trip and self._overloaded >= self.rate * self._total
+
+
+class ModelState:
+    """One model of the pool: out of rotation for good (``unavailable``), or cooling while its
+    breaker is tripped.
+
+    The breaker's rules: a 503 is evidence (`OverloadEvidence`); the model cools when the
+    evidence trips, or when an attempt sent after it was cooled fails (a probe: the cooldown
+    then doubles, up to the cap).  Once cooled it stays half-open until it answers: its first
+    503 after the cooldown re-cools it at once.  An answer to an attempt sent after it was cooled
+    ends the cooldown.  While it cools, a request nothing else can serve may probe it once per
+    ``probe_interval``.
+
+    Attributes:
+        name: the model.
+        cool_until: when its cooldown ends (``-inf``: not cooling).
+        probe_at: while cooling, when a request may probe it next.
+        reason: why it cools or is unavailable.
+        unavailable: it does not exist (404): no lane of it serves again.
+        usable_groups: quota groups of it that could still serve (for "hopeless").
+    """
+
+    __slots__ = ("_cooled_at", "_evidence", "_streak", "cool_until", "name", "probe_at",
+                 "reason", "unavailable", "usable_groups")
+
+    def __init__(self, name: str, groups: int, evidence: OverloadEvidence) -> None:
+        self.name = name
+        self.cool_until = -math.inf
+        self.probe_at = -math.inf
+        self.reason: str | None = None
+        self.unavailable = False
+        self.usable_groups = groups
+        self._evidence = evidence
+        self._cooled_at = -math.inf  # when its current cooldown began
+        self._streak = 0  # failed probes since it last answered (0: closed)
+
+    def answered(self, sent: float, now: float) -> None:
+        """It answered an attempt sent at `sent`: the streak is over; a probe ends the cooldown."""
+        self._streak = 0
+        self._evidence.answered(now)
+        if self.cool_until > now and sent >= self._cooled_at:
+            self.cool_until = now
+
+    def overloaded(self, sent: float, now: float, *, base: float, cap: float,
+                   probe_interval: float) -> tuple[bool, bool]:
+        """A 503 to an attempt sent at `sent`.  Returns ``(changed, announce)``: whether the
+        cooldown was set or extended (the caller arms its wake-ups), and whether it is news (a
+        fresh cooldown or a failed probe, not a straggler already in flight)."""
+        tripped = self._evidence.overloaded(now) or (self._streak > 0 and sent >= self._cooled_at)
+        cooling = self.cool_until > now
+        if not (tripped or cooling):
+            return False, False  # noise: the request retries elsewhere, nothing cools
+        probe_failed = sent >= self._cooled_at
+        if probe_failed:
+            self._streak += 1
+        delay = min(cap, base * 2.0 ** min(max(self._streak, 1) - 1, _MAX_DOUBLINGS))
+        if now + delay <= self.cool_until:
+            return False, False
+        news = not cooling or probe_failed
+        if news:  # a straggler extends the cooldown, but starts no new one
+            self._cooled_at = now
+        self.cool_until = now + delay
+        self.probe_at = now + probe_interval
+        return True, news

@@ -96,7 +96,7 @@ import math
 import random
 from collections.abc import Sequence
 
-from keysched._breaker import OverloadEvidence
+from keysched._breaker import ModelState, OverloadEvidence
 from keysched._budget import Budget
 from keysched._config import Key, PoolConfig
 from keysched._decisions import Decision, Fail, FailReason, new_dispatch, new_finish
@@ -135,22 +135,6 @@ class _Key:
         self.in_flight = 0
         self.seq = index - 1_000_000_000  # before any dispatch; keeps the positional tie-break
         self.strikes = 0
-
-
-class _Model:
-    __slots__ = ("cool_until", "cooled_at", "evidence", "name", "probe_at", "reason", "streak",
-                 "unavailable", "usable_groups")
-
-    def __init__(self, name: str, groups: int, evidence: OverloadEvidence) -> None:
-        self.name = name
-        self.cool_until = -math.inf
-        self.cooled_at = -math.inf
-        self.probe_at = -math.inf  # while cooling: when a request may probe it next
-        self.reason: str | None = None
-        self.streak = 0
-        self.unavailable = False
-        self.usable_groups = groups
-        self.evidence = evidence
 
 
 class _Request:
@@ -224,7 +208,7 @@ class Scheduler:
         n_models = len(config.models)
         policy = self.policy
         self._models = [
-            _Model(name, len(projects), OverloadEvidence(
+            ModelState(name, len(projects), OverloadEvidence(
                 trip=policy.overload_trip, rate=policy.overload_rate, window=policy.overload_window))
             for name in config.models]
         # Server errors in a row per (key, model) lane, for the lane breaker.
@@ -960,35 +944,16 @@ class Scheduler:
                     model.usable_groups -= 1
                 self._emit("group_unavailable", reason, now, project=project, model=model.name)
         elif effect is Effect.COOL_MODEL:
-            # One 503 is noise; the model cools when the evidence trips the breaker, or when an
-            # attempt sent while it cooled (a probe) fails.  Escalate only on a failed probe: the
-            # attempts already in flight when the storm began say nothing new (without this,
-            # 8 concurrent 503s would double the cooldown 8 times in one instant).
-            # Once cooled, the model is half-open until it answers: a failed probe after the
-            # cooldown re-trips at once, as it did before evidence was weighed.
-            tripped = model.evidence.overloaded(now) or (
-                model.streak > 0 and record.sent >= model.cooled_at)
-            cooling = model.cool_until > now
-            probe_failed = record.sent >= model.cooled_at and (cooling or tripped)
-            if not (tripped or cooling):
-                self._lane_retry_delay(action, outcome, record, now)
-                return
-            if probe_failed:
-                model.streak += 1
-            doublings = min(max(model.streak, 1) - 1, _MAX_DOUBLINGS)
-            delay = min(self._retry.overload_cooldown_cap,
-                        self._retry.overload_cooldown * 2.0 ** doublings)
-            if now + delay > model.cool_until:
-                fresh = model.cool_until <= now
-                if fresh or probe_failed:  # a straggler extends it, but starts no new cooldown
-                    model.cooled_at = now
-                model.cool_until = now + delay
+            # One 503 is evidence, not proof (see `keysched._breaker.ModelState`).
+            changed, news = model.overloaded(
+                record.sent, now, base=self._retry.overload_cooldown,
+                cap=self._retry.overload_cooldown_cap, probe_interval=self.policy.probe_interval)
+            if changed:
                 model.reason = reason
                 self._benched += 1
-                model.probe_at = now + self.policy.probe_interval
                 self._timer(model.cool_until, _TIMER_WAKE, 0, 0)
                 self._timer(model.probe_at, _TIMER_WAKE, 0, 0)
-                if fresh or probe_failed:  # not for every straggler that extends it a little
+                if news:  # not for every straggler that extends it a little
                     self._emit("model_cooled", reason, now, model=model.name,
                                until=model.cool_until)
         elif effect is Effect.MODEL_UNAVAILABLE:
@@ -1038,11 +1003,7 @@ class Scheduler:
 
     def _model_answered(self, record: _Attempt, now: float) -> None:
         """An answer on a model: its 503 streak is over, and a probe ends its cooldown."""
-        model = self._models[record.model]
-        model.streak = 0
-        model.evidence.answered(now)
-        if model.cool_until > now and record.sent >= model.cooled_at:
-            model.cool_until = now
+        self._models[record.model].answered(record.sent, now)
 
     def _cool_lane(self, record: _Attempt, until: float, reason: str, now: float) -> None:
         lane = (record.key, record.model)
