@@ -11,7 +11,8 @@ Decisions where the issue was silent:
 - **The margin.**  A window is taken to end `margin` seconds later than the local clock says
   (`RetryPolicy.quota_margin`, 1 s by default): the server counts a request when it arrives, a
   network trip after we sent it, and its clock is not ours.  On a server with a sliding minute,
-  the margin costs ``margin / (60 + margin)`` of the capacity (1.6% at 1 s).
+  the margin costs ``margin / (60 + margin)`` of the capacity (1.6% at 1 s).  A request sent
+  within the margin of midnight Pacific counts on both days.
 - **History before limits.**  A group records its dispatches even while no limit is known, so a
   limit learned from a 429 starts from what this process already sent in the window instead of
   from zero (on a sliding window, zero would let the whole limit through at once when the group's
@@ -69,8 +70,21 @@ class Budget:
         margin: how many seconds later than the local clock a window is taken to end.
     """
 
-    __slots__ = ("_day_end", "_known", "_minute", "_minute_tokens", "_reset_at", "_wall_epoch",
-                 "day_count", "limited", "margin", "rpd", "rpm", "tpm", "window")
+    __slots__ = (
+        "_day_end",
+        "_day_from",
+        "_known",
+        "_minute",
+        "_minute_tokens",
+        "_wall_epoch",
+        "day_count",
+        "limited",
+        "margin",
+        "rpd",
+        "rpm",
+        "tpm",
+        "window",
+    )
 
     def __init__(self, limit: Limit | None, wall_epoch: float, margin: float = 0.0) -> None:
         self.rpm: int | None = None
@@ -89,7 +103,7 @@ class Budget:
         self._minute_tokens = 0
         self.day_count = 0
         self._day_end = -math.inf
-        self._reset_at = -math.inf  # when `day_count` last started from zero
+        self._day_from = -math.inf  # the earliest dispatch time `day_count` counts
 
     # -- limits -----------------------------------------------------------------------------
 
@@ -148,16 +162,20 @@ class Budget:
 
     def _expire(self, now: float) -> None:
         minute = self._minute
+        if now >= self._day_end:
+            # The day ends `margin` after midnight here; a request sent within `margin` of
+            # midnight may be counted on either day by the server: count it on both (before
+            # the minute's entries are dropped below, which may be long after midnight).
+            boundary = self._day_end - 2 * self.margin
+            self.day_count = sum(1 for sent, _ in minute if sent >= boundary)
+            self._day_from = boundary
+            midnight = next_pacific_midnight(now - self.margin + self._wall_epoch)
+            self._day_end = midnight - self._wall_epoch + self.margin
         window = self.window
         # Compare `sent + window <= now`, the same sum `free_at` returns, so that float rounding
         # can never leave an entry in the window at the very time it was promised to leave.
         while minute and minute[0][0] + window <= now:
             self._minute_tokens -= minute.popleft()[1]
-        if now >= self._day_end:
-            self.day_count = 0
-            self._reset_at = now
-            midnight = next_pacific_midnight(now - self.margin + self._wall_epoch)
-            self._day_end = midnight - self._wall_epoch + self.margin
 
     def fits(self, tokens: int) -> bool:
         """Whether a request of `tokens` could ever pass the token limit."""
@@ -210,7 +228,7 @@ class Budget:
                 del minute[index]
                 self._minute_tokens -= tokens
                 break
-        if sent >= self._reset_at and self.day_count > 0:  # still counted in today's total
+        if sent >= self._day_from and self.day_count > 0:  # still counted in today's total
             self.day_count -= 1
 
     def used(self, dimension: QuotaDimension, now: float) -> int:

@@ -610,8 +610,13 @@ class Scheduler:
             return cached
         if isinstance(models, str):
             models = [models]
+        try:
+            names = list(models)
+        except TypeError:  # not a list of names at all (a number, say)
+            raise UsageError(f"models must be a best-first list of model names, got "
+                             f"{type(models).__name__}") from None
         indices = []
-        for name in models:
+        for name in names:
             index = self._model_index.get(name.removeprefix("models/")) if isinstance(
                 name, str) else None
             if index is None:

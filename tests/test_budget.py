@@ -100,3 +100,20 @@ def test_oversized_request_never_fits() -> None:
     assert not budget.fits(101)
     assert budget.free_at(EPOCH, 101) == math.inf
     assert budget.free_at(EPOCH, 100) == EPOCH
+
+
+def test_a_request_sent_within_the_margin_of_midnight_counts_on_both_days() -> None:
+    """The server may count a request sent just before midnight (by our clock) on the new day:
+    with a 1 s margin, it counts on both, so the new day's budget is never overdrawn."""
+
+    wall = 1_718_000_000.0
+    midnight = next_pacific_midnight(wall) - wall  # core time of the next midnight
+    budget = Budget(Limit(model="m", rpd=3), wall, margin=1.0)
+    budget.record(midnight - 10.0, 0)
+    budget.record(midnight - 0.5, 0)  # within the margin: both days
+    budget.record(midnight + 0.5, 0)  # within the margin: both days
+    assert budget.free_at(midnight + 0.9, 0) == midnight + 1.0  # day one is full until then
+    assert budget.usage(midnight + 1.0)[2] == 2  # day two already holds two
+    assert budget.free_at(midnight + 1.0, 0) == midnight + 1.0  # one more fits ...
+    budget.record(midnight + 1.0, 0)
+    assert budget.free_at(midnight + 1.0, 0) > midnight + 3600  # ... and no more

@@ -174,8 +174,11 @@ class CoreMachine(RuleBasedStateMachine):
             return True
         sent = self.sent[group]
         window = [n for t, n in sent if t + self.window > now]
-        day = next_pacific_midnight(now - self.margin + self.wall)
-        today = sum(1 for t, _ in sent if next_pacific_midnight(t - self.margin + self.wall) == day)
+        # The budget's day runs from `margin` after one midnight to `margin` after the next,
+        # and counts every request sent from `margin` before its midnight on (either day's).
+        next_midnight = next_pacific_midnight(now - self.margin + self.wall)
+        midnight = next_pacific_midnight(next_midnight - 26 * 3600.0) - self.wall
+        today = sum(1 for t, _ in sent if t >= midnight - self.margin)
         return ((limit.rpm is None or len(window) + 1 <= limit.rpm)
                 and (limit.tpm is None or sum(window) + tokens <= limit.tpm)
                 and (limit.rpd is None or today + 1 <= limit.rpd))
