@@ -239,8 +239,14 @@ class AiohttpBackend:
             # No per-host limit: at most the total limit anyway, and its bookkeeping costs
             # about 3.5k instructions per request.
             connector = aiohttp.TCPConnector(limit=self._max)
+            # Proxies from the environment (HTTP(S)_PROXY, NO_PROXY), as httpx, the other
+            # backend, honours them: a user behind a proxy must not lose it because aiohttp is
+            # installed.  Only when one is set: aiohttp then reads the environment per request.
+            import urllib.request
+
+            trust_env = bool(urllib.request.getproxies())
             # No automatic decompression surprises, no cookies: an API client, not a browser.
-            self._session = aiohttp.ClientSession(connector=connector,
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=trust_env,
                                                   cookie_jar=aiohttp.DummyCookieJar())
         return self._session
 

@@ -229,3 +229,37 @@ async def test_a_callers_httpx_client_carries_everything_and_stays_open() -> Non
         await backend.aclose()
         assert not own.is_closed
     assert len(seen) == 3 * SHARD_LOAD
+
+
+class _Proxy:
+    """An ASGI app standing in for an HTTP proxy: records each request's target, answers ok."""
+
+    def __init__(self) -> None:
+        self.targets: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        self.targets.append(scope["path"])
+        body = (b'{"candidates": [{"content": {"parts": [{"text": "via proxy"}]}, '
+                b'"finishReason": "STOP"}]}')
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+@pytest.mark.parametrize("fast", BACKENDS)
+async def test_both_backends_honour_a_proxy_from_the_environment(
+        fast: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY in the environment routes calls through the proxy, whichever backend sends."""
+    from sim.httpserver import SimServer
+
+    proxy = _Proxy()
+    async with SimServer(proxy) as server:
+        for name in ("HTTP_PROXY", "http_proxy"):
+            monkeypatch.setenv(name, server.base_url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        async with KeyedClient(keys=["AIzaONE"], models=[FLASH], fast=fast,
+                               base_url="http://gemini.invalid") as client:
+            assert (await client.generate("hi")).text == "via proxy"
+    assert proxy.targets == [f"http://gemini.invalid/v1beta/models/{FLASH}:generateContent"]
