@@ -7,6 +7,7 @@ The parts, from the bottom up: `PoolConfig` and friends (validated configuration
 
 from typing import TYPE_CHECKING, Any
 
+from keysched._budget import KnownLimit
 from keysched._config import Key, Limit, PoolConfig, RetryPolicy
 from keysched._core import Scheduler
 from keysched._decisions import Decision, Dispatch, Fail, FailReason, Finish
@@ -18,11 +19,12 @@ from keysched._errors import (
     KeyschedError,
     NoUsableKeyError,
     RequestError,
+    ResponseTooLargeError,
     ServiceError,
     StreamInterruptedError,
     UsageError,
 )
-from keysched._outcomes import Outcome, OutcomeKind
+from keysched._outcomes import Outcome, OutcomeKind, QuotaDimension, Violation
 from keysched._pacific import next_pacific_midnight
 from keysched._results import AttemptRecord, GenerateResult, StreamChunk
 from keysched._selection import LeastLoaded, Policy, RandomChoice, RoundRobin, Selector
@@ -73,6 +75,7 @@ __all__ = [
     "Key",
     "KeyedClient",
     "KeyschedError",
+    "KnownLimit",
     "LaneSnapshot",
     "LaneState",
     "LeastLoaded",
@@ -85,8 +88,10 @@ __all__ = [
     "PoolConfig",
     "PoolEvent",
     "PoolSnapshot",
+    "QuotaDimension",
     "RandomChoice",
     "RequestError",
+    "ResponseTooLargeError",
     "RetryPolicy",
     "RoundRobin",
     "SSEParser",
@@ -98,6 +103,7 @@ __all__ = [
     "StreamInterruptedError",
     "Usage",
     "UsageError",
+    "Violation",
     "__version__",
     "classify",
     "next_pacific_midnight",

@@ -16,8 +16,20 @@ This is the only module of keysched that does I/O.  Decisions where the issue wa
   before the request's deadline: an attempt that hangs, or a server that drips its answer,
   is abandoned after ``timeout`` and the call fails over.  The server sends a non-streamed
   answer only once it is complete, so a bound per read would be nearly the same bound, only
-  harder to state.  A stream may rightly run for minutes: there ``timeout`` bounds connecting
-  and each wait for more of the answer.
+  harder to state.  A stream may rightly run for minutes: there ``timeout`` bounds each wait
+  for the next chunk, and the first chunk must also come before the deadline.  Bytes that
+  complete no chunk (keep-alive comments, an event never finished, a dripping error body or a
+  body that is not SSE) are not progress, so they cannot hold a stream open.
+- A stream is complete only when its last chunk carries a ``finishReason`` (Google always sends
+  one).  A stream that ends without it, however its body was framed and whether it was closed
+  cleanly or reset, was cut short: `StreamInterruptedError` (or, before any chunk, a failover).
+- ``aclose()`` ends every open call at once: a call whose attempt is in flight has that attempt
+  cancelled (its task is cancelled and the cancellation taken back, so the caller sees
+  `UsageError`, never the HTTP library's error), and `aclose` waits for those attempts to let go
+  of their connections before it closes the HTTP client, so that no socket outlives it.
+- ``max_response_bytes`` caps every answer, decompressed (see `keysched._transport`).  An answer
+  over it fails the call with `ResponseTooLargeError` without a retry (another key would be
+  sent the same answer) and without blaming the key.
 - A stream fails over only before its first chunk reaches the caller.  After that, a failure is
   reported to the core (so the key or model is cooled as usual), the request is ended, and
   `StreamInterruptedError` says how many chunks were delivered.
@@ -55,6 +67,7 @@ if TYPE_CHECKING:
 from keysched._config import Key, Limit, PoolConfig, RetryPolicy, _duration
 from keysched._core import Scheduler
 from keysched._decisions import Decision, Dispatch, Fail, FailReason, Finish
+from keysched._durations import AttemptDurations
 from keysched._errors import (
     AttemptsExhaustedError,
     CapacityError,
@@ -62,6 +75,7 @@ from keysched._errors import (
     EmptyResponseError,
     NoUsableKeyError,
     RequestError,
+    ResponseTooLargeError,
     ServiceError,
     StreamInterruptedError,
     UsageError,
@@ -72,9 +86,11 @@ from keysched._selection import Policy
 from keysched._snapshot import PoolEvent, PoolSnapshot
 from keysched._sse import SSEParser
 from keysched._transport import (
+    DEFAULT_MAX_RESPONSE_BYTES,
     AiohttpBackend,
     Backend,
     HttpxBackend,
+    ResponseTooLarge,
     TransportFailure,
     TransportTimeout,
 )
@@ -106,6 +122,10 @@ DEFAULT_MODELS = ("gemini-2.5-flash", "gemini-2.5-flash-lite")
 DEFAULT_EMBEDDING_MODEL = "gemini-embedding-001"
 EVENT_HISTORY = 1000
 """How many recent pool events `KeyedClient.events()` keeps."""
+_CLOSED = "the client was closed while the request was open"
+# How long `aclose` waits for cancelled attempts to let go of their connections.  They do so as
+# soon as their tasks run; the bound only keeps a task that never yields from holding `aclose`.
+_UNWIND_WAIT = 5.0
 
 _ERRORS: dict[FailReason, type[ServiceError]] = {
     FailReason.REQUEST_ERROR: RequestError,
@@ -133,6 +153,14 @@ _EVENT_LEVELS = {
 
 def _failure(kind: OutcomeKind, message: str) -> Classified:
     return Classified(outcome=Outcome(kind=kind), status=0, message=message)
+
+
+def _too_large(session: _Session, exc: ResponseTooLarge) -> Classified:
+    """The outcome of an answer over the cap: the request fails (the core's REQUEST_ERROR does
+    that without a retry or a mark against the key), as `ResponseTooLargeError`."""
+    session.oversized = True
+    session.value = None
+    return _failure(OutcomeKind.REQUEST_ERROR, str(exc))
 
 
 def _check_base_url(base_url: object) -> None:
@@ -203,8 +231,8 @@ class _Session:
     decisions are taken by the same synchronous step that pumped them).
     """
 
-    __slots__ = ("client", "closed", "deadline_at", "items", "last", "open", "records", "rid",
-                 "value", "waiter")
+    __slots__ = ("aborted", "client", "closed", "deadline_at", "items", "last", "open",
+                 "oversized", "records", "rid", "task", "unwound", "value", "waiter")
 
     def __init__(self, client: KeyedClient, models: Sequence[str], tokens: int,
                  deadline: float | None, spends_quota: bool = True) -> None:
@@ -213,13 +241,19 @@ class _Session:
         self.last: tuple[Dispatch, Classified] | None = None
         self.value: Any = None  # what `read` extracted from the last attempt's answer
         now = client._clock()
-        self.deadline_at = now + (client._deadline if deadline is None else deadline)
-        self.rid = client._core.submit(now, models=models, input_tokens=tokens, deadline=deadline,
-                                       spends_quota=spends_quota)
+        seconds = client._deadline if deadline is None else deadline
+        self.deadline_at = now + seconds
+        self.rid = client._core.submit(
+            now, models=models, input_tokens=tokens, deadline=deadline, spends_quota=spends_quota,
+            start_within=seconds - client._durations.allowance(seconds))
         self.open = True
         self.closed = False  # `aclose` ended the request while the caller waited
         self.items: list[Decision] = []  # rarely more than one: a list pops its head cheaply
         self.waiter: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[Any] | None = None  # the task awaiting the attempt's I/O, if any
+        self.aborted: asyncio.Task[Any] | None = None  # the task `aclose` cancelled
+        self.unwound: asyncio.Future[None] | None = None  # set when an aborted attempt let go
+        self.oversized = False  # the last answer exceeded max_response_bytes
         client._mailboxes[self.rid] = self
         client._pump(now)
 
@@ -234,13 +268,46 @@ class _Session:
         self.closed = True
         self.wake()
 
+    def abort(self, task: asyncio.Task[Any]) -> asyncio.Future[None]:
+        """The client is closing: cancel `task`, which awaits this request's attempt.
+
+        Returns:
+            A future set once the attempt has let go of its connection (`io_ended`).
+        """
+        import asyncio
+
+        self.aborted = task
+        self.unwound = asyncio.get_running_loop().create_future()
+        task.cancel()
+        return self.unwound
+
+    def take_abort(self) -> bool:
+        """Whether `abort` cancelled the attempt and nothing else did; then the cancellation is
+        taken back, and the caller raises `UsageError` instead.
+
+        Called where the attempt ended with an exception (or, if the HTTP library swallowed the
+        cancellation, where the closed client is noticed).
+        """
+        task = self.aborted
+        if task is None:
+            return False
+        self.aborted = None
+        return task.uncancel() == 0
+
+    def io_ended(self) -> None:
+        """The attempt's I/O is over: an aborted attempt has released its connection."""
+        self.task = None
+        unwound = self.unwound
+        if unwound is not None and not unwound.done():
+            unwound.set_result(None)
+
     async def next(self) -> Decision:
         items = self.items
         waited = False
         while True:
             if not items:
                 if self.closed:
-                    raise UsageError("the client was closed while the request was open")
+                    raise UsageError(_CLOSED)
                 import asyncio
 
                 waiter = self.waiter = asyncio.get_running_loop().create_future()
@@ -256,7 +323,7 @@ class _Session:
                     # `aclose` ended the request after this dispatch was posted, before this
                     # task ran: the attempt it names was cancelled with the request.  (A Finish
                     # or Fail posted before `aclose` still ends the call as it says.)
-                    raise UsageError("the client was closed while the request was open")
+                    raise UsageError(_CLOSED)
                 # A dispatch posted by another task's pump waits here for this task's turn; a
                 # refusal that disabled its key may have come back meanwhile.  Never send on a
                 # disabled key: hand the attempt back and wait for the next decision.  (A
@@ -288,10 +355,13 @@ class _Session:
             started, ended)))
         self.last = (dispatch, classified)
         if client._closed:  # `aclose` ended the request while this attempt was in flight
-            raise UsageError("the client was closed while the request was open")
+            self.take_abort()
+            raise UsageError(_CLOSED)
         if outcome.kind is not OutcomeKind.SUCCESS:
             logger.debug("attempt %d of a request via %s on %s: %s (HTTP %s)", dispatch.number,
                          dispatch.key.label, dispatch.model, outcome.kind.value, classified.status)
+        if outcome.kind is OutcomeKind.SUCCESS:
+            client._durations.add(ended - started)
         client._core.complete(dispatch.attempt, outcome, ended)
         if final:
             # End it before any poll can dispatch the retry the outcome may have queued.
@@ -317,7 +387,8 @@ class _Session:
             # A deadline spent on slow attempts can end while capacity is there: say so plainly.
             text += (f"; capacity returns in {wait:.1f}s" if wait > 0.05
                      else "; capacity is available again now")
-        return _ERRORS[fail.reason](
+        error = ResponseTooLargeError if self.oversized else _ERRORS[fail.reason]
+        return error(
             text, status=status, google_status=google_status, service_message=service_message,
             model=model, key=key, attempts=self.records, retry_at=fail.retry_at)
 
@@ -344,8 +415,10 @@ class KeyedClient:
         retry: the retry policy (attempts, backoff, deadline, cooldowns).
         limits: known quotas per project and model; the pool then never exceeds them.
         timeout: the longest one attempt may take, in seconds (for `stream`: the longest
-            wait to connect or for more of the answer); capped by the request's deadline.
+            wait for the next chunk); capped by the request's deadline.
         max_in_flight_per_key: an optional cap on concurrent requests per key.
+        max_response_bytes: the most one answer may hold, decompressed (32 MiB by default);
+            a larger one fails the call with `ResponseTooLargeError` and does not blame the key.
         embedding_model: the model `embed` uses by default.
         http_client: your own `httpx.AsyncClient` (not closed by `aclose`).
         transport: your own httpx transport (ignored if `http_client` is given).
@@ -373,6 +446,7 @@ class KeyedClient:
         limits: Sequence[Limit] = (),
         timeout: float = 60.0,
         max_in_flight_per_key: int | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         embedding_model: str = DEFAULT_EMBEDDING_MODEL,
         http_client: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -388,6 +462,10 @@ class KeyedClient:
             raise ConfigurationError("embedding_model", f"expected a model name, got "
                                      f"{embedding_model!r}")
         self._timeout = _positive("timeout", timeout)
+        if (isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int)
+                or max_response_bytes < 1):
+            raise ConfigurationError("max_response_bytes", f"expected an integer number of bytes "
+                                     f">= 1, got {max_response_bytes!r}"[:200])
         embedding_model = embedding_model.removeprefix("models/")
         self._embedding_model = embedding_model
         # The embedding model shares the keys (and may have its own `Limit`), but it is never a
@@ -403,15 +481,17 @@ class KeyedClient:
         self._deadline = config.retry.deadline  # a request's default deadline, in seconds
         self._base_url = base_url
         self._clock = clock
-        if sleep is None:
-            import asyncio
+        import asyncio
 
+        if sleep is None:
             sleep = asyncio.sleep
         self._sleep = sleep
+        self._current_task = asyncio.current_task
         now = clock()
         self._core = Scheduler(config, rng=rng or random.Random(), policy=policy,
                                wall_epoch=wall_clock() - now)
         self._mailboxes: dict[int, _Session] = {}  # the open requests' sessions, by id
+        self._durations = AttemptDurations()  # when a request is too late to start an attempt
         # Bounded, so that a long-running client keeps a window of history, not all of it.
         self._history: collections.deque[PoolEvent] = collections.deque(maxlen=EVENT_HISTORY)
         self._timer: asyncio.Task[None] | None = None
@@ -421,23 +501,25 @@ class KeyedClient:
         # Headers per key, built once: the key is checked and copied into them a single time
         # (before an HTTP client exists that a failure here would leave open).
         headers = {key.label: request_headers(key.secret) for key in config.keys}
-        self._backend = self._make_backend(http_client, transport, fast)
+        self._backend = self._make_backend(http_client, transport, fast, max_response_bytes)
         self._headers = {label: self._backend.headers(each) for label, each in headers.items()}
         self._urls: dict[str, dict[str, str]] = {method: {} for method in METHODS}
 
     @staticmethod
     def _make_backend(http_client: httpx.AsyncClient | None,
-                      transport: httpx.AsyncBaseTransport | None, fast: bool | None) -> Backend:
+                      transport: httpx.AsyncBaseTransport | None, fast: bool | None,
+                      max_response_bytes: int) -> Backend:
         if http_client is not None or transport is not None:
-            return HttpxBackend(http_client, transport=transport)
+            return HttpxBackend(http_client, transport=transport,
+                                max_response_bytes=max_response_bytes)
         if fast is not False:
             try:
-                return AiohttpBackend()
+                return AiohttpBackend(max_response_bytes=max_response_bytes)
             except ImportError as exc:
                 if fast:
                     raise ConfigurationError("fast", "the aiohttp backend is not installed: "
                                              "pip install 'keysched[fast]'") from exc
-        return HttpxBackend()
+        return HttpxBackend(max_response_bytes=max_response_bytes)
 
     def _url(self, model: str, method: str) -> str:
         urls = self._urls.get(method)
@@ -486,18 +568,25 @@ class KeyedClient:
     async def aclose(self) -> None:
         """End every open call (they raise `UsageError`), stop the timer, close the HTTP client.
 
-        An HTTP client passed in as `http_client` is left open: it is the caller's.
+        Attempts in flight are cancelled, and `aclose` returns once they have let go of their
+        connections.  An HTTP client passed in as `http_client` is left open: it is the caller's.
         """
+        import asyncio
+
         self._closed = True
         now = self._clock()
+        me = asyncio.current_task()
+        unwinding = []
         for rid, session in list(self._mailboxes.items()):
             self._core.cancel(rid, now)  # frees its lane; nothing will be dispatched for it
+            if session.task is not None and session.task is not me:
+                unwinding.append(session.abort(session.task))
             session.shut()
         self._drop_timer()
         # Wait for the cancelled timers, so that no task of this client outlives `aclose`.
-        import asyncio
-
         await asyncio.gather(*self._stale_timers, return_exceptions=True)
+        if unwinding:
+            await asyncio.wait(unwinding, timeout=_UNWIND_WAIT)
         await self._backend.aclose()
 
     # ------------------------------------------------------------------ public calls
@@ -561,10 +650,12 @@ class KeyedClient:
         """Stream content chunk by chunk (``:streamGenerateContent?alt=sse``).
 
         Fails over to another key or model only until the first chunk is delivered.
-        `timeout` bounds connecting and each wait for more of the answer, not the whole stream.
+        `timeout` bounds each wait for the next chunk, not the whole stream; `deadline` bounds
+        the wait for the first.  A stream is complete when its last chunk has a finish reason.
 
         Raises:
-            StreamInterruptedError: the stream broke after chunks were delivered.
+            StreamInterruptedError: the stream broke (or ended without its last chunk) after
+                chunks were delivered.
             ServiceError: no stream could be started.
         """
         body = generate_body(contents, generation_config=generation_config,
@@ -585,12 +676,17 @@ class KeyedClient:
                 started = self._clock()
                 result = _StreamResult()
                 attempt = self._stream_attempt(
-                    decision, payload, tokens, session.attempt_timeout(attempt_timeout, started),
-                    result)
-                async with contextlib.aclosing(attempt) as chunks:
-                    async for chunk in chunks:
-                        delivered += 1
-                        yield chunk
+                    session, decision, payload, tokens, attempt_timeout,
+                    session.attempt_timeout(attempt_timeout, started), result)
+                try:
+                    async with contextlib.aclosing(attempt) as chunks:
+                        async for chunk in chunks:
+                            delivered += 1
+                            yield chunk
+                except BaseException:
+                    if session.take_abort():
+                        raise UsageError(_CLOSED) from None
+                    raise
                 classified = result.classified
                 # A safety stop on the last chunk is an answer (as for `generate`), not a break.
                 broken = delivered > 0 and classified.outcome.kind not in (
@@ -722,6 +818,7 @@ class KeyedClient:
         attempt_timeout = self._attempt_timeout(timeout)
         session = self._open(models, tokens, deadline, spends_quota)
         clock = self._clock
+        current_task = self._current_task
         items = session.items
         urls = self._urls[method]
         try:
@@ -732,6 +829,7 @@ class KeyedClient:
                 if isinstance(decision, Dispatch):
                     started = clock()
                     bound = session.attempt_timeout(attempt_timeout, started)
+                    session.task = current_task()  # for `aclose` to cancel
                     try:
                         status, headers, raw = await self._backend.post(
                             urls.get(decision.model) or self._url(decision.model, method),
@@ -744,11 +842,19 @@ class KeyedClient:
                         classified = _failure(OutcomeKind.CONNECTION_ERROR,
                                               f"{exc} before an answer arrived")
                         session.value = None
+                    except ResponseTooLarge as exc:
+                        classified = _too_large(session, exc)
+                    except BaseException:
+                        if session.take_abort():
+                            raise UsageError(_CLOSED) from None
+                        raise
                     else:
                         if read is None:
                             classified = classify(status, raw, headers, input_tokens=tokens)
                         else:
                             classified, session.value = read(status, raw, headers, tokens)
+                    finally:
+                        session.io_ended()
                     session.report(decision, classified, started)
                 elif isinstance(decision, Finish):
                     session.open = False
@@ -761,50 +867,88 @@ class KeyedClient:
         finally:
             session.close()
 
-    async def _stream_attempt(self, dispatch: Dispatch, payload: bytes, tokens: int,
-                              timeout: float, result: _StreamResult) -> AsyncGenerator[StreamChunk, None]:
-        """Yield one attempt's chunks; leave its classification in `result`."""
+    async def _stream_attempt(self, session: _Session, dispatch: Dispatch, payload: bytes,
+                              tokens: int, timeout: float, first_timeout: float,
+                              result: _StreamResult) -> AsyncGenerator[StreamChunk, None]:
+        """Yield one attempt's chunks; leave its classification in `result`.
+
+        The first chunk must arrive within `first_timeout` of the start (the attempt's timeout,
+        capped by the request's deadline), each later one within `timeout` of the one before.
+        Every wait for the server is bounded by that, not by the library's per-read timers:
+        bytes that complete no chunk are not progress.
+        """
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        wait = first_timeout
+        due = loop.time() + wait
         url = self._url(dispatch.model, "streamGenerateContent")
         label = dispatch.key.label or ""
         delivered = 0
         usage = None
         blocked: str | None = None
+        finished = False  # the last chunk (one with a finishReason) has arrived
+        task = session.task = self._current_task()
         try:
-            async with self._backend.stream(url, self._headers[label], payload,
-                                            timeout) as response:
-                if response.status != 200:
-                    raw = await response.read()
-                    result.classified = classify(response.status, raw, response.headers,
-                                                 input_tokens=tokens)
-                    return
+            async with contextlib.AsyncExitStack() as stack:
+                async with asyncio.timeout_at(due):
+                    response = await stack.enter_async_context(
+                        self._backend.stream(url, self._headers[label], payload, timeout))
+                    if response.status != 200:
+                        raw = await response.read()
+                        result.classified = classify(response.status, raw, response.headers,
+                                                     input_tokens=tokens)
+                        return
                 parser = SSEParser()
-                async for data in response.iter_bytes():
-                    for event in parser.feed(data):
+                pieces = await stack.enter_async_context(contextlib.aclosing(
+                    response.iter_bytes()))
+                while True:
+                    async with asyncio.timeout_at(due):
+                        data = await anext(pieces, None)
+                    for event in parser.close() if data is None else parser.feed(data):
                         if event.classified is not None:
                             result.classified = event.classified
                             return
                         usage = event.usage or usage
-                        if event.finish_reason in SAFETY_FINISH_REASONS:
-                            blocked = event.finish_reason
+                        if event.finish_reason is not None:
+                            finished = True
+                            if event.finish_reason in SAFETY_FINISH_REASONS:
+                                blocked = event.finish_reason
+                        session.task = None  # the caller's own code runs: not ours to cancel
                         yield StreamChunk(text=event.text, model=dispatch.model, key=label,
                                           index=delivered, finish_reason=event.finish_reason,
                                           usage=event.usage, raw=event.json)
+                        if session.closed:
+                            raise UsageError(_CLOSED)
+                        session.task = task
                         delivered += 1
-                for event in parser.close():
-                    if event.classified is not None:
-                        result.classified = event.classified
-                        return
-        except TransportTimeout:
-            result.classified = _failure(OutcomeKind.TIMEOUT, f"no data within {timeout:.1f}s")
-            return
+                        wait = timeout
+                        due = loop.time() + wait
+                    if data is None:
+                        break
+        except (TransportTimeout, TimeoutError):
+            if not finished:
+                result.classified = _failure(OutcomeKind.TIMEOUT,
+                                             f"no chunk within {wait:.1f}s")
+                return
         except TransportFailure as exc:
-            result.classified = _failure(OutcomeKind.CONNECTION_ERROR, f"{exc} while streaming")
+            if not finished:  # a failure after the last chunk loses nothing
+                result.classified = _failure(OutcomeKind.CONNECTION_ERROR,
+                                             f"{exc} while streaming")
+                return
+        except ResponseTooLarge as exc:
+            result.classified = _too_large(session, exc)
             return
+        finally:
+            session.io_ended()
         if blocked is not None:
             result.classified = Classified(outcome=Outcome(kind=OutcomeKind.BLOCKED), status=200,
                                            finish_reason=blocked)
         elif delivered == 0:
             result.classified = _failure(OutcomeKind.EMPTY, "the stream ended without a chunk")
+        elif not finished:
+            result.classified = _failure(OutcomeKind.CONNECTION_ERROR, "the stream ended before "
+                                         "its last chunk (no finishReason)")
         else:
             result.classified = Classified(
                 outcome=Outcome(kind=OutcomeKind.SUCCESS,

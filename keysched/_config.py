@@ -94,11 +94,15 @@ class Key:
         secret: the API key itself; sent only in the ``x-goog-api-key`` header, never shown.
         label: how the key is named in logs, reprs, errors and snapshots.
         project: the Google Cloud project the key belongs to; keys of one project share quota.
+        billing_account: the billing account the project is paid from, if known.  Projects of
+            one account share its spend cap (a rolling 10-minute window): a spend 429 benches
+            all of them.  Unset, the project is taken to be billed alone.
     """
 
     secret: str = attrs.field(eq=True)
     label: str | None = None
     project: str | None = None
+    billing_account: str | None = None
 
     def __attrs_post_init__(self) -> None:
         _check_secret("secret", self.secret)
@@ -106,9 +110,12 @@ class Key:
             _name("label", self.label)
         if self.project is not None:
             _name("project", self.project)
+        if self.billing_account is not None:
+            _name("billing_account", self.billing_account)
 
     def __repr__(self) -> str:
-        return f"Key(label={self.label!r}, project={self.project!r})"
+        account = "" if self.billing_account is None else f", billing_account={self.billing_account!r}"
+        return f"Key(label={self.label!r}, project={self.project!r}{account})"
 
     __str__ = __repr__
 
@@ -162,9 +169,18 @@ class RetryPolicy:
         overload_cooldown: how long a 503 takes its model out of rotation; doubles while 503s
             continue, up to ``overload_cooldown_cap``.
         overload_cooldown_cap: the largest overload cooldown, in seconds.
+        shared_capacity_cooldown_cap: bare 429s (shared capacity) that persist on one group
+            double its cooldown each time, up to this (seconds); an answer resets it.
         empty_retries: how many times a 200 without content is retried on another key.
         server_errors_per_model: how many 500s a request takes on one model before it falls
             back to the next model.
+        quota_margin: how many seconds later than the local clock says a quota window is taken
+            to end (known and learned limits), to cover the offset between our clock and the
+            server's and one network trip.  0 trusts the local clock exactly.
+        relearn_after: a limit learned from a 429 is tested this long after it was learned, if
+            it is holding requests back: one attempt goes past it.  An answer shows the quota
+            grew (a tier upgrade): the learned limit is dropped, and the next 429 teaches the
+            new one.  A 429 keeps it, and the next test waits twice as long.  None: never.
     """
 
     max_attempts: int = attrs.field(default=8)
@@ -177,16 +193,23 @@ class RetryPolicy:
     overload_cooldown: float = attrs.field(default=2.0, converter=_to_seconds)
     # A short cap: the cooldown is also how late the pool notices that the model recovered.
     overload_cooldown_cap: float = attrs.field(default=20.0, converter=_to_seconds)
+    shared_capacity_cooldown_cap: float = attrs.field(default=60.0, converter=_to_seconds)
     empty_retries: int = 1
     server_errors_per_model: int = 2
+    quota_margin: float = attrs.field(default=1.0, converter=_to_seconds)
+    relearn_after: float | None = attrs.field(default=300.0, converter=_to_seconds)
 
     def __attrs_post_init__(self) -> None:
         _count("retry.max_attempts", self.max_attempts)
         _count("retry.empty_retries", self.empty_retries, minimum=0)
         _count("retry.server_errors_per_model", self.server_errors_per_model)
         for name in ("backoff_base", "backoff_cap", "deadline", "minute_cooldown",
-                     "shared_capacity_cooldown", "overload_cooldown", "overload_cooldown_cap"):
+                     "shared_capacity_cooldown", "overload_cooldown", "overload_cooldown_cap",
+                     "shared_capacity_cooldown_cap"):
             _duration(f"retry.{name}", getattr(self, name))
+        _duration("retry.quota_margin", self.quota_margin, allow_zero=True)
+        if self.relearn_after is not None:
+            _duration("retry.relearn_after", self.relearn_after)
         if self.backoff_cap < self.backoff_base:
             raise ConfigurationError("retry.backoff_cap", f"must be >= backoff_base "
                                      f"({self.backoff_base!r}), got {self.backoff_cap!r}")
@@ -280,6 +303,15 @@ class PoolConfig:
                                      f"{type(self.retry).__name__}")
         _count("max_in_flight_per_key", self.max_in_flight_per_key, optional=True)
         projects = {key.project for key in self.keys}
+        accounts: dict[str | None, str] = {}
+        for index, key in enumerate(self.keys):
+            if key.billing_account is None:
+                continue
+            account = accounts.setdefault(key.project, key.billing_account)
+            if account != key.billing_account:
+                raise ConfigurationError(f"keys[{index}].billing_account", f"project "
+                                         f"{key.project!r} is already billed to {account!r}, got "
+                                         f"{key.billing_account!r}")
         seen: set[tuple[str | None, str]] = set()
         for index, limit in enumerate(self.limits):
             if limit.model.removeprefix("models/") not in self.models:
@@ -292,6 +324,13 @@ class PoolConfig:
                 raise ConfigurationError(f"limits[{index}]", f"duplicate limit for project "
                                          f"{limit.project!r} and model {limit.model!r}")
             seen.add((limit.project, limit.model))
+
+    def billing_account_of(self, project: str) -> str:
+        """The billing account `project` is paid from (its own name when no key says)."""
+        for key in self.keys:
+            if key.project == project and key.billing_account is not None:
+                return key.billing_account
+        return f"project:{project}"
 
     def limit_for(self, project: str, model: str) -> Limit | None:
         """The limit that applies to `project` and `model`: a project's own beats the default."""

@@ -11,8 +11,8 @@ State:
 
 - **keys**: each may be disabled for good (the reason is kept).
 - **quota groups**, one per (project, model): keys of a project share them.  A group can be
-  cooling until a time, unavailable for good (``limit: 0``), and, when limits are configured,
-  carries a `Budget` that is never overdrawn.
+  cooling until a time, unavailable for good (``limit: 0``), or *probing*; it carries a `Budget`
+  that is never overdrawn once a limit is known, configured or learned from a 429.
 - **models**: cooling (503 storms, escalating) or unavailable (404).
 - **lanes** (key, model): can serve iff the key is enabled and under its in-flight cap, its
   group and model are neither cooling nor unavailable, its budget has room, and (baseline
@@ -26,6 +26,49 @@ the least-loaded lane of the best model tier that can serve it.  ``complete`` ap
 outcome table (`keysched._table`) and either ends the request or queues its retry.  Illegal
 input (an unknown or finished attempt, time running backwards) raises `UsageError` and changes
 nothing.
+
+Learning what nobody configured (the quota-intelligence issue):
+
+- A 429 names the quotas it enforced and their values (`Outcome.violations`).  Each value
+  becomes the group's limit for that dimension (`Budget.learn`), and from then on the group is
+  budgeted exactly like a configured `Limit`: after one 429 per limit, a pool with unknown limits
+  behaves like one whose limits were given.  A configured limit always wins.
+- Beyond what is proven, one attempt at a time.  A group that does not know its limit for a
+  dimension *presumes* one: by default the limit learned on another group of the same model
+  (free-tier projects share their numbers, and their windows fill together).  A group already
+  past its presumed limit gets one attempt in flight at a time, so at most one 429 teaches it its
+  own; an answer past it raises the group's presumed limit to what it has now sent (it has more:
+  another tier), and the next attempt may go.
+- Quotas also grow (a tier upgrade), and nothing says so: a learned limit that holds requests
+  back is tested ``relearn_after`` seconds after it was learned, with one attempt past it (only
+  when nothing else is in flight on the group, and only while the server's window is full too,
+  margin aside).  An answer drops the learned limits and the group probes (slow start) until
+  the next 429 teaches the new ones; a 429 keeps them and doubles the wait before the next test.
+- A group benched by a 429 whose limit is still unknown (no ``quotaValue``, or a 429 without
+  details) reopens *probing*, like a circuit breaker's half-open state: one attempt in flight
+  at a time, twice as many after each answer, until `_PROBE_CLOSED` are allowed and the group
+  is trusted again.  A 429 while probing starts over at one.  The queue waits meanwhile instead
+  of flooding the group the moment its cooldown ends.
+- A 429 on a quota (per minute, per day, spend, ``limit: 0``) does not count against
+  ``max_attempts``: the request only waited for quota and spent no answer.  Its deadline still
+  bounds it, and so does a hard cap of `_QUOTA_ATTEMPT_FACTOR` x ``max_attempts`` attempts.
+- A refused attempt is taken out of its group's budget (the server did not count it either).
+
+Breakers that trip on evidence (the breakers issue):
+
+- A 503 retries its request at once on another key of the same model and blames nothing; the
+  request moves to the next model after ``server_errors_per_model`` 503s or 500s on one model.
+  The model is taken out of rotation only when the evidence says it is overloaded
+  (`keysched._breaker.OverloadEvidence`, thresholds on `Policy`); its cooldown then escalates
+  per failed probe as before.
+- A model that was cooled stays half-open until it answers (its 503 streak is not over): the
+  first 503 to an attempt sent after the cooldown began cools it again, escalating.
+- While a model cools, a request that nothing else can serve probes it, at most once per
+  ``Policy.probe_interval``; an answer ends the cooldown.  The last model never goes dark.
+- A lane that answers ``Policy.lane_error_trip`` 500s in a row cools, from
+  ``overload_cooldown`` doubling per failed probe; an answer resets it.
+- Bare 429s (shared capacity) that persist on one group double its cooldown each time, up to
+  ``shared_capacity_cooldown_cap``; an answer on the group resets it.
 
 Decisions where the spec was silent (see also the module docstrings of `_budget` and `_table`):
 
@@ -51,11 +94,12 @@ import math
 import random
 from collections.abc import Sequence
 
+from keysched._breaker import OverloadEvidence
 from keysched._budget import Budget
 from keysched._config import Key, PoolConfig
 from keysched._decisions import Decision, Fail, FailReason, new_dispatch, new_finish
 from keysched._errors import UsageError
-from keysched._outcomes import Outcome, OutcomeKind
+from keysched._outcomes import Outcome, OutcomeKind, QuotaDimension, Violation
 from keysched._pacific import next_pacific_midnight
 from keysched._selection import SKIP, Policy, Selector
 from keysched._snapshot import GroupSnapshot, LaneSnapshot, LaneState, PoolEvent, PoolSnapshot
@@ -63,11 +107,20 @@ from keysched._table import Action, Effect, Next
 
 __all__ = ["Scheduler"]
 
-_WAITING, _BACKOFF, _IN_FLIGHT, _ENDED = range(4)
+# _LATE: past its `start_by`, out of the queue, waiting for its deadline (see `submit`).
+_WAITING, _BACKOFF, _IN_FLIGHT, _ENDED, _LATE = range(5)
 # A server-given delay longer than this is treated as this: a typo'd or hostile Retry-After of
 # days must not bench a key for days (a per-day quota has its own, exact, rule).
 _MAX_SERVER_DELAY = 3600.0
 _TIMER_READY, _TIMER_DEADLINE, _TIMER_LANE, _TIMER_WAKE = range(4)
+# A probing group is trusted again once this many attempts may be in flight on it.
+_PROBE_CLOSED = 16
+# Quota 429s do not count against `max_attempts`; this many times it still ends a request.
+_QUOTA_ATTEMPT_FACTOR = 4
+# 429s that refuse an attempt on a quota: the server did not count it, and no answer was spent.
+_QUOTA_REFUSALS = frozenset({OutcomeKind.RATE_LIMITED_MINUTE, OutcomeKind.RATE_LIMITED_DAY,
+                             OutcomeKind.SPEND_LIMITED, OutcomeKind.QUOTA_ZERO})
+_ALL_429S = _QUOTA_REFUSALS | {OutcomeKind.SHARED_CAPACITY, OutcomeKind.TOO_LARGE_FOR_QUOTA}
 
 
 class _Key:
@@ -84,42 +137,62 @@ class _Key:
 
 
 class _Group:
-    __slots__ = ("budget", "cool_until", "reason", "unavailable")
+    """One (project, model) quota group."""
 
-    def __init__(self, budget: Budget | None) -> None:
+    __slots__ = ("bare_429s", "budget", "cool_until", "in_flight", "model", "parked", "presumed",
+                 "probe", "project", "reason", "relearn_at", "relearn_wait", "unavailable")
+
+    def __init__(self, project: int, model: int, budget: Budget | None) -> None:
+        self.project = project
+        self.model = model
         self.cool_until = -math.inf
         self.reason: str | None = None
         self.unavailable = False
-        self.budget = budget
+        self.budget = budget  # None for policies that budget nothing (the baselines)
+        self.in_flight = 0
+        # While probing: how many attempts may be in flight on the group (None: not probing).
+        self.probe: int | None = None
+        self.parked = False  # lanes of the group were parked until an attempt of it ends
+        # Limits presumed for dimensions the group does not know; None: its model's priors.
+        self.presumed: dict[QuotaDimension, int] | None = None
+        self.relearn_at = math.inf  # when a learned limit holding requests back is tested
+        self.relearn_wait = math.inf  # how long after learning (doubles after a failed test)
+        self.bare_429s = 0  # bare 429s since the group last answered (escalates its cooldown)
 
 
 class _Model:
-    __slots__ = ("cool_until", "cooled_at", "name", "reason", "streak", "unavailable",
-                 "usable_groups")
+    __slots__ = ("cool_until", "cooled_at", "evidence", "name", "probe_at", "reason", "streak",
+                 "unavailable", "usable_groups")
 
-    def __init__(self, name: str, groups: int) -> None:
+    def __init__(self, name: str, groups: int, evidence: OverloadEvidence) -> None:
         self.name = name
         self.cool_until = -math.inf
         self.cooled_at = -math.inf
+        self.probe_at = -math.inf  # while cooling: when a request may probe it next
         self.reason: str | None = None
         self.streak = 0
         self.unavailable = False
         self.usable_groups = groups
+        self.evidence = evidence
 
 
 class _Request:
     __slots__ = ("avoid", "deadline", "empties", "id", "last_attempt", "later", "models",
-                 "number", "quota", "server_errors", "state", "timed", "tokens")
+                 "number", "quota", "quota_waits", "server_errors", "start_by", "state", "timed",
+                 "tokens", "weighed")
 
     def __init__(self, rid: int, models: tuple[int, ...], tokens: int, deadline: float,
-                 quota: bool) -> None:
+                 quota: bool, start_by: float) -> None:
         self.id = rid
         self.models = models
         self.tokens = tokens
         self.quota = quota
         self.deadline = deadline
+        self.start_by = start_by  # no attempt starts after this: it could not end in time
+        self.weighed = -1  # the `Scheduler._benched` count when its return time was last weighed
         self.state = _WAITING
         self.number = 0
+        self.quota_waits = 0  # attempts refused by a quota 429 (not counted in max_attempts)
         self.later = 0
         self.empties = 0
         self.avoid: set[int] | None = None  # keys that failed it; made on the first failure
@@ -129,14 +202,16 @@ class _Request:
 
 
 class _Attempt:
-    __slots__ = ("budgeted", "key", "model", "request", "sent")
+    __slots__ = ("budgeted", "key", "model", "relearn", "request", "sent")
 
-    def __init__(self, request: int, key: int, model: int, sent: float, budgeted: bool) -> None:
+    def __init__(self, request: int, key: int, model: int, sent: float, budgeted: bool,
+                 relearn: bool = False) -> None:
         self.request = request
         self.key = key
         self.model = model
         self.sent = sent
         self.budgeted = budgeted  # recorded in its group's budget (to undo on withdraw)
+        self.relearn = relearn  # sent past a learned limit, to test it
 
 
 class Scheduler:
@@ -170,14 +245,29 @@ class Scheduler:
             self._project_keys[state.project].append(state.index)
         self._project_active = [len(keys) for keys in self._project_keys]
         n_models = len(config.models)
-        self._models = [_Model(name, len(projects)) for name in config.models]
+        policy = self.policy
+        self._models = [
+            _Model(name, len(projects), OverloadEvidence(
+                trip=policy.overload_trip, rate=policy.overload_rate, window=policy.overload_window))
+            for name in config.models]
+        # Server errors in a row per (key, model) lane, for the lane breaker.
+        self._lane_errors: dict[tuple[int, int], int] = {}
         self._groups: list[list[_Group]] = []
-        for project in projects:
+        for p, project in enumerate(projects):
             row = []
-            for model in config.models:
-                limit = config.limit_for(project, model) if self.policy.budgets_limits else None
-                row.append(_Group(Budget(limit, wall_epoch) if limit else None))
+            for m, model in enumerate(config.models):
+                budget = (Budget(config.limit_for(project, model), wall_epoch,
+                                 config.retry.quota_margin)
+                          if self.policy.budgets_limits else None)
+                row.append(_Group(p, m, budget))
             self._groups.append(row)
+        # Projects by billing account: a spend 429 benches every project of the account.
+        accounts: dict[str, list[int]] = {}
+        for p, project in enumerate(projects):
+            accounts.setdefault(config.billing_account_of(project), []).append(p)
+        self._account_projects = [accounts[config.billing_account_of(p)] for p in projects]
+        # Per model: the limits learned on any of its groups (see "prior" in the docstring).
+        self._priors: list[dict[QuotaDimension, int]] = [{} for _ in config.models]
         self._lane_cool: dict[tuple[int, int], float] = {}
         # Per lane (index ``key * n_models + model``): attempts dispatched, answered, failed.
         lanes = len(self._keys) * n_models
@@ -211,11 +301,15 @@ class Scheduler:
         self._current: _Request | None = None  # the request being placed, for `block`
         self._skip_until = math.inf  # when a token budget too full for `_current` frees up
         self._indices_cache: dict[tuple[str, ...], tuple[int, ...]] = {}
+        # Counts what was benched, disabled or taken out: a waiting request's return time is
+        # weighed again only when it changed (see `_returns_too_late`).
+        self._benched = 0
 
     # ------------------------------------------------------------------ inputs
 
     def submit(self, now: float, *, models: Sequence[str] | None = None, input_tokens: int = 0,
-               deadline: float | None = None, spends_quota: bool = True) -> int:
+               deadline: float | None = None, spends_quota: bool = True,
+               start_within: float | None = None) -> int:
         """Submit a request; returns its id. Call `poll` to learn where it goes.
 
         Args:
@@ -225,6 +319,11 @@ class Scheduler:
             deadline: seconds it may take in total (default: the retry policy's deadline).
             spends_quota: whether the request counts against the known limits (countTokens
                 calls are believed not to).
+            start_within: seconds after which no attempt of it may start (default: its whole
+                deadline).  A driver sets it to the deadline less what an attempt takes: an
+                attempt that cannot end before the deadline would spend quota for nothing, and
+                a younger request may use that quota instead.  Past it, the request leaves the
+                queue and fails at its deadline.
 
         Raises:
             UsageError: an unknown model, a negative token count, a bad deadline, or time
@@ -251,7 +350,9 @@ class Scheduler:
         self._now = now
         rid = self._next_request
         self._next_request += 1
-        request = _Request(rid, indices, input_tokens, now + float(seconds), bool(spends_quota))
+        start = float(seconds) if start_within is None else min(float(seconds), start_within)
+        request = _Request(rid, indices, input_tokens, now + float(seconds), bool(spends_quota),
+                           now + start)
         self._requests[rid] = request
         self._submitted += 1
         self._enqueue(request)
@@ -274,13 +375,25 @@ class Scheduler:
                              "cancelled)")
         self._now = now
         request = self._requests[record.request]
-        state = self._keys[record.key]  # `_release`, inlined
-        state.in_flight -= 1
-        self._update(record.key, (state.in_flight, state.seq))
+        self._release(record)
         kind = outcome.kind
         action = self._on_success if kind is OutcomeKind.SUCCESS else self._actions[kind]
+        group = self._groups[self._keys[record.key].project][record.model]
         if kind is OutcomeKind.SUCCESS or kind is OutcomeKind.BLOCKED:
-            self._models[record.model].streak = 0  # the model answered: a 503 streak is over
+            self._model_answered(record, now)
+            if self._lane_errors:
+                self._lane_errors.pop((record.key, record.model), None)
+            group.bare_429s = 0
+            if group.probe is not None:
+                self._widen_probe(group)
+            if record.relearn:
+                self._relearned(group, now)
+            if self._presumed(group):
+                self._raise_presumed(group, now)
+        elif kind in _ALL_429S:
+            self._on_429(group, record, outcome, request, now)
+        elif kind is OutcomeKind.SERVER_ERROR and action.effect is Effect.NONE:
+            self._lane_error(record, kind.value, now)
         if action.effect is not Effect.NONE or outcome.retry_after is not None:
             self._apply(action, outcome, record, now)
         lane = record.key * self._n_models + record.model
@@ -317,7 +430,7 @@ class Scheduler:
             return False
         self._now = now
         del self._attempts[attempt]
-        self._release(record.key)
+        self._release(record)
         self._dispatched[record.key * self._n_models + record.model] -= 1
         if record.budgeted:  # it was never sent: give its quota back
             budget = self._groups[self._keys[record.key].project][record.model].budget
@@ -355,7 +468,7 @@ class Scheduler:
         self._now = now
         if state.state == _IN_FLIGHT and state.last_attempt is not None:
             record = self._attempts.pop(state.last_attempt)
-            self._release(record.key)
+            self._release(record)
         self._end(state, failed=failed)
         return True
 
@@ -452,7 +565,9 @@ class Scheduler:
                     cooldown_until=group.cool_until if cooling else None,
                     reason=group.reason if cooling or group.unavailable else None,
                     unavailable=group.unavailable, requests_last_minute=usage[0],
-                    tokens_last_minute=usage[1], requests_today=usage[2]))
+                    tokens_last_minute=usage[1], requests_today=usage[2],
+                    limits=() if group.budget is None else group.budget.limits,
+                    probing=group.probe is not None))
         return PoolSnapshot(
             now=at, lanes=tuple(lanes), groups=tuple(groups), waiting=self._waiting,
             in_flight=len(self._attempts), requests_submitted=self._submitted,
@@ -475,9 +590,20 @@ class Scheduler:
             until = lane_until
         if until > now:
             return until
-        if group.budget is not None and self._current is not None and self._current.quota:
+        if group.in_flight and ((group.probe is not None and group.in_flight >= group.probe) or (
+                self._presumed(group) and self._past_presumed(
+                    group, 0 if self._current is None else self._current.tokens, now))):
+            group.parked = True  # `_release` offers the lanes again when an attempt ends
+            return math.inf
+        if (group.budget is not None and group.budget.limited and self._current is not None
+                and self._current.quota):
             tokens = self._current.tokens
             free = group.budget.free_at(now, tokens)
+            if (now >= group.relearn_at and not group.in_flight and math.isfinite(free)
+                    and free - group.budget.margin > now):
+                # Test the learned limit (`_dispatch` marks the attempt), but only while the
+                # server's window is full too: inside the margin, an answer would prove nothing.
+                return None
             if free > now:
                 if math.isinf(free):
                     return SKIP  # this request can never fit this group's token limit
@@ -488,8 +614,9 @@ class Scheduler:
                     self._skip_until = min(self._skip_until, free)
                     return SKIP
                 # Blocked for everyone, but only until a request of no tokens could pass: a
-                # smaller request may use the lane then, before this one's tokens fit.
-                return anyone
+                # smaller request may use the lane then, before this one's tokens fit.  Or
+                # until its learned limit is due to be tested.
+                return anyone if group.relearn_at <= now else min(anyone, group.relearn_at)
         return None
 
     def park(self, key: int, model: int, until: float) -> None:
@@ -595,7 +722,7 @@ class Scheduler:
 
     def _end(self, request: _Request, *, failed: bool) -> None:
         """End a request that failed or was cancelled (`complete` ends answered ones itself)."""
-        if request.state in (_WAITING, _BACKOFF):
+        if request.state in (_WAITING, _BACKOFF, _LATE):
             self._waiting -= 1
         request.state = _ENDED
         del self._requests[request.id]
@@ -611,10 +738,114 @@ class Scheduler:
                                     attempt=request.last_attempt, retry_at=retry_at))
         self._end(request, failed=True)
 
-    def _release(self, key: int) -> None:
-        state = self._keys[key]
+    def _release(self, record: _Attempt) -> None:
+        """Free the key and the quota group an attempt held."""
+        state = self._keys[record.key]
         state.in_flight -= 1
-        self._update(key, (state.in_flight, state.seq))
+        self._update(record.key, (state.in_flight, state.seq))
+        group = self._groups[state.project][record.model]
+        group.in_flight -= 1
+        if group.parked:
+            self._unpark(group)
+
+    def _unpark(self, group: _Group) -> None:
+        """Offer the group's lanes again (they were parked until one of its attempts ended)."""
+        group.parked = False
+        for key in self._project_keys[group.project]:
+            self._selector.release(key, group.model)
+
+    # ------------------------------------------------------------------ learning quotas
+
+    def _on_429(self, group: _Group, record: _Attempt, outcome: Outcome, request: _Request,
+                now: float) -> None:
+        """Learn from a 429: the limits it names, whether to probe, what the request spent."""
+        budget = group.budget
+        if record.budgeted and budget is not None:
+            budget.forget(record.sent, request.tokens)  # refused: the server did not count it
+        if outcome.kind in _QUOTA_REFUSALS:
+            request.quota_waits += 1
+        if budget is None or not self.policy.learns_limits:
+            return
+        if record.relearn:  # the learned limit held: test it again, twice as late
+            group.relearn_wait *= 2
+            group.relearn_at = now + group.relearn_wait
+        for violation in outcome.violations:
+            if violation.value is None:
+                continue
+            if budget.learn(violation.dimension, violation.value, now, violation.quota_id):
+                self._benched += 1
+                self._emit_learned(group, violation, now)
+                if self._retry.relearn_after is not None and not record.relearn:
+                    group.relearn_wait = self._retry.relearn_after
+                    group.relearn_at = now + group.relearn_wait
+            if violation.dimension is not QuotaDimension.SPEND:
+                self._priors[group.model][violation.dimension] = violation.value
+        if outcome.kind is OutcomeKind.TOO_LARGE_FOR_QUOTA or (
+                outcome.kind is OutcomeKind.QUOTA_ZERO):
+            return  # the request is at fault, or the group is gone: nothing to probe
+        unknown = not outcome.violations or any(not budget.knows(v.dimension)
+                                                for v in outcome.violations)
+        if unknown or group.probe is not None:
+            group.probe = 1  # half-open: one attempt at a time when the cooldown ends
+
+    def _relearned(self, group: _Group, now: float) -> None:
+        """An answer past a learned limit: the quota grew, so the learned limits go."""
+        assert group.budget is not None
+        budget = group.budget
+        assert budget is not None
+        # Beyond the old limits, one attempt at a time, until a 429 teaches the new ones.
+        group.presumed = {limit.dimension: limit.value for limit in budget.limits
+                          if limit.source == "learned"}
+        budget.forget_learned()
+        group.relearn_at = group.relearn_wait = math.inf
+        self._emit("limit_unlearned", "an answer past the learned limit", now,
+                   project=self._project_names[group.project],
+                   model=self._models[group.model].name)
+        if group.parked:
+            self._unpark(group)
+
+    def _presumed(self, group: _Group) -> dict[QuotaDimension, int]:
+        """The limits the group presumes for what it does not know (see the docstring)."""
+        return self._priors[group.model] if group.presumed is None else group.presumed
+
+    def _past_presumed(self, group: _Group, tokens: int, now: float) -> bool:
+        """Whether one more request of `tokens` would take the group past a limit it presumes."""
+        budget = group.budget
+        if budget is None:
+            return False
+        for dimension, value in self._presumed(group).items():
+            if not budget.knows(dimension):
+                extra = tokens if dimension is QuotaDimension.TOKENS_PER_MINUTE else 1
+                if budget.used(dimension, now) + extra > value:
+                    return True
+        return False
+
+    def _raise_presumed(self, group: _Group, now: float) -> None:
+        """An answer: where the group has now sent more than it presumed, it has more."""
+        budget = group.budget
+        if budget is None:
+            return
+        presumed = self._presumed(group)
+        raised = {dimension: max(value, budget.used(dimension, now))
+                  for dimension, value in presumed.items() if not budget.knows(dimension)}
+        if raised != {d: v for d, v in presumed.items() if not budget.knows(d)}:
+            group.presumed = raised
+            if group.parked:
+                self._unpark(group)
+
+    def _widen_probe(self, group: _Group) -> None:
+        """An answer on a probing group: allow twice as many in flight, or stop probing."""
+        assert group.probe is not None
+        group.probe *= 2
+        if group.probe >= _PROBE_CLOSED:
+            group.probe = None
+        if group.parked:
+            self._unpark(group)
+
+    def _emit_learned(self, group: _Group, violation: Violation, now: float) -> None:
+        self._emit("limit_learned", f"{violation.dimension.value}={violation.value} from "
+                   f"{violation.quota_id}", now, project=self._project_names[group.project],
+                   model=self._models[group.model].name)
 
     def _fire_timers(self, now: float) -> None:
         timers = self._timers
@@ -629,7 +860,7 @@ class Scheduler:
             if kind == _TIMER_READY and request.state == _BACKOFF:
                 self._waiting -= 1
                 self._enqueue(request)
-            elif kind == _TIMER_DEADLINE and request.state in (_WAITING, _BACKOFF):
+            elif kind == _TIMER_DEADLINE and request.state in (_WAITING, _BACKOFF, _LATE):
                 self._fail(request, FailReason.DEADLINE, now)
 
     def _dispatch_waiting(self, now: float) -> None:
@@ -655,13 +886,20 @@ class Scheduler:
                 break
             queue = queues[best]
             request = requests[head]
-            if self._place(request, best, now):
+            if now > request.start_by:  # too late to start: let the requests behind it go
+                heapq.heappop(queue)
+                request.state = _LATE
+                self._arm_deadline(request)
+            elif self._place(request, best, now):
                 heapq.heappop(queue)
             elif not self.policy.waits_for_capacity or self._hopeless(best):
                 heapq.heappop(queue)
                 reason = (FailReason.NO_USABLE_LANE if self._hopeless(best)
                           else FailReason.NO_CAPACITY)
                 self._fail(request, reason, now)
+            elif self._returns_too_late(request, now):
+                heapq.heappop(queue)
+                self._fail(request, FailReason.DEADLINE, now)
             else:
                 if blocked is None:
                     blocked = set()
@@ -673,6 +911,17 @@ class Scheduler:
         if len(queues) > (0 if blocked is None else len(blocked)):
             for models in [models for models, queue in queues.items() if not queue]:
                 del queues[models]
+
+    def _returns_too_late(self, request: _Request, now: float) -> bool:
+        """Whether nothing can serve the request before its deadline, as far as the core knows
+        (every lane benched past it: say, a pool benched until midnight).  Then it fails at once,
+        with `retry_at`, instead of waiting out its deadline.  Weighed again only after something
+        was benched (`_benched`): the answer cannot change otherwise."""
+        if request.weighed == self._benched:
+            return False
+        request.weighed = self._benched
+        returns = self._capacity_returns(request, now)
+        return returns is not None and returns > request.deadline
 
     def _hopeless(self, models: tuple[int, ...]) -> bool:
         return all(self._models[m].unavailable or self._models[m].usable_groups <= 0
@@ -690,11 +939,27 @@ class Scheduler:
                 if key is not None:
                     self._dispatch(request, key, model, now)
                     return True
+            if self._probe(request, models, now):
+                return True
             if math.isfinite(self._skip_until):
                 self._timer(self._skip_until, _TIMER_WAKE, 0, 0)
             return False
         finally:
             self._current = None
+
+    def _probe(self, request: _Request, models: tuple[int, ...], now: float) -> bool:
+        """Nothing else can serve the request: probe a cooling model, if one is due."""
+        for model in models:
+            state = self._models[model]
+            if state.unavailable or state.cool_until <= now or state.probe_at > now:
+                continue
+            key = self._select(self, model, now, request.avoid or ())
+            if key is not None:
+                state.probe_at = now + self.policy.probe_interval
+                self._timer(state.probe_at, _TIMER_WAKE, 0, 0)
+                self._dispatch(request, key, model, now)
+                return True
+        return False
 
     def _dispatch(self, request: _Request, key: int, model: int, now: float) -> None:
         state = self._keys[key]
@@ -705,11 +970,19 @@ class Scheduler:
         state.seq = aid
         self._update(key, (state.in_flight, aid))
         group = self._groups[state.project][model]
-        budgeted = group.budget is not None and request.quota
+        group.in_flight += 1
+        budget = group.budget
+        budgeted = budget is not None and request.quota
+        relearn = False
         if budgeted:
-            group.budget.record(now, request.tokens)  # type: ignore[union-attr]
+            assert budget is not None
+            # Past a known limit only as the test of a learned one (see `block`).
+            relearn = budget.limited and budget.free_at(now, request.tokens) > now
+            if relearn:
+                group.relearn_at = math.inf  # one test at a time
+            budget.record(now, request.tokens)
         self._dispatched[key * self._n_models + model] += 1
-        self._attempts[aid] = _Attempt(request.id, key, model, now, budgeted)
+        self._attempts[aid] = _Attempt(request.id, key, model, now, budgeted, relearn)
         self._waiting -= 1
         request.state = _IN_FLIGHT
         number = request.number = request.number + 1
@@ -742,9 +1015,22 @@ class Scheduler:
             delay = (min(outcome.retry_after, _MAX_SERVER_DELAY)
                      if outcome.retry_after is not None else self._retry.minute_cooldown)
             self._cool_group(group, now + delay, reason, project, model.name, now)
+        elif effect is Effect.COOL_BILLING_ACCOUNT:
+            delay = (min(outcome.retry_after, _MAX_SERVER_DELAY)
+                     if outcome.retry_after is not None else self._retry.minute_cooldown)
+            for project_index in self._account_projects[state.project]:
+                for other in self._groups[project_index]:
+                    self._cool_group(other, now + delay, reason,
+                                     self._project_names[project_index],
+                                     self._models[other.model].name, now)
         elif effect is Effect.COOL_GROUP_BRIEFLY:
-            until = now + self._retry.shared_capacity_cooldown
-            self._cool_group(group, until, reason, project, model.name, now)
+            # Bare 429s that persist on a group (paid accounts see them for hours on one model):
+            # twice as long each time, so the pool spends its attempts elsewhere.
+            retry = self._retry
+            delay = min(retry.shared_capacity_cooldown_cap,
+                        retry.shared_capacity_cooldown * 2.0 ** group.bare_429s)
+            group.bare_429s += 1
+            self._cool_group(group, now + delay, reason, project, model.name, now)
         elif effect is Effect.COOL_GROUP_UNTIL_MIDNIGHT:
             until = next_pacific_midnight(now + self._wall_epoch) - self._wall_epoch
             self._cool_group(group, until, reason, project, model.name, now)
@@ -756,10 +1042,19 @@ class Scheduler:
                     model.usable_groups -= 1
                 self._emit("group_unavailable", reason, now, project=project, model=model.name)
         elif effect is Effect.COOL_MODEL:
-            # Escalate only on a 503 to an attempt sent after the model was last cooled (a failed
-            # probe). The attempts already in flight when the storm began say nothing new: without
-            # this, 8 concurrent 503s would double the cooldown 8 times in one instant.
-            probe_failed = record.sent >= model.cooled_at
+            # One 503 is noise; the model cools when the evidence trips the breaker, or when an
+            # attempt sent while it cooled (a probe) fails.  Escalate only on a failed probe: the
+            # attempts already in flight when the storm began say nothing new (without this,
+            # 8 concurrent 503s would double the cooldown 8 times in one instant).
+            # Once cooled, the model is half-open until it answers: a failed probe after the
+            # cooldown re-trips at once, as it did before evidence was weighed.
+            tripped = model.evidence.overloaded(now) or (
+                model.streak > 0 and record.sent >= model.cooled_at)
+            cooling = model.cool_until > now
+            probe_failed = record.sent >= model.cooled_at and (cooling or tripped)
+            if not (tripped or cooling):
+                self._lane_retry_delay(action, outcome, record, now)
+                return
             if probe_failed:
                 model.streak += 1
             delay = min(self._retry.overload_cooldown_cap,
@@ -769,7 +1064,10 @@ class Scheduler:
                 model.cooled_at = now
                 model.cool_until = now + delay
                 model.reason = reason
+                self._benched += 1
+                model.probe_at = now + self.policy.probe_interval
                 self._timer(model.cool_until, _TIMER_WAKE, 0, 0)
+                self._timer(model.probe_at, _TIMER_WAKE, 0, 0)
                 if fresh or probe_failed:  # not for every straggler that extends it a little
                     self._emit("model_cooled", reason, now, model=model.name,
                                until=model.cool_until)
@@ -789,12 +1087,36 @@ class Scheduler:
             state.strikes += 1
             if state.strikes >= action.strikes:
                 self._disable(state, f"{action.strikes} strikes, last {reason}", now)
-        if (outcome.retry_after is not None and effect in (Effect.NONE, Effect.COOL_MODEL)
+        self._lane_retry_delay(action, outcome, record, now)
+
+    def _lane_retry_delay(self, action: Action, outcome: Outcome, record: _Attempt,
+                          now: float) -> None:
+        if (outcome.retry_after is not None
+                and action.effect in (Effect.NONE, Effect.COOL_MODEL)
                 and action.next in (Next.RETRY_NOW, Next.RETRY_LATER)):
             # The server named a retry delay but no quota group to blame (a Retry-After on a
             # 5xx, a timeout or a 503): honour it for this lane only, until exactly t + d.
-            self._cool_lane(record, now + min(outcome.retry_after, _MAX_SERVER_DELAY), reason,
-                            now)
+            self._cool_lane(record, now + min(outcome.retry_after, _MAX_SERVER_DELAY),
+                            outcome.kind.value, now)
+
+    def _lane_error(self, record: _Attempt, reason: str, now: float) -> None:
+        """A 500 on a lane: the lane breaker cools it at `lane_error_trip` in a row."""
+        lane = (record.key, record.model)
+        errors = self._lane_errors[lane] = self._lane_errors.get(lane, 0) + 1
+        trip = self.policy.lane_error_trip
+        if errors >= trip:
+            retry = self._retry
+            delay = min(retry.overload_cooldown_cap,
+                        retry.overload_cooldown * 2.0 ** (errors - trip))
+            self._cool_lane(record, now + delay, reason, now)
+
+    def _model_answered(self, record: _Attempt, now: float) -> None:
+        """An answer on a model: its 503 streak is over, and a probe ends its cooldown."""
+        model = self._models[record.model]
+        model.streak = 0
+        model.evidence.answered(now)
+        if model.cool_until > now and record.sent >= model.cooled_at:
+            model.cool_until = now
 
     def _cool_lane(self, record: _Attempt, until: float, reason: str, now: float) -> None:
         lane = (record.key, record.model)
@@ -809,6 +1131,7 @@ class Scheduler:
     def _cool_group(self, group: _Group, until: float, reason: str, project: str, model: str,
                     now: float) -> None:
         if until > group.cool_until:
+            self._benched += 1
             group.cool_until = until
             group.reason = reason
             self._timer(until, _TIMER_WAKE, 0, 0)
@@ -818,6 +1141,7 @@ class Scheduler:
         if state.disabled is not None:
             return
         state.disabled = reason
+        self._benched += 1
         self._project_active[state.project] -= 1
         if self._project_active[state.project] == 0:
             for model_index, group in enumerate(self._groups[state.project]):
@@ -840,7 +1164,8 @@ class Scheduler:
             if request.empties > self._retry.empty_retries:
                 self._fail(request, FailReason.EMPTY_RESPONSE, now)
                 return
-        if outcome.kind is OutcomeKind.SERVER_ERROR or step is Next.RETRY_OTHER_MODEL:
+        if (outcome.kind is OutcomeKind.SERVER_ERROR or outcome.kind is OutcomeKind.OVERLOADED
+                or step is Next.RETRY_OTHER_MODEL):
             errors = request.server_errors
             if errors is None:
                 errors = request.server_errors = {}
@@ -854,7 +1179,9 @@ class Scheduler:
                     return
             else:
                 errors[record.model] = errors.get(record.model, 0) + 1
-        if request.number >= self._retry.max_attempts:
+        max_attempts = self._retry.max_attempts
+        if (request.number - request.quota_waits >= max_attempts
+                or request.number >= max_attempts * _QUOTA_ATTEMPT_FACTOR):
             self._fail(request, FailReason.ATTEMPTS_EXHAUSTED, now)
             return
         if now >= request.deadline:
@@ -888,9 +1215,13 @@ class Scheduler:
                 group = row[model_index]
                 if group.unavailable or self._project_active[project_index] == 0:
                     continue
-                at = max(now, group.cool_until, model.cool_until)
-                if group.budget is not None:
-                    at = max(at, group.budget.free_at(now, request.tokens))
+                # A cooling model may be probed before its cooldown ends, and a learned limit
+                # tested before its budget frees: both can return capacity early.
+                model_at = min(model.cool_until, max(now, model.probe_at))
+                at = max(now, group.cool_until, model_at)
+                if group.budget is not None and group.budget.limited:
+                    free = group.budget.free_at(now, request.tokens)
+                    at = max(at, min(free, max(now, group.relearn_at)))
                 best = min(best, at)
         return best if math.isfinite(best) else None
 
@@ -907,7 +1238,8 @@ class Scheduler:
         until, reason = max(candidates, key=lambda item: item[0])
         if until > now:
             return LaneState.COOLING, reason, until
-        if group.budget is not None and math.isfinite(now):  # -inf: no time seen, nothing sent
+        if group.budget is not None and group.budget.limited and math.isfinite(now):
+            # (now is -inf when no time was seen: nothing was sent)
             free = group.budget.free_at(now, 0)
             if free > now:
                 return LaneState.COOLING, "budget", free

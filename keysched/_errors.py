@@ -7,6 +7,7 @@ Every exception keysched raises on purpose derives from `KeyschedError`::
     ├── UsageError                you called it wrong (an illegal input to the core; nothing changed)
     └── ServiceError              the service said no (HTTP status, Google status, model, key label)
         ├── RequestError          the request itself is bad (400): never retried on another key
+        │   └── ResponseTooLargeError  the answer exceeded max_response_bytes: the key is not blamed
         ├── CapacityError         no lane could serve before the deadline; says when capacity returns
         ├── AttemptsExhaustedError  every allowed attempt failed
         ├── NoUsableKeyError      every key is disabled or every model unavailable, for good
@@ -29,6 +30,7 @@ __all__ = [
     "KeyschedError",
     "NoUsableKeyError",
     "RequestError",
+    "ResponseTooLargeError",
     "ServiceError",
     "StreamInterruptedError",
     "UsageError",
@@ -88,6 +90,14 @@ class ServiceError(KeyschedError):
 
 class RequestError(ServiceError):
     """The request was refused as malformed or too large (HTTP 400/404): fix the request."""
+
+
+class ResponseTooLargeError(RequestError):
+    """The answer held more than ``max_response_bytes`` (decompressed); reading stopped there.
+
+    Another key would be sent the same answer, so the call fails without a retry, and the key
+    that carried it stays healthy.  Ask for less (``maxOutputTokens``), or raise the cap.
+    """
 
 
 class CapacityError(ServiceError):

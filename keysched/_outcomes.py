@@ -11,7 +11,7 @@ import enum
 import math
 from typing import Any, NamedTuple
 
-__all__ = ["Outcome", "OutcomeKind"]
+__all__ = ["Outcome", "OutcomeKind", "QuotaDimension", "Violation", "dimension_of", "violation_of"]
 
 
 class OutcomeKind(enum.Enum):
@@ -27,6 +27,9 @@ class OutcomeKind(enum.Enum):
     """429 on a per-minute quota (RPM or input TPM) of the project and model."""
     RATE_LIMITED_DAY = "rate_limited_day"
     """429 on a per-day quota: benched until midnight America/Los_Angeles."""
+    SPEND_LIMITED = "spend_limited"
+    """429 on the billing account's spend cap (a rolling 10-minute window since 2026): every
+    project of the account is benched."""
     QUOTA_ZERO = "quota_zero"
     """429 with ``limit: 0``: the model is not in this project's tier at all."""
     TOO_LARGE_FOR_QUOTA = "too_large_for_quota"
@@ -57,11 +60,73 @@ class OutcomeKind(enum.Enum):
     """400 for the request itself: fail fast, never retried on another key."""
 
 
+class QuotaDimension(enum.Enum):
+    """What a quota counts, as a 429's ``quotaId`` names it."""
+
+    REQUESTS_PER_MINUTE = "rpm"
+    TOKENS_PER_MINUTE = "tpm"
+    REQUESTS_PER_DAY = "rpd"
+    SPEND = "spend"
+
+
+def dimension_of(quota_id: str) -> QuotaDimension | None:
+    """The dimension a ``quotaId`` names, or None when it names none we know.
+
+    Google's ids read ``GenerateRequestsPerMinutePerProjectPerModel-FreeTier``,
+    ``GenerateContentInputTokensPerModelPerMinute-FreeTier``,
+    ``GenerateRequestsPerDayPerProjectPerModel``.  The spend cap's id is not documented: any id
+    that says ``Spend`` is read as the billing account's spend window (README, "Quota learning").
+    """
+    if "spend" in quota_id.lower():
+        return QuotaDimension.SPEND
+    if "PerDay" in quota_id:
+        return QuotaDimension.REQUESTS_PER_DAY if "Requests" in quota_id else None
+    if "PerMinute" in quota_id:
+        if "Tokens" in quota_id:
+            return QuotaDimension.TOKENS_PER_MINUTE
+        if "Requests" in quota_id:
+            return QuotaDimension.REQUESTS_PER_MINUTE
+    return None
+
+
+class Violation(NamedTuple):
+    """One quota a 429 says was exceeded (``QuotaFailure.violations[]``).
+
+    Attributes:
+        dimension: what the quota counts.
+        value: its ``quotaValue`` (the limit), when the server sent a usable one.
+        quota_id: Google's ``quotaId``, for events and logs.
+    """
+
+    dimension: QuotaDimension
+    value: int | None
+    quota_id: str
+
+
+# No real quota comes near this; a larger quotaValue is not trusted to make a budget.
+MAX_QUOTA_VALUE = 10**9
+
+
+def violation_of(quota_id: str, value: int | None) -> Violation | None:
+    """The `Violation` a 429 reports for `quota_id` with ``quotaValue`` `value`.
+
+    None when the id names no dimension we know.  A value that is absent, zero (``limit: 0`` has
+    its own outcome kind) or above `MAX_QUOTA_VALUE` (no real quota is that large; a hostile one
+    must not make a budget) is kept as None: nothing is learned from it.
+    """
+    dimension = dimension_of(quota_id)
+    if dimension is None:
+        return None
+    usable = value if value is not None and 0 < value <= MAX_QUOTA_VALUE else None
+    return Violation(dimension=dimension, value=usable, quota_id=quota_id)
+
+
 class _OutcomeFields(NamedTuple):
     kind: OutcomeKind
     retry_after: float | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    violations: tuple[Violation, ...] = ()
 
 
 class Outcome(_OutcomeFields):
@@ -76,6 +141,7 @@ class Outcome(_OutcomeFields):
             "Please retry in Xs" text, or a ``Retry-After`` header), if it gave one.
         input_tokens: input tokens the service counted, if known (for TPM budgets).
         output_tokens: output tokens produced, if known.
+        violations: the quotas a 429 named, with their values: what the core learns limits from.
 
     Raises:
         ValueError: `retry_after` is negative, infinite or NaN.
@@ -84,10 +150,11 @@ class Outcome(_OutcomeFields):
     __slots__ = ()
 
     def __new__(cls, kind: OutcomeKind, retry_after: float | None = None,
-                input_tokens: int | None = None, output_tokens: int | None = None) -> Outcome:
+                input_tokens: int | None = None, output_tokens: int | None = None,
+                violations: tuple[Violation, ...] = ()) -> Outcome:
         if retry_after is not None and not (math.isfinite(retry_after) and retry_after >= 0):
             raise ValueError(f"retry_after must be a finite number >= 0, got {retry_after!r}")
-        return tuple.__new__(cls, (kind, retry_after, input_tokens, output_tokens))
+        return tuple.__new__(cls, (kind, retry_after, input_tokens, output_tokens, violations))
 
     def _replace(self, **changes: Any) -> Outcome:
         """A copy with `changes`, checked like a new one (the tuple's own copy is not)."""

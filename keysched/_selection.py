@@ -24,6 +24,8 @@ from typing import Protocol
 
 import attrs
 
+from keysched._config import _count, _duration
+from keysched._errors import ConfigurationError
 from keysched._outcomes import OutcomeKind
 from keysched._table import DEFAULT_ACTIONS, Action
 
@@ -220,6 +222,17 @@ class Policy:
         actions: the outcome table (`keysched._table.DEFAULT_ACTIONS` by default).
         waits_for_capacity: queue requests when nothing can serve (True), or fail them at once.
         budgets_limits: budget the configured known limits so that no request exceeds them.
+        learns_limits: learn limits from the values 429s report and budget them too, and probe
+            a group whose limit is still unknown after its cooldown (needs `budgets_limits`).
+        overload_trip: how many 503s of one model, in the last `overload_window` seconds, take
+            it out of rotation (when they are also at least `overload_rate` of its outcomes
+            there); a lone 503 only retries the request on another key at once.
+        overload_rate: the share of a model's recent outcomes that must be 503s to trip.
+        overload_window: the seconds of evidence the model breaker looks at.
+        probe_interval: while a model cools, one request with nothing else to use may probe it
+            this often (seconds); an answer ends the cooldown.
+        lane_error_trip: how many 500s in a row on one (key, model) lane cool that lane, for
+            ``RetryPolicy.overload_cooldown``, doubling per failed probe up to its cap.
     """
 
     name: str = "least-loaded"
@@ -227,9 +240,23 @@ class Policy:
     actions: Mapping[OutcomeKind, Action] = attrs.field(factory=lambda: dict(DEFAULT_ACTIONS))
     waits_for_capacity: bool = True
     budgets_limits: bool = True
+    learns_limits: bool = True
+    overload_trip: int = 5
+    overload_rate: float = 0.5
+    overload_window: float = 10.0
+    probe_interval: float = 1.0
+    lane_error_trip: int = 3
 
     def __attrs_post_init__(self) -> None:
         missing = [kind.value for kind in OutcomeKind if kind not in self.actions]
         if missing:
             raise ValueError(f"Policy {self.name!r}: actions lack a row for {missing}")
+        _count("policy.overload_trip", self.overload_trip)
+        _count("policy.lane_error_trip", self.lane_error_trip)
+        _duration("policy.overload_window", self.overload_window)
+        _duration("policy.probe_interval", self.probe_interval)
+        if (isinstance(self.overload_rate, bool) or not isinstance(self.overload_rate, int | float)
+                or not 0 < self.overload_rate <= 1):
+            raise ConfigurationError("policy.overload_rate", f"expected a number in (0, 1], got "
+                                     f"{self.overload_rate!r}")
 

@@ -8,7 +8,10 @@ holds 30,000 lanes) and to define (`import keysched` stays fast).
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from keysched._budget import KnownLimit
 
 __all__ = ["GroupSnapshot", "LaneSnapshot", "LaneState", "PoolEvent", "PoolSnapshot"]
 
@@ -54,7 +57,14 @@ class LaneSnapshot(NamedTuple):
 
 
 class GroupSnapshot(NamedTuple):
-    """One (project, model) quota group, with its budget usage when limits are known."""
+    """One (project, model) quota group, with its budget usage and the limits it knows.
+
+    Attributes:
+        limits: each known limit, and whether it was configured or learned from a 429 (and
+            when, and from which ``quotaId``).
+        probing: the group reopened after a 429 whose limit is unknown, and admits a few
+            attempts at a time until answers come back.
+    """
 
     project: str
     model: str
@@ -64,6 +74,8 @@ class GroupSnapshot(NamedTuple):
     requests_last_minute: int | None
     tokens_last_minute: int | None
     requests_today: int | None
+    limits: tuple[KnownLimit, ...] = ()
+    probing: bool = False
 
 
 class PoolSnapshot(NamedTuple):
@@ -95,7 +107,8 @@ class PoolEvent(NamedTuple):
     Attributes:
         time: core time of the change.
         kind: ``key_disabled``, ``group_cooled``, ``group_unavailable``, ``model_cooled``,
-            ``model_unavailable``, ``lane_cooled``, ``fallback`` or ``recovered``.
+            ``model_unavailable``, ``lane_cooled``, ``limit_learned`` (reason: ``rpm=5 from
+            <quotaId>``), ``fallback`` or ``recovered``.
         reason: the outcome that caused it (an `OutcomeKind` value), or the tier change.
         key: the key's label, when one key is concerned.
         project: the project, when a project or quota group is concerned.

@@ -7,7 +7,10 @@ Rules in plain words (reference section 2.4):
 - a per-minute 429 benches the (project, model) quota group for the server's retry delay;
   a per-day 429 benches it until midnight America/Los_Angeles (its short retry delay is a lie);
   ``limit: 0`` makes the model unavailable for that project for good. The request moves on at
-  once to another project or model.
+  once to another project or model.  The limit a 429 names, with its value, is learned (the core
+  budgets it from then on, see `keysched._budget`), and a 429 on a quota does not count against
+  ``max_attempts``: the request only waited for quota, and no answer was spent on it.
+- a 429 on the billing account's spend cap benches every project of that account.
 - a 429 without details is shared capacity: the project backs off for a few seconds
   (``shared_capacity_cooldown``) and the request tries another project at once; no key is
   blamed (no strike, no long cooldown).
@@ -41,6 +44,9 @@ class Effect(enum.Enum):
     """Bench the (project, model) group for the short ``shared_capacity_cooldown``."""
     COOL_GROUP_UNTIL_MIDNIGHT = "cool_group_until_midnight"
     """Bench the (project, model) group until the next midnight America/Los_Angeles."""
+    COOL_BILLING_ACCOUNT = "cool_billing_account"
+    """Bench every group of every project on the key's billing account (a spend cap) for the
+    retry delay (or ``minute_cooldown``)."""
     GROUP_UNAVAILABLE = "group_unavailable"
     """The model is not in this project's tier: the group never serves again."""
     COOL_MODEL = "cool_model"
@@ -93,6 +99,7 @@ DEFAULT_ACTIONS: dict[OutcomeKind, Action] = {
     _K.EMPTY: Action(effect=Effect.NONE, next=Next.RETRY_NOW),
     _K.RATE_LIMITED_MINUTE: Action(effect=Effect.COOL_GROUP, next=Next.RETRY_NOW),
     _K.RATE_LIMITED_DAY: Action(effect=Effect.COOL_GROUP_UNTIL_MIDNIGHT, next=Next.RETRY_NOW),
+    _K.SPEND_LIMITED: Action(effect=Effect.COOL_BILLING_ACCOUNT, next=Next.RETRY_NOW),
     _K.QUOTA_ZERO: Action(effect=Effect.GROUP_UNAVAILABLE, next=Next.RETRY_NOW),
     _K.TOO_LARGE_FOR_QUOTA: Action(effect=Effect.NONE, next=Next.RETRY_OTHER_MODEL),
     _K.SHARED_CAPACITY: Action(effect=Effect.COOL_GROUP_BRIEFLY, next=Next.RETRY_NOW),

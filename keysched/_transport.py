@@ -1,9 +1,17 @@
 """The HTTP seam of `KeyedClient`: one small interface, an httpx backend and an aiohttp backend.
 
 The client needs exactly two things from HTTP: POST a body and read the whole answer, or POST
-and read the answer's bytes as they arrive.  Each backend maps its library's failures to two
-exceptions, `TransportTimeout` and `TransportFailure`, whose messages name only the kind of
-failure (never a URL, a header or a key).
+and read the answer's bytes as they arrive.  Each backend maps its library's failures to three
+exceptions, `TransportTimeout`, `TransportFailure` and `ResponseTooLarge`, whose messages name
+only the kind of failure (never a URL, a header or a key).
+
+What is read is capped: no answer (a whole body, an error body, or all of a stream) may exceed
+``max_response_bytes`` once decompressed.  Both backends read the raw bytes and decompress them
+here, through one `_Body` per answer, rather than letting their library inflate a body without a
+bound (a small gzip body can inflate a thousandfold): keysched asks for ``gzip, deflate`` only,
+inflates at most one byte past the room left, and stops reading once the cap is passed.  An
+answer that declares a longer ``content-length`` is refused before its body is read.  An
+encoding other than gzip or deflate (which keysched does not ask for) is a `TransportFailure`.
 
 - `HttpxBackend` sends through httpx: the caller's own client or transport plugs in here, and
   `httpx.MockTransport` / `httpx.ASGITransport` work as usual.  When keysched makes the clients
@@ -21,13 +29,21 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator, Iterator, Mapping
+import zlib
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from typing import Any, Protocol
 
 import httpx
 
-__all__ = ["SHARD_LOAD", "AiohttpBackend", "Backend", "HttpxBackend", "StreamResponse",
-           "TransportFailure", "TransportTimeout"]
+__all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "SHARD_LOAD", "AiohttpBackend", "Backend", "HttpxBackend",
+           "ResponseTooLarge", "StreamResponse", "TransportFailure", "TransportTimeout"]
+
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+"""The most one answer may hold, decompressed: far above any real Gemini answer (a whole
+65k-token output is well under a megabyte), far below what would hurt a server's memory."""
+
+# The encodings `_Body` inflates, and so the only ones keysched asks for.
+_ACCEPT_ENCODING = "gzip, deflate"
 
 # Requests in flight per httpx client that keysched makes itself.  Measured side by side at 16
 # and 64 concurrent (benchmarks/bench_client.py's server): clients of 2, 4 and 8 served about
@@ -43,6 +59,84 @@ class TransportFailure(Exception):
     """The connection failed before or while the answer arrived."""
 
 
+class ResponseTooLarge(Exception):
+    """The answer holds more than ``max_response_bytes`` (decompressed); reading stopped there."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        super().__init__(f"the answer exceeds max_response_bytes ({cap} bytes)")
+
+
+class _Body:
+    """One answer's body as it arrives: inflated if it is compressed, and counted against the cap.
+
+    `take` turns each piece of raw bytes into the answer's bytes; `end` flushes the rest.  Both
+    raise `ResponseTooLarge` as soon as the answer passes `cap`, so that neither the bytes kept
+    nor the bytes inflated ever exceed it by more than one piece's worth of raw input.
+    """
+
+    __slots__ = ("_inflater", "_room", "cap", "deflate")
+
+    def __init__(self, headers: Mapping[str, str], cap: int) -> None:
+        self.cap = cap
+        self._room = cap
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            raise ResponseTooLarge(cap)  # refused before a byte of the body is read
+        encoding = headers.get("content-encoding")
+        self._inflater: Any = None
+        self.deflate = False
+        if encoding is not None:
+            encoding = encoding.strip().lower()
+            if encoding in ("gzip", "x-gzip"):
+                self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            elif encoding == "deflate":
+                self._inflater = zlib.decompressobj(zlib.MAX_WBITS)
+                self.deflate = True
+            elif encoding not in ("", "identity"):
+                raise TransportFailure(f"the answer has an encoding keysched did not ask for "
+                                       f"({encoding[:20]!r})")
+
+    def take(self, data: bytes) -> bytes:
+        """The answer's bytes carried by `data`, the next raw bytes of the body."""
+        inflater = self._inflater
+        if inflater is not None:
+            data = self._inflate(inflater, data)
+        self._room -= len(data)
+        if self._room < 0:
+            raise ResponseTooLarge(self.cap)
+        return data
+
+    def end(self) -> bytes:
+        """What the inflater still holds at the end of the body."""
+        inflater = self._inflater
+        if inflater is None:
+            return b""
+        try:
+            rest: bytes = inflater.flush()
+        except zlib.error:
+            raise TransportFailure("the answer's compressed body is corrupt") from None
+        self._room -= len(rest)
+        if self._room < 0:
+            raise ResponseTooLarge(self.cap)
+        return rest
+
+    def _inflate(self, inflater: Any, data: bytes) -> bytes:
+        # At most one byte past the room: a bomb is caught after inflating `cap + 1` bytes, not
+        # all of it.
+        try:
+            out: bytes = inflater.decompress(data, self._room + 1)
+        except zlib.error:
+            if not self.deflate:
+                raise TransportFailure("the answer's compressed body is corrupt") from None
+            # "deflate" is sent both zlib-wrapped (as the RFC says) and raw (as some servers do).
+            self.deflate = False
+            self._inflater = inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            return self._inflate(inflater, data)
+        self.deflate = False  # the first piece decided which form it is
+        return out
+
+
 class StreamResponse(Protocol):
     """An answer being streamed."""
 
@@ -51,7 +145,7 @@ class StreamResponse(Protocol):
 
     async def read(self) -> bytes: ...
 
-    def iter_bytes(self) -> AsyncIterator[bytes]: ...
+    def iter_bytes(self) -> AsyncGenerator[bytes, None]: ...
 
 
 class Backend(Protocol):
@@ -75,19 +169,55 @@ class Backend(Protocol):
 
 
 class _HttpxStream:
-    def __init__(self, response: httpx.Response) -> None:
+    def __init__(self, response: httpx.Response, cap: int) -> None:
         self._response = response
+        self._cap = cap
         self.status = response.status_code
         self.headers: Mapping[str, str] = response.headers
 
     async def read(self) -> bytes:
         with _httpx_errors():
-            return await self._response.aread()
+            return await _read_httpx(self._response, self._cap)
 
-    async def iter_bytes(self) -> AsyncIterator[bytes]:
+    async def iter_bytes(self) -> AsyncGenerator[bytes, None]:
         with _httpx_errors():
-            async for data in self._response.aiter_bytes():
+            response = self._response
+            if response.is_stream_consumed:  # built whole: see `_read_httpx`
+                yield _checked(response.content, self._cap)
+                return
+            async for data in _inflated(response.aiter_raw(), self.headers, self._cap):
                 yield data
+
+
+async def _inflated(raw: AsyncIterator[bytes], headers: Mapping[str, str],
+                    cap: int) -> AsyncIterator[bytes]:
+    """The answer's bytes as they arrive, from its raw bytes (see `_Body`)."""
+    body = _Body(headers, cap)
+    async for data in raw:
+        data = body.take(data)
+        if data:
+            yield data
+    rest = body.end()
+    if rest:
+        yield rest
+
+
+def _checked(content: bytes, cap: int) -> bytes:
+    if len(content) > cap:
+        raise ResponseTooLarge(cap)
+    return content
+
+
+async def _read_httpx(response: httpx.Response, cap: int) -> bytes:
+    """The whole body of `response`, inflated and capped (its raw bytes: see `_Body`)."""
+    if response.is_stream_consumed:
+        # A response built whole (`httpx.MockTransport` and the like) that httpx has already
+        # read and decoded: only its size is left to check.
+        return _checked(response.content, cap)
+    body = _Body(response.headers, cap)
+    parts = [body.take(data) async for data in response.aiter_raw()]
+    parts.append(body.end())
+    return b"".join(parts)
 
 
 @contextlib.contextmanager
@@ -117,14 +247,17 @@ class HttpxBackend:
         client: the caller's own `httpx.AsyncClient`, used as given and never closed.
         transport: with no `client`, the caller's httpx transport; one client of ours wraps it
             (a transport is one pool, so spreading over several clients would not help it).
+        max_response_bytes: the most one answer may hold, decompressed.
         shard_load: with neither, requests in flight per client of ours before another is made.
     """
 
     def __init__(self, client: httpx.AsyncClient | None = None, *,
                  transport: httpx.AsyncBaseTransport | None = None,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
                  shard_load: int = SHARD_LOAD) -> None:
         self._owned = client is None
         self._transport = transport
+        self._cap = max_response_bytes
         # One client carries everything when it is the caller's or wraps the caller's transport.
         self._shard_load = shard_load if client is None and transport is None else math.inf
         self._shards = [_Shard(client)] if client is not None else []
@@ -149,7 +282,8 @@ class HttpxBackend:
             shard.load -= 1
 
     def headers(self, headers: Mapping[str, str]) -> Mapping[str, str]:
-        return httpx.Headers(headers)  # merged into the client's own without re-encoding
+        # Merged into the client's own without re-encoding.
+        return httpx.Headers({**headers, "accept-encoding": _ACCEPT_ENCODING})
 
     async def post(self, url: str, headers: Mapping[str, str], payload: bytes,
                    timeout: float) -> tuple[int, Mapping[str, str], bytes]:
@@ -161,11 +295,16 @@ class HttpxBackend:
         try:
             async with asyncio.timeout(timeout):
                 with _httpx_errors(), self._client() as client:
-                    response = await client.post(url, content=payload, headers=headers,
-                                                 timeout=timeout)
+                    request = client.build_request("POST", url, content=payload, headers=headers,
+                                                   timeout=timeout)
+                    response = await client.send(request, stream=True)
+                    try:
+                        body = await _read_httpx(response, self._cap)
+                    finally:
+                        await response.aclose()
         except TimeoutError:
             raise TransportTimeout("TimeoutError") from None
-        return response.status_code, response.headers, response.content
+        return response.status_code, response.headers, body
 
     @contextlib.asynccontextmanager
     async def stream(self, url: str, headers: Mapping[str, str], payload: bytes,
@@ -176,7 +315,7 @@ class HttpxBackend:
                                         timeout=timeout)
                 response = await request.__aenter__()
             try:
-                yield _HttpxStream(response)
+                yield _HttpxStream(response, self._cap)
             finally:
                 with _httpx_errors():
                     await request.__aexit__(None, None, None)
@@ -189,20 +328,31 @@ class HttpxBackend:
 
 
 class _AiohttpStream:
-    def __init__(self, response: Any) -> None:
+    def __init__(self, response: Any, cap: int) -> None:
         self._response = response
+        self._cap = cap
         self.status: int = response.status
         self.headers: Mapping[str, str] = response.headers
 
     async def read(self) -> bytes:
         with _aiohttp_errors():
-            data: bytes = await self._response.read()
-            return data
+            return await _read_aiohttp(self._response, self._cap)
 
-    async def iter_bytes(self) -> AsyncIterator[bytes]:
+    async def iter_bytes(self) -> AsyncGenerator[bytes, None]:
         with _aiohttp_errors():
-            async for data in self._response.content.iter_any():
+            async for data in _inflated(self._response.content.iter_any(), self.headers, self._cap):
                 yield data
+
+
+async def _read_aiohttp(response: Any, cap: int) -> bytes:
+    """The whole body of `response`, inflated and capped (its raw bytes: see `_Body`)."""
+    body = _Body(response.headers, cap)
+    content = response.content
+    parts = []
+    while data := await content.readany():
+        parts.append(body.take(data))
+    parts.append(body.end())
+    return b"".join(parts)
 
 
 @contextlib.contextmanager
@@ -221,13 +371,15 @@ def _aiohttp_errors() -> Any:
 class AiohttpBackend:
     """Send through one `aiohttp.ClientSession`, created on first use inside the event loop."""
 
-    def __init__(self, *, max_connections: int = 1000) -> None:
+    def __init__(self, *, max_connections: int = 1000,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         try:
             import aiohttp
         except ImportError as exc:  # turned into a ConfigurationError by the client
             raise ImportError("the aiohttp backend needs: pip install 'keysched[fast]'") from exc
         self._aiohttp = aiohttp
         self._max = max_connections
+        self._cap = max_response_bytes
         self._session: Any = None
         self._timeouts = (TimeoutError, aiohttp.ServerTimeoutError)
         self._failures = aiohttp.ClientError
@@ -245,8 +397,10 @@ class AiohttpBackend:
             import urllib.request
 
             trust_env = bool(urllib.request.getproxies())
-            # No automatic decompression surprises, no cookies: an API client, not a browser.
-            self._session = aiohttp.ClientSession(connector=connector, trust_env=trust_env,
+            # No cookies: an API client, not a browser.  No automatic decompression: aiohttp
+            # would inflate a body without a bound; `_Body` inflates it within the cap.
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                                  trust_env=trust_env,
                                                   cookie_jar=aiohttp.DummyCookieJar())
         return self._session
 
@@ -254,7 +408,7 @@ class AiohttpBackend:
         # aiohttp copies a dict into a CIMultiDict on every request, but not a multidict.
         from multidict import CIMultiDict, CIMultiDictProxy
 
-        return CIMultiDictProxy(CIMultiDict(headers))
+        return CIMultiDictProxy(CIMultiDict({**headers, "accept-encoding": _ACCEPT_ENCODING}))
 
     async def post(self, url: str, headers: Mapping[str, str], payload: bytes,
                    timeout: float) -> tuple[int, Mapping[str, str], bytes]:
@@ -271,7 +425,7 @@ class AiohttpBackend:
         try:
             async with session.post(url, data=payload, headers=headers, allow_redirects=False,
                                     timeout=limits) as response:
-                body: bytes = await response.read()
+                body = await _read_aiohttp(response, self._cap)
                 return response.status, response.headers, body
         except self._timeouts as exc:
             raise TransportTimeout(type(exc).__name__) from None
@@ -290,7 +444,7 @@ class AiohttpBackend:
                                    timeout=limits)
             response = await request.__aenter__()
         try:
-            yield _AiohttpStream(response)
+            yield _AiohttpStream(response, self._cap)
         finally:
             await request.__aexit__(None, None, None)
 

@@ -16,10 +16,15 @@ reference is silent:
 - A 429 is read in this order: ``limit: 0`` (``QUOTA_ZERO``, permanent, so it beats everything),
   then any ``PerDay`` violation (``RATE_LIMITED_DAY``: the group is dead until midnight, whatever
   else the body says), then an ``InputTokens`` violation whose ``quotaValue`` is smaller than the
-  request's own ``input_tokens`` (``TOO_LARGE_FOR_QUOTA``), then ``RATE_LIMITED_MINUTE``. A 429
-  with violations whose ``quotaId`` names neither a minute nor a day (a spend cap, say) is treated
-  as per-minute: benching the group briefly is the cautious reading. A 429 without violations is
-  ``SHARED_CAPACITY``, even when ``ErrorInfo`` says ``RATE_LIMIT_EXCEEDED``.
+  request's own ``input_tokens`` (``TOO_LARGE_FOR_QUOTA``), then a spend violation
+  (``SPEND_LIMITED``: any ``quotaId`` that says "Spend"; Google has not documented the body), then
+  ``RATE_LIMITED_MINUTE``. A 429 with violations whose ``quotaId`` names neither a minute, a day
+  nor spend is treated as per-minute: benching the group briefly is the cautious reading. A 429
+  without violations is ``SHARED_CAPACITY``, even when ``ErrorInfo`` says ``RATE_LIMIT_EXCEEDED``.
+- Every violation whose ``quotaId`` names a dimension (`keysched._outcomes.dimension_of`) goes
+  into ``Outcome.violations`` with its ``quotaValue``: the core learns limits from them.  A value
+  that is absent, not a decimal count, zero (``limit: 0`` has its own kind) or above 10^9 (no
+  real quota is that large; a hostile one must not make a budget) is passed on as None.
 - The retry delay comes from ``RetryInfo.retryDelay``, else a ``Retry-After`` header (delta
   seconds; an HTTP-date is ignored because turning it into a delay needs a clock), else the
   "Please retry in Xs" text. It is recorded for every status, not only 429. A value that is not
@@ -58,7 +63,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 from keysched._errors import UsageError
-from keysched._outcomes import Outcome, OutcomeKind
+from keysched._outcomes import Outcome, OutcomeKind, Violation, violation_of
 from keysched._tuples import tuple_builder
 
 __all__ = [
@@ -481,6 +486,12 @@ def _details(error: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[_Vi
     return by_type, violations
 
 
+def _learnable(violations: list[_Violation]) -> tuple[Violation, ...]:
+    """The violations whose dimension is known, with their values if usable (see above)."""
+    found = (violation_of(v.quota_id, v.value) for v in violations)
+    return tuple(v for v in found if v is not None)
+
+
 def _classify_429(message: str, violations: list[_Violation],
                   input_tokens: int | None) -> _Verdict:
     zero = next((v for v in violations if v.value == 0), None)
@@ -497,6 +508,9 @@ def _classify_429(message: str, violations: list[_Violation],
                       and input_tokens > v.value), None)
     if too_large:
         return _Verdict(kind=_K.TOO_LARGE_FOR_QUOTA, violation=too_large)
+    spend = next((v for v in violations if "spend" in v.quota_id.lower()), None)
+    if spend:
+        return _Verdict(kind=_K.SPEND_LIMITED, violation=spend)
     minute = next((v for v in violations if "PerMinute" in v.quota_id), violations[0])
     return _Verdict(kind=_K.RATE_LIMITED_MINUTE, violation=minute)
 
@@ -560,8 +574,10 @@ def _classify_error(status: int, error: dict[str, Any], parsed: Any,
         project = consumer.removeprefix("projects/") if consumer.startswith("projects/") else None
     retry_after = _retry_after(error, details, headers)
     violation = verdict.violation
+    learned = _learnable(violations) if status == 429 else ()
     return Classified(
-        outcome=Outcome(kind=verdict.kind, retry_after=retry_after), status=status,
+        outcome=Outcome(kind=verdict.kind, retry_after=retry_after, violations=learned),
+        status=status,
         google_status=google_status,
         message=message or f"HTTP {status} {google_status or ''}".rstrip(), reason=reason,
         quota_id=(violation.quota_id or None) if violation else None,
@@ -659,7 +675,7 @@ def _plain_answer(status: int, response: Any) -> Classified | None:
     if total.__class__ is not int or total < 0:
         total = None if total is None else _int(total)
     return _new_classified((
-        _new_outcome((_K.SUCCESS, None, prompt, output)), status, None, None, None, None, None,
+        _new_outcome((_K.SUCCESS, None, prompt, output, ())), status, None, None, None, None, None,
         None, response, text, finish, None, _new_usage((prompt, output, thoughts, total))))
 
 

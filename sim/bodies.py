@@ -27,6 +27,8 @@ import hashlib
 import json
 from typing import Any
 
+from keysched._outcomes import Violation, violation_of
+
 __all__ = [
     "Body",
     "error_object",
@@ -133,6 +135,21 @@ def response_id(seed: int, serial: int) -> str:
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
+def _violated(body: Body, tier: str, quota_value: int) -> list[tuple[str, str, int]]:
+    """``(quotaMetric, quotaId, quotaValue)`` of each violation a 429 `body` lists."""
+    if body is Body.QUOTA_ZERO:
+        return [(*_QUOTA_IDS[(Body.QUOTA_TPM, tier)], 0), (*_QUOTA_IDS[(Body.QUOTA_RPD, tier)], 0)]
+    if (body, tier) in _QUOTA_IDS:
+        return [(*_QUOTA_IDS[(body, tier)], quota_value)]
+    return []
+
+
+def violations(body: Body, *, tier: str, quota_value: int) -> tuple[Violation, ...]:
+    """The `Outcome.violations` the client reads from `body` (what `error_object` writes)."""
+    found = (violation_of(quota_id, value) for _, quota_id, value in _violated(body, tier, quota_value))
+    return tuple(v for v in found if v is not None)
+
+
 def _help() -> dict[str, Any]:
     return {"@type": _TYPE + "Help", "links": [
         {"description": "Learn more about Gemini API quotas", "url": _RATE_DOC}]}
@@ -147,21 +164,14 @@ def _violation(metric: str, quota_id: str, model: str, value: int) -> dict[str, 
 def _quota_error(body: Body, *, model: str, tier: str, quota_value: int,
                  retry_delay: float) -> tuple[str, list[dict[str, Any]]]:
     delay = format_duration(retry_delay)
-    if body is Body.QUOTA_ZERO:
-        pairs = [_QUOTA_IDS[(Body.QUOTA_TPM, tier)], _QUOTA_IDS[(Body.QUOTA_RPD, tier)]]
-        values = [0, 0]
-    else:
-        pairs = [_QUOTA_IDS[(body, tier)]]
-        values = [quota_value]
+    violated = _violated(body, tier, quota_value)
     lines = "".join(f"\n* Quota exceeded for metric: generativelanguage.googleapis.com/{metric},"
-                    f" limit: {value}, model: {model}" for (metric, _), value in zip(pairs, values,
-                                                                                   strict=True))
+                    f" limit: {value}, model: {model}" for metric, _, value in violated)
     message = f"{_QUOTA_MESSAGE}{lines}\nPlease retry in {delay}."
     details = [
         _help(),
         {"@type": _TYPE + "QuotaFailure", "violations": [
-            _violation(metric, quota_id, model, value)
-            for (metric, quota_id), value in zip(pairs, values, strict=True)]},
+            _violation(metric, quota_id, model, value) for metric, quota_id, value in violated]},
         {"@type": _TYPE + "RetryInfo", "retryDelay": delay},
     ]
     return message, details

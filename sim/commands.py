@@ -45,7 +45,9 @@ __all__ = ["DEFAULT_PLOT_DIR", "DEFAULT_SCENARIOS", "Progress", "add_commands", 
            "main_default"]
 
 DEFAULT_SCENARIOS = ("steady", "saturation", "daily-exhaustion", "overload-storm",
-                     "revoked-keys", "shared-project", "thousand-keys", "bare-429-burst")
+                     "revoked-keys", "shared-project", "thousand-keys", "bare-429-burst",
+                     "free-tier-unknown", "paid-tier-unknown", "tier-change", "flaky",
+                     "sticky-bare-429")
 """The scenarios of the default comparison, in the order the table shows them."""
 
 JSON_FORMAT = 1

@@ -159,7 +159,10 @@ class _Open:
 
 
 def _config(scenario: Scenario, policy: Policy) -> PoolConfig:
-    limits = scenario.known_limits() if scenario.limits_known else ()
+    from sim.policies import GIVEN_LIMITS
+
+    told = scenario.limits_known or policy.name in GIVEN_LIMITS
+    limits = scenario.known_limits() if told else ()
     return PoolConfig(keys=scenario.pool_keys(), models=scenario.models_best_first, limits=limits)
 
 

@@ -1,7 +1,13 @@
 """The policies the simulator compares, all as `keysched.Policy` objects run by the same core.
 
 - ``least-loaded``: keysched's default (`keysched.Policy()`); it budgets the known limits when
-  the scenario hands them over (``limits_known``).
+  the scenario hands them over (``limits_known``), and otherwise learns them from 429s.
+- ``told-limits``: the default policy handed the scenario's limits whatever ``limits_known``
+  says: what a user who configured ``limits=`` gets, the bar learning is held to.
+- ``no-learning``: the default policy as it was before it learned limits: it benches a group
+  for the retry delay and floods it when the delay ends.
+- ``one-503-trips``: the default policy with the model breaker as it was before it weighed
+  evidence: any 503 takes the model out of rotation, and nothing probes it while it cools.
 - ``round-robin`` / ``random``: naive rotation.  Every failure retries at once on the next key
   (or a random one); nothing is cooled, disabled or budgeted; a request error still fails.
 - ``router-like``: modelled on LiteLLM's router: shuffle among deployments, cool a deployment
@@ -23,7 +29,7 @@ from collections.abc import Mapping
 
 from keysched import Action, Effect, Next, OutcomeKind, Policy, RandomChoice, RoundRobin, Selector
 
-__all__ = ["POLICIES", "POLICY_NAMES", "get_policy", "naive_actions"]
+__all__ = ["GIVEN_LIMITS", "POLICIES", "POLICY_NAMES", "get_policy", "naive_actions"]
 
 _ANSWERS = (OutcomeKind.SUCCESS, OutcomeKind.BLOCKED)
 _RETURN = Action(effect=Effect.NONE, next=Next.RETURN)
@@ -52,6 +58,10 @@ def _random(n_keys: int, n_models: int, rng: random.Random) -> Selector:
 
 
 LEAST_LOADED = Policy()
+TOLD_LIMITS = Policy(name="told-limits")
+NO_LEARNING = Policy(name="no-learning", learns_limits=False)
+ONE_503_TRIPS = Policy(name="one-503-trips", overload_trip=1, overload_rate=1e-9,
+                       probe_interval=3600.0)  # any 503 trips it; no probing while it cools
 ROUND_ROBIN = Policy(name="round-robin", selector=_round_robin, actions=naive_actions(),
                      budgets_limits=False)
 RANDOM = Policy(name="random", selector=_random, actions=naive_actions(), budgets_limits=False)
@@ -67,8 +77,11 @@ STRIKE_THREE = Policy(
     budgets_limits=False)
 
 POLICIES: Mapping[str, Policy] = {p.name: p for p in (
-    LEAST_LOADED, ROUND_ROBIN, RANDOM, ROUTER_LIKE, STRIKE_THREE)}
+    LEAST_LOADED, TOLD_LIMITS, NO_LEARNING, ONE_503_TRIPS, ROUND_ROBIN, RANDOM, ROUTER_LIKE, STRIKE_THREE)}
 """Every policy the simulator knows, by name (the default first)."""
+
+GIVEN_LIMITS = frozenset({TOLD_LIMITS.name})
+"""Policies handed the scenario's limits even when ``limits_known`` is false."""
 
 POLICY_NAMES: tuple[str, ...] = tuple(POLICIES)
 

@@ -8,6 +8,7 @@ A scenario is a TOML file a user can write by hand (see ``sim/scenarios/*.toml``
     time_scale = 60                       # virtual seconds per real second when served over HTTP
     seed = 1
     limits_known = false                  # may a policy be told the quotas?
+    quota_window = "fixed"                # or "sliding": a request leaves the minute 60 s after
 
     [[models]]                            # best first
     name = "gemini-2.5-flash"
@@ -39,6 +40,12 @@ A scenario is a TOML file a user can write by hand (see ``sim/scenarios/*.toml``
     end = 180
     probability = 0.7
 
+    [[quota_changes]]                     # a tier change: new quotas from `at` on
+    at = 300
+    project = "alpha"                     # optional: every project
+    model = "gemini-2.5-flash"
+    rpm = 20                              # fields not given keep their value
+
 Decisions where the issue was silent:
 
 - Durations are virtual seconds from the scenario start; ``end`` defaults to "for ever" for
@@ -51,6 +58,12 @@ Decisions where the issue was silent:
 - ``known_limits()`` always returns the quotas (zero quotas left out: a `Limit` cannot say 0);
   ``limits_known`` only records whether a run should hand them to the policy.
 - Unknown fields are errors, so a typo never silently means "default".
+- ``quota_window = "fixed"`` (the default) counts minutes in windows aligned to the wall-clock
+  minute, the retry delay being the time left in it; ``"sliding"`` counts the last 60 s, the
+  retry delay being the time until the oldest counted request leaves (the harsher server: a
+  client that floods when a cooldown ends is refused again at once).
+- ``[[quota_changes]]`` change a project's quotas at a time (a tier upgrade or cut); the 429s
+  after it report the new values.  `known_limits()` reports the quotas at t = 0.
 """
 
 from __future__ import annotations
@@ -216,6 +229,21 @@ class WorkloadSpec:
 
 
 @attrs.frozen(kw_only=True)
+class QuotaChange:
+    """New quotas for (`project`, `model`) from virtual time `at` on; ``None`` fields keep theirs.
+
+    `project` ``None`` means every project.
+    """
+
+    at: float
+    model: str
+    project: str | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    rpd: int | None = None
+
+
+@attrs.frozen(kw_only=True)
 class FaultSpec:
     """One timed fault, active over [start, end) for the keys/projects/models it names.
 
@@ -255,6 +283,9 @@ class Scenario:
     projects: tuple[ProjectSpec, ...]
     workload: tuple[WorkloadSpec, ...] = ()
     faults: tuple[FaultSpec, ...] = ()
+    quota_window: str = "fixed"
+    """``"fixed"`` minute windows aligned to the wall clock, or ``"sliding"`` 60-second ones."""
+    quota_changes: tuple[QuotaChange, ...] = ()
 
     @property
     def start_epoch(self) -> float:
@@ -602,7 +633,8 @@ def parse_scenario(data: Mapping[str, Any], *, source: str = "<scenario>",
     """
     top = _Table(source, "", dict(data), {
         "name", "description", "start", "duration", "time_scale", "seed", "limits_known",
-        "timeout", "error_latency", "models", "quotas", "projects", "workload", "faults"})
+        "timeout", "error_latency", "models", "quotas", "projects", "workload", "faults",
+        "quota_window", "quota_changes"})
     models = _models(top)
     names = tuple(m.name for m in models)
     duration = top.number("duration", strict=True)
@@ -610,6 +642,9 @@ def parse_scenario(data: Mapping[str, Any], *, source: str = "<scenario>",
     limits_known = top.raw("limits_known", False)
     if not isinstance(limits_known, bool):
         raise top.error("limits_known", "true or false", limits_known)
+    quota_window = top.string("quota_window", "fixed")
+    if quota_window not in ("fixed", "sliding"):
+        raise top.error("quota_window", '"fixed" or "sliding"', quota_window)
     return Scenario(
         name=top.string("name", name), description=top.string("description"), source=source,
         start=_start_time(top), duration=duration,
@@ -618,4 +653,23 @@ def parse_scenario(data: Mapping[str, Any], *, source: str = "<scenario>",
         timeout=top.number("timeout", 60.0, strict=True),
         error_latency=top.number("error_latency", 0.1),
         models=models, projects=projects, workload=_workload(top, names, duration),
-        faults=_faults(top, projects, names))
+        faults=_faults(top, projects, names), quota_window=quota_window,
+        quota_changes=_quota_changes(top, projects, names))
+
+
+def _quota_changes(top: _Table, projects: tuple[ProjectSpec, ...],
+                   models: tuple[str, ...]) -> tuple[QuotaChange, ...]:
+    changes = []
+    for index, raw in enumerate(top.table_list("quota_changes")):
+        t = _Table(top.source, f"quota_changes[{index}]", raw,
+                   {"at", "project", "model", "rpm", "tpm", "rpd"})
+        model = t.string("model")
+        if model not in models:
+            raise t.error("model", f"a model declared in [[models]] {list(models)}", model)
+        project = t.raw("project", None)
+        if project is not None and not any(p.name == project for p in projects):
+            raise t.error("project", "a declared project", project)
+        changes.append(QuotaChange(at=t.number("at"), model=model, project=project,
+                                   rpm=t.integer("rpm", None), tpm=t.integer("tpm", None),
+                                   rpd=t.integer("rpd", None)))
+    return tuple(sorted(changes, key=lambda change: change.at))

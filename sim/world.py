@@ -21,7 +21,11 @@ Order of decisions (where Google would decide them, earliest first):
 
 Quota arithmetic: minute windows are fixed 60-second windows aligned to the wall-clock minute
 (window = floor(wall / 60), wall = scenario start epoch + t), which matches Google's 0-60 s
-``retryDelay`` values; the retry delay is the time left in the window.  A day ends at the next
+``retryDelay`` values; the retry delay is the time left in the window.  With the scenario's
+``quota_window = "sliding"``, a minute is the last 60 s instead, and the retry delay the time
+until the oldest request counted leaves it.  Every quota 429 reports the limit's value
+(``quotaValue``) and carries it in its `Outcome` too, as the client would read it from the body;
+``[[quota_changes]]`` take effect at their time, before the attempt that follows.  A day ends at the next
 midnight America/Los_Angeles (`keysched._pacific.next_pacific_midnight`), so a day can be 23 or
 25 hours long.  A per-day 429 carries the same short minute-window delay Google really sends;
 its `Outcome` kind (`RATE_LIMITED_DAY`) is what tells the core to wait for midnight.
@@ -35,6 +39,7 @@ construction, so the same sequence of calls gives the same replies.
 
 from __future__ import annotations
 
+import collections
 import math
 import random
 from collections.abc import Callable
@@ -195,19 +200,39 @@ _new_reply = tuple_builder(Reply)  # for the two replies every attempt goes thro
 class _Group:
     """Quota state of one (project, model); unlimited quotas are ``math.inf``."""
 
-    __slots__ = ("day_end", "day_requests", "minute", "minute_requests", "minute_tokens", "rpd",
-                 "rpm", "tpm", "zero")
+    __slots__ = ("admitted", "day_end", "day_requests", "minute", "minute_requests",
+                 "minute_tokens", "rpd", "rpm", "tpm", "zero")
 
     def __init__(self, rpm: int | None, tpm: int | None, rpd: int | None) -> None:
-        self.rpm: float = math.inf if rpm is None else rpm
-        self.tpm: float = math.inf if tpm is None else tpm
-        self.rpd: float = math.inf if rpd is None else rpd
-        self.zero = 0 in (rpm, tpm, rpd)
+        self.rpm: float = math.inf
+        self.tpm: float = math.inf
+        self.rpd: float = math.inf
+        self.zero = False
+        self.change(rpm, tpm, rpd)
+        # A sliding window's requests, oldest first: (time, input tokens).
+        self.admitted: collections.deque[tuple[float, int]] = collections.deque()
         self.minute = -(2**62)
         self.minute_requests = 0
         self.minute_tokens = 0
         self.day_end = -math.inf
         self.day_requests = 0
+
+    def change(self, rpm: int | None, tpm: int | None, rpd: int | None) -> None:
+        """Set the quotas given (a tier change); ``None`` keeps one as it is."""
+        if rpm is not None:
+            self.rpm = rpm
+        if tpm is not None:
+            self.tpm = tpm
+        if rpd is not None:
+            self.rpd = rpd
+        self.zero = 0 in (self.rpm, self.tpm, self.rpd)
+
+    def slide(self, t: float) -> None:
+        """Count the last 60 s as the minute (a sliding window)."""
+        admitted = self.admitted
+        while admitted and admitted[0][0] + 60.0 <= t:
+            self.minute_tokens -= admitted.popleft()[1]
+        self.minute_requests = len(admitted)
 
 
 class _Faults:
@@ -281,8 +306,12 @@ class World:
         # to hash, unlike the attrs specs).
         shared: dict[tuple[int, ...], _Faults] = {}
         self._keys: dict[str, _KeyState] = {}
+        self._sliding = scenario.quota_window == "sliding"
+        self._changes = list(scenario.quota_changes)  # sorted by time; applied as time passes
+        self._project_groups: dict[str, dict[str, _Group]] = {}
         for project in scenario.projects:
             groups = {q.model: _Group(q.rpm, q.tpm, q.rpd) for q in project.quotas}
+            self._project_groups[project.name] = groups
             for key in project.keys:
                 mine = tuple(i for i, f in enumerate(scenario.faults)
                              if (f.key is None or f.key == key.label)
@@ -371,8 +400,10 @@ class World:
         if retry_delay is None:
             outcome = err.outcome
             retry_delay = 0.0
-        else:
-            outcome = Outcome(kind=err.kind, retry_after=retry_delay)
+        else:  # a quota 429: it names the limit and its value, as the body does
+            violations = bodies.violations(err.body, tier="free" if key is None else key.tier,
+                                           quota_value=quota_value)
+            outcome = Outcome(kind=err.kind, retry_after=retry_delay, violations=violations)
         self._count(key, model, err.name)
         if key is None:
             return Reply(outcome, latency, err.status, model, None, None, err.body, quota_value,
@@ -418,12 +449,26 @@ class World:
             return self._error(_MODEL_NOT_FOUND, model, key, self._error_latency, stream)
         if faults.shared_429 and self._hit(faults.shared_429, t, key.label, key.project, model):
             return self._error(_BARE_429, model, key, self._error_latency, stream)
+        if self._changes and self._changes[0].at <= t:
+            self._change_quotas(t)
         group = key.groups.get(model)
         if group is not None:
             refusal = self._admit(group, t, input_tokens, model, key, stream)
             if refusal is not None:
                 return refusal
         return self._serve(t, key, model, input_tokens, stream, spec)
+
+    def _change_quotas(self, t: float) -> None:
+        """Apply the quota changes due by `t`."""
+        while self._changes and self._changes[0].at <= t:
+            change = self._changes.pop(0)
+            for name, groups in self._project_groups.items():
+                if change.project not in (None, name):
+                    continue
+                group = groups.get(change.model)
+                if group is None:  # the model was unlimited for the project until now
+                    group = groups[change.model] = _Group(None, None, None)
+                group.change(change.rpm, change.tpm, change.rpd)
 
     def _unknown(self, t: float, secret: str, key: _KeyState | None, model: str,
                  stream: bool) -> Reply:
@@ -443,8 +488,10 @@ class World:
         latency = self._error_latency
         if g.zero:
             return self._error(_QUOTA_ZERO, model, key, latency, stream, 0,
-                               self._delay(t, minute))
-        if minute > g.minute:
+                               self._delay(t, minute, g))
+        if self._sliding:
+            g.slide(t)
+        elif minute > g.minute:
             g.minute = minute
             g.minute_requests = 0
             g.minute_tokens = 0
@@ -453,24 +500,29 @@ class World:
             g.day_requests = 0
         if g.day_requests >= g.rpd:
             return self._error(_QUOTA_RPD, model, key, latency, stream, int(g.rpd),
-                               self._delay(t, minute))
+                               self._delay(t, minute, g))
         if g.minute_requests >= g.rpm:
             return self._error(_QUOTA_RPM, model, key, latency, stream, int(g.rpm),
-                               self._delay(t, minute))
+                               self._delay(t, minute, g))
         if g.minute_tokens + input_tokens > g.tpm:
             err = _TOO_LARGE if input_tokens > g.tpm else _QUOTA_TPM
             return self._error(err, model, key, latency, stream, int(g.tpm),
-                               self._delay(t, minute))
+                               self._delay(t, minute, g))
         g.minute_requests += 1
         g.minute_tokens += input_tokens
         g.day_requests += 1
+        if self._sliding:
+            g.admitted.append((t, input_tokens))
         return None
 
-    def _delay(self, t: float, minute: int) -> float:
-        """The time left at `t` in wall-clock minute window `minute` (a refusal's retry delay).
+    def _delay(self, t: float, minute: int, g: _Group) -> float:
+        """A refusal's retry delay at `t`: the time left in wall-clock minute window `minute`,
+        or, on a sliding window, until the oldest request counted leaves it.
 
         Rounded to the nanosecond, as the body prints it: the outcome equals the parsed body.
         """
+        if self._sliding and g.admitted:
+            return round(g.admitted[0][0] + 60.0 - t, 9)
         return round((minute + 1) * 60.0 - self._phase - t, 9)
 
     def _serve(self, t: float, key: _KeyState, model: str, input_tokens: int, stream: bool,

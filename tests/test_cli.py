@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sim.commands import DEFAULT_SCENARIOS, Progress, main
+from sim.policies import POLICY_NAMES
 
 SCENARIO = """
 description = "tiny"
@@ -84,7 +85,9 @@ def test_the_first_command_without_figures_never_imports_matplotlib() -> None:
     for name in DEFAULT_SCENARIOS:
         assert f"== {name}" in out
     assert any(line.startswith("columns: reqs requests; ok answered") for line in out)
-    assert "simulating 40 runs (8 scenarios x 5 policies) ..." in done.stderr
+    runs = f"{len(DEFAULT_SCENARIOS) * len(POLICY_NAMES)} runs"
+    assert f"simulating {runs} ({len(DEFAULT_SCENARIOS)} scenarios x {len(POLICY_NAMES)} " \
+           "policies) ..." in done.stderr
     assert "simulated requests in" in done.stderr
 
 

@@ -7,6 +7,7 @@ from helpers import FLASH, LITE, Server, fixture, make_client, secret, success
 from virtual_clock import VirtualClock
 
 import keysched._client as client_module
+from keysched import Policy
 
 
 async def test_events_record_a_disabled_key_and_a_fallback_with_times() -> None:
@@ -20,7 +21,8 @@ async def test_events_record_a_disabled_key_and_a_fallback_with_times() -> None:
             return fixture(503, "503_overloaded.json")
         return success()
 
-    async with make_client(Server(respond), vc) as client:
+    # A breaker that trips at one 503: the model cools, and the request falls back at once.
+    async with make_client(Server(respond), vc, policy=Policy(overload_trip=1)) as client:
         result = await client.generate("hi")
         events = client.events()
     assert [a.model for a in result.attempts] == [FLASH, FLASH, LITE]

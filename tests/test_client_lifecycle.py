@@ -245,8 +245,9 @@ async def test_timeout_bounds_a_whole_attempt_and_the_call_fails_over(fast: bool
 async def test_a_stream_may_outlast_its_timeout_while_chunks_keep_coming(fast: bool) -> None:
     """For a stream, `timeout` bounds each wait for more of the answer, not the whole of it."""
     chunks = [b"data: " + json.dumps({"candidates": [{"content": {"parts": [{"text": f"{i} "}]},
-                                                      "index": 0}]}).encode() + b"\r\n\r\n"
-              for i in range(6)]
+                                                      "index": 0, "finishReason": finish}]}
+                                     ).encode() + b"\r\n\r\n"
+              for i, finish in enumerate([None] * 5 + ["STOP"])]
 
     async def handle(head: bytes, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"

@@ -68,8 +68,9 @@ ROWS = [
         "group_brief"),
     Row("list_wrapped_429.json", 429, K.SHARED_CAPACITY, "other_project_now",
         "group_brief"),
-    Row("503_overloaded.json", 503, K.OVERLOADED, "other_model", "model_cooling"),
-    Row("503_high_demand.json", 503, K.OVERLOADED, "other_model", "model_cooling"),
+    # One 503 is noise: another key of the same model at once; the breaker's own tests trip it.
+    Row("503_overloaded.json", 503, K.OVERLOADED, "other_key_now"),
+    Row("503_high_demand.json", 503, K.OVERLOADED, "other_key_now"),
     Row("500_internal.json", 500, K.SERVER_ERROR, "later"),
     Row("502_html.html", 502, K.SERVER_ERROR, "later"),
     Row("504_deadline.json", 504, K.TIMEOUT, "later"),

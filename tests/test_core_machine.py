@@ -45,6 +45,10 @@ from keysched._decisions import Decision, Dispatch
 
 T0 = 1_000_000.0
 WINDOW = 60.0
+_K = OutcomeKind
+QUOTA_REFUSALS = {_K.RATE_LIMITED_MINUTE, _K.RATE_LIMITED_DAY, _K.SPEND_LIMITED, _K.QUOTA_ZERO}
+ALL_429S = QUOTA_REFUSALS | {_K.SHARED_CAPACITY, _K.TOO_LARGE_FOR_QUOTA}
+PROBING_429S = {_K.RATE_LIMITED_MINUTE, _K.RATE_LIMITED_DAY, _K.SPEND_LIMITED, _K.SHARED_CAPACITY}
 # Wall epochs that put core time T0 shortly before a Pacific midnight, some next to DST changes.
 WALLS = [1_710_061_200.0 - T0 - 1_800.0,  # 2024-03-10 01:00 PST - 30 min: DST starts that night
          1_717_311_600.0 - T0 - 300.25,  # 2024-06-02 00:00 PDT - 5 min
@@ -67,6 +71,7 @@ class Req:
     number: int = 0
     later: int = 0
     empties: int = 0
+    quota_waits: int = 0
     attempt: int | None = None
     avoid: set[int] = field(default_factory=set)
     errors: dict[int, int] = field(default_factory=dict)
@@ -124,16 +129,30 @@ class CoreMachine(RuleBasedStateMachine):
         self.limit = {(p, m): self.config.limit_for(p, models[m])
                       for p in set(projects) for m in range(n_models)}
         self.sent: dict[tuple[str, int], list[tuple[float, int]]] = {g: [] for g in self.limit}
+        # A window ends `quota_margin` later than the clock says (keysched._budget).
+        self.margin = self.retry.quota_margin
+        self.window = WINDOW + self.margin
+        # Probing groups (a 429 without a known limit): attempts allowed in flight, and in flight.
+        self.probe: dict[tuple[str, int], int] = {}
+        self.group_flight: dict[tuple[str, int], int] = dict.fromkeys(self.limit, 0)
         self.group_cool: dict[tuple[str, int], float] = {}
         self.group_gone: set[tuple[str, int]] = set()
         self.model_cool = [-math.inf] * n_models
         self.model_gone = [False] * n_models
         self.streak = [0] * n_models
+        # The model breaker (default Policy): recent (time, was a 503) per model, when each model
+        # was last cooled, and when a request may next probe it while it cools.
+        self.evidence: list[list[tuple[float, bool]]] = [[] for _ in range(n_models)]
+        self.cooled_at = [-math.inf] * n_models
+        self.probe_at = [-math.inf] * n_models
+        self.lane_errors: dict[tuple[int, int], int] = {}  # 500s in a row per lane
+        self.bare: dict[tuple[str, int], int] = {}  # bare 429s since the group last answered
         self.lane_cool: dict[tuple[int, int], float] = {}
         self.disabled = [False] * self.n_keys
         self.in_flight = [0] * self.n_keys
         self.reqs: dict[int, Req] = {}
         self.attempts: dict[int, tuple[int, int, int]] = {}
+        self.sent_at: dict[int, float] = {}
         self.done_attempts: list[int] = []
         self.pending: list[Decision] = []
         self.dispatched = 0
@@ -153,19 +172,20 @@ class CoreMachine(RuleBasedStateMachine):
         if limit is None:
             return True
         sent = self.sent[group]
-        window = [n for t, n in sent if t + WINDOW > now]
-        day = next_pacific_midnight(now + self.wall)
-        today = sum(1 for t, _ in sent if next_pacific_midnight(t + self.wall) == day)
+        window = [n for t, n in sent if t + self.window > now]
+        day = next_pacific_midnight(now - self.margin + self.wall)
+        today = sum(1 for t, _ in sent if next_pacific_midnight(t - self.margin + self.wall) == day)
         return ((limit.rpm is None or len(window) + 1 <= limit.rpm)
                 and (limit.tpm is None or sum(window) + tokens <= limit.tpm)
                 and (limit.rpd is None or today + 1 <= limit.rpd))
 
-    def can_serve(self, key: int, model: int, req: Req, now: float) -> bool:
+    def can_serve(self, key: int, model: int, req: Req, now: float, probing: bool = False) -> bool:
         group = (self.project[key], model)
         return (not self.disabled[key] and self.in_flight[key] < self.cap
-                and not self.model_gone[model] and self.model_cool[model] <= now
+                and not self.model_gone[model] and (probing or self.model_cool[model] <= now)
                 and group not in self.group_gone and self.group_cool.get(group, -math.inf) <= now
                 and self.lane_cool.get((key, model), -math.inf) <= now
+                and (group not in self.probe or self.group_flight[group] < self.probe[group])
                 and self.budget_room(key, model, req.tokens, now))
 
     def hopeless(self, models: tuple[int, ...]) -> bool:
@@ -183,7 +203,20 @@ class CoreMachine(RuleBasedStateMachine):
                 firsts.setdefault(self.eff(req), req)
         return list(firsts.values())
 
+    def probe_model(self, req: Req, now: float) -> int | None:
+        """The cooling model a request nothing else can serve would probe now, if any."""
+        if any(self.can_serve(k, m, req, now) for m in self.eff(req) for k in range(self.n_keys)):
+            return None
+        for m in self.eff(req):
+            if (not self.model_gone[m] and self.model_cool[m] > now and self.probe_at[m] <= now
+                    and any(self.can_serve(k, m, req, now, probing=True)
+                            for k in range(self.n_keys))):
+                return m
+        return None
+
     def servable(self, req: Req, now: float) -> bool:
+        if self.probe_model(req, now) is not None:
+            return True
         return any(self.can_serve(k, m, req, now) for m in self.eff(req)
                    for k in range(self.n_keys))
 
@@ -224,8 +257,18 @@ class CoreMachine(RuleBasedStateMachine):
         if isinstance(decision, Fail):
             req = self.reqs[decision.request]
             assert req.state == "waiting"
-            assert decision.reason is FailReason.NO_USABLE_LANE
-            assert self.hopeless(self.eff(req))
+            if decision.reason is FailReason.DEADLINE:
+                # Failed early: nothing can serve it before its deadline, and the core says when
+                # capacity returns, after it.  No cooldown end, budget expiry or probe before the
+                # deadline may make it servable.
+                assert decision.retry_at is not None
+                assert decision.retry_at > req.deadline
+                assert now < req.deadline
+                for at in [now, *sorted(t for t in self.event_times() if now < t <= req.deadline)]:
+                    assert not self.servable(req, at), (req.rid, at)
+            else:
+                assert decision.reason is FailReason.NO_USABLE_LANE
+                assert self.hopeless(self.eff(req))
             req.state = "ended"
             return
         assert isinstance(decision, Dispatch), decision
@@ -238,20 +281,26 @@ class CoreMachine(RuleBasedStateMachine):
         key = int(decision.key.label.removeprefix("k"))  # type: ignore[union-attr]
         model = self.config.models.index(decision.model)
         assert decision.number == req.number + 1
+        probing = not self.can_serve(key, model, req, now)
+        if probing:  # only a probe of a cooling model that nothing else could replace
+            assert self.probe_model(req, now) == model, (key, model)
+            self.probe_at[model] = now + 1.0  # Policy().probe_interval
         # 1. Safety: the lane may serve this request now.
-        assert self.can_serve(key, model, req, now), (key, model)
+        assert self.can_serve(key, model, req, now, probing), (key, model)
         # 2. The best tier that can serve, then the least-loaded lane, avoiding keys that failed.
         assert model in models
         for better in models[:models.index(model)]:
             assert not any(self.can_serve(k, better, req, now) for k in range(self.n_keys))
-        lanes = [k for k in range(self.n_keys) if self.can_serve(k, model, req, now)]
+        lanes = [k for k in range(self.n_keys) if self.can_serve(k, model, req, now, probing)]
         fresh = [k for k in lanes if k not in req.avoid]
         pool = fresh or lanes
         assert key in pool
         assert self.in_flight[key] == min(self.in_flight[k] for k in pool)
         self.in_flight[key] += 1
+        self.group_flight[(self.project[key], model)] += 1
         self.sent[(self.project[key], model)].append((now, req.tokens))
         self.attempts[decision.attempt] = (req.rid, key, model)
+        self.sent_at[decision.attempt] = now
         req.state, req.number, req.attempt = "flight", req.number + 1, decision.attempt
         self.dispatched += 1
 
@@ -273,10 +322,12 @@ class CoreMachine(RuleBasedStateMachine):
 
     def event_times(self) -> set[float]:
         times = set(self.group_cool.values()) | set(self.lane_cool.values()) | set(
-            self.model_cool)
+            self.model_cool) | set(self.probe_at)
         for sent in self.sent.values():
-            times.update(t + WINDOW for t, _ in sent)
+            times.update(t + self.window for t, _ in sent)
         times.add(next_pacific_midnight(self.now + self.wall) - self.wall)
+        times.add(next_pacific_midnight(self.now - self.margin + self.wall) - self.wall
+                  + self.margin)
         return {t for t in times if math.isfinite(t)}
 
     # ---------------------------------------------------------------- rules
@@ -339,6 +390,13 @@ class CoreMachine(RuleBasedStateMachine):
         if then_poll:
             self.poll()
 
+    def note_evidence(self, model: int, now: float, *, overloaded: bool) -> bool:
+        """Record an answer or a 503; whether the model breaker trips (default Policy)."""
+        recent = [e for e in self.evidence[model] if e[0] + 10.0 > now] + [(now, overloaded)]
+        self.evidence[model] = recent
+        count = sum(1 for _, bad in recent if bad)
+        return overloaded and count >= 5 and count >= 0.5 * len(recent)
+
     def apply_outcome(self, aid: int, kind: OutcomeKind, retry_after: float | None) -> None:
         now, retry = self.now, self.retry
         rid, key, model = self.attempts.pop(aid)
@@ -346,26 +404,59 @@ class CoreMachine(RuleBasedStateMachine):
         self.in_flight[key] -= 1
         req = self.reqs[rid]
         group = (self.project[key], model)
+        self.group_flight[group] -= 1
         action = DEFAULT_ACTIONS[kind]
+        sent = self.sent_at[aid]
         if kind in (OutcomeKind.SUCCESS, OutcomeKind.BLOCKED):
             self.streak[model] = 0
+            self.note_evidence(model, now, overloaded=False)
+            if self.model_cool[model] > now and sent >= self.cooled_at[model]:
+                self.model_cool[model] = now  # a probe answered: the model is back
+            self.lane_errors.pop((key, model), None)
+            self.bare.pop(group, None)
+            if group in self.probe:  # slow start: twice as many, until trusted again
+                self.probe[group] *= 2
+                if self.probe[group] >= 16:
+                    del self.probe[group]
+        if kind in ALL_429S:  # refused: the server did not count it, nor does the budget
+            self.sent[group].remove((self.sent_at[aid], req.tokens))
+        if kind in QUOTA_REFUSALS:
+            req.quota_waits += 1
+        if kind in PROBING_429S:  # no limit known (this oracle sends no quota values)
+            self.probe[group] = 1
         effect = action.effect
         if effect is Effect.COOL_GROUP:
             until = now + (retry_after if retry_after is not None else retry.minute_cooldown)
             self.group_cool[group] = max(self.group_cool.get(group, -math.inf), until)
-        elif effect is Effect.COOL_GROUP_BRIEFLY:
-            until = now + retry.shared_capacity_cooldown
+        elif effect is Effect.COOL_GROUP_BRIEFLY:  # doubling while bare 429s persist
+            n = self.bare.get(group, 0)
+            self.bare[group] = n + 1
+            until = now + min(retry.shared_capacity_cooldown_cap,
+                              retry.shared_capacity_cooldown * 2.0 ** n)
             self.group_cool[group] = max(self.group_cool.get(group, -math.inf), until)
         elif effect is Effect.COOL_GROUP_UNTIL_MIDNIGHT:
             until = next_pacific_midnight(now + self.wall) - self.wall
             self.group_cool[group] = max(self.group_cool.get(group, -math.inf), until)
+        elif effect is Effect.COOL_BILLING_ACCOUNT:  # each project is billed alone here
+            until = now + (retry_after if retry_after is not None else retry.minute_cooldown)
+            for m in range(self.n_models):
+                other = (self.project[key], m)
+                self.group_cool[other] = max(self.group_cool.get(other, -math.inf), until)
         elif effect is Effect.GROUP_UNAVAILABLE:
             self.group_gone.add(group)
-        elif effect is Effect.COOL_MODEL:
-            self.streak[model] += 1
-            delay = min(retry.overload_cooldown_cap,
-                        retry.overload_cooldown * 2.0 ** (self.streak[model] - 1))
-            self.model_cool[model] = max(self.model_cool[model], now + delay)
+        elif effect is Effect.COOL_MODEL:  # the breaker: on evidence, or a failed probe
+            tripped = self.note_evidence(model, now, overloaded=True) or (
+                self.streak[model] > 0 and sent >= self.cooled_at[model])  # half-open
+            cooling = self.model_cool[model] > now
+            if tripped or cooling:
+                if sent >= self.cooled_at[model]:
+                    self.streak[model] += 1
+                delay = min(retry.overload_cooldown_cap,
+                            retry.overload_cooldown * 2.0 ** (max(self.streak[model], 1) - 1))
+                if now + delay > self.model_cool[model]:
+                    self.cooled_at[model] = now
+                    self.model_cool[model] = now + delay
+                    self.probe_at[model] = now + 1.0
         elif effect is Effect.MODEL_UNAVAILABLE:
             self.model_gone[model] = True
         elif effect is Effect.DISABLE_KEY:
@@ -374,6 +465,13 @@ class CoreMachine(RuleBasedStateMachine):
             for k in range(self.n_keys):
                 if self.project[k] == self.project[key]:
                     self.disabled[k] = True
+        if kind is OutcomeKind.SERVER_ERROR:  # the lane breaker: three 500s in a row
+            n = self.lane_errors[(key, model)] = self.lane_errors.get((key, model), 0) + 1
+            if n >= 3:
+                until = now + min(retry.overload_cooldown_cap,
+                                  retry.overload_cooldown * 2.0 ** (n - 3))
+                self.lane_cool[(key, model)] = max(self.lane_cool.get((key, model), -math.inf),
+                                                   until)
         # 3. A retry delay on an outcome that blames no quota group idles the lane until t + d.
         if (retry_after is not None and effect in (Effect.NONE, Effect.COOL_MODEL)
                 and action.next in (Next.RETRY_NOW, Next.RETRY_LATER)):
@@ -395,14 +493,15 @@ class CoreMachine(RuleBasedStateMachine):
             req.empties += 1
             if req.empties > retry.empty_retries:
                 return fail(FailReason.EMPTY_RESPONSE)
-        if kind is OutcomeKind.SERVER_ERROR:
+        if kind in (OutcomeKind.SERVER_ERROR, OutcomeKind.OVERLOADED):
             req.errors[model] = req.errors.get(model, 0) + 1
         if step is Next.RETRY_OTHER_MODEL:
             req.errors[model] = retry.server_errors_per_model
             if all(req.errors.get(m, 0) >= retry.server_errors_per_model for m in req.models):
                 return fail(FailReason.REQUEST_ERROR if kind is OutcomeKind.TOO_LARGE_FOR_QUOTA
                             else FailReason.NO_USABLE_LANE)
-        if req.number >= retry.max_attempts:
+        if (req.number - req.quota_waits >= retry.max_attempts
+                or req.number >= 4 * retry.max_attempts):
             return fail(FailReason.ATTEMPTS_EXHAUSTED)
         if now >= req.deadline:
             return fail(FailReason.DEADLINE)
@@ -428,9 +527,10 @@ class CoreMachine(RuleBasedStateMachine):
         if req is not None and open_:
             if req.state == "flight":
                 assert req.attempt is not None
-                _, key, _ = self.attempts.pop(req.attempt)
+                _, key, model = self.attempts.pop(req.attempt)
                 self.done_attempts.append(req.attempt)
                 self.in_flight[key] -= 1
+                self.group_flight[(self.project[key], model)] -= 1
             req.state = "ended"
         if then_poll:
             self.poll()
@@ -492,7 +592,7 @@ class CoreMachine(RuleBasedStateMachine):
             assert group.unavailable is (g in self.group_gone)
             if group.requests_last_minute is not None:
                 assert group.requests_last_minute == sum(
-                    1 for t, _ in self.sent[g] if t + WINDOW > self.now)
+                    1 for t, _ in self.sent[g] if t + self.window > self.now)
         ended = snap.requests_finished + snap.requests_failed + snap.requests_cancelled
         assert snap.requests_submitted == ended + self.core.open_requests
 

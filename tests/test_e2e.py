@@ -24,6 +24,7 @@ from keysched import (
     KeyedClient,
     NoUsableKeyError,
     OutcomeKind,
+    Policy,
     RetryPolicy,
     StreamChunk,
     StreamInterruptedError,
@@ -163,12 +164,14 @@ async def test_disabled_project_api_disables_every_key_of_the_project() -> None:
 
 
 async def test_overloaded_model_falls_back_then_returns(caplog: pytest.LogCaptureFixture) -> None:
-    """A 503 cools the best model and the request falls back a tier; once it recovers, it returns."""
+    """A 503 that trips the breaker (here at one) cools the best model and the request falls
+    back a tier; once it recovers, it returns."""
     caplog.set_level(logging.INFO, logger="keysched")
     sc = scenario(projects=[{"name": "alpha", "keys": 2}], models=(PRO, FLASH),
                   faults=({"kind": "overloaded", "model": PRO, "start": 0, "end": 40},))
     async with running_server(sc) as (server, world), scenario_client(
-            server, retry=RetryPolicy(overload_cooldown=10.0)) as client:
+            server, retry=RetryPolicy(overload_cooldown=10.0),
+            policy=Policy(overload_trip=1, probe_interval=100.0)) as client:
         during = await client.generate("during the storm")
         cooling = client.snapshot()
         await clock_of(server).until(45.0)
@@ -449,7 +452,8 @@ async def test_error_inside_a_200_stream() -> None:
         {"kind": "stream_error", "model": PRO, "key": "alpha-2", "after_chunks": 0}))
     chunks: list[StreamChunk] = []
     async with running_server(sc) as (server, world), scenario_client(
-            server, retry=RetryPolicy(overload_cooldown=5.0)) as client:
+            server, retry=RetryPolicy(overload_cooldown=5.0),
+            policy=Policy(overload_trip=1, probe_interval=100.0)) as client:
         with pytest.raises(StreamInterruptedError) as caught:
             await collect(client.stream("first"), chunks)
         cooled = client.snapshot().lane("alpha-1", PRO)
@@ -477,7 +481,7 @@ async def test_deadline_while_every_lane_cools_raises_capacity_error() -> None:
     """When no lane can serve before the deadline, the call fails with CapacityError and a retry time."""
     sc = scenario(projects=[{"name": "alpha"}], quotas={FLASH: {"rpm": 1}})
     async with running_server(sc) as (server, world), scenario_client(server) as client:
-        await client.generate("uses the minute")
+        first = await client.generate("uses the minute")
         with pytest.raises(CapacityError) as caught:
             await client.generate("too late", deadline=10.0)
         counters = await saw(server, world)
@@ -486,7 +490,12 @@ async def test_deadline_while_every_lane_cools_raises_capacity_error() -> None:
     refused = error.attempts[0]
     assert refused.retry_after is not None
     assert error.retry_at is not None
-    assert error.retry_at == pytest.approx(refused.ended + refused.retry_after, abs=1e-6)
+    # The 429 taught "1 per minute": capacity returns when the first call leaves the budget's
+    # minute (its window ends `quota_margin` late), after the group's cooldown has ended.
+    # (The core counted the first call when it decided to send it, a moment before `started`.)
+    sent = first.attempts[0].started
+    assert refused.ended + refused.retry_after <= error.retry_at
+    assert sent + 59.0 < error.retry_at <= sent + 60.0 + RetryPolicy().quota_margin
     assert error.retry_at >= 60.0  # the next minute window
     assert counters == {"alpha-1": {FLASH: {"requests": 2, "success": 1,
                                             "rate_limited_minute": 1}}}

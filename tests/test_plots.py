@@ -93,9 +93,9 @@ def test_queueing_over_time_is_labelled_and_marks_requests_never_sent(
     assert ax.get_ylim()[1] > 10  # requests did wait
 
 
-def test_queueing_over_time_says_so_when_nobody_waited(demo: list[RunResult]) -> None:
+def test_queueing_over_time_says_so_when_nobody_waited() -> None:
     """A pool with spare capacity: the figure says no request had to wait."""
-    fig = plots.plot_queueing_over_time(demo[0])
+    fig = plots.plot_queueing_over_time(simulate(load_scenario("steady"), "least-loaded"))
     ax = check_labelled(fig, x_unit="virtual s", y_unit="s", legend=True)
     assert any("no request had to wait" in t.get_text() for t in ax.texts)
 

@@ -12,9 +12,10 @@ from sim.scenario import load_scenario
 
 
 def test_policy_names() -> None:
-    """The five policies exist under the issue's names, the default first."""
-    assert POLICY_NAMES == ("least-loaded", "round-robin", "random", "router-like",
-                            "strike-three")
+    """The policies exist under the issues' names, the default first, then its variants with
+    configured limits and without learning, then the baselines."""
+    assert POLICY_NAMES == ("least-loaded", "told-limits", "no-learning", "one-503-trips",
+                            "round-robin", "random", "router-like", "strike-three")
 
 
 def test_router_like_cools_lanes_and_fails_fast() -> None:

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from keysched._errors import UsageError
-from keysched._outcomes import OutcomeKind
+from keysched._outcomes import OutcomeKind, QuotaDimension, Violation
 from keysched._table import DEFAULT_ACTIONS, Next
 from keysched._wire import (
     API_BASE,
@@ -217,6 +217,8 @@ CASES = [
     Case(file="429_paid_tpm_compact.json", status=429, kind=K.RATE_LIMITED_MINUTE,
          retry_after=47.0, quota_id="GenerateContentPaidTierInputTokensPerModelPerMinute",
          quota_value=4000000),
+    Case(file="429_spend_cap_modelled.json", status=429, kind=K.SPEND_LIMITED, retry_after=212.5,
+         quota_id="GenerateContentSpendPerBillingAccountPer10Minutes-Tier1", quota_value=10),
     Case(file="429_limit_zero_message.json", status=429, kind=K.QUOTA_ZERO,
          retry_after=11.102306822),
     Case(file="429_no_free_quota_tier.json", status=429, kind=K.QUOTA_ZERO),
@@ -398,13 +400,37 @@ def test_limit_zero_is_not_limit_twenty() -> None:
         assert classify(429, json.dumps(error).encode()).outcome.kind is K.SHARED_CAPACITY
 
 
-def test_violation_without_minute_or_day_is_per_minute() -> None:
-    """A quota that is neither per minute nor per day benches the group like a minute quota."""
+def test_violation_without_minute_day_or_spend_is_per_minute() -> None:
+    """A quota that is neither per minute, per day nor spend benches the group like a minute
+    quota, and teaches nothing."""
     error = {"error": {"code": 429, "details": [{
         "@type": "type.googleapis.com/google.rpc.QuotaFailure",
-        "violations": [{"quotaId": "SpendPerTenMinutes"}]}]}}
+        "violations": [{"quotaId": "GenerateRequestsPerHourPerProject", "quotaValue": "7"}]}]}}
     result = classify(429, json.dumps(error).encode())
-    assert (result.outcome.kind, result.quota_id) == (K.RATE_LIMITED_MINUTE, "SpendPerTenMinutes")
+    assert (result.outcome.kind, result.quota_id) == (K.RATE_LIMITED_MINUTE,
+                                                      "GenerateRequestsPerHourPerProject")
+    assert result.outcome.violations == ()
+
+
+def test_a_429_reports_every_violation_it_names_with_usable_values() -> None:
+    """Every violation with a known dimension reaches the outcome; values the core may learn
+    from are kept, the rest (absent, zero, absurd, non-numeric, negative) are None."""
+    three = classify(429, body("429_several_violations.json")).outcome.violations
+    assert [(v.dimension, v.value) for v in three] == [
+        (QuotaDimension.REQUESTS_PER_DAY, None), (QuotaDimension.REQUESTS_PER_MINUTE, None),
+        (QuotaDimension.TOKENS_PER_MINUTE, None)]
+    assert classify(429, body("429_daily_cap_2026.json")).outcome.violations == (
+        Violation(QuotaDimension.REQUESTS_PER_DAY, 20, RPD),)
+    assert classify(429, body("429_spend_cap_modelled.json")).outcome.violations[0][:2] == (
+        QuotaDimension.SPEND, 10)
+    for raw, learned in [("5", 5), ("1000000000", 10**9), ("1000000000000", None), ("0", None),
+                         ("-5", None), ("five", None), ("2.5", None), (5, 5), (None, None)]:
+        error = {"error": {"code": 429, "details": [{
+            "@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [
+                {"quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                 "quotaValue": raw}]}]}}
+        [violation] = classify(429, json.dumps(error).encode()).outcome.violations
+        assert violation.value == learned, raw
 
 
 def test_details_are_found_in_any_order() -> None:
