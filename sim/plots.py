@@ -445,7 +445,7 @@ def plot_overview(metrics: Sequence[Metrics]) -> Any:
     for ax, (scenario, rows_of) in zip(panels, by_scenario.items(), strict=False):
         _draw_comparison(ax, rows_of)
         ax.set_title(scenario, fontsize="medium")
-        ax.tick_params(axis="x", labelsize="small")
+        ax.tick_params(axis="x", labelsize="x-small", labelrotation=15)
     for ax in panels[len(by_scenario):]:
         ax.set_visible(False)
     for row in axes:
@@ -453,7 +453,7 @@ def plot_overview(metrics: Sequence[Metrics]) -> Any:
     fig.suptitle("Policy comparison on every scenario (wasted per success capped at 200%)")
     handles, labels = panels[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize="small")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.tight_layout(rect=(0, 0.03, 1, 0.98))  # room for the shared legend and the title
     return fig
 
 
