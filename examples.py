@@ -82,6 +82,25 @@ async def against_fake_server() -> None:
             await run_batch(client, "The best model is overloaded: requests fall back a tier",
                             [f"during the storm {i}" for i in range(8)])
             print_pool(client)
+            await under_the_sdk(client, server.base_url)
+
+
+async def under_the_sdk(client: keysched.KeyedClient, base_url: str) -> None:
+    """The same pool under google-genai's own client: the SDK's call is unchanged."""
+    try:
+        from google import genai
+        from google.genai import types
+    except ImportError:
+        print("\n(pip install -e '.[sdk]' to see the pool under google-genai as well)")
+        return
+    print("\n== google-genai's own call, scheduled by the pool (the SDK's key is replaced)")
+    sdk = genai.Client(api_key="unused", http_options=types.HttpOptions(
+        base_url=base_url, api_version="v1beta",
+        async_client_args={"transport": client.transport()}))
+    answer = await sdk.aio.models.generate_content(model=client.models[0], contents="Hi, SDK")
+    served = answer.sdk_http_response.headers if answer.sdk_http_response else None
+    print(f"  {(answer.text or '')[:32]!r}... served by {(served or {}).get('x-keysched-key')} on "
+          f"{(served or {}).get('x-keysched-model')}")
 
 
 async def against_real_api() -> None:
@@ -97,6 +116,8 @@ async def against_real_api() -> None:
 def main() -> None:
     """Pick the real API when keys are configured, else the embedded fake server."""
     logging.basicConfig(level=logging.WARNING, format="  [log] %(name)s: %(message)s")
+    # keysched logs disabled keys at WARNING and fallbacks and model cooldowns at INFO: show both.
+    logging.getLogger("keysched").setLevel(logging.INFO)
     started = time.monotonic()
     if os.environ.get("GEMINI_API_KEYS"):
         asyncio.run(against_real_api())

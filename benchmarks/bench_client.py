@@ -85,10 +85,12 @@ def _wait_for(port: int) -> None:
 
 
 @contextlib.contextmanager
-def bench_server(delay: float = DELAY) -> Iterator[str]:
-    """The benchmark server, in its own process, for the duration: yields its base URL."""
+def bench_server(target: Callable[..., None] = _serve,
+                 args: tuple[object, ...] = (DELAY,)) -> Iterator[str]:
+    """A benchmark server (``target(port, *args)``), in its own process, for the duration:
+    yields its base URL."""
     port = _free_port()
-    server = multiprocessing.get_context("spawn").Process(target=_serve, args=(port, delay),
+    server = multiprocessing.get_context("spawn").Process(target=target, args=(port, *args),
                                                           daemon=True)
     server.start()
     try:
@@ -280,7 +282,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{args.rounds} interleaved runs of {args.seconds:g} s per client and concurrency")
     for delay in DELAYS:
-        with bench_server(delay) as base:
+        with bench_server(args=(delay,)) as base:
             samples = asyncio.run(_measure(base, args.seconds, args.rounds))
         _report(delay, samples)
     if args.no_import:

@@ -63,7 +63,7 @@ def _child(argv: list[str]) -> tuple[str, float, float, float]:
 
 def _client(seconds: float, rounds: int) -> None:
     for delay in (0.1, 0.005):
-        with bench_server(delay) as base:
+        with bench_server(args=(delay,)) as base:
             samples = asyncio.run(_measure(base, seconds, rounds, CLIENTS))
         for name in CLIENTS[1:]:
             cells = []

@@ -35,13 +35,17 @@ from keysched._wire import Classified, Usage, classify
 
 if TYPE_CHECKING:
     from keysched._client import DEFAULT_MODELS, KeyedClient
+    from keysched._integrations import PoolTransport
+    from keysched._threaded import PoolThread, genai_client
 
 __version__ = "0.1.0"
 
 # The client pulls in asyncio and httpx; the configuration, the core and the wire layer do not.
 # Loading it on first use keeps `import keysched` cheap for code that only needs the pure parts
 # (the simulator, a dashboard reading snapshots).
-_LAZY = {"DEFAULT_MODELS": "keysched._client", "KeyedClient": "keysched._client"}
+_LAZY = {"DEFAULT_MODELS": "keysched._client", "KeyedClient": "keysched._client",
+         "PoolThread": "keysched._threaded", "PoolTransport": "keysched._integrations",
+         "genai_client": "keysched._threaded"}
 
 
 def __getattr__(name: str) -> Any:
@@ -88,6 +92,8 @@ __all__ = [
     "PoolConfig",
     "PoolEvent",
     "PoolSnapshot",
+    "PoolThread",
+    "PoolTransport",
     "QuotaDimension",
     "RandomChoice",
     "RequestError",
@@ -106,5 +112,6 @@ __all__ = [
     "Violation",
     "__version__",
     "classify",
+    "genai_client",
     "next_pacific_midnight",
 ]

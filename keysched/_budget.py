@@ -60,6 +60,9 @@ class KnownLimit(NamedTuple):
 class Budget:
     """Sliding-minute and Pacific-day counters against the group's known limits.
 
+    `rpm`, `tpm` and `rpd` are the limits in force (None: unknown), read on every selection;
+    `_known` says where each came from.  `_set` and `forget_learned` keep the two in step.
+
     Args:
         limit: the configured limits, if any.
         wall_epoch: the Unix time at core time 0 (for midnight Pacific).
@@ -161,23 +164,30 @@ class Budget:
         """Whether a request of `tokens` could ever pass the token limit."""
         return self.tpm is None or tokens <= self.tpm
 
-    def free_at(self, now: float, tokens: int) -> float:
+    def _configured(self, dimension: QuotaDimension) -> int | None:
+        known = self._known.get(dimension)
+        return known.value if known is not None and known.source == "configured" else None
+
+    def free_at(self, now: float, tokens: int, *, learned: bool = True) -> float:
         """The earliest time at or after `now` when a request of `tokens` may be sent.
 
-        Returns `now` when it may be sent at once, and `math.inf` when it never fits.
+        Returns `now` when it may be sent at once, and `math.inf` when it never fits.  With
+        `learned` false, only the configured limits count.
         """
         self._expire(now)
-        if not self.fits(tokens):
+        rpm, tpm, rpd = ((self.rpm, self.tpm, self.rpd) if learned else
+                         (self._configured(_RPM), self._configured(_TPM), self._configured(_RPD)))
+        if tpm is not None and tokens > tpm:
             return math.inf
         at = now
-        if self.rpd is not None and self.day_count >= self.rpd:
+        if rpd is not None and self.day_count >= rpd:
             at = max(at, self._day_end)
         minute = self._minute
-        if self.rpm is not None and len(minute) >= self.rpm:
-            at = max(at, minute[len(minute) - self.rpm][0] + self.window)
-        if self.tpm is not None and self._minute_tokens + tokens > self.tpm:
+        if rpm is not None and len(minute) >= rpm:
+            at = max(at, minute[len(minute) - rpm][0] + self.window)
+        if tpm is not None and self._minute_tokens + tokens > tpm:
             # Walk the window until enough tokens have left it.
-            excess = self._minute_tokens + tokens - self.tpm
+            excess = self._minute_tokens + tokens - tpm
             for sent_at, used in minute:
                 excess -= used
                 if excess <= 0:

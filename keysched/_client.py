@@ -63,8 +63,9 @@ if TYPE_CHECKING:
     # At run time asyncio is imported where it is first used, as httpx itself does: keeping it
     # out of `import keysched` saves a third of the import time (see benchmarks/bench_client.py).
     import asyncio
+    import datetime
 
-from keysched._config import Key, Limit, PoolConfig, RetryPolicy, _duration
+from keysched._config import Key, Limit, PoolConfig, RetryPolicy, _duration, _timeout
 from keysched._core import Scheduler
 from keysched._decisions import Decision, Dispatch, Fail, FailReason, Finish
 from keysched._durations import AttemptDurations
@@ -81,6 +82,7 @@ from keysched._errors import (
     UsageError,
 )
 from keysched._outcomes import Outcome, OutcomeKind
+from keysched._redact import Redactor
 from keysched._results import AttemptRecord, GenerateResult, StreamChunk
 from keysched._selection import Policy
 from keysched._snapshot import PoolEvent, PoolSnapshot
@@ -143,12 +145,16 @@ _WHY = {
     FailReason.NO_USABLE_LANE: "no usable key is left for the allowed models",
     FailReason.EMPTY_RESPONSE: "the service kept answering without content",
 }
+# A library adds no handler: with logging unconfigured, Python prints WARNING and above to
+# stderr.  So WARNING is kept for what a user must act on (a key or a model gone for good);
+# the pool's ordinary weather (cooldowns, fallbacks, recoveries) is INFO or DEBUG.
 _EVENT_LEVELS = {
     "key_disabled": logging.WARNING, "group_unavailable": logging.WARNING,
-    "model_unavailable": logging.ERROR, "model_cooled": logging.WARNING,
-    "fallback": logging.WARNING, "recovered": logging.INFO, "group_cooled": logging.INFO,
-    "lane_cooled": logging.INFO,
+    "model_unavailable": logging.WARNING, "model_cooled": logging.INFO,
+    "fallback": logging.INFO, "recovered": logging.INFO, "group_cooled": logging.DEBUG,
+    "lane_cooled": logging.DEBUG,
 }
+_MOST_SEVERE_EVENT = max(_EVENT_LEVELS.values())
 
 
 def _failure(kind: OutcomeKind, message: str) -> Classified:
@@ -344,11 +350,19 @@ class _Session:
         return bound if bound > 0.001 else 0.001
 
     def report(self, dispatch: Dispatch, classified: Classified, started: float, *,
-               final: bool = False) -> None:
-        """Record an attempt and tell the core; `final` ends the request with no retry."""
+               final: bool = False) -> Classified:
+        """Record an attempt and tell the core; `final` ends the request with no retry.
+
+        Returns `classified` as it was kept: a failure's server texts with every secret of the
+        pool replaced by its label (a proxy may quote the key it was sent).
+        """
         client = self.client
         ended = client._clock()
         outcome = classified.outcome
+        if outcome.kind is not OutcomeKind.SUCCESS:
+            redact = client._redactor.redact
+            classified = classified._replace(message=redact(classified.message),
+                                             google_status=redact(classified.google_status))
         self.records.append(_new_record((
             dispatch.number, dispatch.key.label or "", dispatch.model, outcome.kind,
             classified.status, classified.google_status, classified.message, outcome.retry_after,
@@ -368,6 +382,7 @@ class _Session:
             self.close(failed=True)
         else:
             client._pump(ended)
+        return classified
 
     def error(self, fail: Fail) -> ServiceError:
         why = _WHY[fail.reason]
@@ -461,7 +476,7 @@ class KeyedClient:
         if not isinstance(embedding_model, str) or not embedding_model.strip():
             raise ConfigurationError("embedding_model", f"expected a model name, got "
                                      f"{embedding_model!r}")
-        self._timeout = _positive("timeout", timeout)
+        self._timeout = _timeout("timeout", timeout)
         if (isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int)
                 or max_response_bytes < 1):
             raise ConfigurationError("max_response_bytes", f"expected an integer number of bytes "
@@ -501,6 +516,7 @@ class KeyedClient:
         # Headers per key, built once: the key is checked and copied into them a single time
         # (before an HTTP client exists that a failure here would leave open).
         headers = {key.label: request_headers(key.secret) for key in config.keys}
+        self._redactor = Redactor(config.keys)
         self._backend = self._make_backend(http_client, transport, fast, max_response_bytes)
         self._headers = {label: self._backend.headers(each) for label, each in headers.items()}
         self._urls: dict[str, dict[str, str]] = {method: {} for method in METHODS}
@@ -600,8 +616,8 @@ class KeyedClient:
         system_instruction: str | Mapping[str, Any] | None = None,
         safety_settings: Sequence[Mapping[str, Any]] | None = None,
         tools: Sequence[Mapping[str, Any]] | None = None,
-        timeout: float | None = None,
-        deadline: float | None = None,
+        timeout: float | datetime.timedelta | None = None,
+        deadline: float | datetime.timedelta | None = None,
     ) -> GenerateResult:
         """Generate content with the best model that can serve now.
 
@@ -644,8 +660,8 @@ class KeyedClient:
         system_instruction: str | Mapping[str, Any] | None = None,
         safety_settings: Sequence[Mapping[str, Any]] | None = None,
         tools: Sequence[Mapping[str, Any]] | None = None,
-        timeout: float | None = None,
-        deadline: float | None = None,
+        timeout: float | datetime.timedelta | None = None,
+        deadline: float | datetime.timedelta | None = None,
     ) -> AsyncIterator[StreamChunk]:
         """Stream content chunk by chunk (``:streamGenerateContent?alt=sse``).
 
@@ -691,7 +707,7 @@ class KeyedClient:
                 # A safety stop on the last chunk is an answer (as for `generate`), not a break.
                 broken = delivered > 0 and classified.outcome.kind not in (
                     OutcomeKind.SUCCESS, OutcomeKind.BLOCKED)
-                session.report(decision, classified, started, final=broken)
+                classified = session.report(decision, classified, started, final=broken)
                 if broken:
                     # Chunks already reached the caller: no transparent failover any more.
                     raise StreamInterruptedError(
@@ -706,8 +722,9 @@ class KeyedClient:
             session.close()
 
     async def count_tokens(self, contents: str | Sequence[Mapping[str, Any]], *,
-                           model: str | None = None, timeout: float | None = None,
-                           deadline: float | None = None) -> int:
+                           model: str | None = None,
+                           timeout: float | datetime.timedelta | None = None,
+                           deadline: float | datetime.timedelta | None = None) -> int:
         """Count the input tokens of `contents` for `model` (default: the best model).
 
         Scheduled on the pool like any call (failover, cooldowns), but not counted against the
@@ -720,8 +737,8 @@ class KeyedClient:
         return int(value)
 
     async def embed(self, texts: Sequence[str], *, model: str | None = None,
-                    timeout: float | None = None,
-                    deadline: float | None = None) -> list[list[float]]:
+                    timeout: float | datetime.timedelta | None = None,
+                    deadline: float | datetime.timedelta | None = None) -> list[list[float]]:
         """Embed `texts`, in batches of at most 100 per call, split transparently.
 
         Returns:
@@ -774,6 +791,16 @@ class KeyedClient:
         """
         return list(self._history)
 
+    def transport(self, *, fallback: bool = True) -> httpx.AsyncBaseTransport:
+        """An httpx transport over this pool, for an SDK's httpx client (same event loop).
+
+        Each model call the SDK sends is scheduled like `generate` (see
+        `keysched._integrations`); `fallback` lets a call fall back along the pool's models.
+        """
+        from keysched._integrations import PoolTransport
+
+        return PoolTransport(self, fallback=fallback)
+
     @property
     def models(self) -> tuple[str, ...]:
         """The generation models, best first."""
@@ -781,21 +808,25 @@ class KeyedClient:
 
     # ------------------------------------------------------------------ internals
 
-    def _attempt_timeout(self, timeout: float | None) -> float:
-        return self._timeout if timeout is None else _positive("timeout", timeout)
+    def _attempt_timeout(self, timeout: float | datetime.timedelta | None) -> float:
+        return self._timeout if timeout is None else _timeout("timeout", timeout)
 
-    def _open(self, models: Sequence[str] | None, tokens: int, deadline: float | None,
+    def _open(self, models: Sequence[str] | None, tokens: int,
+              deadline: float | datetime.timedelta | None,
               spends_quota: bool = True) -> _Session:
         if self._closed:
             raise UsageError("the client is closed")
         if deadline is not None:
-            _positive("deadline", deadline)
+            # The checked value goes on: a `timedelta` becomes seconds here, at the edge.
+            deadline = _positive("deadline", deadline)
         return _Session(self, self._models if models is None else models, tokens, deadline,
                         spends_quota)
 
     async def _call_json(self, model: str, method: str, body: dict[str, Any],
-                         parse: Callable[[Any], Any], timeout: float | None,
-                         deadline: float | None, *, spends_quota: bool = True) -> Any:
+                         parse: Callable[[Any], Any],
+                         timeout: float | datetime.timedelta | None,
+                         deadline: float | datetime.timedelta | None, *,
+                         spends_quota: bool = True) -> Any:
         def read(status: int, raw: bytes, headers: Mapping[str, str],
                  tokens: int) -> tuple[Classified, Any]:
             return classify_json_response(status, raw, headers, parse=parse)
@@ -808,7 +839,8 @@ class KeyedClient:
     async def _call(
         self, models: Sequence[str] | None, method: str, payload: bytes, tokens: int,
         read: Callable[[int, bytes, Mapping[str, str], int], tuple[Classified, Any]] | None,
-        timeout: float | None, deadline: float | None, *, spends_quota: bool = True,
+        timeout: float | datetime.timedelta | None, deadline: float | datetime.timedelta | None,
+        *, spends_quota: bool = True,
     ) -> tuple[Dispatch, Classified, Any, tuple[AttemptRecord, ...]]:
         """Run one request (not a stream) to its end: the answering attempt, or a raised error.
 
@@ -973,12 +1005,12 @@ class KeyedClient:
                 # Nobody waits for this request any more (its caller is gone): free the lane.
                 core.cancel(decision.request, self._clock())
         # Each event is logged at its own level: a logger set to WARNING must still see
-        # disabled keys and fallbacks.  The shortcut skips the loop only when even the most
-        # severe level (ERROR, a model gone for good) is filtered out.
+        # disabled keys.  The shortcut skips the loop only when even the most severe level is
+        # filtered out.
         events = core.take_events()
         if events:
             self._history.extend(events)
-            if logger.isEnabledFor(logging.ERROR):
+            if logger.isEnabledFor(_MOST_SEVERE_EVENT):
                 for event in events:
                     level = _EVENT_LEVELS.get(event.kind, logging.INFO)
                     if logger.isEnabledFor(level):

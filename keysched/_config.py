@@ -50,6 +50,19 @@ def _duration(field: str, value: object, *, allow_zero: bool = False) -> float:
     return seconds
 
 
+MIN_TIMEOUT = 0.001
+"""The shortest attempt timeout accepted, in seconds: below a millisecond no answer can arrive."""
+
+
+def _timeout(field: str, value: object) -> float:
+    """A timeout: a duration of at least `MIN_TIMEOUT` (a smaller one is a typo for seconds)."""
+    seconds = _duration(field, value)
+    if seconds < MIN_TIMEOUT:
+        raise ConfigurationError(field, f"expected at least {MIN_TIMEOUT} seconds (one "
+                                        f"millisecond), got {_show(value)}")
+    return seconds
+
+
 def _count(field: str, value: object, *, minimum: int = 1, optional: bool = False) -> int | None:
     if value is None and optional:
         return None
@@ -64,6 +77,16 @@ def _count(field: str, value: object, *, minimum: int = 1, optional: bool = Fals
 def _name(field: str, value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigurationError(field, f"expected a non-empty string, got {_show(value)}")
+    return value
+
+
+def _label(field: str, value: object) -> str:
+    """A name that goes into log lines and messages: no control characters (a newline in a
+    label would forge a log line)."""
+    _name(field, value)
+    assert isinstance(value, str)
+    if any(not ch.isprintable() and ch != " " for ch in value):
+        raise ConfigurationError(field, f"expected no control characters, got {_show(value)}")
     return value
 
 
@@ -107,11 +130,11 @@ class Key:
     def __attrs_post_init__(self) -> None:
         _check_secret("secret", self.secret)
         if self.label is not None:
-            _name("label", self.label)
+            _label("label", self.label)
         if self.project is not None:
-            _name("project", self.project)
+            _label("project", self.project)
         if self.billing_account is not None:
-            _name("billing_account", self.billing_account)
+            _label("billing_account", self.billing_account)
 
     def __repr__(self) -> str:
         account = "" if self.billing_account is None else f", billing_account={self.billing_account!r}"
@@ -181,6 +204,10 @@ class RetryPolicy:
             it is holding requests back: one attempt goes past it.  An answer shows the quota
             grew (a tier upgrade): the learned limit is dropped, and the next 429 teaches the
             new one.  A 429 keeps it, and the next test waits twice as long.  None: never.
+        max_server_delay: the longest a retry delay given by the server (``retryDelay``,
+            ``Retry-After``) may bench a quota group or lane, in seconds; a longer one is cut
+            to this.  A single absurd value must not bench a project for days.  (A per-day
+            429 waits for midnight Pacific whatever this says.)
     """
 
     max_attempts: int = attrs.field(default=8)
@@ -198,6 +225,7 @@ class RetryPolicy:
     server_errors_per_model: int = 2
     quota_margin: float = attrs.field(default=1.0, converter=_to_seconds)
     relearn_after: float | None = attrs.field(default=300.0, converter=_to_seconds)
+    max_server_delay: float = attrs.field(default=3600.0, converter=_to_seconds)
 
     def __attrs_post_init__(self) -> None:
         _count("retry.max_attempts", self.max_attempts)
@@ -205,11 +233,15 @@ class RetryPolicy:
         _count("retry.server_errors_per_model", self.server_errors_per_model)
         for name in ("backoff_base", "backoff_cap", "deadline", "minute_cooldown",
                      "shared_capacity_cooldown", "overload_cooldown", "overload_cooldown_cap",
-                     "shared_capacity_cooldown_cap"):
+                     "shared_capacity_cooldown_cap", "max_server_delay"):
             _duration(f"retry.{name}", getattr(self, name))
         _duration("retry.quota_margin", self.quota_margin, allow_zero=True)
         if self.relearn_after is not None:
             _duration("retry.relearn_after", self.relearn_after)
+        if self.shared_capacity_cooldown_cap < self.shared_capacity_cooldown:
+            raise ConfigurationError("retry.shared_capacity_cooldown_cap", f"must be >= "
+                                     f"shared_capacity_cooldown ({self.shared_capacity_cooldown!r}"
+                                     f"), got {self.shared_capacity_cooldown_cap!r}")
         if self.backoff_cap < self.backoff_base:
             raise ConfigurationError("retry.backoff_cap", f"must be >= backoff_base "
                                      f"({self.backoff_base!r}), got {self.backoff_cap!r}")

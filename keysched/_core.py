@@ -15,8 +15,8 @@ State:
   that is never overdrawn once a limit is known, configured or learned from a 429.
 - **models**: cooling (503 storms, escalating) or unavailable (404).
 - **lanes** (key, model): can serve iff the key is enabled and under its in-flight cap, its
-  group and model are neither cooling nor unavailable, its budget has room, and (baseline
-  policies only) the lane itself is not cooling.
+  group and model are neither cooling nor unavailable, its budget has room, and the lane
+  itself is not cooling (the lane breaker, a server's retry delay, or a baseline's cooldown).
 - **requests**: waiting (FIFO per list of allowed models), backing off, in flight, or ended.
   Every submitted request ends exactly once: finished, failed with a reason, or cancelled.
 
@@ -33,22 +33,23 @@ Learning what nobody configured (the quota-intelligence issue):
   becomes the group's limit for that dimension (`Budget.learn`), and from then on the group is
   budgeted exactly like a configured `Limit`: after one 429 per limit, a pool with unknown limits
   behaves like one whose limits were given.  A configured limit always wins.
-- Beyond what is proven, one attempt at a time.  A group that does not know its limit for a
-  dimension *presumes* one: by default the limit learned on another group of the same model
-  (free-tier projects share their numbers, and their windows fill together).  A group already
-  past its presumed limit gets one attempt in flight at a time, so at most one 429 teaches it its
-  own; an answer past it raises the group's presumed limit to what it has now sent (it has more:
-  another tier), and the next attempt may go.
+- Beyond what is proven, carefully.  A group that does not know its limit for a dimension
+  *presumes* one: by default the limit learned on another group of the same model (free-tier
+  projects share their numbers, and their windows fill together).  Past its presumed limit, a
+  group takes one attempt in flight at a time, so at most one 429 teaches it its own; each answer
+  past it (the group has more: another tier) allows one more in flight (twice as many per round
+  trip, as TCP's slow start), until a 429 teaches the real limit and starts over at one.
 - Quotas also grow (a tier upgrade), and nothing says so: a learned limit that holds requests
   back is tested ``relearn_after`` seconds after it was learned, with one attempt past it (only
-  when nothing else is in flight on the group, and only while the server's window is full too,
-  margin aside).  An answer drops the learned limits and the group probes (slow start) until
-  the next 429 teaches the new ones; a 429 keeps them and doubles the wait before the next test.
-- A group benched by a 429 whose limit is still unknown (no ``quotaValue``, or a 429 without
-  details) reopens *probing*, like a circuit breaker's half-open state: one attempt in flight
-  at a time, twice as many after each answer, until `_PROBE_CLOSED` are allowed and the group
-  is trusted again.  A 429 while probing starts over at one.  The queue waits meanwhile instead
-  of flooding the group the moment its cooldown ends.
+  when nothing else is in flight on the group, when no configured limit holds the request back,
+  and while the server's window is full too, margin aside).  An answer drops the learned limits,
+  which the group then presumes (see above) until a 429 teaches the new ones; a 429 keeps them
+  and doubles the wait before the next test; any other end of the test tries again later.
+- A group benched by a 429 whose limit is still unknown (no ``quotaValue``, a 429 without
+  details, or the billing account's spend) reopens *half-open*, like a circuit breaker: one
+  attempt in flight at a time, twice as many after each answer, until `_HALF_OPEN_CLOSED` are
+  allowed and the group is trusted again.  A 429 meanwhile starts over at one.  The queue waits
+  instead of flooding the group the moment its cooldown ends.
 - A 429 on a quota (per minute, per day, spend, ``limit: 0``) does not count against
   ``max_attempts``: the request only waited for quota and spent no answer.  Its deadline still
   bounds it, and so does a hard cap of `_QUOTA_ATTEMPT_FACTOR` x ``max_attempts`` attempts.
@@ -109,12 +110,12 @@ __all__ = ["Scheduler"]
 
 # _LATE: past its `start_by`, out of the queue, waiting for its deadline (see `submit`).
 _WAITING, _BACKOFF, _IN_FLIGHT, _ENDED, _LATE = range(5)
-# A server-given delay longer than this is treated as this: a typo'd or hostile Retry-After of
-# days must not bench a key for days (a per-day quota has its own, exact, rule).
-_MAX_SERVER_DELAY = 3600.0
 _TIMER_READY, _TIMER_DEADLINE, _TIMER_LANE, _TIMER_WAKE = range(4)
-# A probing group is trusted again once this many attempts may be in flight on it.
-_PROBE_CLOSED = 16
+# A half-open group is trusted again once this many attempts may be in flight on it.
+_HALF_OPEN_CLOSED = 16
+# Exponents of escalating cooldowns stop growing here: the caps are reached long before, and an
+# unbounded streak would overflow a float after 1,024 failures.
+_MAX_DOUBLINGS = 30
 # Quota 429s do not count against `max_attempts`; this many times it still ends a request.
 _QUOTA_ATTEMPT_FACTOR = 4
 # 429s that refuse an attempt on a quota: the server did not count it, and no answer was spent.
@@ -139,8 +140,9 @@ class _Key:
 class _Group:
     """One (project, model) quota group."""
 
-    __slots__ = ("bare_429s", "budget", "cool_until", "in_flight", "model", "parked", "presumed",
-                 "probe", "project", "reason", "relearn_at", "relearn_wait", "unavailable")
+    __slots__ = ("bare_429s", "bare_since", "beyond", "budget", "cool_until", "half_open",
+                 "in_flight", "model", "parked", "presumed", "project", "reason", "relearn_at",
+                 "relearn_wait", "unavailable")
 
     def __init__(self, project: int, model: int, budget: Budget | None) -> None:
         self.project = project
@@ -150,14 +152,16 @@ class _Group:
         self.unavailable = False
         self.budget = budget  # None for policies that budget nothing (the baselines)
         self.in_flight = 0
-        # While probing: how many attempts may be in flight on the group (None: not probing).
-        self.probe: int | None = None
+        # While half-open: how many attempts may be in flight on the group (None: closed).
+        self.half_open: int | None = None
         self.parked = False  # lanes of the group were parked until an attempt of it ends
         # Limits presumed for dimensions the group does not know; None: its model's priors.
         self.presumed: dict[QuotaDimension, int] | None = None
+        self.beyond = 1  # attempts allowed in flight past a presumed limit
         self.relearn_at = math.inf  # when a learned limit holding requests back is tested
         self.relearn_wait = math.inf  # how long after learning (doubles after a failed test)
         self.bare_429s = 0  # bare 429s since the group last answered (escalates its cooldown)
+        self.bare_since = -math.inf  # when its current bare-429 bench began
 
 
 class _Model:
@@ -347,6 +351,11 @@ class Scheduler:
                 isinstance(seconds, bool) or not isinstance(seconds, int | float)
                 or math.isnan(seconds) or seconds <= 0):
             raise UsageError(f"deadline must be a duration > 0 seconds, got {deadline!r}")
+        if start_within is not None and (
+                isinstance(start_within, bool) or not isinstance(start_within, int | float)
+                or math.isnan(start_within) or start_within < 0):
+            raise UsageError(f"start_within must be a duration >= 0 seconds, got "
+                             f"{start_within!r}")
         self._now = now
         rid = self._next_request
         self._next_request += 1
@@ -384,12 +393,14 @@ class Scheduler:
             if self._lane_errors:
                 self._lane_errors.pop((record.key, record.model), None)
             group.bare_429s = 0
-            if group.probe is not None:
-                self._widen_probe(group)
+            if group.half_open is not None:
+                self._widen_half_open(group)
             if record.relearn:
                 self._relearned(group, now)
-            if self._presumed(group):
-                self._raise_presumed(group, now)
+            elif self._presumed(group) and self._past_presumed(group, 0, now, answered=True):
+                group.beyond += 1  # it has more than it presumed: one more in flight past it
+                if group.parked:
+                    self._unpark(group)
         elif kind in _ALL_429S:
             self._on_429(group, record, outcome, request, now)
         elif kind is OutcomeKind.SERVER_ERROR and action.effect is Effect.NONE:
@@ -567,7 +578,7 @@ class Scheduler:
                     unavailable=group.unavailable, requests_last_minute=usage[0],
                     tokens_last_minute=usage[1], requests_today=usage[2],
                     limits=() if group.budget is None else group.budget.limits,
-                    probing=group.probe is not None))
+                    probing=group.half_open is not None))
         return PoolSnapshot(
             now=at, lanes=tuple(lanes), groups=tuple(groups), waiting=self._waiting,
             in_flight=len(self._attempts), requests_submitted=self._submitted,
@@ -590,9 +601,11 @@ class Scheduler:
             until = lane_until
         if until > now:
             return until
-        if group.in_flight and ((group.probe is not None and group.in_flight >= group.probe) or (
-                self._presumed(group) and self._past_presumed(
-                    group, 0 if self._current is None else self._current.tokens, now))):
+        if group.in_flight and (
+                (group.half_open is not None and group.in_flight >= group.half_open)
+                or (group.in_flight >= group.beyond and self._presumed(group)
+                    and self._past_presumed(
+                        group, 0 if self._current is None else self._current.tokens, now))):
             group.parked = True  # `_release` offers the lanes again when an attempt ends
             return math.inf
         if (group.budget is not None and group.budget.limited and self._current is not None
@@ -600,9 +613,11 @@ class Scheduler:
             tokens = self._current.tokens
             free = group.budget.free_at(now, tokens)
             if (now >= group.relearn_at and not group.in_flight and math.isfinite(free)
-                    and free - group.budget.margin > now):
+                    and free - group.budget.margin > now
+                    and group.budget.free_at(now, tokens, learned=False) <= now):
                 # Test the learned limit (`_dispatch` marks the attempt), but only while the
-                # server's window is full too: inside the margin, an answer would prove nothing.
+                # server's window is full too (inside the margin, an answer would prove nothing)
+                # and never past a configured limit.
                 return None
             if free > now:
                 if math.isinf(free):
@@ -745,6 +760,10 @@ class Scheduler:
         self._update(record.key, (state.in_flight, state.seq))
         group = self._groups[state.project][record.model]
         group.in_flight -= 1
+        if record.relearn and math.isfinite(group.relearn_wait):
+            # The test of a learned limit ended: try again later, unless an answer or a 429
+            # (handled by the caller after this) says otherwise.
+            group.relearn_at = self._now + group.relearn_wait
         if group.parked:
             self._unpark(group)
 
@@ -769,8 +788,9 @@ class Scheduler:
         if record.relearn:  # the learned limit held: test it again, twice as late
             group.relearn_wait *= 2
             group.relearn_at = now + group.relearn_wait
+        group.beyond = 1
         for violation in outcome.violations:
-            if violation.value is None:
+            if violation.value is None or violation.value < 1:
                 continue
             if budget.learn(violation.dimension, violation.value, now, violation.quota_id):
                 self._benched += 1
@@ -785,17 +805,17 @@ class Scheduler:
             return  # the request is at fault, or the group is gone: nothing to probe
         unknown = not outcome.violations or any(not budget.knows(v.dimension)
                                                 for v in outcome.violations)
-        if unknown or group.probe is not None:
-            group.probe = 1  # half-open: one attempt at a time when the cooldown ends
+        if unknown or group.half_open is not None:
+            group.half_open = 1  # one attempt at a time when the cooldown ends
 
     def _relearned(self, group: _Group, now: float) -> None:
         """An answer past a learned limit: the quota grew, so the learned limits go."""
-        assert group.budget is not None
         budget = group.budget
         assert budget is not None
-        # Beyond the old limits, one attempt at a time, until a 429 teaches the new ones.
+        # Past the old limits, carefully (see "presumes"), until a 429 teaches the new ones.
         group.presumed = {limit.dimension: limit.value for limit in budget.limits
                           if limit.source == "learned"}
+        group.beyond = 1
         budget.forget_learned()
         group.relearn_at = group.relearn_wait = math.inf
         self._emit("limit_unlearned", "an answer past the learned limit", now,
@@ -808,37 +828,27 @@ class Scheduler:
         """The limits the group presumes for what it does not know (see the docstring)."""
         return self._priors[group.model] if group.presumed is None else group.presumed
 
-    def _past_presumed(self, group: _Group, tokens: int, now: float) -> bool:
-        """Whether one more request of `tokens` would take the group past a limit it presumes."""
+    def _past_presumed(self, group: _Group, tokens: int, now: float, *,
+                       answered: bool = False) -> bool:
+        """Whether one more request of `tokens` would take the group past a limit it presumes
+        for a dimension it does not know (`answered`: whether what it sent already is)."""
         budget = group.budget
         if budget is None:
             return False
         for dimension, value in self._presumed(group).items():
             if not budget.knows(dimension):
-                extra = tokens if dimension is QuotaDimension.TOKENS_PER_MINUTE else 1
+                extra = 0 if answered else (
+                    tokens if dimension is QuotaDimension.TOKENS_PER_MINUTE else 1)
                 if budget.used(dimension, now) + extra > value:
                     return True
         return False
 
-    def _raise_presumed(self, group: _Group, now: float) -> None:
-        """An answer: where the group has now sent more than it presumed, it has more."""
-        budget = group.budget
-        if budget is None:
-            return
-        presumed = self._presumed(group)
-        raised = {dimension: max(value, budget.used(dimension, now))
-                  for dimension, value in presumed.items() if not budget.knows(dimension)}
-        if raised != {d: v for d, v in presumed.items() if not budget.knows(d)}:
-            group.presumed = raised
-            if group.parked:
-                self._unpark(group)
-
-    def _widen_probe(self, group: _Group) -> None:
-        """An answer on a probing group: allow twice as many in flight, or stop probing."""
-        assert group.probe is not None
-        group.probe *= 2
-        if group.probe >= _PROBE_CLOSED:
-            group.probe = None
+    def _widen_half_open(self, group: _Group) -> None:
+        """An answer on a half-open group: allow twice as many in flight, or close it."""
+        assert group.half_open is not None
+        group.half_open *= 2
+        if group.half_open >= _HALF_OPEN_CLOSED:
+            group.half_open = None
         if group.parked:
             self._unpark(group)
 
@@ -888,8 +898,11 @@ class Scheduler:
             request = requests[head]
             if now > request.start_by:  # too late to start: let the requests behind it go
                 heapq.heappop(queue)
-                request.state = _LATE
-                self._arm_deadline(request)
+                if math.isinf(request.deadline):  # no deadline would ever end it
+                    self._fail(request, FailReason.DEADLINE, now)
+                else:
+                    request.state = _LATE
+                    self._arm_deadline(request)
             elif self._place(request, best, now):
                 heapq.heappop(queue)
             elif not self.policy.waits_for_capacity or self._hopeless(best):
@@ -939,7 +952,7 @@ class Scheduler:
                 if key is not None:
                     self._dispatch(request, key, model, now)
                     return True
-            if self._probe(request, models, now):
+            if self._probe_cooling_model(request, models, now):
                 return True
             if math.isfinite(self._skip_until):
                 self._timer(self._skip_until, _TIMER_WAKE, 0, 0)
@@ -947,7 +960,8 @@ class Scheduler:
         finally:
             self._current = None
 
-    def _probe(self, request: _Request, models: tuple[int, ...], now: float) -> bool:
+    def _probe_cooling_model(self, request: _Request, models: tuple[int, ...],
+                             now: float) -> bool:
         """Nothing else can serve the request: probe a cooling model, if one is due."""
         for model in models:
             state = self._models[model]
@@ -1012,24 +1026,28 @@ class Scheduler:
         project = self._project_names[state.project]
         reason = outcome.kind.value
         if effect is Effect.COOL_GROUP:
-            delay = (min(outcome.retry_after, _MAX_SERVER_DELAY)
-                     if outcome.retry_after is not None else self._retry.minute_cooldown)
+            delay = self._quota_delay(outcome)
             self._cool_group(group, now + delay, reason, project, model.name, now)
         elif effect is Effect.COOL_BILLING_ACCOUNT:
-            delay = (min(outcome.retry_after, _MAX_SERVER_DELAY)
-                     if outcome.retry_after is not None else self._retry.minute_cooldown)
+            delay = self._quota_delay(outcome)
             for project_index in self._account_projects[state.project]:
                 for other in self._groups[project_index]:
                     self._cool_group(other, now + delay, reason,
                                      self._project_names[project_index],
                                      self._models[other.model].name, now)
+                    other.half_open = 1  # spend is no budget: reopen every group carefully
         elif effect is Effect.COOL_GROUP_BRIEFLY:
             # Bare 429s that persist on a group (paid accounts see them for hours on one model):
             # twice as long each time, so the pool spends its attempts elsewhere.
+            # Only an attempt sent after the current bench began escalates it: a burst of
+            # concurrent 429s is one piece of evidence, not several.
             retry = self._retry
+            if record.sent >= group.bare_since:
+                group.bare_429s += 1
+                group.bare_since = now
+            doublings = min(group.bare_429s - 1, _MAX_DOUBLINGS)
             delay = min(retry.shared_capacity_cooldown_cap,
-                        retry.shared_capacity_cooldown * 2.0 ** group.bare_429s)
-            group.bare_429s += 1
+                        retry.shared_capacity_cooldown * 2.0 ** doublings)
             self._cool_group(group, now + delay, reason, project, model.name, now)
         elif effect is Effect.COOL_GROUP_UNTIL_MIDNIGHT:
             until = next_pacific_midnight(now + self._wall_epoch) - self._wall_epoch
@@ -1057,11 +1075,13 @@ class Scheduler:
                 return
             if probe_failed:
                 model.streak += 1
+            doublings = min(max(model.streak, 1) - 1, _MAX_DOUBLINGS)
             delay = min(self._retry.overload_cooldown_cap,
-                        self._retry.overload_cooldown * 2.0 ** (max(model.streak, 1) - 1))
+                        self._retry.overload_cooldown * 2.0 ** doublings)
             if now + delay > model.cool_until:
                 fresh = model.cool_until <= now
-                model.cooled_at = now
+                if fresh or probe_failed:  # a straggler extends it, but starts no new cooldown
+                    model.cooled_at = now
                 model.cool_until = now + delay
                 model.reason = reason
                 self._benched += 1
@@ -1089,6 +1109,12 @@ class Scheduler:
                 self._disable(state, f"{action.strikes} strikes, last {reason}", now)
         self._lane_retry_delay(action, outcome, record, now)
 
+    def _quota_delay(self, outcome: Outcome) -> float:
+        """How long a quota 429 benches: the server's delay (capped), else a minute."""
+        if outcome.retry_after is None:
+            return self._retry.minute_cooldown
+        return min(outcome.retry_after, self._retry.max_server_delay)
+
     def _lane_retry_delay(self, action: Action, outcome: Outcome, record: _Attempt,
                           now: float) -> None:
         if (outcome.retry_after is not None
@@ -1096,7 +1122,7 @@ class Scheduler:
                 and action.next in (Next.RETRY_NOW, Next.RETRY_LATER)):
             # The server named a retry delay but no quota group to blame (a Retry-After on a
             # 5xx, a timeout or a 503): honour it for this lane only, until exactly t + d.
-            self._cool_lane(record, now + min(outcome.retry_after, _MAX_SERVER_DELAY),
+            self._cool_lane(record, now + min(outcome.retry_after, self._retry.max_server_delay),
                             outcome.kind.value, now)
 
     def _lane_error(self, record: _Attempt, reason: str, now: float) -> None:
@@ -1107,7 +1133,7 @@ class Scheduler:
         if errors >= trip:
             retry = self._retry
             delay = min(retry.overload_cooldown_cap,
-                        retry.overload_cooldown * 2.0 ** (errors - trip))
+                        retry.overload_cooldown * 2.0 ** min(errors - trip, _MAX_DOUBLINGS))
             self._cool_lane(record, now + delay, reason, now)
 
     def _model_answered(self, record: _Attempt, now: float) -> None:

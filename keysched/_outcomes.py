@@ -52,6 +52,12 @@ class OutcomeKind(enum.Enum):
     """403 "reported as leaked"."""
     KEY_FORBIDDEN = "key_forbidden"
     """401/403 otherwise (no permission, unregistered caller, location refused)."""
+    KEY_TYPE_UNSUPPORTED = "key_type_unsupported"
+    """401 ``ACCESS_TOKEN_TYPE_UNSUPPORTED``: Google no longer accepts this kind of key (an
+    unrestricted standard key, since mid-2026); the user needs a new key, not OAuth."""
+    ACCESS_REFUSED = "access_refused"
+    """401/403 without Google's error body (a proxy or load balancer said no): the key is
+    cooled, not disabled, as only Google's own reasons may disable a key for good."""
     PROJECT_DISABLED = "project_disabled"
     """403 ``SERVICE_DISABLED``: every key of the project is unusable."""
     MODEL_NOT_FOUND = "model_not_found"

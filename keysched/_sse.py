@@ -31,6 +31,8 @@ Decisions where the reference is silent:
   parse what it has, and reports ``BAD_RESPONSE`` if it cannot.
 - One line or event larger than ``max_event_bytes`` (default 16 MiB) is dropped with a
   ``BAD_RESPONSE`` event instead of growing memory without bound.
+- ``data: [DONE]`` (how the OpenAI-compatible endpoint ends a stream) is no event: the
+  parser also reads that dialect's streams, whose chunks are objects without ``error``.
 - A chunk with a safety finish reason is still a chunk event; `classify_chunk` tells the
   client it is ``BLOCKED``. Whether the whole stream was empty is the client's call.
 """
@@ -207,6 +209,8 @@ class SSEParser:
         over = self._data_size > self._max
         self._data.clear()
         self._data_size = 0
+        if payload == b"[DONE]":  # the OpenAI-compatible endpoint's end-of-stream marker
+            return []
         return [] if over else _events_of(payload, "a data event")
 
     def _bare_line(self, line: bytes) -> list[StreamEvent]:

@@ -17,8 +17,11 @@ Rules in plain words (reference section 2.4):
 - a 503 takes the model out of rotation for an escalating cooldown: fall back a tier at once.
 - 500s, timeouts, resets and garbled bodies back off and retry; 500s that repeat on one model
   move the request to the next model.
-- an invalid, leaked or forbidden key is disabled for good; a disabled API disables every key of
-  its project. The request moves on at once.
+- an invalid, leaked or forbidden key, or one of a kind Google no longer accepts, is disabled for
+  good; a disabled API (or a project denied access) disables every key of its project. The
+  request moves on at once.
+- a 401/403 without Google's error body (a proxy) idles the lane for a minute (the attempt is
+  counted in the lane's failures); it never disables the key.
 - a request error (400) fails fast, never retried on another key.
 
 Policies other than the default (the simulator's baselines) supply their own table.
@@ -56,7 +59,8 @@ class Effect(enum.Enum):
     DISABLE_KEY = "disable_key"
     DISABLE_PROJECT = "disable_project"
     COOL_LANE = "cool_lane"
-    """Bench just this (key, model) lane for the action's fixed ``seconds`` (baseline routers)."""
+    """Bench just this (key, model) lane for the action's fixed ``seconds`` (baseline routers,
+    and a proxy's bare 401/403)."""
     STRIKE = "strike"
     """Count a strike against the key; disable it at the action's ``strikes`` (baseline proxies)."""
 
@@ -111,6 +115,8 @@ DEFAULT_ACTIONS: dict[OutcomeKind, Action] = {
     _K.KEY_INVALID: Action(effect=Effect.DISABLE_KEY, next=Next.RETRY_NOW),
     _K.KEY_LEAKED: Action(effect=Effect.DISABLE_KEY, next=Next.RETRY_NOW),
     _K.KEY_FORBIDDEN: Action(effect=Effect.DISABLE_KEY, next=Next.RETRY_NOW),
+    _K.KEY_TYPE_UNSUPPORTED: Action(effect=Effect.DISABLE_KEY, next=Next.RETRY_NOW),
+    _K.ACCESS_REFUSED: Action(effect=Effect.COOL_LANE, next=Next.RETRY_NOW, seconds=60.0),
     _K.PROJECT_DISABLED: Action(effect=Effect.DISABLE_PROJECT, next=Next.RETRY_NOW),
     _K.MODEL_NOT_FOUND: Action(effect=Effect.MODEL_UNAVAILABLE, next=Next.RETRY_OTHER_MODEL),
     _K.REQUEST_ERROR: Action(effect=Effect.NONE, next=Next.FAIL),

@@ -281,6 +281,15 @@ class HttpxBackend:
         finally:
             shard.load -= 1
 
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """An httpx client it sends through (`PoolTransport` passes requests through it): the
+        caller's, or the first of ours (pass-through requests are rare; they count toward no
+        client's load)."""
+        if not self._shards:
+            self._shards.append(_Shard(self._new_client()))
+        return self._shards[0].client
+
     def headers(self, headers: Mapping[str, str]) -> Mapping[str, str]:
         # Merged into the client's own without re-encoding.
         return httpx.Headers({**headers, "accept-encoding": _ACCEPT_ENCODING})

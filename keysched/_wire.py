@@ -32,6 +32,15 @@ reference is silent:
 - A 404 whose message names a file or a cached content (``files/...``, ``cachedContents/...``)
   is a ``REQUEST_ERROR``: the official table lists missing referenced files as a 404 cause, and
   marking a model unavailable for a caller's bad file reference would be wrong for everyone.
+  So is a 403 that says the caller may not access a file or cached content ("You do not have
+  permission to access the File ... or it may not exist"): the key is fine.
+- A 401 or 403 without a Google error object carrying a ``status`` (an HTML page, a proxy's
+  plain JSON) is ``ACCESS_REFUSED``: something in front of Google refused it, and only Google's
+  own structured answers may disable a key for good.  A 403 "Your project has been denied
+  access" disables the project (``PROJECT_DISABLED``, like ``SERVICE_DISABLED``).  A 401 with
+  ``ErrorInfo.reason`` ``ACCESS_TOKEN_TYPE_UNSUPPORTED`` (or, without a reason, Google's
+  "Expected OAuth 2 access token" text: keysched always sends an API key) is
+  ``KEY_TYPE_UNSUPPORTED``, and its message gets a note that says to make a new key.
 - An error object inside a 2xx body is classified by its inner ``code`` (else by its ``status``
   string, else as a 500); ``Classified.status`` then holds that inner code. ``{"error": <not an
   object>}`` in a 2xx body is ``BAD_RESPONSE``.
@@ -528,13 +537,23 @@ def _classify_status(status: int, google_status: str, message: str, reason: str,
         if google_status == "FAILED_PRECONDITION" or "location is not supported" in lowered:
             return _Verdict(kind=_K.KEY_FORBIDDEN)
         return _Verdict(kind=_K.REQUEST_ERROR)
+    if status in (401, 403) and not google_status:
+        # No Google error object (or one without its status): a proxy or load balancer refused
+        # the call.  Only Google's own reasons may disable a key for good.
+        return _Verdict(kind=_K.ACCESS_REFUSED)
+    if status == 401 and (reason == "ACCESS_TOKEN_TYPE_UNSUPPORTED" or (
+            not reason and "expected oauth 2 access token" in lowered)):
+        return _Verdict(kind=_K.KEY_TYPE_UNSUPPORTED)
     if status == 403:
         if "reported as leaked" in lowered:
             return _Verdict(kind=_K.KEY_LEAKED)
-        if reason == "SERVICE_DISABLED":
+        if reason == "SERVICE_DISABLED" or "project has been denied access" in lowered:
             return _Verdict(kind=_K.PROJECT_DISABLED)
+        if _NAMES_A_RESOURCE.search(message) or "permission to access the file" in lowered or (
+                "permission to access the cached" in lowered):
+            return _Verdict(kind=_K.REQUEST_ERROR)  # the caller's file, not the key
         return _Verdict(kind=_K.KEY_FORBIDDEN)
-    if status == 404 and re.search(r"\b(files|cachedContents)/", message):
+    if status == 404 and _NAMES_A_RESOURCE.search(message):
         return _Verdict(kind=_K.REQUEST_ERROR)
     kind = {401: _K.KEY_FORBIDDEN, 404: _K.MODEL_NOT_FOUND, 408: _K.TIMEOUT, 499: _K.TIMEOUT,
             503: _K.OVERLOADED, 504: _K.TIMEOUT}.get(status)
@@ -542,6 +561,13 @@ def _classify_status(status: int, google_status: str, message: str, reason: str,
         kind = _K.SERVER_ERROR if status >= 500 else _K.REQUEST_ERROR
     return _Verdict(kind=kind)
 
+
+_NAMES_A_RESOURCE = re.compile(r"\b(files|cachedContents)/")
+"""A message about one of the caller's files or cached contents, not about the key or model."""
+_KEY_TYPE_ADVICE = (
+    " (keysched: Google no longer accepts this kind of API key (unrestricted standard keys are "
+    "refused since June 2026). The key was disabled; OAuth is not needed: create a new key in "
+    "Google AI Studio (new keys start with 'AQ.') and use it instead.)")
 
 _HTTP_OF_STATUS = {
     "INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "OUT_OF_RANGE": 400,
@@ -574,6 +600,8 @@ def _classify_error(status: int, error: dict[str, Any], parsed: Any,
         project = consumer.removeprefix("projects/") if consumer.startswith("projects/") else None
     retry_after = _retry_after(error, details, headers)
     violation = verdict.violation
+    if verdict.kind is _K.KEY_TYPE_UNSUPPORTED:
+        message += _KEY_TYPE_ADVICE  # Google's words read like an OAuth problem; say what to do
     learned = _learnable(violations) if status == 429 else ()
     return Classified(
         outcome=Outcome(kind=verdict.kind, retry_after=retry_after, violations=learned),

@@ -30,10 +30,12 @@ from typing import Any
 from keysched._outcomes import Violation, violation_of
 
 __all__ = [
+    "PROXY_BODIES",
     "Body",
     "error_object",
     "format_duration",
     "pretty",
+    "proxy_page",
     "response_id",
     "sse_event",
     "stream_objects",
@@ -65,6 +67,13 @@ class Body(enum.Enum):
     INTERNAL = "internal"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     BAD_REQUEST = "bad_request"
+    KEY_TYPE_UNSUPPORTED = "key_type_unsupported"
+    PROJECT_DENIED = "project_denied"
+    FILE_DENIED = "file_denied"
+    PROXY_401 = "proxy_401"
+    """Not Google's: a proxy's bare 401 page (see `proxy_page`)."""
+    PROXY_403 = "proxy_403"
+    """Not Google's: a proxy's bare 403 page (see `proxy_page`)."""
 
 
 STATUS: dict[Body, tuple[int, str]] = {
@@ -82,7 +91,14 @@ STATUS: dict[Body, tuple[int, str]] = {
     Body.INTERNAL: (500, "INTERNAL"),
     Body.DEADLINE_EXCEEDED: (504, "DEADLINE_EXCEEDED"),
     Body.BAD_REQUEST: (400, "INVALID_ARGUMENT"),
+    Body.KEY_TYPE_UNSUPPORTED: (401, "UNAUTHENTICATED"),
+    Body.PROJECT_DENIED: (403, "PERMISSION_DENIED"),
+    Body.FILE_DENIED: (403, "PERMISSION_DENIED"),
+    Body.PROXY_401: (401, ""),
+    Body.PROXY_403: (403, ""),
 }
+PROXY_BODIES = frozenset({Body.PROXY_401, Body.PROXY_403})
+"""Bodies that are not a Google error object at all (rendered by `proxy_page`)."""
 
 _FIXED_MESSAGES = {
     Body.KEY_LEAKED: "Your API key was reported as leaked. Please use another API key.",
@@ -94,6 +110,15 @@ _FIXED_MESSAGES = {
     Body.INTERNAL: "An internal error has occurred. Please retry or report in "
                    "https://developers.generativeai.google/guide/troubleshooting",
     Body.DEADLINE_EXCEEDED: "Deadline expired before operation could complete.",
+    # Reference section 7.1 (gemini-cli#29275): the 2026 refusal of unrestricted standard keys.
+    Body.KEY_TYPE_UNSUPPORTED: "Request had invalid authentication credentials. Expected OAuth 2 "
+                               "access token, login cookie or other valid authentication "
+                               "credential. See https://developers.google.com/identity/sign-in/"
+                               "web/devconsole-project.",
+    # Section 7.4: the phrase is Google's; the second sentence is ours.
+    Body.PROJECT_DENIED: "Your project has been denied access. Please contact support.",
+    Body.FILE_DENIED: "You do not have permission to access the File 3c5owo4l5cjd or it may not "
+                      "exist.",
 }
 
 # (quotaMetric, quotaId) per (body, tier).
@@ -224,12 +249,27 @@ def error_object(body: Body, *, model: str = "", tier: str = "free", quota_value
                 "supported methods.")
     elif body is Body.BAD_REQUEST:
         text = message or "Request contains an invalid argument."
+    elif body is Body.KEY_TYPE_UNSUPPORTED:
+        text = _FIXED_MESSAGES[body]
+        details = [{"@type": _TYPE + "ErrorInfo", "reason": "ACCESS_TOKEN_TYPE_UNSUPPORTED",
+                    "metadata": {"service": "generativelanguage.googleapis.com",
+                                 "method": "google.ai.generativelanguage.v1beta.GenerativeService."
+                                           f"{method[0].upper()}{method[1:]}"}}]
+    elif body in PROXY_BODIES:
+        raise ValueError(f"{body.value} is a proxy's page, not a Google error (see proxy_page)")
     else:
         text = _FIXED_MESSAGES[body]
     error: dict[str, Any] = {"code": code, "message": text, "status": status}
     if details is not None:
         error["details"] = details
     return {"error": error}
+
+
+def proxy_page(status: int) -> bytes:
+    """The HTML page a proxy or load balancer in front of the API sends with a bare 401/403."""
+    title = {401: "401 Authorization Required", 403: "403 Forbidden"}[status]
+    return (f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}"
+            "</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n").encode()
 
 
 def _text(model: str, serial: int, output_tokens: int) -> str:

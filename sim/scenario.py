@@ -149,6 +149,17 @@ class FaultKind(enum.Enum):
     GARBAGE_BODY = "garbage_body"
     """A 200 whose body is an HTML page, not JSON (a captive portal or a proxy's error page);
     only for ``generateContent``, streams are left alone."""
+    KEY_TYPE_UNSUPPORTED = "key_type_unsupported"
+    """401 ``ACCESS_TOKEN_TYPE_UNSUPPORTED`` for the key from ``start`` (Google's 2026 refusal
+    of unrestricted standard keys)."""
+    PROJECT_DENIED = "project_denied"
+    """403 "Your project has been denied access" for every key of the project."""
+    FILE_DENIED = "file_denied"
+    """403 "You do not have permission to access the File ..." with ``probability``: the
+    request's file, not the key (not counted as quota use)."""
+    PROXY_REFUSED = "proxy_refused"
+    """A bare 401 or 403 (``code``) HTML page from a proxy in front of the API, with
+    ``probability``, before the request reaches Google."""
 
 
 @attrs.frozen(kw_only=True)
@@ -248,7 +259,8 @@ class FaultSpec:
     """One timed fault, active over [start, end) for the keys/projects/models it names.
 
     ``None`` filters match everything.  ``factor`` is for `FaultKind.SLOW`, ``after_chunks`` for
-    the stream faults, ``code`` for `FaultKind.STREAM_ERROR` (500 or 503).
+    the stream faults, ``code`` for `FaultKind.STREAM_ERROR` (500 or 503) and
+    `FaultKind.PROXY_REFUSED` (403 or 401).
     """
 
     kind: FaultKind
@@ -579,7 +591,11 @@ def _workload(top: _Table, models: tuple[str, ...], duration: float) -> tuple[Wo
     return tuple(phases)
 
 
-_NEEDS_KEY_OR_PROJECT = {FaultKind.KEY_REVOKED, FaultKind.KEY_LEAKED}
+_NEEDS_KEY_OR_PROJECT = {FaultKind.KEY_REVOKED, FaultKind.KEY_LEAKED,
+                         FaultKind.KEY_TYPE_UNSUPPORTED}
+_NEEDS_PROJECT = {FaultKind.PROJECT_DISABLED, FaultKind.PROJECT_DENIED}
+_CODES = {FaultKind.PROXY_REFUSED: (403, 401)}
+"""The codes a fault may send, the first the default (else 503 or 500, for stream errors)."""
 
 
 def _faults(top: _Table, projects: tuple[ProjectSpec, ...],
@@ -611,11 +627,12 @@ def _faults(top: _Table, projects: tuple[ProjectSpec, ...],
             raise t.error("model", f"a declared model {list(models)}", model)
         if kind in _NEEDS_KEY_OR_PROJECT and key is None and project is None:
             raise t.error("key", f"a key label (or a project) for a {kind.value} fault")
-        if kind is FaultKind.PROJECT_DISABLED and project is None:
-            raise t.error("project", "the project a project_disabled fault disables")
-        code = t.integer("code", 503)
-        if code not in (500, 503):
-            raise t.error("code", "500 or 503", code)
+        if kind in _NEEDS_PROJECT and project is None:
+            raise t.error("project", f"the project a {kind.value} fault disables")
+        codes = _CODES.get(kind, (503, 500))
+        code = t.integer("code", codes[0])
+        if code not in codes:
+            raise t.error("code", " or ".join(map(str, sorted(codes))), code)
         faults.append(FaultSpec(
             kind=kind, start=start, end=end,
             probability=t.number("probability", 1.0, maximum=1.0), key=key, project=project,

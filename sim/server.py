@@ -2,9 +2,11 @@
 
 Endpoints (``reference/gemini-api.md`` section 1): ``POST /v1beta/models/{model}:generateContent``,
 ``:streamGenerateContent`` (``?alt=sse`` for SSE, else one JSON array), ``:countTokens``,
-``:batchEmbedContents``, ``GET /v1beta/models`` and ``GET /v1beta/models/{model}``.  The key is
-read from ``x-goog-api-key``, else ``?key=``.  Outside ``/v1beta``: ``GET /_sim/counters`` (the
-world's per key and model counters as JSON) and ``GET /_sim/state`` (scenario and virtual time).
+``:batchEmbedContents``, ``GET /v1beta/models`` and ``GET /v1beta/models/{model}``; the same
+under ``/v1`` (the version google-genai 3.x calls by default); the OpenAI-compatible dialect
+under ``/v1beta/openai/`` (`sim.openai_compat`).  The key is read from ``x-goog-api-key``, else
+``?key=``, else ``Authorization: Bearer``.  Outside the API: ``GET /_sim/counters`` (the world's
+per key and model counters as JSON) and ``GET /_sim/state`` (scenario and virtual time).
 
 Time: virtual time is ``(clock() - started) * time_scale``, ``started`` being the clock when the
 app was made; latencies are slept back at ``latency / time_scale`` with the injected ``sleep``,
@@ -21,9 +23,11 @@ Decisions where the issue was silent:
   `SimulatedDisconnect` (an `httpx.ReadError`; the socket server turns it into a TCP reset).
   Through `httpx.ASGITransport` the body is buffered, so a cut stream fails the whole call.
 - ``countTokens`` and ``ListModels`` check the key (revoked, leaked, disabled) but spend no
-  quota and are not counted.  ``batchEmbedContents`` is one attempt on the world (the model must
-  be declared in the scenario), its input tokens the sum of the batch's; vectors are stable
-  pseudo-random values of ``outputDimensionality`` (default 8) from a hash of each text.
+  quota and are not counted.  ``batchEmbedContents`` is one attempt on the world, its input
+  tokens the sum of the batch's, when the scenario declares the model; an embedding model
+  (``*embedding*``) it does not declare is served in every scenario, key checked, no quota.
+  Vectors are stable pseudo-random values of ``outputDimensionality`` (default 8) from a hash
+  of each text.
 - A body that is not a JSON object with ``contents`` is a 400 ``INVALID_ARGUMENT`` (not sent to
   the world, not counted); so is a body over Google's 4 MiB limit or a batch over 100 items.
 """
@@ -39,7 +43,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from keysched._wire import estimate_tokens
-from sim import bodies
+from sim import bodies, openai_compat
 from sim.bodies import Body
 from sim.httpserver import ASGIApp, SimServer, SimulatedDisconnect
 from sim.world import Reply, World
@@ -52,6 +56,7 @@ Send = Callable[[Message], Awaitable[None]]
 Sleep = Callable[[float], Awaitable[None]]
 
 _MAX_PAYLOAD = 4_194_304
+_API_PREFIXES = ("/v1beta/models", "/v1/models")
 _MAX_BATCH = 100
 _JSON = [(b"content-type", b"application/json; charset=UTF-8"),
          (b"vary", b"Origin, X-Origin, Referer")]
@@ -100,7 +105,9 @@ class SimApp:
         query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
-        secret = headers.get("x-goog-api-key") or query.get("key", [""])[0]
+        bearer = headers.get("authorization", "")
+        secret = (headers.get("x-goog-api-key") or query.get("key", [""])[0]
+                  or (bearer[7:].strip() if bearer[:7].lower() == "bearer " else ""))
         await self._route(scope["method"], scope["path"], query, secret, body, send)
 
     async def _route(self, method: str, path: str, query: dict[str, list[str]], secret: str,
@@ -108,10 +115,15 @@ class SimApp:
         if path.startswith("/_sim/"):
             await self._sim_endpoint(method, path, send)
             return
-        if not path.startswith("/v1beta/models"):
+        if path.startswith(openai_compat.PREFIXES):
+            await openai_compat.handle(self, method, path, secret, body, send)
+            return
+        # /v1beta is what keysched and older SDKs call; google-genai 3.x calls /v1 by default.
+        prefix = next((p for p in _API_PREFIXES if path.startswith(p)), None)
+        if prefix is None:
             await _send(send, 404, _JSON, _not_found(f"{path} was not found."))
             return
-        rest = path.removeprefix("/v1beta/models").lstrip("/")
+        rest = path.removeprefix(prefix).lstrip("/")
         if method == "GET":
             await self._models(rest, query, secret, send)
             return
@@ -158,7 +170,9 @@ class SimApp:
         if reply.fault in ("reset", "timeout"):
             raise SimulatedDisconnect(f"simulated {reply.fault}: connection dropped")
         status, headers, body = reply.render()
-        await _send(send, status, headers, b"[" + body + b"\n]" if array else body)
+        if array and reply.body not in bodies.PROXY_BODIES:  # a proxy's page is not Google's
+            body = b"[" + body + b"\n]"
+        await _send(send, status, headers, body)
 
     async def _stream(self, reply: Reply, send: Send, *, sse: bool) -> None:
         events = reply.stream_events()
@@ -208,20 +222,38 @@ class SimApp:
             await self._bad_request(send, "* BatchEmbedContentsRequest.requests: at most 100 "
                                           "requests can be in one batch\n")
             return
-        reply = self.world.attempt(self.now(), secret, model, estimate_tokens(payload))
-        if reply.status != 200 or reply.fault is not None:
-            await self._answer(reply, send)
+        if not await self.embedding_served(model, secret, estimate_tokens(payload), send):
             return
-        await self._wait(reply.latency)
         embeddings = [{"values": _vector(item)} for item in requests]
         await _send(send, 200, _JSON, bodies.pretty({"embeddings": embeddings}))
+
+    async def embedding_served(self, model: str, secret: str, tokens: int, send: Send,
+                               *, array: bool = False) -> bool:
+        """Decide an embedding call: True once its latency has passed, False if an error was
+        sent (`array`: wrapped as the OpenAI-compatible dialect wraps errors).
+
+        An embedding model the scenario does not declare is served without quota, its key
+        checked (as for countTokens), so that embeddings work in every scenario.
+        """
+        if "embedding" in model and model not in self.world.scenario.models_best_first:
+            refusal = self.world.check_key(self.now(), secret)
+            if refusal is not None:
+                await self._answer(refusal, send, array=array)
+                return False
+            await self._wait(self.world.scenario.error_latency)
+            return True
+        reply = self.world.attempt(self.now(), secret, model, tokens)
+        if reply.status != 200 or reply.fault is not None:
+            await self._answer(reply, send, array=array and reply.status != 200)
+            return False
+        await self._wait(reply.latency)
+        return True
 
     async def _models(self, rest: str, query: dict[str, list[str]], secret: str,
                       send: Send) -> None:
         if await self._key_refused(secret, send):
             return
-        scenario = self.world.scenario
-        items = [_model_item(spec.name) for spec in scenario.models]
+        items = [_model_item(name) for name in self.world.models]
         if rest:
             found = [item for item in items if item["name"] == f"models/{rest}"]
             if not found:
@@ -288,7 +320,9 @@ def _model_item(name: str) -> dict[str, Any]:
     return {"name": f"models/{name}", "version": "001", "displayName": name,
             "description": f"Simulated {name}", "inputTokenLimit": 1_048_576,
             "outputTokenLimit": 65_536,
-            "supportedGenerationMethods": ["generateContent", "countTokens"],
+            "supportedGenerationMethods": (["embedContent", "batchEmbedContents"]
+                                           if "embedding" in name
+                                           else ["generateContent", "countTokens"]),
             "temperature": 1, "topP": 0.95, "topK": 64, "maxTemperature": 2, "thinking": True}
 
 

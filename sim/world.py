@@ -7,10 +7,16 @@ later, for the HTTP server and the tests.
 
 Order of decisions (where Google would decide them, earliest first):
 
-1. ``reset`` faults: the connection dies before the request reaches anyone.
-2. The key: unknown or revoked (400 ``API_KEY_INVALID``), leaked (403), its project's API
-   disabled (403 ``SERVICE_DISABLED``); no key at all is the 403 "unregistered callers".
-3. The model: one the scenario does not declare is a 404.
+1. ``reset`` faults: the connection dies before the request reaches anyone; then
+   ``proxy_refused``: a proxy in front of Google answers a bare 401/403 page.
+2. The key: unknown or revoked (400 ``API_KEY_INVALID``), leaked (403), a key type Google no
+   longer takes (401 ``ACCESS_TOKEN_TYPE_UNSUPPORTED``), its project's API disabled (403
+   ``SERVICE_DISABLED``) or its project denied access (403); no key at all is the 403
+   "unregistered callers".
+3. The model: one the scenario does not declare is a 404 (the default embedding model,
+   ``gemini-embedding-001``, is served by every scenario, without quota); then
+   ``file_denied``: a 403 about the request's file (a request error), not counted against any
+   quota.
 4. ``shared_429`` faults: a bare 429 (shared capacity), not counted against any quota.
 5. Quotas of the key's (project, model), never of the key: ``limit: 0``, then requests per day,
    then requests per minute, then input tokens per minute.  Only an admitted request counts,
@@ -46,13 +52,14 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
+from keysched._client import DEFAULT_EMBEDDING_MODEL
 from keysched._outcomes import Outcome, OutcomeKind
 from keysched._pacific import next_pacific_midnight
 from keysched._tuples import tuple_builder
 from sim import bodies
 from sim.bodies import Body
 from sim.draws import lognormal, uniform_int
-from sim.scenario import FaultKind, FaultSpec, Scenario
+from sim.scenario import FaultKind, FaultSpec, ModelSpec, Scenario
 
 __all__ = ["UNKNOWN_KEY", "Reply", "World"]
 
@@ -91,7 +98,17 @@ _BARE_429 = _err(Body.BARE_429, _K.SHARED_CAPACITY)
 _OVERLOADED = _err(Body.OVERLOADED, _K.OVERLOADED)
 _INTERNAL = _err(Body.INTERNAL, _K.SERVER_ERROR)
 _DEADLINE = _err(Body.DEADLINE_EXCEEDED, _K.TIMEOUT)
+_KEY_TYPE_UNSUPPORTED = _err(Body.KEY_TYPE_UNSUPPORTED, _K.KEY_TYPE_UNSUPPORTED)
+_PROJECT_DENIED = _err(Body.PROJECT_DENIED, _K.PROJECT_DISABLED)
+_FILE_DENIED = _err(Body.FILE_DENIED, _K.REQUEST_ERROR)
+_PROXY = {401: _err(Body.PROXY_401, _K.ACCESS_REFUSED), 403: _err(Body.PROXY_403,
+                                                                 _K.ACCESS_REFUSED)}
 _RESET_OUTCOME = Outcome(kind=_K.CONNECTION_ERROR)
+# Served by every scenario that does not declare it, so that `KeyedClient.embed()` works
+# against any of them; a fixed latency draws nothing from the world's generator, so the
+# scenario's replies stay the same.
+_EMBEDDING = ModelSpec(name=DEFAULT_EMBEDDING_MODEL, latency_median=0.2, latency_sigma=0.0,
+                       output_tokens=(1, 1))
 _BAD_BODY_OUTCOME = Outcome(kind=_K.BAD_RESPONSE)
 _BAD_RESPONSE = _K.BAD_RESPONSE.value
 _GARBAGE = (b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n"
@@ -181,6 +198,9 @@ class Reply(NamedTuple):
             raise ValueError(f"a {self.fault} fault sends no response")
         if self.fault == "garbage":
             return 200, [(b"content-type", b"text/html; charset=UTF-8")], _GARBAGE
+        if self.body in bodies.PROXY_BODIES:
+            return (self.status, [(b"content-type", b"text/html")],
+                    bodies.proxy_page(self.status))
         if self.status == 200 and self.stream:
             return 200, list(_SSE_HEADERS), b"".join(self.stream_events())
         if self.body is not None:
@@ -242,9 +262,9 @@ class _Faults:
     names other keys without a call (keys with the same faults share one instance).
     """
 
-    __slots__ = ("cut", "deadline", "disabled", "garbage", "hang", "keyed", "leaked",
-                 "overloaded", "reset", "revoked", "server_error", "shared_429", "slow",
-                 "stream_error", "truncated")
+    __slots__ = ("cut", "deadline", "denied", "disabled", "file_denied", "garbage", "hang",
+                 "key_type", "keyed", "leaked", "overloaded", "proxy", "reset", "revoked",
+                 "server_error", "shared_429", "slow", "stream_error", "truncated")
 
     def __init__(self, faults: tuple[FaultSpec, ...]) -> None:
         def of(kind: FaultKind) -> tuple[FaultSpec, ...]:
@@ -254,7 +274,12 @@ class _Faults:
         self.revoked = of(FaultKind.KEY_REVOKED)
         self.leaked = of(FaultKind.KEY_LEAKED)
         self.disabled = of(FaultKind.PROJECT_DISABLED)
-        self.keyed = bool(self.revoked or self.leaked or self.disabled)
+        self.key_type = of(FaultKind.KEY_TYPE_UNSUPPORTED)
+        self.denied = of(FaultKind.PROJECT_DENIED)
+        self.keyed = bool(self.revoked or self.leaked or self.disabled or self.key_type
+                          or self.denied)
+        self.proxy = of(FaultKind.PROXY_REFUSED)
+        self.file_denied = of(FaultKind.FILE_DENIED)
         self.shared_429 = of(FaultKind.SHARED_429)
         self.deadline = of(FaultKind.DEADLINE_EXCEEDED)
         self.hang = of(FaultKind.TIMEOUT)
@@ -324,11 +349,16 @@ class World:
                                                    project.tier, groups, faults)
         # Per model: its latency and output size draws (from the one generator) and its chunks.
         rng = self._rng
+        specs = scenario.models
+        if DEFAULT_EMBEDDING_MODEL not in scenario.models_best_first:
+            specs += (_EMBEDDING,)
         self._models: dict[str, tuple[Callable[[], float], Callable[[], int], int]] = {
             m.name: (lognormal(rng, math.log(m.latency_median), m.latency_sigma)
                      if m.latency_sigma > 0 else partial(math.exp, math.log(m.latency_median)),
                      uniform_int(rng, *m.output_tokens), m.stream_chunks)
-            for m in scenario.models}
+            for m in specs}
+        self.models = tuple(m.name for m in specs)
+        """Every model the world serves: the scenario's, then the default embedding model."""
         # Every fault, for attempts without a known key (only a reset can hit them).
         self._faults = _Faults(scenario.faults)
 
@@ -381,8 +411,12 @@ class World:
             return _KEY_INVALID
         if f.leaked and self._hit(f.leaked, t, key.label, key.project, model):
             return _KEY_LEAKED
+        if f.key_type and self._hit(f.key_type, t, key.label, key.project, model):
+            return _KEY_TYPE_UNSUPPORTED
         if f.disabled and self._hit(f.disabled, t, key.label, key.project, model):
             return _SERVICE_DISABLED
+        if f.denied and self._hit(f.denied, t, key.label, key.project, model):
+            return _PROJECT_DENIED
         return None
 
     def _count(self, key: _KeyState | None, model: str, name: str) -> None:
@@ -440,6 +474,10 @@ class World:
         if faults.reset and self._hit(faults.reset, t, key.label, key.project, model):
             return self._no_response("reset", _RESET_OUTCOME, model, key, self._error_latency,
                                      stream)
+        if faults.proxy:
+            refused = self._hit(faults.proxy, t, key.label, key.project, model)
+            if refused is not None:
+                return self._error(_PROXY[refused.code], model, key, self._error_latency, stream)
         if faults.keyed:
             err = self._key_error(t, key, model)
             if err is not None:
@@ -447,6 +485,8 @@ class World:
         spec = self._models.get(model)
         if spec is None:
             return self._error(_MODEL_NOT_FOUND, model, key, self._error_latency, stream)
+        if faults.file_denied and self._hit(faults.file_denied, t, key.label, key.project, model):
+            return self._error(_FILE_DENIED, model, key, self._error_latency, stream)
         if faults.shared_429 and self._hit(faults.shared_429, t, key.label, key.project, model):
             return self._error(_BARE_429, model, key, self._error_latency, stream)
         if self._changes and self._changes[0].at <= t:

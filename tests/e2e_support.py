@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -35,15 +36,17 @@ __all__ = ["ScaledTimeouts", "ScenarioTime", "running_server", "scenario_client"
 
 @contextlib.asynccontextmanager
 async def running_server(scenario: Scenario, *, seed: int | None = None,
-                         time_scale: float | None = None
+                         time_scale: float | None = None,
+                         clock: Callable[[], float] = time.monotonic,
                          ) -> AsyncIterator[tuple[SimServer, World]]:
     """Serve `scenario` on 127.0.0.1 (a free port) in the running loop; virtual t=0 is now.
 
     Yields ``(server, world)``; ``server.base_url`` is the URL to give a client and
-    ``server.app`` the `SimApp` (its ``now()`` is the virtual time).
+    ``server.app`` the `SimApp` (its ``now()`` is the virtual time).  On a
+    `virtual_loop.VirtualTimeLoop`, pass ``clock=loop.time`` and ``time_scale=1.0``.
     """
     world = World(scenario, seed=seed)
-    async with serve(make_app(world, time_scale=time_scale)) as server:
+    async with serve(make_app(world, time_scale=time_scale, clock=clock)) as server:
         assert server.base_url.startswith("http://127.0.0.1:")
         yield server, world
 
@@ -70,8 +73,10 @@ class ScenarioTime:
 
     async def until(self, virtual: float) -> None:
         """Sleep until the virtual time is at least `virtual`."""
-        # A loop, not one sleep: the event loop may wake us a hair early.
-        while (left := virtual - self.clock()) > 0:  # noqa: ASYNC110 - waiting on a clock
+        # A loop, not one sleep: the event loop may wake us a hair early.  A microsecond short
+        # is there: on a virtual-time loop a sleep below the clock's float resolution would
+        # never move it.
+        while (left := virtual - self.clock()) > 1e-6:  # noqa: ASYNC110 - waiting on a clock
             await asyncio.sleep(left / self.scale)
 
 

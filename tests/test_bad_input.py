@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from helpers import FLASH, LITE, body
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_wire import bodies, header_maps
 from virtual_clock import VirtualClock
@@ -120,19 +120,30 @@ async def run_call(method: str, what: Any, kwargs: dict[str, Any]) -> object:
     async with KeyedClient(keys=["ok-key-1", Key(secret=CANARY, label="canary")],
                            models=[FLASH, LITE], transport=ok_transport(), clock=vc.clock,
                            sleep=vc.sleep, wall_clock=vc.wall, rng=random.Random(1)) as client:
-        if method == "generate":
-            return await client.generate(what, **kwargs)
-        if method == "stream":
-            return [chunk async for chunk in client.stream(what, **kwargs)]
-        if method == "count_tokens":
-            allowed = {k: v for k, v in kwargs.items() if k in ("timeout", "deadline")}
-            return await client.count_tokens(what, model=kwargs.get("models"), **allowed)
-        allowed = {k: v for k, v in kwargs.items() if k in ("timeout", "deadline")}
-        return await client.embed(what, model=kwargs.get("models"), **allowed)
+        return await call_method(client, method, what, kwargs)
+
+
+async def call_method(client: KeyedClient, method: str, what: Any,
+                      kwargs: dict[str, Any]) -> object:
+    """``client.<method>(what, **kwargs)``, with only the arguments that method takes."""
+    if method == "generate":
+        return await client.generate(what, **kwargs)
+    if method == "stream":
+        return [chunk async for chunk in client.stream(what, **kwargs)]
+    allowed = {k: v for k, v in kwargs.items() if k in ("timeout", "deadline")}
+    if method == "count_tokens":
+        return await client.count_tokens(what, model=kwargs.get("models"), **allowed)
+    return await client.embed(what, model=kwargs.get("models"), **allowed)
 
 
 @settings(max_examples=200)
 @given(st.sampled_from(["generate", "stream", "count_tokens", "embed"]), contents, call_args())
+# A timedelta deadline was converted by the check and then passed on unconverted (issue 14).
+@example("generate", "hi", {"deadline": datetime.timedelta(seconds=30)})
+@example("stream", "hi", {"deadline": datetime.timedelta(seconds=30)})
+@example("count_tokens", "hi", {"deadline": datetime.timedelta(seconds=30),
+                                "timeout": datetime.timedelta(seconds=5)})
+@example("embed", ["a"], {"deadline": datetime.timedelta(seconds=30)})
 def test_hostile_call_arguments_raise_only_documented_errors(method: str, what: Any,
                                                              kwargs: dict[str, Any]) -> None:
     """Bad prompts, models, timeouts and options raise ConfigurationError or UsageError only."""
@@ -147,6 +158,28 @@ def test_hostile_call_arguments_raise_only_documented_errors(method: str, what: 
         assert isinstance(error, ConfigurationError | UsageError), repr(error)
         for text in texts_of(error):
             assert CANARY not in text
+
+
+@pytest.mark.parametrize("method", ["generate", "stream", "count_tokens", "embed"])
+def test_a_timedelta_deadline_is_seconds_on_every_call(method: str) -> None:
+    """``deadline=timedelta(...)`` works on each call and bounds it like the same float: against
+    a server that keeps answering 500, the call fails once its deadline has passed."""
+    async def run() -> float:
+        vc = VirtualClock()
+        failing = httpx.MockTransport(lambda request: httpx.Response(500, content=body(
+            "500_internal.json")))
+        async with KeyedClient(keys=["k-1"], models=[FLASH], transport=failing,
+                               retry=RetryPolicy(max_attempts=1000), clock=vc.clock,
+                               sleep=vc.sleep, wall_clock=vc.wall,
+                               rng=random.Random(1)) as client:
+            what = ["a"] if method == "embed" else "hi"
+            with pytest.raises(ServiceError) as caught:
+                await call_method(client, method, what,
+                                  {"deadline": datetime.timedelta(seconds=3)})
+            assert type(caught.value).__name__ == "CapacityError", repr(caught.value)
+            return vc.now - vc.start
+
+    assert asyncio.run(run()) <= 3.0  # not the default deadline of 120 s
 
 
 def scripted(answers: list[tuple[int, bytes, dict[str, str] | None]]

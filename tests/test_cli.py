@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,9 +75,6 @@ def test_unknown_scenario_is_an_error(capsys: pytest.CaptureFixture[str]) -> Non
 def test_the_first_command_without_figures_never_imports_matplotlib() -> None:
     """`python -m sim --plot none` prints the whole comparison and its legend, shows progress on
     stderr, and never loads matplotlib."""
-    import subprocess
-    import sys
-
     code = ("import sys; from sim.cli import main; code = main(['--plot', 'none']); "
             "print('matplotlib' in sys.modules); raise SystemExit(code)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -126,3 +125,17 @@ def test_progress_counts_only_when_a_stage_is_slow(capsys: pytest.CaptureFixture
     assert lines[1].startswith("  did 3 in ")
     assert lines[2:5] == ["slow work ...", "  1/3 done (last: a)", "  2/3 done (last: b)"]
     assert lines[5].startswith("  did 3 in ")
+
+
+def test_list_into_a_closed_pipe_ends_quietly() -> None:
+    """`python -m sim list | head -1`: no BrokenPipeError traceback once the reader has gone."""
+    with subprocess.Popen([sys.executable, "-m", "sim", "list"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        assert proc.stdout.readline()  # what `head -1` reads, then it goes away
+        proc.stdout.close()
+        errors = proc.stderr.read()
+        code = proc.wait(timeout=60)
+    assert errors == b""
+    assert code in (0, 141)  # 141 = 128 + SIGPIPE, as `yes | head` reports it

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from helpers import FLASH, LITE, Server, fixture, make_client, secret, success
 from virtual_clock import VirtualClock
@@ -43,3 +47,37 @@ async def test_history_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         await client.generate("hi")  # two keys disabled, then a success on the third
         [last] = client.events()
     assert (last.kind, last.key) == ("key_disabled", "key#2")
+
+
+_UNCONFIGURED = """
+import asyncio, sys
+sys.path.insert(0, {tests!r})
+from helpers import Server, fixture, make_client, success
+from virtual_clock import VirtualClock
+
+def respond(request, n):
+    return [fixture(503, "503_overloaded.json"), fixture(429, "429_per_minute_tpm.json"),
+            fixture(429, "429_bare.json"), fixture(500, "500_internal.json"),
+            fixture(400, "400_api_key_invalid.json")][n] if n < 5 else success()
+
+async def main():
+    async with make_client(Server(respond), VirtualClock()) as client:
+        await client.generate("hi")
+        print(sorted({{event.kind for event in client.events()}}))
+
+asyncio.run(main())
+"""
+
+
+def test_with_logging_unconfigured_only_a_disabled_key_is_printed() -> None:
+    """A library adds no handler, so Python's last-resort handler prints WARNING and above to
+    stderr: ordinary cooldowns and fallbacks print nothing; a disabled key prints one line."""
+    script = _UNCONFIGURED.format(tests=str(Path(__file__).parent))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True)
+    kinds = done.stdout.strip()
+    for kind in ("model_cooled", "fallback", "group_cooled", "key_disabled"):
+        assert kind in kinds  # the run did go through each of them
+    [line] = done.stderr.splitlines()
+    assert line.startswith("key disabled key=key#")
+    assert line.endswith("(key_invalid)")

@@ -59,7 +59,8 @@ def test_bad_pool_config_names_field_and_value(kwargs: dict[str, Any], field: st
 
 
 @pytest.mark.parametrize("name", ["backoff_base", "backoff_cap", "deadline", "minute_cooldown",
-                                  "overload_cooldown", "overload_cooldown_cap"])
+                                  "overload_cooldown", "overload_cooldown_cap",
+                                  "max_server_delay"])
 @pytest.mark.parametrize("value", [0, -1.0, math.nan, math.inf, -math.inf, "5", True,
                                    datetime.timedelta(seconds=-3)])
 def test_bad_durations_are_refused(name: str, value: object) -> None:
@@ -126,6 +127,21 @@ def test_bad_secret_is_refused_without_echo(value: object) -> None:
     assert info.value.field == "secret"
     if isinstance(value, str) and value:
         assert value not in str(info.value)
+
+
+@pytest.mark.parametrize("field", ["label", "project"])
+@pytest.mark.parametrize("value", ["ops\nWARNING key disabled key=prod-1", "a\rb", "tab\there",
+                                   "bell\x07", "esc\x1b[31m", "nul\x00", "line\u2028sep"])
+def test_labels_and_projects_with_control_characters_are_refused(field: str, value: str) -> None:
+    """A label or project goes into log lines: a newline or an escape there would forge or
+    garble them, so it is refused, naming the field and showing the value escaped."""
+    with pytest.raises(ConfigurationError) as info:
+        Key(secret="AIzaSECRETcontrol", **{field: value})
+    assert info.value.field == field
+    assert repr(value) in str(info.value)
+    assert str(info.value).isprintable()  # the message itself carries no raw control character
+    assert "AIzaSECRETcontrol" not in str(info.value)
+    assert Key(secret="k", label="ok label #1", project="my project").label == "ok label #1"
 
 
 def _construct(cls: Any, kwargs: dict[str, Any]) -> ConfigurationError | TypeError | None:

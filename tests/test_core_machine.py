@@ -146,7 +146,8 @@ class CoreMachine(RuleBasedStateMachine):
         self.cooled_at = [-math.inf] * n_models
         self.probe_at = [-math.inf] * n_models
         self.lane_errors: dict[tuple[int, int], int] = {}  # 500s in a row per lane
-        self.bare: dict[tuple[str, int], int] = {}  # bare 429s since the group last answered
+        # Bare 429s since the group last answered, and when its current bare-429 bench began.
+        self.bare: dict[tuple[str, int], tuple[int, float]] = {}
         self.lane_cool: dict[tuple[int, int], float] = {}
         self.disabled = [False] * self.n_keys
         self.in_flight = [0] * self.n_keys
@@ -429,10 +430,13 @@ class CoreMachine(RuleBasedStateMachine):
             until = now + (retry_after if retry_after is not None else retry.minute_cooldown)
             self.group_cool[group] = max(self.group_cool.get(group, -math.inf), until)
         elif effect is Effect.COOL_GROUP_BRIEFLY:  # doubling while bare 429s persist
-            n = self.bare.get(group, 0)
-            self.bare[group] = n + 1
+            # (only an attempt sent after the current bench began escalates it)
+            n, since = self.bare.get(group, (0, -math.inf))
+            if sent >= since:
+                n, since = n + 1, now
+            self.bare[group] = (n, since)
             until = now + min(retry.shared_capacity_cooldown_cap,
-                              retry.shared_capacity_cooldown * 2.0 ** n)
+                              retry.shared_capacity_cooldown * 2.0 ** (n - 1))
             self.group_cool[group] = max(self.group_cool.get(group, -math.inf), until)
         elif effect is Effect.COOL_GROUP_UNTIL_MIDNIGHT:
             until = next_pacific_midnight(now + self.wall) - self.wall
@@ -442,6 +446,7 @@ class CoreMachine(RuleBasedStateMachine):
             for m in range(self.n_models):
                 other = (self.project[key], m)
                 self.group_cool[other] = max(self.group_cool.get(other, -math.inf), until)
+                self.probe[other] = 1  # every group reopens half-open
         elif effect is Effect.GROUP_UNAVAILABLE:
             self.group_gone.add(group)
         elif effect is Effect.COOL_MODEL:  # the breaker: on evidence, or a failed probe
@@ -454,11 +459,15 @@ class CoreMachine(RuleBasedStateMachine):
                 delay = min(retry.overload_cooldown_cap,
                             retry.overload_cooldown * 2.0 ** (max(self.streak[model], 1) - 1))
                 if now + delay > self.model_cool[model]:
-                    self.cooled_at[model] = now
+                    if not cooling or sent >= self.cooled_at[model]:  # not for a straggler
+                        self.cooled_at[model] = now
                     self.model_cool[model] = now + delay
                     self.probe_at[model] = now + 1.0
         elif effect is Effect.MODEL_UNAVAILABLE:
             self.model_gone[model] = True
+        elif effect is Effect.COOL_LANE:
+            lane = (key, model)
+            self.lane_cool[lane] = max(self.lane_cool.get(lane, -math.inf), now + action.seconds)
         elif effect is Effect.DISABLE_KEY:
             self.disabled[key] = True
         elif effect is Effect.DISABLE_PROJECT:

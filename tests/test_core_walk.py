@@ -110,6 +110,13 @@ def _check_effect(core: Scheduler, kind: OutcomeKind, effect: Effect, now: float
     elif effect is Effect.MODEL_UNAVAILABLE:
         assert {lane.state for lane in snap.lanes if lane.model == "m1"} == {LaneState.UNAVAILABLE}
         assert {lane.state for lane in snap.lanes if lane.model == "m2"} == {LaneState.AVAILABLE}
+    elif effect is Effect.COOL_LANE:  # a proxy's bare 401/403: this lane only, not the key
+        until = now + DEFAULT_ACTIONS[kind].seconds
+        lane = snap.lane("k1", "m1")
+        assert (lane.state, lane.cooldown_until) == (LaneState.COOLING, until)
+        assert snap.lane("k1", "m2").state is LaneState.AVAILABLE
+        assert snap.lane("k2", "m1").state is LaneState.AVAILABLE
+        assert core.snapshot(until).lane("k1", "m1").state is LaneState.AVAILABLE
     elif effect is Effect.DISABLE_KEY:
         assert {snap.lane("k1", m).state for m in ("m1", "m2")} == {LaneState.DISABLED}
         assert snap.lane("k2", "m1").state is LaneState.AVAILABLE

@@ -53,7 +53,8 @@ def _app(clock: Clock) -> SimApp:
         "models": [{"name": FLASH}, {"name": PRO}],
         "quotas": {FLASH: {"rpm": 2, "tpm": 1000}, PRO: 0},
         "projects": [{"name": "alpha", "keys": 3}, {"name": "beta"},
-                     {"name": "daily", "quotas": {FLASH: {"rpd": 1}}}],
+                     {"name": "daily", "quotas": {FLASH: {"rpd": 1}}}, {"name": "gamma"},
+                     {"name": "delta"}],
         "faults": [
             {"kind": "key_revoked", "key": "alpha-2"},
             {"kind": "key_leaked", "key": "alpha-3"},
@@ -62,6 +63,11 @@ def _app(clock: Clock) -> SimApp:
             {"kind": "shared_429", "start": 1100, "end": 1200},
             {"kind": "server_error", "start": 1200, "end": 1300},
             {"kind": "deadline_exceeded", "start": 1300, "end": 1400},
+            {"kind": "key_type_unsupported", "key": "gamma-1"},
+            {"kind": "project_denied", "project": "delta"},
+            {"kind": "file_denied", "start": 1400, "end": 1500},
+            {"kind": "proxy_refused", "start": 1500, "end": 1600, "code": 403},
+            {"kind": "proxy_refused", "start": 1600, "end": 1700, "code": 401},
         ]}, source="<bodies>")
     return make_app(World(scenario, seed=2), clock=clock, sleep=clock.sleep, time_scale=1.0)
 
@@ -81,7 +87,15 @@ CASES: list[tuple[str, float, str, str, dict[str, Any], str, OutcomeKind]] = [
     ("503", 1050, "alpha-1", FLASH, PROMPT, "503_overloaded.json", K.OVERLOADED),
     ("500", 1250, "alpha-1", FLASH, PROMPT, "500_internal.json", K.SERVER_ERROR),
     ("504", 1350, "alpha-1", FLASH, PROMPT, "504_deadline.json", K.TIMEOUT),
+    ("key type", 10, "gamma-1", FLASH, PROMPT, "401_access_token_type_unsupported.json",
+     K.KEY_TYPE_UNSUPPORTED),
+    ("project denied", 10, "delta-1", FLASH, PROMPT, "403_project_denied.json",
+     K.PROJECT_DISABLED),
+    ("file denied", 1450, "alpha-1", FLASH, PROMPT, "403_file_permission.json",
+     K.REQUEST_ERROR),
 ]
+# A proxy's bare refusal is no Google error: its page is compared by class only.
+PROXY_CASES = [(1550, 403, "403_proxy.html"), (1650, 401, "401_proxy.json")]
 # Requests that set the stage (spend quota) before the case is asked, at these virtual times.
 SETUP: dict[str, list[tuple[float, str, dict[str, Any]]]] = {
     "rpd": [(5, "daily-1", PROMPT)],
@@ -162,8 +176,31 @@ def test_every_error_body_of_the_server_has_a_reference_case() -> None:
         "429_daily_cap_2026.json": Body.QUOTA_RPD, "429_per_minute_tpm.json": Body.QUOTA_TPM,
         "429_bare.json": Body.BARE_429,
         "503_overloaded.json": Body.OVERLOADED, "500_internal.json": Body.INTERNAL,
-        "504_deadline.json": Body.DEADLINE_EXCEEDED}
+        "504_deadline.json": Body.DEADLINE_EXCEEDED,
+        "401_access_token_type_unsupported.json": Body.KEY_TYPE_UNSUPPORTED,
+        "403_project_denied.json": Body.PROJECT_DENIED,
+        "403_file_permission.json": Body.FILE_DENIED}
     checked = {case[0] for case in CASES}
     assert {case[5] for case in CASES} == set(bodies_by_fixture)
-    assert {*bodies_by_fixture.values(), Body.QUOTA_RPM} == set(Body) - {Body.BAD_REQUEST}
+    assert {*bodies_by_fixture.values(), Body.QUOTA_RPM, Body.PROXY_401, Body.PROXY_403} == (
+        set(Body) - {Body.BAD_REQUEST})
+    assert {code for _, code, _ in PROXY_CASES} == {401, 403}
     assert "rpm" in checked  # the RPM body, compared with the TPM one's shape
+
+
+@pytest.mark.parametrize(("virtual", "code", "fixture"), PROXY_CASES)
+async def test_a_proxy_refusal_is_a_bare_page_classified_like_the_reference(
+        virtual: float, code: int, fixture: str) -> None:
+    """The server's proxy page has the status and no Google error object; the client reads it,
+    and the reference's proxy body, as ``ACCESS_REFUSED`` (the key is cooled, not disabled)."""
+    clock = Clock()
+    app = _app(clock)
+    async with serve(app) as server, httpx.AsyncClient(base_url=server.base_url) as http:
+        clock.now = app.started + virtual
+        response = await http.post(f"/v1beta/models/{FLASH}:generateContent", json=PROMPT,
+                                   headers={"x-goog-api-key": "fake-alpha-1"})
+    assert response.status_code == code
+    assert not response.headers["content-type"].startswith("application/json")
+    got = classify(code, response.content, dict(response.headers))
+    expected = classify(code, (FIXTURES / fixture).read_bytes())
+    assert got.outcome.kind is expected.outcome.kind is K.ACCESS_REFUSED

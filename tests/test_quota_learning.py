@@ -173,19 +173,37 @@ def test_a_limit_learned_on_one_group_gates_its_full_siblings_to_one_attempt() -
     assert dispatches(core.poll(T0 + 2)) == []
 
 
-def test_an_answer_past_a_sibling_s_limit_raises_what_the_group_presumes() -> None:
-    """A project on a better tier is not held to its sibling's limit for long."""
-    keys = [Key(secret="s0", label="k0", project="free"), Key(secret="s1", label="k1", project="paid")]
+def test_answers_past_a_sibling_s_limit_let_more_through_until_a_429_teaches() -> None:
+    """A project on a better tier is not held to its sibling's limit: each answer past it allows
+    one more attempt in flight (1, 2, 4 ... per round trip), until its own 429 teaches it its
+    own limit."""
+    keys = [Key(secret="s0", label="k0", project="free")] + [
+        Key(secret=f"p{i}", label=f"paid{i}", project="paid") for i in range(6)]
     core = core_of(keys)
-    answer(core, send(core, T0, 10), T0)
-    [a, b] = send(core, T0 + 1, 2)
-    core.complete(a.attempt, rpm_429(5, retry_after=59.0), T0 + 1)  # "free" learns 5
-    for _ in range(3):
+    answer(core, send(core, T0, 12), T0)  # "free" sent 5 or so; "paid" the rest
+    for _ in range(6):  # one more each, until "free" is refused
+        [d] = send(core, T0 + 1)
+        if d.key.label == "k0":
+            core.complete(d.attempt, rpm_429(5, retry_after=59.0), T0 + 1)  # "free" learns 5
+            break
+        answer(core, [d], T0 + 1)
+    for _ in range(20):
         core.submit(T0 + 1)
-    assert dispatches(core.poll(T0 + 1)) == []  # "paid" is past 5: one at a time
-    answer(core, [b], T0 + 2)  # "paid" answered its sixth: it has more than 5
-    [next_one] = dispatches(core.poll(T0 + 2))
-    assert next_one.key.label == "k1"
+    waves = []
+    at = T0 + 1
+    for _ in range(3):  # "paid" is past 5: one in flight, then two, then four
+        wave = dispatches(core.poll(at))
+        waves.append(len(wave))
+        assert {d.key.label.startswith("paid") for d in wave} == {True}
+        at += 1
+        answer(core, wave, at)
+    assert waves == [1, 2, 4]
+    # Its own 429 teaches it 50, and starts the count over.
+    [d] = dispatches(core.poll(at))[:1] or [None]  # type: ignore[list-item]
+    assert d is not None
+    core.complete(d.attempt, rpm_429(50, retry_after=1.0), at)
+    limits = {g.project: g.limits for g in core.snapshot(at).groups}
+    assert [(k.value, k.source) for k in limits["paid"]] == [(50, "learned")]
 
 
 def test_a_learned_limit_is_tested_after_relearn_after_and_an_answer_drops_it() -> None:

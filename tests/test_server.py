@@ -11,11 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
+from e2e_support import running_server, scenario_client
 
+from keysched import RetryPolicy
 from keysched._outcomes import OutcomeKind
 from sim.bodies import Body
 from sim.cli import build_parser, main
-from sim.scenario import Scenario, parse_scenario
+from sim.scenario import Scenario, builtin_scenarios, load_scenario, parse_scenario
 from sim.server import SimApp, SimulatedDisconnect, make_app, serve
 from sim.world import Reply, World
 
@@ -58,7 +60,8 @@ def scenario() -> Scenario:
         "models": [{"name": FLASH, "latency_median": 2.0, "stream_chunks": 3},
                    {"name": PRO, "latency_median": 4.0}],
         "quotas": {FLASH: {"rpm": 2, "tpm": 1000, "rpd": 100}, PRO: 0},
-        "projects": [{"name": "alpha", "keys": 2}, {"name": "beta", "keys": 1}],
+        "projects": [{"name": "alpha", "keys": 2}, {"name": "beta", "keys": 1},
+                     {"name": "gamma", "keys": 1}, {"name": "delta", "keys": 1}],
         "faults": [
             {"kind": "key_revoked", "key": "alpha-2", "start": 0},
             {"kind": "overloaded", "start": 1000, "end": 1100},
@@ -69,6 +72,11 @@ def scenario() -> Scenario:
             {"kind": "shared_429", "start": 1500, "end": 1600},
             {"kind": "server_error", "start": 1600, "end": 1700},
             {"kind": "deadline_exceeded", "start": 1700, "end": 1800},
+            {"kind": "proxy_refused", "start": 1800, "end": 1900, "code": 401},
+            {"kind": "proxy_refused", "start": 1900, "end": 2000},
+            {"kind": "file_denied", "start": 2000, "end": 2100},
+            {"kind": "key_type_unsupported", "key": "gamma-1"},
+            {"kind": "project_denied", "project": "delta"},
             {"kind": "key_leaked", "key": "alpha-1", "start": 3000},
             {"kind": "project_disabled", "project": "beta", "start": 3000},
         ],
@@ -209,7 +217,9 @@ def _world_replies() -> list[tuple[Reply, int]]:
              (10.0, "alpha-1", "gemini-9", 1), (1050.0, "alpha-1", FLASH, 1),
              (1550.0, "alpha-1", FLASH, 1), (1650.0, "alpha-1", FLASH, 1),
              (1750.0, "alpha-1", FLASH, 1), (3050.0, "alpha-1", FLASH, 1),
-             (3050.0, "beta-1", FLASH, 1)]
+             (3050.0, "beta-1", FLASH, 1), (1850.0, "alpha-1", FLASH, 1),
+             (1950.0, "alpha-1", FLASH, 1), (2050.0, "alpha-1", FLASH, 1),
+             (10.0, "gamma-1", FLASH, 1), (10.0, "delta-1", FLASH, 1)]
     replies = [(world.attempt(t, f"fake-{label}", model, size), size)
                for t, label, model, size in calls]
     replies.append((world.attempt(1.0, "", FLASH, 1), 1))
@@ -320,7 +330,8 @@ async def test_other_endpoints(app: SimApp, clock: FakeClock, client: httpx.Asyn
     assert len(vectors[0]["values"]) == 8
     assert vectors[0] != vectors[1]
     listed = (await client.get("/v1beta/models", headers=key("alpha-1"))).json()
-    assert [m["name"] for m in listed["models"]] == [f"models/{FLASH}", f"models/{PRO}"]
+    assert [m["name"] for m in listed["models"]] == [f"models/{FLASH}", f"models/{PRO}",
+                                                     "models/gemini-embedding-001"]
     paged = (await client.get("/v1beta/models", params={"pageSize": 1},
                               headers=key("alpha-1"))).json()
     assert paged["nextPageToken"] == "1"
@@ -451,3 +462,34 @@ def test_python_m_sim_serve_answers_on_a_free_port() -> None:
         if process.stdout is not None:
             process.stdout.close()
 
+
+
+@pytest.mark.parametrize("version", ["v1", "v1beta"])
+async def test_both_api_versions_are_served(app: SimApp, clock: FakeClock,
+                                            client: httpx.AsyncClient, version: str) -> None:
+    """google-genai 3.x calls ``/v1/...`` by default, keysched ``/v1beta/...``: both answer,
+    from the same world, for every method."""
+    at(app, clock, 10.0)
+    headers = key("alpha-1")
+    base = f"/{version}/models"
+    generated = await client.post(f"{base}/{FLASH}:generateContent", json=PROMPT,
+                                  headers=headers)
+    assert generated.status_code == 200
+    assert generated.json()["candidates"][0]["finishReason"] == "STOP"
+    counted = await client.post(f"{base}/{FLASH}:countTokens", json=PROMPT, headers=headers)
+    assert counted.json() == {"totalTokens": 100}
+    listed = await client.get(base, headers=headers)
+    assert [m["name"] for m in listed.json()["models"]][:2] == [f"models/{FLASH}",
+                                                                f"models/{PRO}"]
+    assert (await client.get(f"/{version}/other", headers=headers)).status_code == 404
+    assert (await client.get("/v2/models", headers=headers)).status_code == 404
+
+
+@pytest.mark.parametrize("name", builtin_scenarios())
+async def test_every_builtin_scenario_serves_the_default_embedding_model(name: str) -> None:
+    """``embed()`` works against ``python -m sim serve <any built-in>``, over loopback HTTP."""
+    async with running_server(load_scenario(name)) as (server, _), scenario_client(
+            server, retry=RetryPolicy(deadline=600.0)) as client:
+        vectors = await client.embed(["a", "b"])
+    assert len(vectors) == 2
+    assert vectors[0] != vectors[1]

@@ -237,6 +237,15 @@ CASES = [
     Case(file="403_unregistered_callers.json", status=403, kind=K.KEY_FORBIDDEN),
     Case(file="401_credentials_missing.json", status=401, kind=K.KEY_FORBIDDEN,
          reason="CREDENTIALS_MISSING", google_status="UNAUTHENTICATED"),
+    Case(file="401_access_token_type_unsupported.json", status=401,
+         kind=K.KEY_TYPE_UNSUPPORTED, google_status="UNAUTHENTICATED",
+         reason="ACCESS_TOKEN_TYPE_UNSUPPORTED"),
+    Case(file="403_file_permission.json", status=403, kind=K.REQUEST_ERROR,
+         google_status="PERMISSION_DENIED"),
+    Case(file="403_project_denied.json", status=403, kind=K.PROJECT_DISABLED),
+    Case(file="403_proxy.html", status=403, kind=K.ACCESS_REFUSED),
+    Case(file="401_proxy.json", status=401, kind=K.ACCESS_REFUSED),
+    Case(file="502_html.html", status=401, kind=K.ACCESS_REFUSED),
     Case(file="400_region.json", status=400, kind=K.KEY_FORBIDDEN,
          google_status="FAILED_PRECONDITION"),
     Case(file="400_token_count.json", status=400, kind=K.REQUEST_ERROR),
@@ -286,6 +295,24 @@ def test_every_outcome_from_a_response_is_covered() -> None:
     """The fixture table reaches every kind a response can produce."""
     not_from_responses = {K.CONNECTION_ERROR}
     assert {case.kind for case in CASES} | not_from_responses == set(K)
+
+
+def test_an_unsupported_key_type_says_what_to_do() -> None:
+    """Google's 401 for a key type it no longer takes reads like an OAuth problem; the message
+    keysched keeps says the key was disabled and a new key (not OAuth) is the fix.  The same
+    text without an ErrorInfo reason is read the same way (keysched always sends an API key)."""
+    for raw in (body("401_access_token_type_unsupported.json"),
+                json.dumps({"error": {k: v for k, v in error_json(
+                    "401_access_token_type_unsupported.json")["error"].items()
+                    if k != "details"}}).encode()):
+        result = classify(401, raw)
+        assert result.outcome.kind is K.KEY_TYPE_UNSUPPORTED
+        assert result.message is not None
+        assert result.message.startswith("Request had invalid authentication credentials.")
+        assert "new key" in result.message
+        assert "AQ." in result.message
+    # A key kind a method refuses (CREDENTIALS_MISSING) stays a forbidden key.
+    assert classify(401, body("401_credentials_missing.json")).outcome.kind is K.KEY_FORBIDDEN
 
 
 def test_success_reads_text_and_usage() -> None:
@@ -349,7 +376,7 @@ def test_empty_can_be_success() -> None:
 
 @pytest.mark.parametrize(("status", "kind"), [
     (408, K.TIMEOUT), (499, K.TIMEOUT), (504, K.TIMEOUT), (413, K.REQUEST_ERROR),
-    (400, K.REQUEST_ERROR), (401, K.KEY_FORBIDDEN), (403, K.KEY_FORBIDDEN),
+    (400, K.REQUEST_ERROR), (401, K.ACCESS_REFUSED), (403, K.ACCESS_REFUSED),
     (404, K.MODEL_NOT_FOUND), (429, K.SHARED_CAPACITY), (500, K.SERVER_ERROR),
     (502, K.SERVER_ERROR), (503, K.OVERLOADED), (507, K.SERVER_ERROR), (599, K.SERVER_ERROR),
     (418, K.REQUEST_ERROR), (302, K.REQUEST_ERROR), (100, K.REQUEST_ERROR),
@@ -585,7 +612,8 @@ bodies = st.one_of(
 header_maps = st.none() | st.dictionaries(
     st.sampled_from(["Retry-After", "retry-after", "x"]) | st.text(max_size=5),
     st.text(max_size=12) | st.integers(0, 10**400).map(str), max_size=3)
-KEY_OR_PROJECT = {K.KEY_INVALID, K.KEY_LEAKED, K.KEY_FORBIDDEN, K.PROJECT_DISABLED}
+KEY_OR_PROJECT = {K.KEY_INVALID, K.KEY_LEAKED, K.KEY_FORBIDDEN, K.KEY_TYPE_UNSUPPORTED,
+                  K.PROJECT_DISABLED, K.ACCESS_REFUSED}
 
 
 @given(status=st.integers(100, 599), raw=bodies, headers=header_maps,

@@ -1,0 +1,440 @@
+"""The pool under an SDK: `PoolTransport`, an httpx transport that schedules each request.
+
+Theory of operation: google-genai, the openai SDK and the frameworks on them send through an
+httpx client they accept from the caller.  `KeyedClient.transport()` gives a transport for such
+a client.  For each request, `keysched._routes.route` tells a model call the pool schedules
+from one it passes through.  A scheduled call opens a request on the client's core, exactly as
+`KeyedClient.generate` does, and the transport is its driver: each `Dispatch` is sent through
+the client's own HTTP backend with the chosen key and model, the answer is classified by the
+same wire rules and reported, and the core decides what follows (another key, a fallback
+model, a backoff, waiting for a cooldown).  The SDK gets the answer that ended the request.
+
+Decisions where the issue was silent:
+
+- On failure the SDK gets the last HTTP answer (status, headers and body, with the key that
+  was sent replaced by ``[key <label>]`` wherever it appears), so it raises its own error
+  type.  If the last attempt got no answer (a reset, a timeout), httpx's own `ConnectError` or
+  `ReadTimeout` is raised instead, as the SDK would have seen it.  A request that ended before
+  any attempt (every key disabled or cooling until its deadline) gets a Google error made
+  here: 429 ``RESOURCE_EXHAUSTED`` (with ``RetryInfo`` when the pool knows when capacity
+  returns) or 403 ``PERMISSION_DENIED`` when no usable key is left.  The message is the one
+  `generate` would raise.
+- Every answer carries ``x-keysched-model``, ``x-keysched-key`` (the label) and
+  ``x-keysched-attempts`` headers.
+- Time: each attempt is bounded by the client's ``timeout`` and the whole call by its
+  ``retry.deadline``, as for `generate`; the SDK's own httpx timeouts are not read (for a
+  stream, ``timeout`` bounds connecting and each wait for more bytes).
+- A stream is answered once its first event has arrived: an error event, or a stream that ends
+  without one, fails over like any failed attempt.  After that the bytes are relayed as they
+  come; a break is reported to the core (no failover any more) and reaches the SDK as the
+  httpx error it would have seen.  A stream the SDK closes early ends the request as cancelled.
+- Pass-through requests (anything `route` does not schedule) go out once, with the first key
+  the pool has not disabled, through the client's httpx client (or one of the transport's own
+  when the client sends through aiohttp).  Files and cached contents belong to the Google
+  project of the key that made them; a pool spanning several projects should not rely on a
+  generation call finding a file another project's key uploaded.
+- `aclose()` of the transport closes only what it made; the `KeyedClient` stays the caller's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import httpx
+
+from keysched._decisions import Dispatch, Fail, FailReason, Finish
+from keysched._errors import UsageError
+from keysched._outcomes import Outcome, OutcomeKind
+from keysched._routes import Route, attempt_headers, redact, response_headers, route
+from keysched._snapshot import LaneState
+from keysched._sse import SSEParser, StreamEvent
+from keysched._transport import HttpxBackend, StreamResponse, TransportFailure, TransportTimeout
+from keysched._wire import SAFETY_FINISH_REASONS, Classified
+
+if TYPE_CHECKING:
+    from keysched._client import KeyedClient, _Session
+
+__all__ = ["PoolTransport"]
+
+_SYNTHESIZED = {FailReason.NO_USABLE_LANE: (403, "PERMISSION_DENIED")}
+_CAPACITY = (429, "RESOURCE_EXHAUSTED")
+
+
+class _Answer(NamedTuple):
+    """The last HTTP answer of a request (status 0: the attempt got none)."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    dispatch: Dispatch
+    kind: OutcomeKind
+
+
+def _failure(kind: OutcomeKind, message: str) -> Classified:
+    return Classified(outcome=Outcome(kind=kind), status=0, message=message)
+
+
+class PoolTransport(httpx.AsyncBaseTransport):
+    """An httpx transport that sends every request through a `KeyedClient`'s pool.
+
+    Use it on the event loop the client runs on::
+
+        async with KeyedClient(keys=[...]) as pool:
+            http = httpx.AsyncClient(transport=pool.transport(), timeout=None)
+
+    Args:
+        client: the pool.
+        fallback: whether a generation call may fall back along the pool's model list (the
+            request header ``x-keysched-fallback: off`` pins one call to its model).
+    """
+
+    def __init__(self, client: KeyedClient, *, fallback: bool = True) -> None:
+        if not isinstance(fallback, bool):
+            raise UsageError(f"fallback must be True or False, got {type(fallback).__name__}")
+        self._client = client
+        self._fallback = fallback
+        backend = client._backend
+        self._http = backend.client if isinstance(backend, HttpxBackend) else None
+        self._own_http: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"PoolTransport({self._client!r}, fallback={self._fallback})"
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        client = self._client
+        if client._closed:
+            raise UsageError("the client is closed")
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            if self._loop is not None:  # the pool's timers and connections live on one loop
+                raise UsageError("a KeyedClient's transport serves the event loop it was first "
+                                 "used on; for other loops or threads use keysched.PoolThread")
+            self._loop = loop
+        body = await request.aread()
+        raw_path, _, query = request.url.raw_path.decode("ascii").partition("?")
+        call = route(request.method, raw_path, query, body, request.headers,
+                     client._models, client._config.models, fallback=self._fallback)
+        if call is None:
+            return await self._pass_through(request, body)
+        return await _Call(client, request, call, body).run()
+
+    async def aclose(self) -> None:
+        if self._own_http is not None:
+            await self._own_http.aclose()
+            self._own_http = None
+
+    async def _pass_through(self, request: httpx.Request, body: bytes) -> httpx.Response:
+        client = self._client
+        snapshot = client.snapshot()
+        disabled = {lane.key for lane in snapshot.lanes if lane.state is LaneState.DISABLED}
+        key = next((key for key in client._config.keys if key.label not in disabled), None)
+        if key is None:
+            raise UsageError("no usable key is left in the pool for a pass-through request")
+        label = key.label or ""
+        bearer = "/openai/" in request.url.path
+        headers = attempt_headers(request.headers.multi_items(), key.secret, bearer=bearer)
+        params = [(k, v) for k, v in request.url.params.multi_items() if k != "key"]
+        outgoing = httpx.Request(request.method, request.url.copy_with(params=params),
+                                 headers=headers, content=body, extensions=request.extensions)
+        http = self._http
+        if http is None:
+            http = self._own_http = self._own_http or httpx.AsyncClient(follow_redirects=False)
+        response = await http.send(outgoing, stream=True)
+        marks = {"x-keysched-key": label, "x-keysched-attempts": "1"}
+        if response.is_success:
+            return httpx.Response(
+                response.status_code,
+                headers=[(n, v.replace(key.secret, f"[key {label}]"))
+                         for n, v in response.headers.multi_items()] + list(marks.items()),
+                stream=_Relay(response), extensions=response.extensions)
+        try:
+            raw = await response.aread()
+        finally:
+            await response.aclose()
+        return httpx.Response(response.status_code,
+                              headers=response_headers(response.headers.multi_items(),
+                                                       key.secret, label, marks),
+                              content=redact(raw, key.secret, label))
+
+
+class _Relay(httpx.AsyncByteStream):
+    """A pass-through answer's bytes, as they come (still encoded: the SDK's httpx decodes)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for data in self._response.aiter_raw():
+            yield data
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+class _Call:
+    """One scheduled request: the driver loop around its `_Session`."""
+
+    def __init__(self, client: KeyedClient, request: httpx.Request, call: Route,
+                 body: bytes) -> None:
+        self.client = client
+        self.request = request
+        self.call = call
+        self.body = body
+        self.base = f"{request.url.scheme}://{request.url.netloc.decode('ascii')}"
+        self.caller_headers = request.headers.multi_items()
+        self.last: _Answer | None = None
+
+    async def run(self) -> httpx.Response:
+        client = self.client
+        call = self.call
+        session = client._open(call.models, call.tokens, None, call.spends_quota)
+        handed_over = False
+        try:
+            while True:
+                decision = await session.next()
+                if isinstance(decision, Dispatch):
+                    response = await self._attempt(session, decision)
+                    if response is not None:  # a stream has started: it ends the request
+                        handed_over = True
+                        return response
+                elif isinstance(decision, Finish):
+                    return self._answer(session)
+                else:
+                    return self._failed(session, decision)
+        finally:
+            if not handed_over:
+                session.close()
+
+    async def _attempt(self, session: _Session, dispatch: Dispatch) -> httpx.Response | None:
+        """Send one attempt and report it; a started stream is returned instead."""
+        client = self.client
+        call = self.call
+        started = client._clock()
+        bound = session.attempt_timeout(client._timeout, started)
+        url = call.url(self.base, dispatch.model)
+        payload = call.body(self.body, dispatch.model)
+        headers = client._backend.headers(attempt_headers(
+            self.caller_headers, dispatch.key.secret, bearer=call.openai))
+        try:
+            if call.stream:
+                return await self._stream(session, dispatch, url, headers, payload, bound,
+                                          started)
+            status, answer_headers, raw = await client._backend.post(url, headers, payload, bound)
+        except TransportTimeout:
+            classified = _failure(OutcomeKind.TIMEOUT, f"no answer within {bound:.1f}s")
+            self.last = _Answer(0, [], b"", dispatch, OutcomeKind.TIMEOUT)
+        except TransportFailure as exc:
+            classified = _failure(OutcomeKind.CONNECTION_ERROR, f"{exc} before an answer arrived")
+            self.last = _Answer(0, [], b"", dispatch, OutcomeKind.CONNECTION_ERROR)
+        else:
+            classified = call.classify(status, raw, answer_headers)
+            self.last = _Answer(status, list(_items(answer_headers)), raw, dispatch,
+                                classified.outcome.kind)
+        session.report(dispatch, classified, started)
+        return None
+
+    async def _stream(self, session: _Session, dispatch: Dispatch, url: str,
+                      headers: Mapping[str, str], payload: bytes, bound: float,
+                      started: float) -> httpx.Response | None:
+        """Start a stream attempt: a response once its first event is a chunk, else None."""
+        exits = contextlib.AsyncExitStack()
+        handed_over = False
+        try:
+            response = await exits.enter_async_context(
+                self.client._backend.stream(url, headers, payload, bound))
+            answer_headers = list(_items(response.headers))
+            if response.status != 200:
+                raw = await response.read()
+                classified = self.call.classify(response.status, raw, response.headers)
+                self.last = _Answer(response.status, answer_headers, raw, dispatch,
+                                    classified.outcome.kind)
+                session.report(dispatch, classified, started)
+                return None
+            relay = _StreamRelay(self, session, dispatch, started, response, exits)
+            first = await relay.first_event()
+            if first is None or first.classified is not None:
+                classified = _failure(OutcomeKind.EMPTY, "the stream ended without a chunk")
+                if first is not None and first.classified is not None:
+                    classified = first.classified
+                self.last = _Answer(200, answer_headers, relay.prefix(), dispatch,
+                                    classified.outcome.kind)
+                session.report(dispatch, classified, started)
+                return None
+            handed_over = True
+            return httpx.Response(200, headers=response_headers(
+                answer_headers, dispatch.key.secret, dispatch.key.label or "",
+                self._marks(dispatch, len(session.records) + 1)), stream=relay)
+        finally:
+            if not handed_over:
+                # The attempt was reported already: a failure to close it changes nothing.
+                with contextlib.suppress(TransportFailure, TransportTimeout):
+                    await exits.aclose()
+
+    @staticmethod
+    def _marks(dispatch: Dispatch, attempts: int) -> dict[str, str]:
+        return {"x-keysched-model": dispatch.model, "x-keysched-key": dispatch.key.label or "",
+                "x-keysched-attempts": str(attempts)}
+
+    def _answer(self, session: _Session) -> httpx.Response:
+        """The answer that ended the request, for the SDK (with the key that sent it redacted)."""
+        last = self.last
+        assert last is not None
+        assert last.status
+        key = last.dispatch.key
+        label = key.label or ""
+        return httpx.Response(last.status, headers=response_headers(
+            last.headers, key.secret, label, self._marks(last.dispatch, len(session.records))),
+            content=redact(last.body, key.secret, label))
+
+    def _failed(self, session: _Session, fail: Fail) -> httpx.Response:
+        error = session.error(fail)
+        last = self.last
+        if last is not None and last.status:
+            return self._answer(session)
+        if last is not None:  # the last attempt got no answer: the SDK sees what httpx raises
+            kind = (httpx.ReadTimeout if last.kind is OutcomeKind.TIMEOUT
+                    else httpx.ConnectError)
+            raise kind(str(error), request=self.request)
+        status, google_status = _SYNTHESIZED.get(fail.reason, _CAPACITY)
+        body: dict[str, Any] = {"code": status, "message": str(error), "status": google_status}
+        if fail.retry_at is not None and status == 429:
+            delay = max(0.0, fail.retry_at - self.client._clock())
+            body["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                                "retryDelay": f"{delay:.3f}s"}]
+        content = json.dumps({"error": body}).encode()
+        if self.call.openai:
+            content = b"[" + content + b"]"  # the OpenAI-compatible endpoint wraps its errors
+        return httpx.Response(status, headers=[("content-type", "application/json"),
+                                               ("x-keysched-attempts", "0")], content=content)
+
+
+class _StreamRelay(httpx.AsyncByteStream):
+    """A started stream: the bytes read so far, then the rest as it comes; reported at its end.
+
+    It reads the answer with keysched's SSE parser alongside, to learn how the stream ended
+    (an error event, a safety stop, a break) and report that to the core when it closes.
+    """
+
+    def __init__(self, call: _Call, session: _Session, dispatch: Dispatch, started: float,
+                 response: StreamResponse, exits: contextlib.AsyncExitStack) -> None:
+        self._call = call
+        self._session = session
+        self._dispatch = dispatch
+        self._started = started
+        self._chunks = response.iter_bytes().__aiter__()
+        self._exits = exits
+        self._parser = SSEParser()
+        self._read: list[bytes] = []  # bytes read before the SDK took over
+        self._relayed = False
+        self._error: Classified | None = None  # an error event, or the break
+        self._blocked: str | None = None
+        self._usage: Any = None
+        self._ended = False  # the body was read to its end
+        self._closed = False
+
+    def prefix(self) -> bytes:
+        return b"".join(self._read)
+
+    async def first_event(self) -> StreamEvent | None:
+        """Read until the first event (None: the body ended without one)."""
+        while True:
+            try:
+                data = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                self._ended = True
+                events = self._parser.close()
+                if events:
+                    self._note(events)
+                    return events[0]
+                return None
+            self._read.append(data)
+            events = self._parser.feed(data)
+            if events:
+                self._note(events)
+                return events[0]
+
+    def _note(self, events: list[StreamEvent]) -> None:
+        for event in events:
+            if event.classified is not None:
+                self._error = self._error or event.classified
+                continue
+            self._usage = event.usage or self._usage
+            if event.finish_reason in SAFETY_FINISH_REASONS:
+                self._blocked = event.finish_reason
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._relayed:
+            raise httpx.StreamConsumed()
+        self._relayed = True
+        for data in self._read:
+            yield data
+        self._read = []
+        if self._ended:
+            return
+        request = self._call.request
+        try:
+            async for data in self._chunks:
+                self._note(self._parser.feed(data))
+                yield data
+        except TransportTimeout:
+            self._error = _failure(OutcomeKind.TIMEOUT, "no more data within the timeout")
+            raise httpx.ReadTimeout(self._broke(), request=request) from None
+        except TransportFailure as exc:
+            self._error = _failure(OutcomeKind.CONNECTION_ERROR, f"{exc} while streaming")
+            raise httpx.ReadError(self._broke(), request=request) from None
+        self._note(self._parser.close())
+        self._ended = True
+
+    def _broke(self) -> str:
+        dispatch = self._dispatch
+        assert self._error is not None
+        return (f"the stream from {dispatch.model} via {dispatch.key.label} broke: "
+                f"{self._error.outcome.kind.value} ({self._error.message})")
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._exits.aclose()
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        session = self._session
+        if self._error is None and not self._ended:
+            session.close()  # the SDK stopped reading: the request is cancelled
+            return
+        if self._error is not None:
+            classified = self._error
+        elif self._blocked is not None:
+            classified = Classified(outcome=Outcome(kind=OutcomeKind.BLOCKED), status=200,
+                                    finish_reason=self._blocked)
+        else:
+            usage = self._usage
+            classified = Classified(
+                outcome=Outcome(kind=OutcomeKind.SUCCESS,
+                                input_tokens=usage.prompt_tokens if usage else None,
+                                output_tokens=usage.output_tokens if usage else None),
+                status=200, usage=usage)
+        kind = classified.outcome.kind
+        try:
+            session.report(self._dispatch, classified, self._started,
+                           final=kind not in (OutcomeKind.SUCCESS, OutcomeKind.BLOCKED))
+        except UsageError:
+            pass  # the client was closed meanwhile: the request has ended already
+        finally:
+            session.close()
+
+
+def _items(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    multi = getattr(headers, "multi_items", None)  # httpx; aiohttp's are a multidict
+    if multi is not None:
+        items: list[tuple[str, str]] = multi()
+        return items
+    return [(str(k), str(v)) for k, v in headers.items()]
