@@ -18,32 +18,47 @@ __all__ = ["OverloadEvidence"]
 
 
 class OverloadEvidence:
-    """The recent answers and 503s of one model."""
+    """The recent answers and 503s of one model.
 
-    __slots__ = ("_outcomes", "_overloaded", "rate", "trip", "window")
+    Outcomes are counted in buckets of a tenth of the window (an answer costs one comparison
+    and one addition: it happens on every request), so the window is known to within a tenth:
+    an outcome leaves it between 9/10 and 10/10 of `window` after it came.
+    """
+
+    __slots__ = ("_bucket_width", "_buckets", "_overloaded", "_total", "rate", "trip", "window")
 
     def __init__(self, *, trip: int, rate: float, window: float) -> None:
         self.trip = trip
         self.rate = rate
         self.window = window
-        self._outcomes: collections.deque[tuple[float, bool]] = collections.deque()
-        self._overloaded = 0  # 503s among `_outcomes`
+        self._bucket_width = window / 10
+        # [start, outcomes, 503s] per bucket, oldest first; the last one is being filled.
+        self._buckets: collections.deque[list[float]] = collections.deque()
+        self._total = 0  # outcomes in the buckets
+        self._overloaded = 0  # 503s in the buckets
 
-    def _expire(self, now: float) -> None:
-        outcomes = self._outcomes
-        while outcomes and outcomes[0][0] + self.window <= now:
-            if outcomes.popleft()[1]:
-                self._overloaded -= 1
+    def _bucket(self, now: float) -> list[float]:
+        buckets = self._buckets
+        if buckets and now < buckets[-1][0] + self._bucket_width:
+            return buckets[-1]
+        while buckets and buckets[0][0] + self.window <= now:
+            _, total, overloaded = buckets.popleft()
+            self._total -= int(total)
+            self._overloaded -= int(overloaded)
+        bucket = [now, 0.0, 0.0]
+        buckets.append(bucket)
+        return bucket
 
     def answered(self, now: float) -> None:
         """The model answered (content or a blocked prompt)."""
-        self._expire(now)
-        self._outcomes.append((now, False))
+        self._bucket(now)[1] += 1
+        self._total += 1
 
     def overloaded(self, now: float) -> bool:
         """The model answered 503; returns whether the evidence now says it is overloaded."""
-        self._expire(now)
-        self._outcomes.append((now, True))
+        bucket = self._bucket(now)
+        bucket[1] += 1
+        bucket[2] += 1
+        self._total += 1
         self._overloaded += 1
-        return (self._overloaded >= self.trip
-                and self._overloaded >= self.rate * len(self._outcomes))
+        return self._overloaded >= self.trip and self._overloaded >= self.rate * self._total

@@ -70,12 +70,13 @@ class Budget:
     """
 
     __slots__ = ("_day_end", "_known", "_minute", "_minute_tokens", "_reset_at", "_wall_epoch",
-                 "day_count", "margin", "rpd", "rpm", "tpm", "window")
+                 "day_count", "limited", "margin", "rpd", "rpm", "tpm", "window")
 
     def __init__(self, limit: Limit | None, wall_epoch: float, margin: float = 0.0) -> None:
         self.rpm: int | None = None
         self.tpm: int | None = None
         self.rpd: int | None = None
+        self.limited = False  # whether any limit is known (else it only keeps history)
         self._known: dict[QuotaDimension, KnownLimit] = {}
         if limit is not None:
             for dimension, value in ((_RPM, limit.rpm), (_TPM, limit.tpm), (_RPD, limit.rpd)):
@@ -92,10 +93,6 @@ class Budget:
 
     # -- limits -----------------------------------------------------------------------------
 
-    @property
-    def limited(self) -> bool:
-        """Whether any limit is known (else the budget only keeps history)."""
-        return bool(self._known)
 
     @property
     def limits(self) -> tuple[KnownLimit, ...]:
@@ -130,6 +127,7 @@ class Budget:
                     self.tpm = None
                 else:
                     self.rpd = None
+        self.limited = bool(self._known)
 
     @property
     def learned(self) -> bool:
@@ -138,6 +136,7 @@ class Budget:
 
     def _set(self, limit: KnownLimit) -> None:
         self._known[limit.dimension] = limit
+        self.limited = True
         if limit.dimension is _RPM:
             self.rpm = limit.value
         elif limit.dimension is _TPM:

@@ -357,13 +357,6 @@ class PoolConfig:
                                          f"{limit.project!r} and model {limit.model!r}")
             seen.add((limit.project, limit.model))
 
-    def billing_account_of(self, project: str) -> str:
-        """The billing account `project` is paid from (its own name when no key says)."""
-        for key in self.keys:
-            if key.project == project and key.billing_account is not None:
-                return key.billing_account
-        return f"project:{project}"
-
     def limit_for(self, project: str, model: str) -> Limit | None:
         """The limit that applies to `project` and `model`: a project's own beats the default."""
         fallback = None

@@ -47,9 +47,10 @@ Learning what nobody configured (the quota-intelligence issue):
   and doubles the wait before the next test; any other end of the test tries again later.
 - A group benched by a 429 whose limit is still unknown (no ``quotaValue``, a 429 without
   details, or the billing account's spend) reopens *half-open*, like a circuit breaker: one
-  attempt in flight at a time, twice as many after each answer, until `_HALF_OPEN_CLOSED` are
+  attempt in flight at a time, twice as many after each answer, until `HALF_OPEN_CLOSED` are
   allowed and the group is trusted again.  A 429 meanwhile starts over at one.  The queue waits
-  instead of flooding the group the moment its cooldown ends.
+  instead of flooding the group the moment its cooldown ends.  (`keysched._groups.QuotaGroup`
+  owns these rules; the scheduler asks it and tells it.)
 - A 429 on a quota (per minute, per day, spend, ``limit: 0``) does not count against
   ``max_attempts``: the request only waited for quota and spent no answer.  Its deadline still
   bounds it, and so does a hard cap of `_QUOTA_ATTEMPT_FACTOR` x ``max_attempts`` attempts.
@@ -100,6 +101,7 @@ from keysched._budget import Budget
 from keysched._config import Key, PoolConfig
 from keysched._decisions import Decision, Fail, FailReason, new_dispatch, new_finish
 from keysched._errors import UsageError
+from keysched._groups import QuotaGroup
 from keysched._outcomes import Outcome, OutcomeKind, QuotaDimension, Violation
 from keysched._pacific import next_pacific_midnight
 from keysched._selection import SKIP, Policy, Selector
@@ -111,8 +113,6 @@ __all__ = ["Scheduler"]
 # _LATE: past its `start_by`, out of the queue, waiting for its deadline (see `submit`).
 _WAITING, _BACKOFF, _IN_FLIGHT, _ENDED, _LATE = range(5)
 _TIMER_READY, _TIMER_DEADLINE, _TIMER_LANE, _TIMER_WAKE = range(4)
-# A half-open group is trusted again once this many attempts may be in flight on it.
-_HALF_OPEN_CLOSED = 16
 # Exponents of escalating cooldowns stop growing here: the caps are reached long before, and an
 # unbounded streak would overflow a float after 1,024 failures.
 _MAX_DOUBLINGS = 30
@@ -135,33 +135,6 @@ class _Key:
         self.in_flight = 0
         self.seq = index - 1_000_000_000  # before any dispatch; keeps the positional tie-break
         self.strikes = 0
-
-
-class _Group:
-    """One (project, model) quota group."""
-
-    __slots__ = ("bare_429s", "bare_since", "beyond", "budget", "cool_until", "half_open",
-                 "in_flight", "model", "parked", "presumed", "project", "reason", "relearn_at",
-                 "relearn_wait", "unavailable")
-
-    def __init__(self, project: int, model: int, budget: Budget | None) -> None:
-        self.project = project
-        self.model = model
-        self.cool_until = -math.inf
-        self.reason: str | None = None
-        self.unavailable = False
-        self.budget = budget  # None for policies that budget nothing (the baselines)
-        self.in_flight = 0
-        # While half-open: how many attempts may be in flight on the group (None: closed).
-        self.half_open: int | None = None
-        self.parked = False  # lanes of the group were parked until an attempt of it ends
-        # Limits presumed for dimensions the group does not know; None: its model's priors.
-        self.presumed: dict[QuotaDimension, int] | None = None
-        self.beyond = 1  # attempts allowed in flight past a presumed limit
-        self.relearn_at = math.inf  # when a learned limit holding requests back is tested
-        self.relearn_wait = math.inf  # how long after learning (doubles after a failed test)
-        self.bare_429s = 0  # bare 429s since the group last answered (escalates its cooldown)
-        self.bare_since = -math.inf  # when its current bare-429 bench began
 
 
 class _Model:
@@ -256,20 +229,22 @@ class Scheduler:
             for name in config.models]
         # Server errors in a row per (key, model) lane, for the lane breaker.
         self._lane_errors: dict[tuple[int, int], int] = {}
-        self._groups: list[list[_Group]] = []
+        self._groups: list[list[QuotaGroup]] = []
         for p, project in enumerate(projects):
             row = []
             for m, model in enumerate(config.models):
-                budget = (Budget(config.limit_for(project, model), wall_epoch,
-                                 config.retry.quota_margin)
-                          if self.policy.budgets_limits else None)
-                row.append(_Group(p, m, budget))
+                # A group without a configured limit gets its budget (its history, for limits
+                # learned later) on its first dispatch: most groups of a big pool stay small.
+                limit = config.limit_for(project, model) if self.policy.budgets_limits else None
+                budget = (Budget(limit, wall_epoch, config.retry.quota_margin) if limit
+                          else None)
+                row.append(QuotaGroup(p, m, budget))
             self._groups.append(row)
-        # Projects by billing account: a spend 429 benches every project of the account.
-        accounts: dict[str, list[int]] = {}
-        for p, project in enumerate(projects):
-            accounts.setdefault(config.billing_account_of(project), []).append(p)
-        self._account_projects = [accounts[config.billing_account_of(p)] for p in projects]
+        # Each project's billing account (a spend 429 benches every project of the account);
+        # a project no key names an account for is billed alone.
+        account_of = {key.project: key.billing_account for key in config.keys
+                      if key.billing_account is not None}
+        self._accounts = [account_of.get(project, f"project:{project}") for project in projects]
         # Per model: the limits learned on any of its groups (see "prior" in the docstring).
         self._priors: list[dict[QuotaDimension, int]] = [{} for _ in config.models]
         self._lane_cool: dict[tuple[int, int], float] = {}
@@ -392,15 +367,12 @@ class Scheduler:
             self._model_answered(record, now)
             if self._lane_errors:
                 self._lane_errors.pop((record.key, record.model), None)
-            group.bare_429s = 0
-            if group.half_open is not None:
-                self._widen_half_open(group)
-            if record.relearn:
-                self._relearned(group, now)
-            elif self._presumed(group) and self._past_presumed(group, 0, now, answered=True):
-                group.beyond += 1  # it has more than it presumed: one more in flight past it
-                if group.parked:
-                    self._unpark(group)
+            if group.answered(self._priors[record.model], now, test=record.relearn):
+                self._emit("limit_unlearned", "an answer past the learned limit", now,
+                           project=self._project_names[group.project],
+                           model=self._models[group.model].name)
+            if group.parked:
+                self._unpark(group)
         elif kind in _ALL_429S:
             self._on_429(group, record, outcome, request, now)
         elif kind is OutcomeKind.SERVER_ERROR and action.effect is Effect.NONE:
@@ -601,24 +573,16 @@ class Scheduler:
             until = lane_until
         if until > now:
             return until
-        if group.in_flight and (
-                (group.half_open is not None and group.in_flight >= group.half_open)
-                or (group.in_flight >= group.beyond and self._presumed(group)
-                    and self._past_presumed(
-                        group, 0 if self._current is None else self._current.tokens, now))):
+        if group.in_flight and group.full(
+                self._priors[model], 0 if self._current is None else self._current.tokens, now):
             group.parked = True  # `_release` offers the lanes again when an attempt ends
             return math.inf
         if (group.budget is not None and group.budget.limited and self._current is not None
                 and self._current.quota):
             tokens = self._current.tokens
             free = group.budget.free_at(now, tokens)
-            if (now >= group.relearn_at and not group.in_flight and math.isfinite(free)
-                    and free - group.budget.margin > now
-                    and group.budget.free_at(now, tokens, learned=False) <= now):
-                # Test the learned limit (`_dispatch` marks the attempt), but only while the
-                # server's window is full too (inside the margin, an answer would prove nothing)
-                # and never past a configured limit.
-                return None
+            if group.may_test_learned_limit(now, tokens, free):
+                return None  # `_dispatch` marks the attempt as the test
             if free > now:
                 if math.isinf(free):
                     return SKIP  # this request can never fit this group's token limit
@@ -759,15 +723,11 @@ class Scheduler:
         state.in_flight -= 1
         self._update(record.key, (state.in_flight, state.seq))
         group = self._groups[state.project][record.model]
-        group.in_flight -= 1
-        if record.relearn and math.isfinite(group.relearn_wait):
-            # The test of a learned limit ended: try again later, unless an answer or a 429
-            # (handled by the caller after this) says otherwise.
-            group.relearn_at = self._now + group.relearn_wait
+        group.released(self._now, test=record.relearn)
         if group.parked:
             self._unpark(group)
 
-    def _unpark(self, group: _Group) -> None:
+    def _unpark(self, group: QuotaGroup) -> None:
         """Offer the group's lanes again (they were parked until one of its attempts ended)."""
         group.parked = False
         for key in self._project_keys[group.project]:
@@ -775,7 +735,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ learning quotas
 
-    def _on_429(self, group: _Group, record: _Attempt, outcome: Outcome, request: _Request,
+    def _on_429(self, group: QuotaGroup, record: _Attempt, outcome: Outcome, request: _Request,
                 now: float) -> None:
         """Learn from a 429: the limits it names, whether to probe, what the request spent."""
         budget = group.budget
@@ -785,74 +745,18 @@ class Scheduler:
             request.quota_waits += 1
         if budget is None or not self.policy.learns_limits:
             return
-        if record.relearn:  # the learned limit held: test it again, twice as late
-            group.relearn_wait *= 2
-            group.relearn_at = now + group.relearn_wait
-        group.beyond = 1
-        for violation in outcome.violations:
-            if violation.value is None or violation.value < 1:
-                continue
-            if budget.learn(violation.dimension, violation.value, now, violation.quota_id):
-                self._benched += 1
-                self._emit_learned(group, violation, now)
-                if self._retry.relearn_after is not None and not record.relearn:
-                    group.relearn_wait = self._retry.relearn_after
-                    group.relearn_at = now + group.relearn_wait
-            if violation.dimension is not QuotaDimension.SPEND:
+        probe = outcome.kind not in (OutcomeKind.TOO_LARGE_FOR_QUOTA, OutcomeKind.QUOTA_ZERO)
+        learned = group.refused(outcome.violations, now, test=record.relearn,
+                                relearn_after=self._retry.relearn_after, probe=probe)
+        for violation in learned:
+            self._benched += 1
+            self._emit_learned(group, violation, now)
+        for violation in outcome.violations:  # every usable value is a prior for the siblings
+            if (violation.value is not None and violation.value >= 1
+                    and violation.dimension is not QuotaDimension.SPEND):
                 self._priors[group.model][violation.dimension] = violation.value
-        if outcome.kind is OutcomeKind.TOO_LARGE_FOR_QUOTA or (
-                outcome.kind is OutcomeKind.QUOTA_ZERO):
-            return  # the request is at fault, or the group is gone: nothing to probe
-        unknown = not outcome.violations or any(not budget.knows(v.dimension)
-                                                for v in outcome.violations)
-        if unknown or group.half_open is not None:
-            group.half_open = 1  # one attempt at a time when the cooldown ends
 
-    def _relearned(self, group: _Group, now: float) -> None:
-        """An answer past a learned limit: the quota grew, so the learned limits go."""
-        budget = group.budget
-        assert budget is not None
-        # Past the old limits, carefully (see "presumes"), until a 429 teaches the new ones.
-        group.presumed = {limit.dimension: limit.value for limit in budget.limits
-                          if limit.source == "learned"}
-        group.beyond = 1
-        budget.forget_learned()
-        group.relearn_at = group.relearn_wait = math.inf
-        self._emit("limit_unlearned", "an answer past the learned limit", now,
-                   project=self._project_names[group.project],
-                   model=self._models[group.model].name)
-        if group.parked:
-            self._unpark(group)
-
-    def _presumed(self, group: _Group) -> dict[QuotaDimension, int]:
-        """The limits the group presumes for what it does not know (see the docstring)."""
-        return self._priors[group.model] if group.presumed is None else group.presumed
-
-    def _past_presumed(self, group: _Group, tokens: int, now: float, *,
-                       answered: bool = False) -> bool:
-        """Whether one more request of `tokens` would take the group past a limit it presumes
-        for a dimension it does not know (`answered`: whether what it sent already is)."""
-        budget = group.budget
-        if budget is None:
-            return False
-        for dimension, value in self._presumed(group).items():
-            if not budget.knows(dimension):
-                extra = 0 if answered else (
-                    tokens if dimension is QuotaDimension.TOKENS_PER_MINUTE else 1)
-                if budget.used(dimension, now) + extra > value:
-                    return True
-        return False
-
-    def _widen_half_open(self, group: _Group) -> None:
-        """An answer on a half-open group: allow twice as many in flight, or close it."""
-        assert group.half_open is not None
-        group.half_open *= 2
-        if group.half_open >= _HALF_OPEN_CLOSED:
-            group.half_open = None
-        if group.parked:
-            self._unpark(group)
-
-    def _emit_learned(self, group: _Group, violation: Violation, now: float) -> None:
+    def _emit_learned(self, group: QuotaGroup, violation: Violation, now: float) -> None:
         self._emit("limit_learned", f"{violation.dimension.value}={violation.value} from "
                    f"{violation.quota_id}", now, project=self._project_names[group.project],
                    model=self._models[group.model].name)
@@ -984,17 +888,17 @@ class Scheduler:
         state.seq = aid
         self._update(key, (state.in_flight, aid))
         group = self._groups[state.project][model]
-        group.in_flight += 1
         budget = group.budget
+        if budget is None and self.policy.budgets_limits:
+            budget = group.budget = Budget(None, self._wall_epoch, self._retry.quota_margin)
         budgeted = budget is not None and request.quota
         relearn = False
         if budgeted:
             assert budget is not None
             # Past a known limit only as the test of a learned one (see `block`).
             relearn = budget.limited and budget.free_at(now, request.tokens) > now
-            if relearn:
-                group.relearn_at = math.inf  # one test at a time
             budget.record(now, request.tokens)
+        group.sent(test=relearn)
         self._dispatched[key * self._n_models + model] += 1
         self._attempts[aid] = _Attempt(request.id, key, model, now, budgeted, relearn)
         self._waiting -= 1
@@ -1030,7 +934,8 @@ class Scheduler:
             self._cool_group(group, now + delay, reason, project, model.name, now)
         elif effect is Effect.COOL_BILLING_ACCOUNT:
             delay = self._quota_delay(outcome)
-            for project_index in self._account_projects[state.project]:
+            account = self._accounts[state.project]
+            for project_index in (p for p, a in enumerate(self._accounts) if a == account):
                 for other in self._groups[project_index]:
                     self._cool_group(other, now + delay, reason,
                                      self._project_names[project_index],
@@ -1041,13 +946,8 @@ class Scheduler:
             # twice as long each time, so the pool spends its attempts elsewhere.
             # Only an attempt sent after the current bench began escalates it: a burst of
             # concurrent 429s is one piece of evidence, not several.
-            retry = self._retry
-            if record.sent >= group.bare_since:
-                group.bare_429s += 1
-                group.bare_since = now
-            doublings = min(group.bare_429s - 1, _MAX_DOUBLINGS)
-            delay = min(retry.shared_capacity_cooldown_cap,
-                        retry.shared_capacity_cooldown * 2.0 ** doublings)
+            delay = group.bare_429(record.sent, now, self._retry.shared_capacity_cooldown,
+                                   self._retry.shared_capacity_cooldown_cap)
             self._cool_group(group, now + delay, reason, project, model.name, now)
         elif effect is Effect.COOL_GROUP_UNTIL_MIDNIGHT:
             until = next_pacific_midnight(now + self._wall_epoch) - self._wall_epoch
@@ -1154,7 +1054,7 @@ class Scheduler:
                        model=self._models[record.model].name, until=until)
             self._timer(until, _TIMER_WAKE, 0, 0)
 
-    def _cool_group(self, group: _Group, until: float, reason: str, project: str, model: str,
+    def _cool_group(self, group: QuotaGroup, until: float, reason: str, project: str, model: str,
                     now: float) -> None:
         if until > group.cool_until:
             self._benched += 1

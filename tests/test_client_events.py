@@ -54,6 +54,7 @@ import asyncio, sys
 sys.path.insert(0, {tests!r})
 from helpers import Server, fixture, make_client, success
 from virtual_clock import VirtualClock
+from keysched import Policy
 
 def respond(request, n):
     return [fixture(503, "503_overloaded.json"), fixture(429, "429_per_minute_tpm.json"),
@@ -61,7 +62,8 @@ def respond(request, n):
             fixture(400, "400_api_key_invalid.json")][n] if n < 5 else success()
 
 async def main():
-    async with make_client(Server(respond), VirtualClock()) as client:
+    # A breaker that trips at one 503, so that the run also cools a model.
+    async with make_client(Server(respond), VirtualClock(), policy=Policy(overload_trip=1)) as client:
         await client.generate("hi")
         print(sorted({{event.kind for event in client.events()}}))
 

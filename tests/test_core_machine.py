@@ -142,7 +142,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.streak = [0] * n_models
         # The model breaker (default Policy): recent (time, was a 503) per model, when each model
         # was last cooled, and when a request may next probe it while it cools.
-        self.evidence: list[list[tuple[float, bool]]] = [[] for _ in range(n_models)]
+        self.evidence: list[list[list[float]]] = [[] for _ in range(n_models)]
         self.cooled_at = [-math.inf] * n_models
         self.probe_at = [-math.inf] * n_models
         self.lane_errors: dict[tuple[int, int], int] = {}  # 500s in a row per lane
@@ -392,11 +392,18 @@ class CoreMachine(RuleBasedStateMachine):
             self.poll()
 
     def note_evidence(self, model: int, now: float, *, overloaded: bool) -> bool:
-        """Record an answer or a 503; whether the model breaker trips (default Policy)."""
-        recent = [e for e in self.evidence[model] if e[0] + 10.0 > now] + [(now, overloaded)]
-        self.evidence[model] = recent
-        count = sum(1 for _, bad in recent if bad)
-        return overloaded and count >= 5 and count >= 0.5 * len(recent)
+        """Record an answer or a 503; whether the model breaker trips (default Policy: five 503s
+        and half the outcomes of the last 10 s, counted in buckets of 1 s that leave the window
+        when a new bucket starts, as `keysched._breaker.OverloadEvidence` counts them)."""
+        buckets = self.evidence[model]
+        if not buckets or now >= buckets[-1][0] + 1.0:
+            buckets[:] = [b for b in buckets if b[0] + 10.0 > now]
+            buckets.append([now, 0, 0])
+        buckets[-1][1] += 1
+        buckets[-1][2] += overloaded
+        total = sum(b[1] for b in buckets)
+        count = sum(b[2] for b in buckets)
+        return overloaded and count >= 5 and count >= 0.5 * total
 
     def apply_outcome(self, aid: int, kind: OutcomeKind, retry_after: float | None) -> None:
         now, retry = self.now, self.retry
