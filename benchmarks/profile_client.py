@@ -8,12 +8,12 @@ Run with ``python -m benchmarks.profile_client`` (``--mode fake|server|both``, `
   fake POST and ``json.loads`` of the body: the difference is keysched's own CPU per request.
   ``--profile`` runs cProfile over the keysched run and prints the top functions.
 - ``server``: the benchmark's server in another process, and CPU time (``time.process_time``)
-  of this process per request for raw aiohttp posts, ``KeyedClient(fast=True)``, raw httpx and
-  ``KeyedClient`` (httpx): what each request really costs the client, aiohttp included, with the
-  noise of wall-clock rates removed.
+  of this process per request for raw aiohttp posts, ``KeyedClient`` (aiohttp, the default
+  when installed), raw httpx and ``KeyedClient(fast=False)`` (httpx): what each request really
+  costs the client, aiohttp included, with the noise of wall-clock rates removed.
 - ``ir``: the same server, and the instructions the client process executes per request
   (valgrind's cachegrind, the difference of a long and a short run) for raw aiohttp posts and
-  ``KeyedClient(fast=True)``.  Instruction counts do not depend on what else the machine runs,
+  ``KeyedClient`` (aiohttp).  Instruction counts do not depend on what else the machine runs,
   and their ratio has tracked the benchmark's throughput ratio (0.56 both, before this tool's
   first use).  Needs ``valgrind``; slow (about a minute per client).
 """
@@ -43,6 +43,7 @@ from benchmarks.bench_client import (
     MODEL,
     bench_server,
     clients,
+    sniffio_as_named,
 )
 
 HEADERS = {"content-type": "application/json", "content-length": str(len(BODY))}
@@ -117,7 +118,7 @@ async def _fake(n: int, rounds: int, profile: bool) -> None:
 
 async def _server(base: str, n: int, rounds: int) -> None:
     # The raw clients and the fast one get n requests; httpx, whose pool is slow, a quarter.
-    plan = {"raw aiohttp": n, "KeyedClient (fast=True)": n, "raw httpx": n // 4,
+    plan = {"raw aiohttp": n, "KeyedClient (default)": n, "raw httpx": n // 4,
             "KeyedClient (httpx)": n // 4}
     samples: dict[str, list[float]] = {}
     async with clients(base) as calls:
@@ -128,7 +129,7 @@ async def _server(base: str, n: int, rounds: int) -> None:
     medians = {name: statistics.median(values) for name, values in samples.items()}
     for name, value in medians.items():
         print(f"  {name:26s} {value * 1e6:7.1f} us/request")
-    for ours, raw_name in (("KeyedClient (fast=True)", "raw aiohttp"),
+    for ours, raw_name in (("KeyedClient (default)", "raw aiohttp"),
                            ("KeyedClient (httpx)", "raw httpx")):
         print(f"  {ours} over {raw_name}: +{(medians[ours] - medians[raw_name]) * 1e6:.1f} us; "
               f"CPU ratio {raw_name} / {ours} = {medians[raw_name] / medians[ours]:.2f}")
@@ -147,8 +148,9 @@ async def _one_client(base: str, name: str, n: int) -> None:
             for _ in range(count):
                 await call()
 
-        await asyncio.gather(*(worker(4) for _ in range(CONCURRENCY)))
-        await asyncio.gather(*(worker(n // CONCURRENCY) for _ in range(CONCURRENCY)))
+        with sniffio_as_named(name):
+            await asyncio.gather(*(worker(4) for _ in range(CONCURRENCY)))
+            await asyncio.gather(*(worker(n // CONCURRENCY) for _ in range(CONCURRENCY)))
 
 
 def _instructions(base: str, name: str, n: int) -> int:
@@ -167,15 +169,15 @@ def _ir(base: str, n: int) -> None:
     short = n // 4 // CONCURRENCY * CONCURRENCY
     long = n // CONCURRENCY * CONCURRENCY
     per: dict[str, float] = {}
-    for name in ("raw aiohttp", "KeyedClient (fast=True)"):
+    for name in ("raw aiohttp", "KeyedClient (default)"):
         per[name] = ((_instructions(base, name, long) - _instructions(base, name, short))
                      / (long - short))
     print(f"bench server ({DELAY * 1000:.0f} ms), client instructions per request:")
     for name, value in per.items():
         print(f"  {name:26s} {value / 1000:7.1f} k")
-    ours, raw = per["KeyedClient (fast=True)"], per["raw aiohttp"]
-    print(f"  KeyedClient (fast=True) over raw aiohttp: +{(ours - raw) / 1000:.1f} k; "
-          f"ratio raw aiohttp / KeyedClient (fast=True) = {raw / ours:.2f}")
+    ours, raw = per["KeyedClient (default)"], per["raw aiohttp"]
+    print(f"  KeyedClient (default, aiohttp) over raw aiohttp: +{(ours - raw) / 1000:.1f} k; "
+          f"ratio raw aiohttp / KeyedClient (default) = {raw / ours:.2f}")
 
 
 def main() -> None:

@@ -33,10 +33,11 @@ This is the only module of keysched that does I/O.  Decisions where the issue wa
 - A stream fails over only before its first chunk reaches the caller.  After that, a failure is
   reported to the core (so the key or model is cooled as usual), the request is ended, and
   `StreamInterruptedError` says how many chunks were delivered.
-- HTTP goes through the small seam in `keysched._transport`: httpx by default (a caller's own
-  ``http_client`` or ``transport`` is used as given), or aiohttp directly with ``fast=True``
-  (the ``fast`` extra), which skips httpx's per-request models and its pool's collapse under
-  high concurrency.
+- HTTP goes through the small seam in `keysched._transport`.  A caller's own ``http_client``
+  or ``transport`` is used as given (httpx is the seam users plug into).  Otherwise aiohttp,
+  directly, when it is installed (the ``fast`` extra; ``fast=True`` requires it), since it costs
+  a fraction of httpx's CPU per request; else several small httpx clients of our own, which keep
+  httpcore's pool from collapsing under high concurrency (``fast=False`` forces this).
 - Embedding requests are scheduled like any other on the same keys; the embedding model is one
   more model of the pool that `generate` never falls back to.
 """
@@ -436,8 +437,10 @@ class KeyedClient:
         embedding_model: the model `embed` uses by default.
         http_client: your own `httpx.AsyncClient` (not closed by `aclose`).
         transport: your own httpx transport (ignored if `http_client` is given).
-        fast: send through aiohttp directly instead of httpx (``pip install keysched[fast]``);
-            ignored when `http_client` or `transport` is given.
+        fast: True sends through aiohttp directly (``pip install keysched[fast]``), False
+            through httpx; None (the default) picks aiohttp when it is installed, as it costs a
+            fraction of httpx's CPU per request.  Ignored when `http_client` or `transport`
+            is given: those are httpx's.
         policy: the scheduling policy (keysched's least-loaded policy by default).
         clock: monotonic seconds; inject a virtual clock in tests.
         sleep: the coroutine used to wait for the core's next deadline (``asyncio.sleep``).
@@ -462,7 +465,7 @@ class KeyedClient:
         embedding_model: str = DEFAULT_EMBEDDING_MODEL,
         http_client: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        fast: bool = False,
+        fast: bool | None = None,
         policy: Policy | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] | None = None,
@@ -520,20 +523,19 @@ class KeyedClient:
 
     @staticmethod
     def _make_backend(http_client: httpx.AsyncClient | None,
-                      transport: httpx.AsyncBaseTransport | None, fast: bool,
+                      transport: httpx.AsyncBaseTransport | None, fast: bool | None,
                       max_response_bytes: int) -> Backend:
-        if http_client is not None:
-            return HttpxBackend(http_client, owned=False, max_response_bytes=max_response_bytes)
-        if fast and transport is None:
+        if http_client is not None or transport is not None:
+            return HttpxBackend(http_client, transport=transport,
+                                max_response_bytes=max_response_bytes)
+        if fast is not False:
             try:
                 return AiohttpBackend(max_response_bytes=max_response_bytes)
             except ImportError as exc:
-                raise ConfigurationError("fast", "the aiohttp backend is not installed: "
-                                         "pip install 'keysched[fast]'") from exc
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
-        return HttpxBackend(httpx.AsyncClient(transport=transport, limits=limits,
-                                              follow_redirects=False), owned=True,
-                            max_response_bytes=max_response_bytes)
+                if fast:
+                    raise ConfigurationError("fast", "the aiohttp backend is not installed: "
+                                             "pip install 'keysched[fast]'") from exc
+        return HttpxBackend(max_response_bytes=max_response_bytes)
 
     def _url(self, model: str, method: str) -> str:
         urls = self._urls.get(method)

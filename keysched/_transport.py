@@ -13,24 +13,29 @@ inflates at most one byte past the room left, and stops reading once the cap is 
 answer that declares a longer ``content-length`` is refused before its body is read.  An
 encoding other than gzip or deflate (which keysched does not ask for) is a `TransportFailure`.
 
-- `HttpxBackend` (the default) sends through an `httpx.AsyncClient`: the caller's own client
-  or transport plugs in here, and `httpx.MockTransport` / `httpx.ASGITransport` work as usual.
-- `AiohttpBackend` (``KeyedClient(fast=True)``, ``pip install keysched[fast]``) talks to aiohttp
-  directly.  httpx's own connection pool collapses under high concurrency (encode/httpx#3215),
-  and even over an aiohttp-backed httpx transport every request still builds httpx's URL,
-  header and response models; going straight to aiohttp removes both costs.
+- `HttpxBackend` sends through httpx: the caller's own client or transport plugs in here, and
+  `httpx.MockTransport` / `httpx.ASGITransport` work as usual.  When keysched makes the clients
+  itself it spreads requests over several small ones (`SHARD_LOAD` requests in flight each, a
+  new client when all are busy): httpcore's pool walks every connection, checking each idle
+  one's socket, on each request and each response (encode/httpx#3215), so one pool's cost per
+  request grows with the connections it holds; small pools keep it at the low-concurrency cost.
+- `AiohttpBackend` (chosen by default when aiohttp is installed: ``pip install keysched[fast]``)
+  talks to aiohttp directly.  Even with small pools, httpx builds its URL, header and response
+  models on every request, several times aiohttp's own cost per request (see
+  benchmarks/bench_client.py for the figures of each design, measured side by side).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from typing import Any, Protocol
 
 import httpx
 
-__all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "AiohttpBackend", "Backend", "HttpxBackend",
+__all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "SHARD_LOAD", "AiohttpBackend", "Backend", "HttpxBackend",
            "ResponseTooLarge", "StreamResponse", "TransportFailure", "TransportTimeout"]
 
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
@@ -39,6 +44,11 @@ DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 
 # The encodings `_Body` inflates, and so the only ones keysched asks for.
 _ACCEPT_ENCODING = "gzip, deflate"
+
+# Requests in flight per httpx client that keysched makes itself.  Measured side by side at 16
+# and 64 concurrent (benchmarks/bench_client.py's server): clients of 2, 4 and 8 served about
+# alike, clients of 16 lost half of that, and one client of 64 cost 3.6x the CPU per request.
+SHARD_LOAD = 4
 
 
 class TransportTimeout(Exception):
@@ -220,19 +230,65 @@ def _httpx_errors() -> Any:
         raise TransportFailure(type(exc).__name__) from None
 
 
-class HttpxBackend:
-    """Send through an `httpx.AsyncClient` (closed by `aclose` only if we made it)."""
+class _Shard:
+    """One httpx client and how many requests it carries now."""
 
-    def __init__(self, client: httpx.AsyncClient, *, owned: bool,
-                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
-        self._client = client
-        self._owned = owned
+    __slots__ = ("client", "load")
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self.load = 0
+
+
+class HttpxBackend:
+    """Send through httpx: the caller's client, or clients we make (and close in `aclose`).
+
+    Args:
+        client: the caller's own `httpx.AsyncClient`, used as given and never closed.
+        transport: with no `client`, the caller's httpx transport; one client of ours wraps it
+            (a transport is one pool, so spreading over several clients would not help it).
+        max_response_bytes: the most one answer may hold, decompressed.
+        shard_load: with neither, requests in flight per client of ours before another is made.
+    """
+
+    def __init__(self, client: httpx.AsyncClient | None = None, *,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+                 shard_load: int = SHARD_LOAD) -> None:
+        self._owned = client is None
+        self._transport = transport
         self._cap = max_response_bytes
+        # One client carries everything when it is the caller's or wraps the caller's transport.
+        self._shard_load = shard_load if client is None and transport is None else math.inf
+        self._shards = [_Shard(client)] if client is not None else []
+
+    def _new_client(self) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+        return httpx.AsyncClient(transport=self._transport, limits=limits, follow_redirects=False)
+
+    @contextlib.contextmanager
+    def _client(self) -> Iterator[httpx.AsyncClient]:
+        """The first client with room (so connections are reused), a new one if none has."""
+        for shard in self._shards:
+            if shard.load < self._shard_load:
+                break
+        else:
+            shard = _Shard(self._new_client())
+            self._shards.append(shard)
+        shard.load += 1
+        try:
+            yield shard.client
+        finally:
+            shard.load -= 1
 
     @property
     def client(self) -> httpx.AsyncClient:
-        """The httpx client it sends through (`PoolTransport` passes requests through it)."""
-        return self._client
+        """An httpx client it sends through (`PoolTransport` passes requests through it): the
+        caller's, or the first of ours (pass-through requests are rare; they count toward no
+        client's load)."""
+        if not self._shards:
+            self._shards.append(_Shard(self._new_client()))
+        return self._shards[0].client
 
     def headers(self, headers: Mapping[str, str]) -> Mapping[str, str]:
         # Merged into the client's own without re-encoding.
@@ -245,10 +301,9 @@ class HttpxBackend:
         # httpx's timeouts bound each phase, not the whole exchange (a server that drips bytes
         # would outlast them): the outer bound does that.  (Each phase gets the same bound, so
         # a transport sees the attempt's timeout in its request's extensions.)
-        client = self._client
         try:
             async with asyncio.timeout(timeout):
-                with _httpx_errors():
+                with _httpx_errors(), self._client() as client:
                     request = client.build_request("POST", url, content=payload, headers=headers,
                                                    timeout=timeout)
                     response = await client.send(request, stream=True)
@@ -263,19 +318,22 @@ class HttpxBackend:
     @contextlib.asynccontextmanager
     async def stream(self, url: str, headers: Mapping[str, str], payload: bytes,
                      timeout: float) -> AsyncIterator[StreamResponse]:
-        with _httpx_errors():
-            request = self._client.stream("POST", url, content=payload, headers=headers,
-                                          timeout=timeout)
-            response = await request.__aenter__()
-        try:
-            yield _HttpxStream(response, self._cap)
-        finally:
+        with self._client() as client:  # the stream holds its client's connection throughout
             with _httpx_errors():
-                await request.__aexit__(None, None, None)
+                request = client.stream("POST", url, content=payload, headers=headers,
+                                        timeout=timeout)
+                response = await request.__aenter__()
+            try:
+                yield _HttpxStream(response, self._cap)
+            finally:
+                with _httpx_errors():
+                    await request.__aexit__(None, None, None)
 
     async def aclose(self) -> None:
         if self._owned:
-            await self._client.aclose()
+            shards, self._shards = self._shards, []
+            for shard in shards:
+                await shard.client.aclose()
 
 
 class _AiohttpStream:
@@ -342,9 +400,16 @@ class AiohttpBackend:
             # No per-host limit: at most the total limit anyway, and its bookkeeping costs
             # about 3.5k instructions per request.
             connector = aiohttp.TCPConnector(limit=self._max)
+            # Proxies from the environment (HTTP(S)_PROXY, NO_PROXY), as httpx, the other
+            # backend, honours them: a user behind a proxy must not lose it because aiohttp is
+            # installed.  Only when one is set: aiohttp then reads the environment per request.
+            import urllib.request
+
+            trust_env = bool(urllib.request.getproxies())
             # No cookies: an API client, not a browser.  No automatic decompression: aiohttp
             # would inflate a body without a bound; `_Body` inflates it within the cap.
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                                  trust_env=trust_env,
                                                   cookie_jar=aiohttp.DummyCookieJar())
         return self._session
 

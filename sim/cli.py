@@ -19,7 +19,9 @@ from collections.abc import Callable, Sequence
 
 from sim.scenario import ScenarioError, builtin_scenarios, load_scenario
 
-__all__ = ["build_parser", "main"]
+__all__ = ["DEFAULT_PLOT_DIR", "build_parser", "main"]
+
+DEFAULT_PLOT_DIR = "sim-plots"
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -82,9 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="python -m sim",
                                      description="keysched's simulator and fake Gemini server.")
-    parser.add_argument("--plot", metavar="DIR", default=None,
-                        help="with no command: where the comparison writes its figures "
-                             "(default: sim-plots/)")
+    parser.add_argument("--plot", choices=("summary", "all", "none"), default="summary",
+                        help="with no command: which figures the comparison draws (default: "
+                             "summary, a few; all: every figure, a minute or more)")
+    parser.add_argument("--plot-dir", metavar="DIR", default=DEFAULT_PLOT_DIR,
+                        help=f"with no command: where the figures go (default: "
+                             f"{DEFAULT_PLOT_DIR}/)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _COMMANDS:
         add(subparsers)
@@ -101,9 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command is None:
-            from sim.commands import DEFAULT_PLOT_DIR, main_default
+            from sim.commands import main_default
 
-            return main_default(args.plot or DEFAULT_PLOT_DIR)
+            return main_default(args.plot, args.plot_dir)
         handler: Handler = args.handler
         return handler(args)
     except ScenarioError as exc:

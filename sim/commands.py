@@ -2,8 +2,8 @@
 
 ``add_commands(subparsers)`` registers the subcommands on an `argparse` subparsers object (each
 sets ``handler`` to a function of the parsed arguments returning an exit code);
-``main_default()`` is what ``python -m sim`` without arguments runs; ``main(argv)`` is a complete
-entry point built from the two.
+``main_default()`` is what ``python -m sim`` without arguments runs; ``main(argv)`` runs the
+command line of `sim.cli`.
 
 JSON output (``run --json``, ``compare --json``) is one object, stable across versions with
 the same ``"format"``::
@@ -31,15 +31,18 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from sim.cli import DEFAULT_PLOT_DIR
 from sim.engine import RunResult, simulate
 from sim.metrics import Metrics, compute
 from sim.policies import POLICY_NAMES
-from sim.report import format_table
-from sim.scenario import ScenarioError, builtin_scenarios, load_scenario
+from sim.report import LEGEND, format_table
+from sim.scenario import builtin_scenarios, load_scenario
 
-__all__ = ["DEFAULT_PLOT_DIR", "DEFAULT_SCENARIOS", "add_commands", "main", "main_default"]
+__all__ = ["DEFAULT_PLOT_DIR", "DEFAULT_SCENARIOS", "Progress", "add_commands", "main",
+           "main_default"]
 
 DEFAULT_SCENARIOS = ("steady", "saturation", "daily-exhaustion", "overload-storm",
                      "revoked-keys", "shared-project", "thousand-keys", "bare-429-burst",
@@ -47,26 +50,58 @@ DEFAULT_SCENARIOS = ("steady", "saturation", "daily-exhaustion", "overload-storm
                      "sticky-bare-429")
 """The scenarios of the default comparison, in the order the table shows them."""
 
-DEFAULT_PLOT_DIR = "sim-plots"
 JSON_FORMAT = 1
 
 
+class Progress:
+    """A long stage's progress on stderr: what it does, a count every few seconds, the total.
+
+    The comparison and the figures take seconds; a user who sees nothing for that long thinks
+    the command hangs.  Short stages print two lines and no count.
+    """
+
+    def __init__(self, what: str, total: int, *, every: float = 2.0) -> None:
+        self.total = total
+        self.every = every
+        self.done = 0
+        self.started = self.shown = time.perf_counter()
+        print(f"{what} ...", file=sys.stderr, flush=True)
+
+    def step(self, label: str) -> None:
+        """One more of `total` is done (`label` names it)."""
+        self.done += 1
+        now = time.perf_counter()
+        if now - self.shown >= self.every and self.done < self.total:
+            self.shown = now
+            print(f"  {self.done}/{self.total} done (last: {label})", file=sys.stderr, flush=True)
+
+    def finish(self, summary: str) -> None:
+        print(f"  {summary} in {time.perf_counter() - self.started:.1f} s", file=sys.stderr,
+              flush=True)
+
+
 def _runs(scenarios: Sequence[str], policies: Sequence[str], seed: int | None,
-          quiet: bool = False) -> tuple[list[RunResult], list[Metrics]]:
+          quiet: bool = False, progress: Progress | None = None,
+          ) -> tuple[list[RunResult], list[Metrics]]:
+    """Every policy through every scenario.  Each run is announced on stderr as it starts and
+    ends, unless `quiet`; with `progress`, only counted there."""
     results, metrics = [], []
     for name in scenarios:
         scenario = load_scenario(name)
         for policy in policies:
             started = time.perf_counter()
-            if not quiet:
+            loud = not quiet and progress is None
+            if loud:
                 print(f"running {scenario.name} / {policy} ...", end="", file=sys.stderr,
                       flush=True)
             result = simulate(scenario, policy, seed)
             results.append(result)
             metrics.append(compute(result))
-            if not quiet:
+            if loud:
                 print(f" {len(result.requests)} requests in "
                       f"{time.perf_counter() - started:.2f} s", file=sys.stderr)
+            if progress is not None:
+                progress.step(f"{scenario.name} / {policy}")
     return results, metrics
 
 
@@ -77,11 +112,29 @@ def _emit(results: list[RunResult], metrics: list[Metrics], args: argparse.Names
     else:
         print(format_table(metrics))
     if args.plot:
-        from sim.plots import save_all
-
-        written = save_all(results, metrics, args.plot)
-        print(f"wrote {len(written)} figures to {args.plot}", file=sys.stderr)
+        _draw("all", results, metrics, args.plot)
     return 0
+
+
+def _draw(which: str, results: Sequence[RunResult], metrics: Sequence[Metrics],
+          folder: str) -> None:
+    """Write the `which` figures ("summary" or "all") to `folder`, with progress on stderr."""
+    # Imported here: matplotlib loads only when something is drawn.
+    from sim import plots
+
+    if which == "summary":
+        count = 1 + len(plots.SUMMARY)
+        progress = Progress(f"drawing {count} figures", count)
+        written = plots.save_summary(results, metrics, folder, progress=progress.step)
+    else:
+        count = 3 * len(results) + len({m.scenario for m in metrics})
+        progress = Progress(f"drawing {count} figures", count)
+        written = plots.save_all(results, metrics, folder, progress=progress.step)
+    progress.finish(f"wrote {len(written)} figures")
+    print(f"figures in {Path(folder).resolve()}/" + (":" if len(written) <= 10 else ""),
+          file=sys.stderr)
+    for path in written if len(written) <= 10 else ():  # a few are named, a folder-full not
+        print(f"  {path.name}", file=sys.stderr)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -126,34 +179,34 @@ def add_commands(subparsers: Any) -> None:
     compare.set_defaults(handler=_cmd_compare)
 
 
-def main_default(plot_dir: str | None = DEFAULT_PLOT_DIR) -> int:
-    """Every policy on the default scenarios: print the table, write the plots to `plot_dir`.
+def main_default(plot: str = "summary", plot_dir: str = DEFAULT_PLOT_DIR) -> int:
+    """Every policy on the default scenarios: print the table and write figures to `plot_dir`.
 
-    Per-run figures are drawn for the default policy and ``router-like`` (the rest would be
-    dozens of near-identical images); one comparison figure per scenario covers every policy.
+    `plot` is ``"summary"`` (an overview of every run and three figures of the default policy,
+    a few seconds), ``"all"`` (also three figures per run of the default policy and
+    ``router-like``, and one comparison per scenario: a minute or more) or ``"none"``.
     """
-    results, metrics = _runs(DEFAULT_SCENARIOS, POLICY_NAMES, None)
+    runs = len(DEFAULT_SCENARIOS) * len(POLICY_NAMES)
+    progress = Progress(f"simulating {runs} runs ({len(DEFAULT_SCENARIOS)} scenarios x "
+                        f"{len(POLICY_NAMES)} policies)", runs)
+    results, metrics = _runs(DEFAULT_SCENARIOS, POLICY_NAMES, None, progress=progress)
+    progress.finish(f"{sum(len(r.requests) for r in results):,} simulated requests")
     print(format_table(metrics))
-    if plot_dir:
-        from sim.plots import save_all
-
+    print(LEGEND)
+    if plot == "summary":
+        _draw(plot, results, metrics, plot_dir)
+        print("(python -m sim --plot all draws every figure)", file=sys.stderr)
+    elif plot == "all":
+        # Per-run figures for the default policy and router-like: the others would be dozens
+        # of near-identical images; the comparisons cover every policy.
         shown = [r for r in results if r.policy in ("least-loaded", "router-like")]
-        written = save_all(shown, metrics, plot_dir)
-        print(f"wrote {len(written)} figures to {plot_dir}", file=sys.stderr)
+        _draw("summary", results, metrics, plot_dir)
+        _draw("all", shown, metrics, plot_dir)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m sim [list | run ... | compare ...]``; no command runs `main_default`."""
-    parser = argparse.ArgumentParser(prog="python -m sim", description=__doc__.splitlines()[0])
-    parser.add_argument("--plot", metavar="DIR", default=DEFAULT_PLOT_DIR,
-                        help="where the default comparison writes its figures")
-    add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    if args.command is None:
-        return main_default(args.plot)
-    try:
-        return int(args.handler(args))
-    except ScenarioError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    """``python -m sim``'s command line (see `sim.cli`), for callers that import this module."""
+    from sim.cli import main as cli_main
+
+    return cli_main(argv)

@@ -32,9 +32,9 @@ if TYPE_CHECKING:
     from sim.engine import RunResult
     from sim.metrics import Metrics
 
-__all__ = ["plot_comparison", "plot_cooldowns", "plot_key_attempts", "plot_key_utilization",
-           "plot_model_share", "plot_queueing_distribution", "plot_queueing_over_time",
-           "save_all"]
+__all__ = ["SUMMARY", "plot_comparison", "plot_cooldowns", "plot_key_attempts",
+           "plot_key_utilization", "plot_model_share", "plot_overview",
+           "plot_queueing_distribution", "plot_queueing_over_time", "save_all", "save_summary"]
 
 
 def _pyplot() -> Any:
@@ -50,19 +50,28 @@ def _pyplot() -> Any:
 
 
 def _bin(result: RunResult, bin_seconds: float | None) -> tuple[float, int]:
+    """(width, count) of the time bins: by default about 60 bins of a round width (1, 2 or 5
+    times a power of ten seconds), so that a label reads "per 5 s", never "per 3.33895 s"."""
     end = max(result.end_time, result.scenario.duration, 1e-9)
-    size = bin_seconds or max(1.0, end / 60)
+    size = bin_seconds or _round_up(max(1.0, end / 60))
     return size, max(1, math.ceil(end / size))
 
 
+def _round_up(value: float) -> float:
+    """The smallest of 1, 2 and 5 times a power of ten that is at least `value` (> 0)."""
+    power = 10.0 ** math.floor(math.log10(value))
+    return next(step * power for step in (1, 2, 5, 10) if step * power >= value * (1 - 1e-9))
+
+
 def plot_key_utilization(result: RunResult, *, bin_seconds: float | None = None,
-                         max_keys: int = 200) -> Any:
-    """Heatmap of attempts per key over time (keys by row, time bins by column).
+                         max_keys: int | None = None) -> Any:
+    """Heatmap of attempts per key over time (keys by row, in file order; time bins by column).
 
     Args:
         result: a run.
-        bin_seconds: the width of a time bin (default: 1/60 of the run).
-        max_keys: show at most this many keys (the busiest), so big pools stay readable.
+        bin_seconds: the width of a time bin (default: about 1/60 of the run, rounded).
+        max_keys: show only this many keys, the busiest (the axis label says so); by default
+            every key, a pixel row each in a pool of a thousand.
     """
     plt = _pyplot()
     size, bins = _bin(result, bin_seconds)
@@ -70,7 +79,9 @@ def plot_key_utilization(result: RunResult, *, bin_seconds: float | None = None,
     counts = {label: [0] * bins for label in labels}
     for a in result.attempts:
         counts[a.key][min(bins - 1, int(a.time / size))] += 1
-    if len(labels) > max_keys:
+    ylabel = "key"
+    if max_keys is not None and len(labels) > max_keys:
+        ylabel = f"key: the {max_keys:,} busiest of {len(labels):,}"
         labels = sorted(labels, key=lambda k: -sum(counts[k]))[:max_keys]
     grid = [counts[k] for k in labels]
     fig, ax = plt.subplots(figsize=(10, max(3.0, min(12.0, 0.2 * len(labels) + 1.5))))
@@ -80,7 +91,7 @@ def plot_key_utilization(result: RunResult, *, bin_seconds: float | None = None,
     if len(labels) <= 40:
         ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("virtual time (s)")
-    ax.set_ylabel("key")
+    ax.set_ylabel(ylabel)
     ax.set_title(f"Per-key utilization: {result.scenario.name}, {result.policy}")
     fig.tight_layout()
     return fig
@@ -208,7 +219,7 @@ def plot_model_share(result: RunResult, *, bin_seconds: float | None = None) -> 
     """Stacked share of successful answers by model tier over time."""
     plt = _pyplot()
     size, bins = _bin(result, bin_seconds)
-    models = list(result.scenario.models_best_first)
+    models = _best_first(result.scenario)
     counts = {m: [0] * bins for m in models}
     for a in result.attempts:
         if a.outcome == "success":
@@ -219,20 +230,34 @@ def plot_model_share(result: RunResult, *, bin_seconds: float | None = None) -> 
     xs = [i * size for i in range(bins)]
     fig, ax = plt.subplots(figsize=(10, 4))
     bottom = [0.0] * bins
-    for m in models:
+    # The best model on top of each stack, as it is on top of the legend; colours follow the
+    # preference, so the best model has the same colour in every figure.
+    colours = {m: f"C{i}" for i, m in enumerate(models)}
+    for m in reversed(models):
         share = [counts[m][i] / totals[i] for i in range(bins)]
-        ax.bar(xs, share, width=size, bottom=bottom, align="edge", label=m, linewidth=0)
+        ax.bar(xs, share, width=size, bottom=bottom, align="edge", label=m, linewidth=0,
+               color=colours[m])
         bottom = [b + v for b, v in zip(bottom, share, strict=True)]
     ax.set_xlim(0, bins * size)
     ax.set_ylim(0, 1)
     ax.set_xlabel("virtual time (s)")
-    ax.set_ylabel(f"share of successes per {size:.3g} s")
+    ax.set_ylabel(f"share of successes per {size:g} s")
     ax.set_title(f"Model tier serving over time: {result.scenario.name}, {result.policy}")
     if len(models) > 1:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small",
-                  title="model, best first")
+        handles, labels = ax.get_legend_handles_labels()
+        ax.legend(handles[::-1], labels[::-1], loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  fontsize="small", title="model, best first")
     fig.tight_layout()
     return fig
+
+
+def _best_first(scenario: Any) -> list[str]:
+    """The models in the order the workload prefers them (a request's first model is its best),
+    then any model the workload never asks for, in file order."""
+    order: list[str] = []
+    for phase in scenario.workload:
+        order += [m for m in phase.models if m not in order]
+    return order + [m for m in scenario.models_best_first if m not in order]
 
 
 def _queueing(result: RunResult) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
@@ -272,7 +297,7 @@ def plot_queueing_over_time(result: RunResult, *, bin_seconds: float | None = No
     for q, style in ((50, "-"), (95, "--")):
         ys = [_nearest_rank(by_bin[i], q) if i in by_bin else math.nan for i in range(bins)]
         ax.step(xs, [*ys, ys[-1]], style, where="post", color="black", linewidth=1.2,
-                label=f"{'median' if q == 50 else 'p95'} per {size:.3g} s bin")
+                label=f"{'median' if q == 50 else 'p95'} per {size:g} s bin")
     if unsent:
         ax.scatter([a for a, _ in unsent], [w for _, w in unsent], s=18, marker="x",
                    color="tab:red", label="never sent (waited, then failed)")
@@ -346,7 +371,7 @@ def plot_key_attempts(source: RunResult | PoolSnapshot, *, max_keys: int = 60) -
             counts[a.key][0 if a.outcome in _ANSWERED else 1] += 1
         title = f"Attempts per key: {source.scenario.name}, {source.policy}"
     labels = list(counts)
-    if len(labels) > max_keys:
+    if max_keys is not None and len(labels) > max_keys:
         labels = sorted(labels, key=lambda k: -sum(counts[k]))[:max_keys]
     fig, ax = plt.subplots(figsize=(10, max(3.0, min(12.0, 0.3 * len(labels) + 1.5))))
     left = [0] * len(labels)
@@ -363,57 +388,135 @@ def plot_key_attempts(source: RunResult | PoolSnapshot, *, max_keys: int = 60) -
     ax.set_xlabel("attempts (count)")
     ax.set_ylabel("key")
     ax.set_title(title)
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")  # off the bars
     fig.tight_layout()
     return fig
+
+
+_SERIES: tuple[tuple[str, Callable[[Metrics], float | None]], ...] = (
+    ("utilisation", lambda m: m.utilisation),
+    ("wasted per success", lambda m: m.waste_ratio),
+    ("best-model share", lambda m: m.best_model_share),
+    ("success rate", lambda m: m.successes / m.requests if m.requests else None))
+"""The bars of a comparison, each a fraction shown in percent."""
+
+
+def _draw_comparison(ax: Any, metrics: Sequence[Metrics]) -> None:
+    """Grouped bars (one group per policy, one bar per series) into `ax`."""
+    width = 0.8 / len(_SERIES)
+    for i, (name, get) in enumerate(_SERIES):
+        values = [100 * min(get(m) or 0.0, 2.0) for m in metrics]
+        ax.bar([j + i * width for j in range(len(metrics))], values, width, label=name,
+               color=f"C{i}")
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))], [m.policy for m in metrics])
+
+
+def _legend_beside(ax: Any) -> None:
+    # Beside the axes, never over a bar (a legend inside covered the tallest ones).
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
 
 
 def plot_comparison(metrics: Sequence[Metrics]) -> Any:
     """Grouped bars per policy: capacity utilisation, wasted attempts per success, best-model
     share, and success rate (all in percent), for one scenario's runs."""
     plt = _pyplot()
-    series: tuple[tuple[str, Callable[[Metrics], float | None]], ...] = (
-        ("utilisation", lambda m: m.utilisation),
-              ("wasted per success", lambda m: m.waste_ratio),
-              ("best-model share", lambda m: m.best_model_share),
-              ("success rate", lambda m: m.successes / m.requests if m.requests else None))
     fig, ax = plt.subplots(figsize=(10, 4))
-    width = 0.8 / len(series)
-    for i, (name, get) in enumerate(series):
-        values = [100 * min(get(m) or 0.0, 2.0) for m in metrics]
-        ax.bar([j + i * width for j in range(len(metrics))], values, width, label=name)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))], [m.policy for m in metrics])
+    _draw_comparison(ax, metrics)
     ax.set_xlabel("policy")
     ax.set_ylabel("percent (wasted capped at 200%)")
     scenario = metrics[0].scenario if metrics else ""
     ax.set_title(f"Policy comparison: {scenario}")
-    ax.legend()
+    _legend_beside(ax)
     fig.tight_layout()
     return fig
 
 
-def save_all(results: Sequence[RunResult], metrics: Sequence[Metrics], folder: str | Path) -> \
-        list[Path]:
-    """Write every figure for `results` (and one comparison per scenario) as PNGs to `folder`."""
+def plot_overview(metrics: Sequence[Metrics]) -> Any:
+    """`plot_comparison` for every scenario of `metrics` at once: one panel per scenario."""
     plt = _pyplot()
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
+    by_scenario: dict[str, list[Metrics]] = {}
+    for m in metrics:
+        by_scenario.setdefault(m.scenario, []).append(m)
+    columns = 2
+    rows = max(1, math.ceil(len(by_scenario) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(13, 2.6 * rows + 0.8), sharey=True,
+                             squeeze=False)
+    panels = [ax for row in axes for ax in row]
+    for ax, (scenario, rows_of) in zip(panels, by_scenario.items(), strict=False):
+        _draw_comparison(ax, rows_of)
+        ax.set_title(scenario, fontsize="medium")
+        ax.tick_params(axis="x", labelsize="x-small", labelrotation=15)
+    for ax in panels[len(by_scenario):]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel("percent")
+    fig.suptitle("Policy comparison on every scenario (wasted per success capped at 200%)")
+    handles, labels = panels[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize="small")
+    fig.tight_layout(rect=(0, 0.03, 1, 0.98))  # room for the shared legend and the title
+    return fig
 
-    def save(fig: Any, name: str) -> None:
-        path = out / name
+
+Progress = Callable[[str], None]
+"""Told the name of each figure as it is written (to show progress)."""
+
+
+class _Folder:
+    """Where figures go: writes each as a PNG and keeps the paths written."""
+
+    def __init__(self, folder: str | Path, progress: Progress | None) -> None:
+        self.plt = _pyplot()
+        self.path = Path(folder)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        self.written: list[Path] = []
+
+    def save(self, fig: Any, name: str) -> None:
+        path = self.path / name
         fig.savefig(path, dpi=90)
-        plt.close(fig)
-        written.append(path)
+        self.plt.close(fig)
+        self.written.append(path)
+        if self.progress is not None:
+            self.progress(name)
 
+
+def save_all(results: Sequence[RunResult], metrics: Sequence[Metrics], folder: str | Path,
+             *, progress: Progress | None = None) -> list[Path]:
+    """Write every figure for `results` (and one comparison per scenario) as PNGs to `folder`.
+
+    Per run: key utilization, cooldown and disabled spans with their reasons, model tiers.
+    """
+    out = _Folder(folder, progress)
     for result in results:
         stem = f"{result.scenario.name}-{result.policy}"
-        save(plot_key_utilization(result), f"{stem}-utilization.png")
-        save(plot_cooldowns(result), f"{stem}-cooldowns.png")
-        save(plot_model_share(result), f"{stem}-models.png")
+        out.save(plot_key_utilization(result), f"{stem}-utilization.png")
+        out.save(plot_cooldowns(result, reasons=True), f"{stem}-cooldowns.png")
+        out.save(plot_model_share(result), f"{stem}-models.png")
     by_scenario: dict[str, list[Metrics]] = {}
     for m in metrics:
         by_scenario.setdefault(m.scenario, []).append(m)
     for scenario, rows in by_scenario.items():
-        save(plot_comparison(rows), f"{scenario}-comparison.png")
-    return written
+        out.save(plot_comparison(rows), f"{scenario}-comparison.png")
+    return out.written
+
+
+SUMMARY = (("revoked-keys", "cooldowns"), ("overload-storm", "models"),
+           ("saturation", "utilization"))
+"""The default comparison's few figures besides the overview: (scenario, figure) of the default
+policy, each the figure that tells its scenario's story."""
+
+
+def save_summary(results: Sequence[RunResult], metrics: Sequence[Metrics], folder: str | Path,
+                 *, policy: str = "least-loaded", progress: Progress | None = None) -> list[Path]:
+    """Write the overview of every run and the `SUMMARY` figures of `policy` to `folder`."""
+    out = _Folder(folder, progress)
+    out.save(plot_overview(metrics), "comparison.png")
+    runs = {(r.scenario.name, r.policy): r for r in results}
+    draw: dict[str, Callable[[RunResult], Any]] = {
+        "cooldowns": lambda r: plot_cooldowns(r, reasons=True),
+        "models": plot_model_share, "utilization": plot_key_utilization}
+    for scenario, figure in SUMMARY:
+        result = runs.get((scenario, policy))
+        if result is not None:
+            out.save(draw[figure](result), f"{scenario}-{policy}-{figure}.png")
+    return out.written

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 from sim.metrics import Metrics
 
-__all__ = ["COLUMNS", "format_table"]
+__all__ = ["COLUMNS", "LEGEND", "format_table"]
 
 
 def _num(value: float | None, spec: str) -> str:
@@ -42,6 +42,16 @@ COLUMNS: tuple[tuple[str, Callable[[Metrics], str]], ...] = (
     ("to revoked", lambda m: str(m.after_revocation)),
 )
 """The table's columns: header and how to render a cell."""
+
+LEGEND = """\
+columns: reqs requests; ok answered; failed not answered; best share of answers from the
+request's first model; att/ok attempts per answer; wasted attempts with no answer (waste/ok:
+per answer); 429s rate-limit answers; p50/p95/p99 s end-to-end latency of answered requests;
+queue p95 s arrival to first attempt; fairness Jain's index of attempts over equal keys (1 =
+even); util share of the quota capacity used; recovery s from a fault's end to the next answer
+from its model (the worst); to revoked attempts sent to a key while it was revoked.  Times are
+virtual seconds; definitions in sim/metrics.py."""
+"""What each column of `format_table` means, printed under the default comparison."""
 
 
 def format_table(rows: Sequence[Metrics]) -> str:

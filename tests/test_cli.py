@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from sim.commands import main
+from sim.commands import DEFAULT_SCENARIOS, Progress, main
+from sim.policies import POLICY_NAMES
 
 SCENARIO = """
 description = "tiny"
@@ -68,6 +70,61 @@ def test_unknown_scenario_is_an_error(capsys: pytest.CaptureFixture[str]) -> Non
     """A scenario that is neither a file nor a built-in name exits 2 with a message."""
     assert main(["run", "no-such-scenario"]) == 2
     assert "no-such-scenario" in capsys.readouterr().err
+
+
+def test_the_first_command_without_figures_never_imports_matplotlib() -> None:
+    """`python -m sim --plot none` prints the whole comparison and its legend, shows progress on
+    stderr, and never loads matplotlib."""
+    code = ("import sys; from sim.cli import main; code = main(['--plot', 'none']); "
+            "print('matplotlib' in sys.modules); raise SystemExit(code)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    out = done.stdout.splitlines()
+    assert out[-1] == "False"
+    for name in DEFAULT_SCENARIOS:
+        assert f"== {name}" in out
+    assert any(line.startswith("columns: reqs requests; ok answered") for line in out)
+    runs = f"{len(DEFAULT_SCENARIOS) * len(POLICY_NAMES)} runs"
+    assert f"simulating {runs} ({len(DEFAULT_SCENARIOS)} scenarios x {len(POLICY_NAMES)} " \
+           "policies) ..." in done.stderr
+    assert "simulated requests in" in done.stderr
+
+
+def test_the_first_command_draws_a_few_figures_and_says_where(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """By default: an overview and the summary figures of the default policy, their folder and
+    names on stderr, and how to get every figure."""
+    pytest.importorskip("matplotlib")
+    import sim.commands
+
+    monkeypatch.setattr(sim.commands, "DEFAULT_SCENARIOS",
+                        ("saturation", "overload-storm", "revoked-keys"))
+    assert main(["--plot-dir", str(tmp_path / "figs")]) == 0
+    names = {"comparison.png", "revoked-keys-least-loaded-cooldowns.png",
+             "overload-storm-least-loaded-models.png", "saturation-least-loaded-utilization.png"}
+    assert {p.name for p in (tmp_path / "figs").iterdir()} == names
+    err = capsys.readouterr().err
+    assert f"figures in {(tmp_path / 'figs').resolve()}/:" in err
+    assert all(f"  {name}" in err for name in names)
+    assert "--plot all" in err
+
+
+def test_progress_counts_only_when_a_stage_is_slow(capsys: pytest.CaptureFixture[str]) -> None:
+    """A stage says what it does and how long it took; counts appear once it has run a while."""
+    quick = Progress("quick work", 3, every=math.inf)
+    for name in "abc":
+        quick.step(name)
+    quick.finish("did 3")
+    slow = Progress("slow work", 3, every=0.0)
+    for name in "abc":
+        slow.step(name)
+    slow.finish("did 3")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "quick work ..."
+    assert lines[1].startswith("  did 3 in ")
+    assert lines[2:5] == ["slow work ...", "  1/3 done (last: a)", "  2/3 done (last: b)"]
+    assert lines[5].startswith("  did 3 in ")
 
 
 def test_list_into_a_closed_pipe_ends_quietly() -> None:

@@ -164,3 +164,72 @@ def test_existing_figures_keep_their_labels(demo: list[RunResult]) -> None:
     assert ax.get_xlabel() == "policy"
     assert "percent" in ax.get_ylabel()
     assert len(ax.get_legend().get_texts()) == 4
+
+
+def test_bins_have_round_widths() -> None:
+    """Default bin widths are 1, 2 or 5 times a power of ten: labels read "per 5 s"."""
+    assert [plots._round_up(v) for v in (1.0, 3.33895, 10.1, 30.0, 0.7, 251.0)] == [
+        1.0, 5.0, 20.0, 50.0, 1.0, 500.0]
+
+
+def test_model_share_lists_and_stacks_the_workloads_best_model_first(
+        queued: list[RunResult]) -> None:
+    """The file lists pro last but requests ask for it first: the legend starts with pro, the
+    stack has it on top, and the bin width is round."""
+    scenario = queued[0].scenario
+    assert scenario.models_best_first[-1] == "gemini-2.5-pro"
+    ax = check_labelled(plots.plot_model_share(queued[0]), x_unit="s", y_unit=None, legend=True)
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts == ["gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"]
+    assert ax.get_ylabel() == "share of successes per 50 s"
+    # Containers in drawing order: bottom of the stack first, the best model drawn last.
+    assert [c.get_label() for c in ax.containers] == texts[::-1]
+
+
+def test_a_heat_map_of_fewer_keys_says_so(demo: list[RunResult]) -> None:
+    """Every key by default; with `max_keys`, the axis label says which keys are shown."""
+    keys = len(demo[0].scenario.keys)
+    ax = _axes(plots.plot_key_utilization(demo[0]))
+    assert ax.get_ylabel() == "key"
+    assert len(ax.get_yticklabels()) == keys
+    ax = _axes(plots.plot_key_utilization(demo[0], max_keys=2))
+    assert ax.get_ylabel() == f"key: the 2 busiest of {keys}"
+    assert len(ax.get_yticklabels()) == 2
+
+
+def test_comparison_legends_stand_beside_the_bars(demo: list[RunResult]) -> None:
+    """No legend inside the axes, where it covered the tallest bars."""
+    metrics = [compute(r) for r in demo]
+    for fig in (plots.plot_comparison(metrics), plots.plot_key_attempts(demo[0])):
+        fig.canvas.draw()
+        legend = _axes(fig).get_legend().get_window_extent()
+        assert legend.x0 >= _axes(fig).get_window_extent().x1
+
+
+def test_overview_has_a_panel_per_scenario(demo: list[RunResult],
+                                           queued: list[RunResult]) -> None:
+    """One panel per scenario, bars per policy, one shared legend of the four series."""
+    fig = plots.plot_overview([compute(r) for r in [*demo, *queued]])
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in shown] == ["demo", "daily-exhaustion"]
+    assert [t.get_text() for t in shown[0].get_xticklabels()] == ["least-loaded", "router-like"]
+    (legend,) = fig.legends
+    assert len(legend.get_texts()) == 4
+
+
+def test_save_all_draws_cooldowns_with_their_reasons(demo: list[RunResult], tmp_path: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The standard set's cooldown charts tell the reasons apart, as the notebook's do."""
+    calls: list[bool] = []
+    original = plots.plot_cooldowns
+
+    def spy(source: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs.get("reasons", False))
+        return original(source, **kwargs)
+
+    monkeypatch.setattr(plots, "plot_cooldowns", spy)
+    written = plots.save_all(demo[:1], [compute(demo[0])], tmp_path)
+    assert calls == [True]
+    assert sorted(p.name for p in written) == [
+        "demo-comparison.png", "demo-least-loaded-cooldowns.png",
+        "demo-least-loaded-models.png", "demo-least-loaded-utilization.png"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -142,3 +144,122 @@ async def test_fast_path_needs_no_httpx_client() -> None:
         assert (await client.generate("hi")).text == "ok"
     async with KeyedClient(keys=["AIzaONE"], models=[FLASH], fast=True) as client:
         assert isinstance(client._backend, AiohttpBackend)
+
+
+async def test_the_default_backend_is_aiohttp_when_installed_else_httpx(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No `fast` picks aiohttp if it imports, httpx if not; ``fast=True`` without it is an error."""
+    from keysched import ConfigurationError
+    from keysched._transport import AiohttpBackend, HttpxBackend
+
+    async with KeyedClient(keys=["AIzaONE"], models=[FLASH]) as client:
+        assert isinstance(client._backend, AiohttpBackend)
+    async with KeyedClient(keys=["AIzaONE"], models=[FLASH], fast=False) as client:
+        assert isinstance(client._backend, HttpxBackend)
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # as if it were not installed
+    async with KeyedClient(keys=["AIzaONE"], models=[FLASH]) as client:
+        assert isinstance(client._backend, HttpxBackend)
+    with pytest.raises(ConfigurationError, match="fast"):
+        KeyedClient(keys=["AIzaONE"], models=[FLASH], fast=True)
+
+
+class _Held:
+    """An ASGI app that holds requests until `release` is set; `all_in` once `expected` came."""
+
+    def __init__(self, expected: int) -> None:
+        self.arrived = 0
+        self.expected = expected
+        self.all_in = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        self.arrived += 1
+        if self.arrived == self.expected:
+            self.all_in.set()
+        await self.release.wait()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+async def test_our_httpx_clients_each_carry_a_few_requests() -> None:
+    """Concurrent requests spread over clients of SHARD_LOAD each; later ones reuse them."""
+    from keysched._transport import SHARD_LOAD, HttpxBackend
+    from sim.httpserver import SimServer
+
+    app = _Held(expected=2 * SHARD_LOAD + 1)
+    backend = HttpxBackend()
+    headers = backend.headers({"content-type": "application/json"})
+    async with SimServer(app) as server:
+        url = f"{server.base_url}/v1beta/models/{FLASH}:generateContent"
+        calls = [asyncio.ensure_future(backend.post(url, headers, b"{}", 5.0))
+                 for _ in range(app.expected)]
+        await asyncio.wait_for(app.all_in.wait(), 30)
+        assert [shard.load for shard in backend._shards] == [SHARD_LOAD, SHARD_LOAD, 1]
+        app.release.set()
+        assert [status for status, _, _ in await asyncio.gather(*calls)] == [200] * len(calls)
+        assert [shard.load for shard in backend._shards] == [0, 0, 0]
+        again = [backend.post(url, headers, b"{}", 5.0) for _ in range(SHARD_LOAD)]
+        await asyncio.gather(*again)
+        assert len(backend._shards) == 3  # no new client: the free ones were reused
+        clients = [shard.client for shard in backend._shards]
+        await backend.aclose()
+    assert all(client.is_closed for client in clients)
+
+
+async def test_a_callers_httpx_client_carries_everything_and_stays_open() -> None:
+    """The caller's client is the only one used, however many requests, and is not closed."""
+    import httpx
+
+    from keysched._transport import SHARD_LOAD, HttpxBackend
+
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as own:
+        backend = HttpxBackend(own)
+        headers = backend.headers({})
+        await asyncio.gather(*(backend.post("http://x.invalid/", headers, b"{}", 5.0)
+                               for _ in range(3 * SHARD_LOAD)))
+        assert [shard.client for shard in backend._shards] == [own]
+        await backend.aclose()
+        assert not own.is_closed
+    assert len(seen) == 3 * SHARD_LOAD
+
+
+class _Proxy:
+    """An ASGI app standing in for an HTTP proxy: records each request's target, answers ok."""
+
+    def __init__(self) -> None:
+        self.targets: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        self.targets.append(scope["path"])
+        body = (b'{"candidates": [{"content": {"parts": [{"text": "via proxy"}]}, '
+                b'"finishReason": "STOP"}]}')
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+@pytest.mark.parametrize("fast", BACKENDS)
+async def test_both_backends_honour_a_proxy_from_the_environment(
+        fast: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY in the environment routes calls through the proxy, whichever backend sends."""
+    from sim.httpserver import SimServer
+
+    proxy = _Proxy()
+    async with SimServer(proxy) as server:
+        for name in ("HTTP_PROXY", "http_proxy"):
+            monkeypatch.setenv(name, server.base_url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        async with KeyedClient(keys=["AIzaONE"], models=[FLASH], fast=fast,
+                               base_url="http://gemini.invalid") as client:
+            assert (await client.generate("hi")).text == "via proxy"
+    assert proxy.targets == [f"http://gemini.invalid/v1beta/models/{FLASH}:generateContent"]
