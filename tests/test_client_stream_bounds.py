@@ -80,7 +80,7 @@ async def test_timeout_bounds_the_wait_for_the_first_chunk(
     async with RawServer(handler) as server:
         retry = RetryPolicy(max_attempts=2, backoff_base=0.01, backoff_cap=0.01, deadline=120.0)
         async with KeyedClient(keys=["AIzaONE"], models=[FLASH], base_url=server.url,
-                               fast=fast, timeout=0.2, retry=retry) as client:
+                               fast=fast, timeout=0.5, retry=retry) as client:
             with pytest.raises(AttemptsExhaustedError) as caught:
                 await asyncio.wait_for(_stream(client), GUARD)
     outcomes = [attempt.outcome.value for attempt in caught.value.attempts]
@@ -104,8 +104,9 @@ async def test_the_deadline_bounds_a_stream_until_its_first_chunk(
 
 @BACKENDS
 async def test_once_started_a_stream_is_bounded_per_chunk_not_by_the_deadline(fast: bool) -> None:
-    """Chunks 0.15 s apart outlast a 0.2 s deadline (it bounds only the start), each within
-    the 0.5 s timeout; keep-alive comments between chunks do not count as chunks."""
+    """Chunks 1.2 s apart outlast a 2 s deadline (it bounds only the start), each within the
+    5 s timeout; keep-alive comments between chunks do not count as chunks.  (Seconds, not
+    tenths: on a busy machine the first chunk took more than 0.2 s to arrive.)"""
 
     async def slow_chunks(request: Request, writer: asyncio.StreamWriter) -> None:
         writer.write(head())
@@ -113,20 +114,21 @@ async def test_once_started_a_stream_is_bounded_per_chunk_not_by_the_deadline(fa
             writer.write(event(f"{i} ", finish))
             await writer.drain()
             if finish is None:
-                await asyncio.sleep(0.075)
+                await asyncio.sleep(0.6)
                 writer.write(b": keep-alive\r\n\r\n")
-                await asyncio.sleep(0.075)
+                await asyncio.sleep(0.6)
 
     async with RawServer(slow_chunks) as server:
         async with KeyedClient(keys=["AIzaONE"], models=[FLASH], base_url=server.url,
-                               fast=fast, timeout=0.5) as client:
-            chunks = await asyncio.wait_for(_stream(client, deadline=0.2), GUARD)
+                               fast=fast, timeout=5.0) as client:
+            chunks = await asyncio.wait_for(_stream(client, deadline=2.0), GUARD)
     assert [chunk.text for chunk in chunks] == ["0 ", "1 ", "2 "]
 
 
 @BACKENDS
 async def test_keep_alive_comments_after_a_chunk_do_not_hold_the_stream(fast: bool) -> None:
-    """After a chunk, `timeout` bounds the wait for the next chunk, not for the next byte."""
+    """After a chunk, `timeout` bounds the wait for the next chunk, not for the next byte (a
+    comment every 20 ms; a 1 s timeout leaves a busy machine time to deliver the first chunk)."""
 
     async def chunk_then_comments(request: Request, writer: asyncio.StreamWriter) -> None:
         writer.write(head() + event("first "))
@@ -134,7 +136,7 @@ async def test_keep_alive_comments_after_a_chunk_do_not_hold_the_stream(fast: bo
 
     async with RawServer(chunk_then_comments) as server:
         async with KeyedClient(keys=["AIzaONE"], models=[FLASH], base_url=server.url,
-                               fast=fast, timeout=0.2) as client:
+                               fast=fast, timeout=1.0) as client:
             with pytest.raises(StreamInterruptedError) as caught:
                 await asyncio.wait_for(_stream(client), GUARD)
     assert caught.value.chunks_delivered == 1
