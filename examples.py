@@ -75,10 +75,18 @@ async def against_fake_server() -> None:
             print(f"Configured: {client!r}")
             await run_batch(client, "Six requests at once: least-loaded spreads them over the keys",
                             [f"question {i}" for i in range(6)])
-            await asyncio.sleep(12 / scale)  # the revocation lands at virtual t=10 s
+            # Paced by the server's own virtual clock: a batch takes wall time, and sleeping a
+            # fixed wall time after it would land in the next section's scene.
+            app = server.app
+
+            async def until(virtual: float) -> None:
+                while (left := virtual - app.now()) > 0:  # noqa: ASYNC110 - a clock, not an event
+                    await asyncio.sleep(left / scale)
+
+            await until(12)  # the revocation lands at virtual t=10 s
             await run_batch(client, "A key was revoked: it is used once, disabled, and the "
                             "request fails over", [f"after revocation {i}" for i in range(6)])
-            await asyncio.sleep(max(0.0, 32 / scale - 12 / scale))  # pro overloaded from t=30 s
+            await until(32)  # pro overloaded from t=30 s
             await run_batch(client, "The best model is overloaded: requests fall back a tier",
                             [f"during the storm {i}" for i in range(8)])
             print_pool(client)
