@@ -350,8 +350,11 @@ class _Session:
         return bound if bound > 0.001 else 0.001
 
     def report(self, dispatch: Dispatch, classified: Classified, started: float, *,
-               final: bool = False) -> Classified:
+               final: bool = False, timed: bool = True) -> Classified:
         """Record an attempt and tell the core; `final` ends the request with no retry.
+
+        `timed`: the attempt's duration says how long an answer takes (not a stream's, which
+        lasts as long as its reader reads), for `AttemptDurations`.
 
         Returns `classified` as it was kept: a failure's server texts with every secret of the
         pool replaced by its label (a proxy may quote the key it was sent).
@@ -374,7 +377,7 @@ class _Session:
         if outcome.kind is not OutcomeKind.SUCCESS:
             logger.debug("attempt %d of a request via %s on %s: %s (HTTP %s)", dispatch.number,
                          dispatch.key.label, dispatch.model, outcome.kind.value, classified.status)
-        if outcome.kind is OutcomeKind.SUCCESS:
+        if timed and outcome.kind is OutcomeKind.SUCCESS:
             client._durations.add(ended - started)
         client._core.complete(dispatch.attempt, outcome, ended)
         if final:
@@ -517,6 +520,7 @@ class KeyedClient:
         # (before an HTTP client exists that a failure here would leave open).
         headers = {key.label: request_headers(key.secret) for key in config.keys}
         self._redactor = Redactor(config.keys)
+        self._transports: list[httpx.AsyncBaseTransport] = []  # handed out by `transport()`
         self._backend = self._make_backend(http_client, transport, fast, max_response_bytes)
         self._headers = {label: self._backend.headers(each) for label, each in headers.items()}
         self._urls: dict[str, dict[str, str]] = {method: {} for method in METHODS}
@@ -603,7 +607,16 @@ class KeyedClient:
         await asyncio.gather(*self._stale_timers, return_exceptions=True)
         if unwinding:
             await asyncio.wait(unwinding, timeout=_UNWIND_WAIT)
+        for transport in self._transports:  # their own clients for pass-through requests
+            await transport.aclose()
         await self._backend.aclose()
+
+    def _redact_bytes(self, data: bytes) -> bytes:
+        """`data` (an answer's bytes) with every secret of the pool replaced by its label."""
+        text = data.decode("utf-8", "surrogateescape")
+        redacted = self._redactor.redact(text)
+        return data if redacted == text or redacted is None else redacted.encode(
+            "utf-8", "surrogateescape")
 
     # ------------------------------------------------------------------ public calls
 
@@ -707,7 +720,8 @@ class KeyedClient:
                 # A safety stop on the last chunk is an answer (as for `generate`), not a break.
                 broken = delivered > 0 and classified.outcome.kind not in (
                     OutcomeKind.SUCCESS, OutcomeKind.BLOCKED)
-                classified = session.report(decision, classified, started, final=broken)
+                classified = session.report(decision, classified, started, final=broken,
+                                            timed=False)
                 if broken:
                     # Chunks already reached the caller: no transparent failover any more.
                     raise StreamInterruptedError(
@@ -799,7 +813,9 @@ class KeyedClient:
         """
         from keysched._integrations import PoolTransport
 
-        return PoolTransport(self, fallback=fallback)
+        transport = PoolTransport(self, fallback=fallback)
+        self._transports.append(transport)  # `aclose` closes what it opened
+        return transport
 
     @property
     def models(self) -> tuple[str, ...]:

@@ -46,13 +46,20 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx
 
+from keysched._client import _too_large
 from keysched._decisions import Dispatch, Fail, FailReason, Finish
 from keysched._errors import UsageError
 from keysched._outcomes import Outcome, OutcomeKind
 from keysched._routes import Route, attempt_headers, redact, response_headers, route
 from keysched._snapshot import LaneState
 from keysched._sse import SSEParser, StreamEvent
-from keysched._transport import HttpxBackend, StreamResponse, TransportFailure, TransportTimeout
+from keysched._transport import (
+    HttpxBackend,
+    ResponseTooLarge,
+    StreamResponse,
+    TransportFailure,
+    TransportTimeout,
+)
 from keysched._wire import SAFETY_FINISH_REASONS, Classified
 
 if TYPE_CHECKING:
@@ -159,7 +166,7 @@ class PoolTransport(httpx.AsyncBaseTransport):
         return httpx.Response(response.status_code,
                               headers=response_headers(response.headers.multi_items(),
                                                        key.secret, label, marks),
-                              content=redact(raw, key.secret, label))
+                              content=self._client._redact_bytes(redact(raw, key.secret, label)))
 
 
 class _Relay(httpx.AsyncByteStream):
@@ -220,6 +227,7 @@ class _Call:
         payload = call.body(self.body, dispatch.model)
         headers = client._backend.headers(attempt_headers(
             self.caller_headers, dispatch.key.secret, bearer=call.openai))
+        session.task = client._current_task()  # for `aclose` to cancel, as for `generate`
         try:
             if call.stream:
                 return await self._stream(session, dispatch, url, headers, payload, bound,
@@ -231,10 +239,19 @@ class _Call:
         except TransportFailure as exc:
             classified = _failure(OutcomeKind.CONNECTION_ERROR, f"{exc} before an answer arrived")
             self.last = _Answer(0, [], b"", dispatch, OutcomeKind.CONNECTION_ERROR)
+        except ResponseTooLarge as exc:  # the request fails, typed, naming the cap
+            classified = _too_large(session, exc)
+            self.last = _Answer(0, [], b"", dispatch, OutcomeKind.REQUEST_ERROR)
+        except BaseException:
+            if session.take_abort():
+                raise UsageError("the client was closed while the request was open") from None
+            raise
         else:
             classified = call.classify(status, raw, answer_headers)
             self.last = _Answer(status, list(_items(answer_headers)), raw, dispatch,
                                 classified.outcome.kind)
+        finally:
+            session.io_ended()
         session.report(dispatch, classified, started)
         return None
 
@@ -289,10 +306,12 @@ class _Call:
         label = key.label or ""
         return httpx.Response(last.status, headers=response_headers(
             last.headers, key.secret, label, self._marks(last.dispatch, len(session.records))),
-            content=redact(last.body, key.secret, label))
+            content=self.client._redact_bytes(redact(last.body, key.secret, label)))
 
     def _failed(self, session: _Session, fail: Fail) -> httpx.Response:
         error = session.error(fail)
+        if session.oversized:  # no answer to hand over: the typed error names the cap
+            raise error
         last = self.last
         if last is not None and last.status:
             return self._answer(session)
@@ -371,16 +390,33 @@ class _StreamRelay(httpx.AsyncByteStream):
         if self._relayed:
             raise httpx.StreamConsumed()
         self._relayed = True
+        redact = self._call.client._redact_bytes
+        # A secret holds no newline: hold back only a line's unfinished end, so that a secret
+        # split across two pieces is still redacted, and no complete event waits.
+        pending = b""
         for data in self._read:
-            yield data
+            pending += data
         self._read = []
         if self._ended:
+            if pending:
+                yield redact(pending)
             return
+        cut = pending.rfind(b"\n") + 1
+        if cut:  # the events read before the SDK took over go at once
+            yield redact(pending[:cut])
+            pending = pending[cut:]
         request = self._call.request
         try:
             async for data in self._chunks:
                 self._note(self._parser.feed(data))
-                yield data
+                pending += data
+                cut = pending.rfind(b"\n") + 1
+                if cut:
+                    yield redact(pending[:cut])
+                    pending = pending[cut:]
+            if pending:
+                yield redact(pending)
+                pending = b""
         except TransportTimeout:
             self._error = _failure(OutcomeKind.TIMEOUT, "no more data within the timeout")
             raise httpx.ReadTimeout(self._broke(), request=request) from None
@@ -425,7 +461,8 @@ class _StreamRelay(httpx.AsyncByteStream):
         kind = classified.outcome.kind
         try:
             session.report(self._dispatch, classified, self._started,
-                           final=kind not in (OutcomeKind.SUCCESS, OutcomeKind.BLOCKED))
+                           final=kind not in (OutcomeKind.SUCCESS, OutcomeKind.BLOCKED),
+                           timed=False)
         except UsageError:
             pass  # the client was closed meanwhile: the request has ended already
         finally:

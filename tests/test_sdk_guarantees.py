@@ -1,0 +1,107 @@
+"""The client's guarantees hold on the SDK transport too: every secret of the pool redacted from
+what the SDK gets, the response cap typed, `aclose()` ending SDK calls in flight and closing
+what the transport opened; streams do not feed the late-start estimate.  Over loopback HTTP
+against purpose-built misbehaving servers, on both backends (found by a review of the merge of
+the SDK transport with the hardening work)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from raw_server import BACKENDS, RawServer, Request, answer, head, hold
+
+from keysched import KeyedClient, ResponseTooLargeError, UsageError
+
+K1 = "AIzaSECRETONE_aaaaaaaaaaaaaaaaaaaaaaaaaa"
+K2 = "AIzaSECRETTWO_bbbbbbbbbbbbbbbbbbbbbbbbbb"
+FLASH = "gemini-2.5-flash"
+BODY = {"contents": [{"parts": [{"text": "hi"}]}]}
+
+
+async def _closed_soon(server: RawServer) -> None:
+    """The server sees every connection closed (a loop turn or two after the client closed it;
+    the bound only guards against a connection left open for good)."""
+    for _ in range(200):
+        if server.open_connections() == 0:
+            return
+        await asyncio.sleep(0.025)
+    assert server.open_connections() == 0
+
+
+def _url(server: RawServer) -> str:
+    return f"{server.url}/v1beta/models/{FLASH}:generateContent"
+
+
+@BACKENDS
+async def test_an_error_quoting_every_key_of_the_pool_reaches_the_sdk_redacted(
+        fast: bool) -> None:
+    async def quote_both(request: Request, writer: asyncio.StreamWriter) -> None:
+        body = json.dumps({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                                     "message": f"bad keys {K1} and {K2}"}}).encode()
+        writer.write(head(400, "application/json", content_length=len(body)) + body)
+        await writer.drain()
+
+    async with RawServer(quote_both) as server:
+        async with KeyedClient([K1, K2], [FLASH], base_url=server.url + "/v1beta",
+                               fast=fast) as client:
+            async with httpx.AsyncClient(transport=client.transport(), timeout=None) as http:
+                response = await http.post(_url(server), json=BODY)
+    assert response.status_code == 400
+    assert K1 not in response.text
+    assert K2 not in response.text
+    assert "key#1" in response.text or "key#2" in response.text
+
+
+@BACKENDS
+async def test_an_answer_over_the_cap_raises_the_typed_error_through_the_sdk(fast: bool) -> None:
+    async def big(request: Request, writer: asyncio.StreamWriter) -> None:
+        body = answer("x" * 5000)
+        writer.write(head(200, "application/json", content_length=len(body)) + body)
+        await writer.drain()
+
+    async with RawServer(big) as server:
+        async with KeyedClient([K1], [FLASH], base_url=server.url + "/v1beta",
+                               max_response_bytes=1000, fast=fast) as client:
+            async with httpx.AsyncClient(transport=client.transport(), timeout=None) as http:
+                with pytest.raises(ResponseTooLargeError):
+                    await http.post(_url(server), json=BODY)
+            snapshot = client.snapshot()
+    assert (snapshot.requests_failed, snapshot.in_flight) == (1, 0)
+
+
+@BACKENDS
+async def test_aclose_ends_an_sdk_call_in_flight_and_closes_its_connection(fast: bool) -> None:
+    async def silent(request: Request, writer: asyncio.StreamWriter) -> None:
+        await hold(writer, 30)
+
+    async with RawServer(silent) as server:
+        client = KeyedClient([K1], [FLASH], base_url=server.url + "/v1beta", fast=fast,
+                             timeout=20.0)
+        http = httpx.AsyncClient(transport=client.transport(), timeout=None)
+        call = asyncio.create_task(http.post(_url(server), json=BODY))
+        await asyncio.wait_for(server.arrived.wait(), 15)
+        await client.aclose()
+        with pytest.raises(UsageError):
+            await asyncio.wait_for(call, 15)
+        await _closed_soon(server)
+        await http.aclose()
+
+
+@BACKENDS
+async def test_aclose_closes_what_a_pass_through_request_opened(fast: bool) -> None:
+    async def models(request: Request, writer: asyncio.StreamWriter) -> None:
+        body = b'{"models": []}'
+        writer.write(head(200, "application/json", content_length=len(body)) + body)
+        await writer.drain()
+        await hold(writer, 30)  # keep-alive: the connection stays until the client closes it
+
+    async with RawServer(models) as server:
+        client = KeyedClient([K1], [FLASH], base_url=server.url + "/v1beta", fast=fast)
+        http = httpx.AsyncClient(transport=client.transport(), timeout=None)
+        response = await http.get(f"{server.url}/v1beta/models")
+        assert response.status_code == 200
+        await client.aclose()
+        await _closed_soon(server)
