@@ -15,9 +15,15 @@ from __future__ import annotations
 import collections
 import math
 
-__all__ = ["ModelState", "OverloadEvidence"]
+__all__ = ["ModelState", "OverloadEvidence", "escalated"]
 
 _MAX_DOUBLINGS = 30  # escalation stops here (a float overflows after 1,024 doublings)
+
+
+def escalated(base: float, cap: float, doublings: int) -> float:
+    """`base` doubled `doublings` times, at most `cap` (the cooldown of a failure that keeps
+    coming back: a model, a lane, a group's bare 429s)."""
+    return min(cap, base * 2.0 ** min(max(doublings, 0), _MAX_DOUBLINGS))
 
 
 class OverloadEvidence:
@@ -120,7 +126,7 @@ class ModelState:
         probe_failed = sent >= self._cooled_at
         if probe_failed:
             self._streak += 1
-        delay = min(cap, base * 2.0 ** min(max(self._streak, 1) - 1, _MAX_DOUBLINGS))
+        delay = escalated(base, cap, self._streak - 1)
         if now + delay <= self.cool_until:
             return False, False
         news = not cooling or probe_failed

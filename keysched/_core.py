@@ -96,7 +96,7 @@ import math
 import random
 from collections.abc import Sequence
 
-from keysched._breaker import ModelState, OverloadEvidence
+from keysched._breaker import ModelState, OverloadEvidence, escalated
 from keysched._budget import Budget
 from keysched._config import Key, PoolConfig
 from keysched._decisions import Decision, Fail, FailReason, new_dispatch, new_finish
@@ -113,9 +113,6 @@ __all__ = ["Scheduler"]
 # _LATE: past its `start_by`, out of the queue, waiting for its deadline (see `submit`).
 _WAITING, _BACKOFF, _IN_FLIGHT, _ENDED, _LATE = range(5)
 _TIMER_READY, _TIMER_DEADLINE, _TIMER_LANE, _TIMER_WAKE = range(4)
-# Exponents of escalating cooldowns stop growing here: the caps are reached long before, and an
-# unbounded streak would overflow a float after 1,024 failures.
-_MAX_DOUBLINGS = 30
 # Quota 429s do not count against `max_attempts`; this many times it still ends a request.
 _QUOTA_ATTEMPT_FACTOR = 4
 # 429s that refuse an attempt on a quota: the server did not count it, and no answer was spent.
@@ -1001,9 +998,8 @@ class Scheduler:
         errors = self._lane_errors[lane] = self._lane_errors.get(lane, 0) + 1
         trip = self.policy.lane_error_trip
         if errors >= trip:
-            retry = self._retry
-            delay = min(retry.overload_cooldown_cap,
-                        retry.overload_cooldown * 2.0 ** min(errors - trip, _MAX_DOUBLINGS))
+            delay = escalated(self._retry.overload_cooldown, self._retry.overload_cooldown_cap,
+                              errors - trip)
             self._cool_lane(record, now + delay, reason, now)
 
     def _model_answered(self, record: _Attempt, now: float) -> None:

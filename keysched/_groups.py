@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from keysched._breaker import escalated
 from keysched._budget import Budget
 from keysched._outcomes import QuotaDimension, Violation
 
@@ -33,8 +34,6 @@ __all__ = ["HALF_OPEN_CLOSED", "QuotaGroup"]
 
 HALF_OPEN_CLOSED = 16
 """A half-open group is trusted again once this many attempts may be in flight on it."""
-
-_MAX_DOUBLINGS = 30  # escalation stops here (a float overflows after 1,024 doublings)
 
 
 class QuotaGroup:
@@ -182,4 +181,4 @@ class QuotaGroup:
         if sent >= self._bare_since:
             self._bare_429s += 1
             self._bare_since = now
-        return min(cap, base * 2.0 ** min(self._bare_429s - 1, _MAX_DOUBLINGS))
+        return escalated(base, cap, self._bare_429s - 1)
