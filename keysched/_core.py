@@ -104,15 +104,14 @@ from keysched._errors import UsageError
 from keysched._groups import QuotaGroup
 from keysched._outcomes import Outcome, OutcomeKind, QuotaDimension, Violation
 from keysched._pacific import next_pacific_midnight
+from keysched._requests import WAITS, Attempt, Request, RequestInput, Requests, RequestState
 from keysched._selection import SKIP, Policy, Selector
 from keysched._snapshot import GroupSnapshot, LaneSnapshot, LaneState, PoolEvent, PoolSnapshot
 from keysched._table import Action, Effect, Next
+from keysched._timers import Timer, TimerHeap, TimerKind
 
 __all__ = ["Scheduler"]
 
-# _LATE: past its `start_by`, out of the queue, waiting for its deadline (see `submit`).
-_WAITING, _BACKOFF, _IN_FLIGHT, _ENDED, _LATE = range(5)
-_TIMER_READY, _TIMER_DEADLINE, _TIMER_LANE, _TIMER_WAKE = range(4)
 # Quota 429s do not count against `max_attempts`; this many times it still ends a request.
 _QUOTA_ATTEMPT_FACTOR = 4
 # 429s that refuse an attempt on a quota: the server did not count it, and no answer was spent.
@@ -132,44 +131,6 @@ class _Key:
         self.in_flight = 0
         self.seq = index - 1_000_000_000  # before any dispatch; keeps the positional tie-break
         self.strikes = 0
-
-
-class _Request:
-    __slots__ = ("avoid", "deadline", "empties", "id", "last_attempt", "later", "models",
-                 "number", "quota", "quota_waits", "server_errors", "start_by", "state", "timed",
-                 "tokens", "weighed")
-
-    def __init__(self, rid: int, models: tuple[int, ...], tokens: int, deadline: float,
-                 quota: bool, start_by: float) -> None:
-        self.id = rid
-        self.models = models
-        self.tokens = tokens
-        self.quota = quota
-        self.deadline = deadline
-        self.start_by = start_by  # no attempt starts after this: it could not end in time
-        self.weighed = -1  # the `Scheduler._benched` count when its return time was last weighed
-        self.state = _WAITING
-        self.number = 0
-        self.quota_waits = 0  # attempts refused by a quota 429 (not counted in max_attempts)
-        self.later = 0
-        self.empties = 0
-        self.avoid: set[int] | None = None  # keys that failed it; made on the first failure
-        self.server_errors: dict[int, int] | None = None
-        self.last_attempt: int | None = None
-        self.timed = False  # its deadline timer is in the heap (see `Scheduler._arm_deadline`)
-
-
-class _Attempt:
-    __slots__ = ("budgeted", "key", "model", "relearn", "request", "sent")
-
-    def __init__(self, request: int, key: int, model: int, sent: float, budgeted: bool,
-                 relearn: bool = False) -> None:
-        self.request = request
-        self.key = key
-        self.model = model
-        self.sent = sent
-        self.budgeted = budgeted  # recorded in its group's budget (to undo on withdraw)
-        self.relearn = relearn  # sent past a learned limit, to test it
 
 
 class Scheduler:
@@ -242,23 +203,17 @@ class Scheduler:
         self._update = self._selector.update
         self._select = self._selector.select
         self._all_models = tuple(range(n_models))
-        self._requests: dict[int, _Request] = {}
-        self._attempts: dict[int, _Attempt] = {}
+        self._requests = Requests()
+        self._attempts: dict[int, Attempt] = {}
         self._queues: dict[tuple[int, ...], list[int]] = {}
-        self._timers: list[tuple[float, int, int, int, int]] = []
-        self._timer_limit = 64  # compact the heap past this size (see `_compact_timers`)
+        self._timers = TimerHeap()
         self._decisions: list[Decision] = []
-        self._fresh: list[_Request] = []  # queued since the last poll, deadline not armed yet
+        self._fresh: list[Request] = []  # queued since the last poll, deadline not armed yet
         self._events: list[PoolEvent] = []
         self._tier = list(range(n_models))  # per best model, the tier last dispatched to
         self._now = -math.inf
-        self._seq = 0
-        self._next_request = 1
         self._next_attempt = 1
-        self._waiting = 0
-        # Requests by how they ended (counted on the hot path: attributes, not a dict).
-        self._submitted = self._finished = self._failed = self._cancelled = 0
-        self._current: _Request | None = None  # the request being placed, for `block`
+        self._current: Request | None = None  # the request being placed, for `block`
         self._skip_until = math.inf  # when a token budget too full for `_current` frees up
         self._indices_cache: dict[tuple[str, ...], tuple[int, ...]] = {}
         # Counts what was benched, disabled or taken out: a waiting request's return time is
@@ -313,15 +268,11 @@ class Scheduler:
             raise UsageError(f"start_within must be a duration >= 0 seconds, got "
                              f"{start_within!r}")
         self._now = now
-        rid = self._next_request
-        self._next_request += 1
         start = float(seconds) if start_within is None else min(float(seconds), start_within)
-        request = _Request(rid, indices, input_tokens, now + float(seconds), bool(spends_quota),
-                           now + start)
-        self._requests[rid] = request
-        self._submitted += 1
-        self._enqueue(request)
-        return rid
+        request = self._requests.new(indices, input_tokens, now + float(seconds),
+                                     bool(spends_quota), now + start)
+        self._enqueue(request, RequestInput.QUEUE)
+        return request.id
 
     def complete(self, attempt: int, outcome: Outcome, now: float) -> None:
         """Report the outcome of an attempt in flight. Call `poll` for what follows.
@@ -339,7 +290,7 @@ class Scheduler:
             raise UsageError(f"attempt {attempt!r} is not in flight (unknown, completed or "
                              "cancelled)")
         self._now = now
-        request = self._requests[record.request]
+        request = self._requests.open[record.request]
         self._release(record)
         kind = outcome.kind
         action = self._on_success if kind is OutcomeKind.SUCCESS else self._actions[kind]
@@ -364,9 +315,7 @@ class Scheduler:
         if action.next is Next.RETURN:
             self._answered[lane] += 1
             self._decisions.append(new_finish((request.id, attempt)))
-            request.state = _ENDED  # `_end`, inlined: the request was in flight, not waiting
-            del self._requests[request.id]
-            self._finished += 1
+            self._requests.move(request, RequestInput.ANSWER)
         else:
             self._errored[lane] += 1
             self._advance(request, action, outcome, record, now)
@@ -399,13 +348,13 @@ class Scheduler:
         if record.budgeted:  # it was never sent: give its quota back
             budget = self._groups[self._keys[record.key].project][record.model].budget
             assert budget is not None
-            budget.forget(record.sent, self._requests[record.request].tokens)
-        request = self._requests[record.request]
+            budget.forget(record.sent, self._requests.open[record.request].tokens)
+        request = self._requests.open[record.request]
         request.number -= 1
         if now >= request.deadline:  # its deadline timer fired while it was in flight
             self._fail(request, FailReason.DEADLINE, now)
         else:
-            self._enqueue(request)
+            self._enqueue(request, RequestInput.WITHDRAW)
         return True
 
     def cancel(self, request: int, now: float, *, failed: bool = False) -> bool:
@@ -423,17 +372,17 @@ class Scheduler:
         Raises:
             UsageError: the request id was never issued, or time ran backwards.
         """
-        state = self._requests.get(request)
+        state = self._requests.open.get(request)
         if state is None:
-            if 0 < request < self._next_request:
+            if self._requests.issued(request):
                 return False
             raise UsageError(f"request {request!r} was never submitted")
         self._check_time(now)
         self._now = now
-        if state.state == _IN_FLIGHT and state.last_attempt is not None:
+        if state.state is RequestState.IN_FLIGHT and state.last_attempt is not None:
             record = self._attempts.pop(state.last_attempt)
             self._release(record)
-        self._end(state, failed=failed)
+        self._requests.move(state, RequestInput.FAIL if failed else RequestInput.CANCEL)
         return True
 
     def poll(self, now: float) -> list[Decision]:
@@ -449,14 +398,13 @@ class Scheduler:
         for request in fresh:  # a deadline already passed fails in timer order, as it always did
             if request.deadline <= now:
                 self._arm_deadline(request)
-        timers = self._timers
-        if timers and timers[0][0] <= now:
+        if self._timers.next_at() <= now:
             self._fire_timers(now)
         if self._queues:
             self._dispatch_waiting(now)
         if fresh:
             for request in fresh:
-                if request.state == _WAITING:
+                if request.state is RequestState.WAITING:
                     self._arm_deadline(request)
             fresh.clear()
         decisions = self._decisions
@@ -470,17 +418,13 @@ class Scheduler:
         if self._fresh:
             return self._now  # requests submitted or re-queued since the last poll
         timers = self._timers
-        while timers:
-            at, _, kind, ref, _ = timers[0]
-            if kind in (_TIMER_READY, _TIMER_DEADLINE):
-                request = self._requests.get(ref)
-                if request is None or (kind == _TIMER_READY and request.state != _BACKOFF):
-                    heapq.heappop(timers)
-                    continue
+        while (timer := timers.peek()) is not None:
             # A capacity wake-up (cooldown end) is kept even while nothing waits: a request
             # submitted later may need it, and dropping it here left such a request asleep
             # until its deadline.  The cost is one idle wake-up per cooldown.
-            return at
+            if self._live(timer):
+                return timer.at
+            timers.pop()
         return math.inf
 
     def take_events(self) -> list[PoolEvent]:
@@ -498,7 +442,7 @@ class Scheduler:
     @property
     def open_requests(self) -> int:
         """Requests submitted that have not ended."""
-        return len(self._requests)
+        return len(self._requests.open)
 
     def snapshot(self, now: float | None = None) -> PoolSnapshot:
         """A read-only picture of the pool at `now` (default: the last time the core saw)."""
@@ -533,10 +477,10 @@ class Scheduler:
                     limits=() if group.budget is None else group.budget.limits,
                     probing=group.half_open is not None))
         return PoolSnapshot(
-            now=at, lanes=tuple(lanes), groups=tuple(groups), waiting=self._waiting,
-            in_flight=len(self._attempts), requests_submitted=self._submitted,
-            requests_finished=self._finished, requests_failed=self._failed,
-            requests_cancelled=self._cancelled)
+            now=at, lanes=tuple(lanes), groups=tuple(groups), waiting=self._requests.waiting,
+            in_flight=len(self._attempts), requests_submitted=self._requests.submitted,
+            requests_finished=self._requests.finished, requests_failed=self._requests.failed,
+            requests_cancelled=self._requests.cancelled)
 
     # ------------------------------------------------------------------ LaneOracle
 
@@ -582,7 +526,7 @@ class Scheduler:
     def park(self, key: int, model: int, until: float) -> None:
         """See `keysched._selection.LaneOracle.park`."""
         if math.isfinite(until):
-            self._timer(until, _TIMER_LANE, key, model)
+            self._timer(until, TimerKind.LANE, key, model)
 
     # ------------------------------------------------------------------ internals
 
@@ -625,44 +569,34 @@ class Scheduler:
             raise UsageError("models must name at least one model")
         return tuple(indices)
 
-    def _timer(self, at: float, kind: int, ref: int, extra: int, order: int | None = None) -> None:
+    def _timer(self, at: float, kind: TimerKind, ref: int = 0, extra: int = 0,
+               order: int | None = None) -> None:
         """Have `poll` act at `at`; timers due at one time fire by `order` (default: as pushed)."""
-        if order is None:
-            self._seq += 1
-            order = self._seq
-        heapq.heappush(self._timers, (at, order, kind, ref, extra))
-        if len(self._timers) > self._timer_limit:
-            self._compact_timers()
+        self._timers.push(at, kind, ref, extra, order)
+        if self._timers.oversized:
+            self._timers.compact(self._live)
 
-    def _compact_timers(self) -> None:
-        """Drop the timers of requests that have ended (or left backoff).
-
-        They are otherwise dropped only when they reach the top of the heap, and a parked lane's
-        timer there (which must stay) would keep every later one alive: under steady load the
-        heap would grow with the throughput.  Rebuilding at twice the live size is amortised O(1).
-        """
-        requests = self._requests
-        live = [timer for timer in self._timers
-                if timer[2] in (_TIMER_LANE, _TIMER_WAKE)
-                or ((request := requests.get(timer[3])) is not None
-                    and (timer[2] == _TIMER_DEADLINE or request.state == _BACKOFF))]
-        heapq.heapify(live)
-        self._timers = live
-        self._timer_limit = max(64, 2 * len(live))
+    def _live(self, timer: Timer) -> bool:
+        """Whether a timer still has work to do: a request's timer once the request ended (or
+        left backoff) has none.  Capacity wake-ups and parked lanes always do."""
+        if timer.kind is TimerKind.LANE or timer.kind is TimerKind.WAKE:
+            return True
+        request = self._requests.open.get(timer.ref)
+        return request is not None and (timer.kind is TimerKind.DEADLINE
+                                        or request.state is RequestState.BACKOFF)
 
     def _emit(self, kind: str, reason: str, now: float, **fields: object) -> None:
         if self._record:
             self._events.append(PoolEvent(time=now, kind=kind, reason=reason, **fields))  # type: ignore[arg-type]
 
-    def _enqueue(self, request: _Request) -> None:
+    def _enqueue(self, request: Request, event: RequestInput) -> None:
         models = self._effective_models(request) if request.server_errors else request.models
-        request.state = _WAITING
-        self._waiting += 1
+        self._requests.move(request, event)
         heapq.heappush(self._queues.setdefault(models, []), request.id)
         if not request.timed:
             self._fresh.append(request)
 
-    def _arm_deadline(self, request: _Request) -> None:
+    def _arm_deadline(self, request: Request) -> None:
         """Put the request's deadline timer in the heap, once.
 
         Only a waiting or backing-off request needs one (the core never fails a request in
@@ -675,9 +609,9 @@ class Scheduler:
             request.timed = True
             if math.isfinite(request.deadline):
                 # Deadlines due at one time fail oldest request first, however late each was armed.
-                self._timer(request.deadline, _TIMER_DEADLINE, request.id, 0, order=request.id)
+                self._timer(request.deadline, TimerKind.DEADLINE, request.id, order=request.id)
 
-    def _effective_models(self, request: _Request) -> tuple[int, ...]:
+    def _effective_models(self, request: Request) -> tuple[int, ...]:
         errors = request.server_errors
         if not errors:
             return request.models
@@ -685,25 +619,14 @@ class Scheduler:
         models = tuple(m for m in request.models if errors.get(m, 0) < limit)
         return models or request.models[-1:]
 
-    def _end(self, request: _Request, *, failed: bool) -> None:
-        """End a request that failed or was cancelled (`complete` ends answered ones itself)."""
-        if request.state in (_WAITING, _BACKOFF, _LATE):
-            self._waiting -= 1
-        request.state = _ENDED
-        del self._requests[request.id]
-        if failed:
-            self._failed += 1
-        else:
-            self._cancelled += 1
-
-    def _fail(self, request: _Request, reason: FailReason, now: float) -> None:
+    def _fail(self, request: Request, reason: FailReason, now: float) -> None:
         retry_at = self._capacity_returns(request, now) if reason in (
             FailReason.DEADLINE, FailReason.NO_CAPACITY) else None
         self._decisions.append(Fail(request=request.id, reason=reason,
                                     attempt=request.last_attempt, retry_at=retry_at))
-        self._end(request, failed=True)
+        self._requests.move(request, RequestInput.FAIL)
 
-    def _release(self, record: _Attempt) -> None:
+    def _release(self, record: Attempt) -> None:
         """Free the key and the quota group an attempt held."""
         state = self._keys[record.key]
         state.in_flight -= 1
@@ -721,7 +644,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ learning quotas
 
-    def _on_429(self, group: QuotaGroup, record: _Attempt, outcome: Outcome, request: _Request,
+    def _on_429(self, group: QuotaGroup, record: Attempt, outcome: Outcome, request: Request,
                 now: float) -> None:
         """Learn from a 429: the limits it names, whether to probe, what the request spent."""
         budget = group.budget
@@ -748,24 +671,21 @@ class Scheduler:
                    model=self._models[group.model].name)
 
     def _fire_timers(self, now: float) -> None:
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            _, _, kind, ref, extra = heapq.heappop(timers)
-            if kind == _TIMER_LANE:
-                self._selector.release(ref, extra)
+        while (timer := self._timers.pop_due(now)) is not None:
+            if timer.kind is TimerKind.LANE:
+                self._selector.release(timer.ref, timer.extra)
                 continue
-            request = self._requests.get(ref)
+            request = self._requests.open.get(timer.ref)
             if request is None:
                 continue
-            if kind == _TIMER_READY and request.state == _BACKOFF:
-                self._waiting -= 1
-                self._enqueue(request)
-            elif kind == _TIMER_DEADLINE and request.state in (_WAITING, _BACKOFF, _LATE):
+            if timer.kind is TimerKind.READY and request.state is RequestState.BACKOFF:
+                self._enqueue(request, RequestInput.READY)
+            elif timer.kind is TimerKind.DEADLINE and request.state in WAITS:
                 self._fail(request, FailReason.DEADLINE, now)
 
     def _dispatch_waiting(self, now: float) -> None:
         queues = self._queues
-        requests = self._requests
+        requests = self._requests.open
         blocked: set[tuple[int, ...]] | None = None  # made when a queue first blocks
         while True:
             # The oldest head among the queues not blocked yet (request ids grow with time).
@@ -774,7 +694,7 @@ class Scheduler:
             for models, queue in queues.items():
                 while queue:  # drop entries of requests that ended or moved (inlined: hot)
                     waiting = requests.get(queue[0])
-                    if waiting is not None and waiting.state == _WAITING and (
+                    if waiting is not None and waiting.state is RequestState.WAITING and (
                             self._effective_models(waiting) if waiting.server_errors
                             else waiting.models) == models:
                         break
@@ -791,7 +711,7 @@ class Scheduler:
                 if math.isinf(request.deadline):  # no deadline would ever end it
                     self._fail(request, FailReason.DEADLINE, now)
                 else:
-                    request.state = _LATE
+                    self._requests.move(request, RequestInput.TOO_LATE)
                     self._arm_deadline(request)
             elif self._place(request, best, now):
                 heapq.heappop(queue)
@@ -815,7 +735,7 @@ class Scheduler:
             for models in [models for models, queue in queues.items() if not queue]:
                 del queues[models]
 
-    def _returns_too_late(self, request: _Request, now: float) -> bool:
+    def _returns_too_late(self, request: Request, now: float) -> bool:
         """Whether nothing can serve the request before its deadline, as far as the core knows
         (every lane benched past it: say, a pool benched until midnight).  Then it fails at once,
         with `retry_at`, instead of waiting out its deadline.  Weighed again only after something
@@ -830,7 +750,7 @@ class Scheduler:
         return all(self._models[m].unavailable or self._models[m].usable_groups <= 0
                    for m in models)
 
-    def _place(self, request: _Request, models: tuple[int, ...], now: float) -> bool:
+    def _place(self, request: Request, models: tuple[int, ...], now: float) -> bool:
         self._current = request
         self._skip_until = math.inf
         try:
@@ -845,12 +765,12 @@ class Scheduler:
             if self._probe_cooling_model(request, models, now):
                 return True
             if math.isfinite(self._skip_until):
-                self._timer(self._skip_until, _TIMER_WAKE, 0, 0)
+                self._timer(self._skip_until, TimerKind.WAKE)
             return False
         finally:
             self._current = None
 
-    def _probe_cooling_model(self, request: _Request, models: tuple[int, ...],
+    def _probe_cooling_model(self, request: Request, models: tuple[int, ...],
                              now: float) -> bool:
         """Nothing else can serve the request: probe a cooling model, if one is due."""
         for model in models:
@@ -860,12 +780,12 @@ class Scheduler:
             key = self._select(self, model, now, request.avoid or ())
             if key is not None:
                 state.probe_at = now + self.policy.probe_interval
-                self._timer(state.probe_at, _TIMER_WAKE, 0, 0)
+                self._timer(state.probe_at, TimerKind.WAKE)
                 self._dispatch(request, key, model, now)
                 return True
         return False
 
-    def _dispatch(self, request: _Request, key: int, model: int, now: float) -> None:
+    def _dispatch(self, request: Request, key: int, model: int, now: float) -> None:
         state = self._keys[key]
         aid = self._next_attempt
         self._next_attempt = aid + 1
@@ -886,9 +806,8 @@ class Scheduler:
             budget.record(now, request.tokens)
         group.sent(test=relearn)
         self._dispatched[key * self._n_models + model] += 1
-        self._attempts[aid] = _Attempt(request.id, key, model, now, budgeted, relearn)
-        self._waiting -= 1
-        request.state = _IN_FLIGHT
+        self._attempts[aid] = Attempt(request.id, key, model, now, budgeted, relearn)
+        self._requests.move(request, RequestInput.DISPATCH)
         number = request.number = request.number + 1
         request.last_attempt = aid
         if model != self._tier[request.models[0]]:
@@ -896,7 +815,7 @@ class Scheduler:
         self._decisions.append(new_dispatch((request.id, aid, number, state.key,
                                              self._models[model].name)))
 
-    def _note_tier(self, request: _Request, model: int, now: float) -> None:
+    def _note_tier(self, request: Request, model: int, now: float) -> None:
         """Record and announce a change of the tier serving the request's best model (the
         caller has seen that `model` differs from the tier last used)."""
         best = request.models[0]
@@ -908,7 +827,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ the outcome table
 
-    def _apply(self, action: Action, outcome: Outcome, record: _Attempt, now: float) -> None:
+    def _apply(self, action: Action, outcome: Outcome, record: Attempt, now: float) -> None:
         effect = action.effect
         state = self._keys[record.key]
         model = self._models[record.model]
@@ -953,8 +872,8 @@ class Scheduler:
             if changed:
                 model.reason = reason
                 self._benched += 1
-                self._timer(model.cool_until, _TIMER_WAKE, 0, 0)
-                self._timer(model.probe_at, _TIMER_WAKE, 0, 0)
+                self._timer(model.cool_until, TimerKind.WAKE)
+                self._timer(model.probe_at, TimerKind.WAKE)
                 if news:  # not for every straggler that extends it a little
                     self._emit("model_cooled", reason, now, model=model.name,
                                until=model.cool_until)
@@ -982,7 +901,7 @@ class Scheduler:
             return self._retry.minute_cooldown
         return min(outcome.retry_after, self._retry.max_server_delay)
 
-    def _lane_retry_delay(self, action: Action, outcome: Outcome, record: _Attempt,
+    def _lane_retry_delay(self, action: Action, outcome: Outcome, record: Attempt,
                           now: float) -> None:
         if (outcome.retry_after is not None
                 and action.effect in (Effect.NONE, Effect.COOL_MODEL)
@@ -992,7 +911,7 @@ class Scheduler:
             self._cool_lane(record, now + min(outcome.retry_after, self._retry.max_server_delay),
                             outcome.kind.value, now)
 
-    def _lane_error(self, record: _Attempt, reason: str, now: float) -> None:
+    def _lane_error(self, record: Attempt, reason: str, now: float) -> None:
         """A 500 on a lane: the lane breaker cools it at `lane_error_trip` in a row."""
         lane = (record.key, record.model)
         errors = self._lane_errors[lane] = self._lane_errors.get(lane, 0) + 1
@@ -1002,11 +921,11 @@ class Scheduler:
                               errors - trip)
             self._cool_lane(record, now + delay, reason, now)
 
-    def _model_answered(self, record: _Attempt, now: float) -> None:
+    def _model_answered(self, record: Attempt, now: float) -> None:
         """An answer on a model: its 503 streak is over, and a probe ends its cooldown."""
         self._models[record.model].answered(record.sent, now)
 
-    def _cool_lane(self, record: _Attempt, until: float, reason: str, now: float) -> None:
+    def _cool_lane(self, record: Attempt, until: float, reason: str, now: float) -> None:
         lane = (record.key, record.model)
         if until > self._lane_cool.get(lane, -math.inf):
             self._lane_cool[lane] = until
@@ -1014,7 +933,7 @@ class Scheduler:
             self._emit("lane_cooled", reason, now, key=state.key.label,
                        project=self._project_names[state.project],
                        model=self._models[record.model].name, until=until)
-            self._timer(until, _TIMER_WAKE, 0, 0)
+            self._timer(until, TimerKind.WAKE)
 
     def _cool_group(self, group: QuotaGroup, until: float, reason: str, project: str, model: str,
                     now: float) -> None:
@@ -1022,7 +941,7 @@ class Scheduler:
             self._benched += 1
             group.cool_until = until
             group.reason = reason
-            self._timer(until, _TIMER_WAKE, 0, 0)
+            self._timer(until, TimerKind.WAKE)
             self._emit("group_cooled", reason, now, project=project, model=model, until=until)
 
     def _disable(self, state: _Key, reason: str, now: float) -> None:
@@ -1038,15 +957,13 @@ class Scheduler:
         self._emit("key_disabled", reason, now, key=state.key.label,
                    project=self._project_names[state.project])
 
-    def _advance(self, request: _Request, action: Action, outcome: Outcome, record: _Attempt,
+    def _advance(self, request: Request, action: Action, outcome: Outcome, record: Attempt,
                  now: float) -> None:
         """Act on an outcome that did not answer the request: fail it or queue its retry."""
         step = action.next
         if step is Next.FAIL:
             self._fail(request, FailReason.REQUEST_ERROR, now)
             return
-        request.state = _BACKOFF  # not waiting in a queue yet; counted as waiting below
-        self._waiting += 1
         if outcome.kind is OutcomeKind.EMPTY:
             request.empties += 1
             if request.empties > self._retry.empty_retries:
@@ -1080,19 +997,19 @@ class Scheduler:
         request.avoid.add(record.key)
         if step is Next.RETRY_LATER:
             ready = now + self._backoff(request)
-            self._timer(ready, _TIMER_READY, request.id, 0)
+            self._requests.move(request, RequestInput.BACK_OFF)
+            self._timer(ready, TimerKind.READY, request.id)
             self._arm_deadline(request)
         else:
-            self._waiting -= 1
-            self._enqueue(request)
+            self._enqueue(request, RequestInput.QUEUE)
 
-    def _backoff(self, request: _Request) -> float:
+    def _backoff(self, request: Request) -> float:
         retry = self._retry
         delay = min(retry.backoff_cap, retry.backoff_base * 2.0**request.later)
         request.later += 1
         return delay * (1 - retry.jitter * self._rng.random())
 
-    def _capacity_returns(self, request: _Request, now: float) -> float | None:
+    def _capacity_returns(self, request: Request, now: float) -> float | None:
         """The earliest time a lane of the request's models may serve again, if any ever will."""
         best = math.inf
         for model_index in self._effective_models(request):
