@@ -1,25 +1,13 @@
-"""The shortcuts of `KeyedClient`'s hot path give exactly what the general code gives; results
-are immutable values."""
+"""A bare prompt goes on the wire as its contents list would; results are immutable values."""
 
 from __future__ import annotations
 
 import json
 
 from helpers import Server, make_client
-from hypothesis import given
-from hypothesis import strategies as st
 from virtual_clock import VirtualClock
 
-from keysched._client import _encode, _prompt_payload
 from keysched._wire import generate_body
-
-any_text = st.text(st.characters(blacklist_categories=()))  # surrogates and controls too
-
-
-@given(prompt=any_text)
-def test_a_bare_prompt_is_encoded_like_its_body(prompt: str) -> None:
-    """The bare prompt's payload is the generic encoding of its body, byte for byte."""
-    assert _prompt_payload(prompt) == _encode(generate_body(prompt))
 
 
 async def test_a_bare_prompt_sends_the_usual_body() -> None:
