@@ -53,6 +53,7 @@ import random
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
@@ -92,6 +93,7 @@ from keysched._wire import (
     parse_count_tokens,
     parse_embeddings,
     request_headers,
+    tokens_for_chars,
 )
 
 __all__ = ["DEFAULT_MODELS", "KeyedClient"]
@@ -158,6 +160,40 @@ def _encode(body: dict[str, Any]) -> bytes:
     except (TypeError, ValueError) as exc:  # the value itself is not shown: it may be anything
         raise UsageError(f"the request holds a value JSON cannot encode ({type(exc).__name__})"
                          ) from None
+
+
+def _encoded(body: dict[str, Any]) -> tuple[bytes, int]:
+    """`body` as JSON, and its input-token estimate."""
+    return _encode(body), estimate_tokens(body)
+
+
+def _generation(contents: str | Sequence[Mapping[str, Any]],
+                generation_config: Mapping[str, Any] | None,
+                system_instruction: str | Mapping[str, Any] | None,
+                safety_settings: Sequence[Mapping[str, Any]] | None,
+                tools: Sequence[Mapping[str, Any]] | None) -> tuple[bytes, int]:
+    """The body of `generate` and `stream`, as JSON, and its input-token estimate.
+
+    Raises:
+        UsageError: an argument has the wrong shape, or holds a value JSON cannot carry.
+    """
+    if (isinstance(contents, str) and generation_config is None and system_instruction is None
+            and safety_settings is None and tools is None):
+        return _prompt_payload(contents), tokens_for_chars(len(contents))
+    return _encoded(generate_body(contents, generation_config=generation_config,
+                                  system_instruction=system_instruction,
+                                  safety_settings=safety_settings, tools=tools))
+
+
+# A speed trick, kept for bench_client's target (default KeyedClient >= 0.9x raw aiohttp) and
+# its measure of keysched's own CPU per request (benchmarks/profile_client.py): the general path
+# for a bare prompt, the common call, builds the body dict, encodes it and walks it for the token
+# estimate, which took about a quarter of keysched's own CPU per request.  The reference is
+# `_encoded(generate_body(prompt))`; tests/test_client_results.py holds the two equal.
+def _prompt_payload(prompt: str) -> bytes:
+    """``_encode(generate_body(prompt))`` for a bare prompt string, byte for byte."""
+    return b"".join((b'{"contents": [{"role": "user", "parts": [{"text": ',
+                     encode_basestring_ascii(prompt).encode(), b"}]}]}"))
 
 
 def _read_answer(status: int, raw: bytes, headers: Mapping[str, str],
@@ -413,10 +449,9 @@ class KeyedClient:
             ServiceError: a subclass saying why no answer could be had.
             UsageError: a bad argument.
         """
-        body = generate_body(contents, generation_config=generation_config,
-                             system_instruction=system_instruction,
-                             safety_settings=safety_settings, tools=tools)
-        request = self._request("generateContent", body, models, timeout, deadline)
+        request = self._request("generateContent", _generation(
+            contents, generation_config, system_instruction, safety_settings, tools),
+            models, timeout, deadline)
         session = await self._call(request, _read_answer)
         assert session.last is not None
         dispatch, answer = session.last
@@ -449,10 +484,9 @@ class KeyedClient:
                 chunks were delivered.
             ServiceError: no stream could be started.
         """
-        body = generate_body(contents, generation_config=generation_config,
-                             system_instruction=system_instruction,
-                             safety_settings=safety_settings, tools=tools)
-        request = self._request("streamGenerateContent", body, models, timeout, deadline)
+        request = self._request("streamGenerateContent", _generation(
+            contents, generation_config, system_instruction, safety_settings, tools),
+            models, timeout, deadline)
         delivered = 0
         with self._open(request.models, request.tokens, request.deadline,
                         request.spends_quota) as session:
@@ -556,18 +590,17 @@ class KeyedClient:
 
     # ------------------------------------------------------------------ internals
 
-    def _request(self, method: str, body: dict[str, Any], models: Sequence[str] | None,
+    def _request(self, method: str, encoded: tuple[bytes, int], models: Sequence[str] | None,
                  timeout: float | datetime.timedelta | None,
                  deadline: float | datetime.timedelta | None, *,
                  spends_quota: bool = True) -> _Request:
-        """The `_Request` of one call: `body` encoded, its tokens estimated, `timeout` checked.
+        """The `_Request` of one call: `encoded` is its JSON body and token estimate.
 
         Raises:
-            UsageError: `body` holds a value JSON cannot carry.
             ConfigurationError: `timeout` is not a positive duration.
         """
-        payload = _encode(body)
-        return _Request(method=method, payload=payload, tokens=estimate_tokens(body),
+        payload, tokens = encoded
+        return _Request(method=method, payload=payload, tokens=tokens,
                         models=self._models if models is None else models,
                         timeout=self._timeout if timeout is None else _timeout("timeout", timeout),
                         deadline=deadline, spends_quota=spends_quota)
@@ -592,7 +625,7 @@ class KeyedClient:
                  tokens: int) -> tuple[Classified, Any]:
             return classify_json_response(status, raw, headers, parse=parse)
 
-        request = self._request(method, body, [model], timeout, deadline,
+        request = self._request(method, _encoded(body), [model], timeout, deadline,
                                 spends_quota=spends_quota)
         return (await self._call(request, read)).value
 

@@ -48,11 +48,12 @@ import httpx
 
 from keysched._decisions import Dispatch, Fail, FailReason
 from keysched._errors import ServiceError, UsageError
-from keysched._outcomes import Outcome, OutcomeKind
+from keysched._outcomes import OutcomeKind
 from keysched._routes import Route, attempt_headers, redact, response_headers, route
 from keysched._session import Session, failure
 from keysched._snapshot import LaneState
 from keysched._sse import SSEParser, StreamEvent
+from keysched._streaming import answered
 from keysched._transport import HttpxBackend, StreamResponse, TransportFailure, TransportTimeout
 from keysched._wire import SAFETY_FINISH_REASONS, Classified
 
@@ -429,18 +430,8 @@ class _StreamRelay(httpx.AsyncByteStream):
         if self._error is None and not self._ended:
             session.close()  # the SDK stopped reading: the request is cancelled
             return
-        if self._error is not None:
-            classified = self._error
-        elif self._blocked is not None:
-            classified = Classified(outcome=Outcome(kind=OutcomeKind.BLOCKED), status=200,
-                                    finish_reason=self._blocked)
-        else:
-            usage = self._usage
-            classified = Classified(
-                outcome=Outcome(kind=OutcomeKind.SUCCESS,
-                                input_tokens=usage.prompt_tokens if usage else None,
-                                output_tokens=usage.output_tokens if usage else None),
-                status=200, usage=usage)
+        classified = (self._error if self._error is not None
+                      else answered(self._blocked, self._usage))
         kind = classified.outcome.kind
         try:
             session.report(self._dispatch, classified, self._started,

@@ -35,7 +35,7 @@ from keysched._transport import (
 )
 from keysched._wire import SAFETY_FINISH_REASONS, Classified, Usage, classify
 
-__all__ = ["StreamAttempt", "interrupted"]
+__all__ = ["StreamAttempt", "answered", "interrupted"]
 
 
 class StreamAttempt:
@@ -140,19 +140,24 @@ class StreamAttempt:
         """How the attempt ended (read once `chunks` is done)."""
         if self._verdict is not None:
             return self._verdict
-        if self._blocked is not None:
-            return Classified(outcome=Outcome(kind=OutcomeKind.BLOCKED), status=200,
-                              finish_reason=self._blocked)
-        if self.delivered == 0:
-            return failure(OutcomeKind.EMPTY, "the stream ended without a chunk")
-        if not self._finished:
-            return failure(OutcomeKind.CONNECTION_ERROR,
-                           "the stream ended before its last chunk (no finishReason)")
-        usage = self._usage
-        return Classified(outcome=Outcome(kind=OutcomeKind.SUCCESS,
-                                          input_tokens=usage.prompt_tokens if usage else None,
-                                          output_tokens=usage.output_tokens if usage else None),
-                          status=200, usage=usage)
+        if self._blocked is None:
+            if self.delivered == 0:
+                return failure(OutcomeKind.EMPTY, "the stream ended without a chunk")
+            if not self._finished:
+                return failure(OutcomeKind.CONNECTION_ERROR,
+                               "the stream ended before its last chunk (no finishReason)")
+        return answered(self._blocked, self._usage)
+
+
+def answered(blocked: str | None, usage: Usage | None) -> Classified:
+    """A stream read to its end: a safety stop (`blocked`, its finish reason), or a success."""
+    if blocked is not None:
+        return Classified(outcome=Outcome(kind=OutcomeKind.BLOCKED), status=200,
+                          finish_reason=blocked)
+    return Classified(outcome=Outcome(kind=OutcomeKind.SUCCESS,
+                                      input_tokens=usage.prompt_tokens if usage else None,
+                                      output_tokens=usage.output_tokens if usage else None),
+                      status=200, usage=usage)
 
 
 def interrupted(dispatch: Dispatch, classified: Classified, delivered: int,
