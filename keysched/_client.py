@@ -62,7 +62,16 @@ import httpx
 if TYPE_CHECKING:
     import datetime
 
-from keysched._config import Key, Limit, PoolConfig, RetryPolicy, _duration, _timeout
+from keysched._config import (
+    DEFAULT_EMBEDDING_MODEL,
+    DEFAULT_MODELS,
+    Key,
+    Limit,
+    PoolConfig,
+    RetryPolicy,
+    _duration,
+    _timeout,
+)
 from keysched._core import Scheduler
 from keysched._decisions import Dispatch
 from keysched._errors import ConfigurationError, ServiceError, UsageError
@@ -98,8 +107,6 @@ from keysched._wire import (
 
 __all__ = ["DEFAULT_MODELS", "KeyedClient"]
 
-DEFAULT_MODELS = ("gemini-2.5-flash", "gemini-2.5-flash-lite")
-DEFAULT_EMBEDDING_MODEL = "gemini-embedding-001"
 EVENT_HISTORY = 1000
 """How many recent pool events `KeyedClient.events()` keeps."""
 # How long `aclose` waits for cancelled attempts to let go of their connections.  They do so as
