@@ -69,7 +69,7 @@ Learning what nobody configured (the quota-intelligence issue):
   owns these rules; the scheduler asks it and tells it.)
 - A 429 on a quota (per minute, per day, spend, ``limit: 0``) does not count against
   ``max_attempts``: the request only waited for quota and spent no answer.  Its deadline still
-  bounds it, and so does a hard cap of `_QUOTA_ATTEMPT_FACTOR` x ``max_attempts`` attempts.
+  bounds it, and so does a hard cap of `keysched._requests.QUOTA_ATTEMPT_FACTOR` x ``max_attempts`` attempts.
 - A refused attempt is taken out of its group's budget (the server did not count it either).
 
 Breakers that trip on evidence (the breakers issue):
@@ -107,27 +107,26 @@ Decisions where the spec was silent (see also the module docstrings of `_budget`
 
 from __future__ import annotations
 
-import heapq
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from keysched._config import PoolConfig
 from keysched._decisions import Decision, Dispatch, Fail, FailReason, Finish
 from keysched._errors import UsageError
-from keysched._outcomes import Outcome, OutcomeKind, QuotaDimension
-from keysched._pool import Changes, LaneQuery, Pool, SharedFact
+from keysched._facts import Cooldown, DisabledKey, LearnedLimit, SharedFact, Usage
+from keysched._names import Names
+from keysched._outcomes import Outcome, OutcomeKind
+from keysched._pool import Changes, LaneQuery, Pool
+from keysched._queues import Queues
 from keysched._requests import WAITS, Attempt, Request, RequestInput, Requests, RequestState
 from keysched._selection import Policy
 from keysched._snapshot import PoolEvent, PoolSnapshot
-from keysched._table import OUTCOMES, Action, Meaning, Next, RetryBudget
+from keysched._table import OUTCOMES, Action, Meaning, Next
 from keysched._timers import Timer, TimerHeap, TimerKind
 
 __all__ = ["Scheduler"]
 
-# Quota 429s do not count against `max_attempts`; this many times it still ends a request.
-_QUOTA_ATTEMPT_FACTOR = 4
-_MODEL_LISTS_CACHED = 256  # resolved model lists kept (callers use the same few, again and again)
 
 
 class Scheduler:
@@ -150,20 +149,18 @@ class Scheduler:
         self._retry = config.retry
         self._pool = Pool(config, self.policy, rng, wall_epoch=wall_epoch,
                           record_events=record_events)
-        self._model_index = {name: index for index, name in enumerate(config.models)}
-        self._all_models = tuple(range(len(config.models)))
-        self._model_lists: dict[tuple[str, ...], tuple[int, ...]] = {}
+        self._names = Names(config)
         # The outcome table, both halves, one lookup per outcome.
         self._rules: dict[OutcomeKind, tuple[Action, Meaning]] = {
             kind: (self.policy.actions[kind], OUTCOMES[kind]) for kind in OutcomeKind}
         self._requests = Requests()
         self._attempts: dict[int, Attempt] = {}
-        self._queues: dict[tuple[int, ...], list[int]] = {}
+        self._queues = Queues(self._requests, config.retry.server_errors_per_model)
         self._timers = TimerHeap()
         self._decisions: list[Decision] = []
         self._fresh: list[Request] = []  # queued since the last poll, deadline not armed yet
         self._events: list[PoolEvent] = []
-        self._tier = list(self._all_models)  # per best model, the tier last dispatched to
+        self._tier = list(range(len(config.models)))  # per best model, the tier last dispatched to
         self._now = -math.inf
         self._next_attempt = 1
 
@@ -192,7 +189,7 @@ class Scheduler:
                 running backwards.
         """
         self._check_time(now)
-        indices = self._model_indices(models)
+        indices = self._names.model_list(models)
         if (isinstance(input_tokens, bool) or not isinstance(input_tokens, int)
                 or input_tokens < 0):
             raise UsageError(f"input_tokens must be an integer >= 0, got {input_tokens!r}")
@@ -332,79 +329,55 @@ class Scheduler:
         events, self._events = self._events, []
         return events
 
-    # ------------------------------------------------------------------ facts from elsewhere
+    # ------------------------------------------------------------------ other processes
 
-    def cool_group(self, now: float, *, project: str, model: str, until: float,
-                   reason: str) -> None:
-        """Another process benched the (project, model) quota group until `until`.
+    def learn(self, now: float, fact: SharedFact) -> None:
+        """Take in a fact another process learned (see `keysched._facts`).  Call `poll`.
 
-        Merged by the later end: a cooldown is never shortened.  Call `poll`.
-
-        Raises:
-            UsageError: an unknown project or model, or time running backwards.
-        """
-        self._learned(now, lambda: self._pool.cool_group(
-            self._project(project), self._model(model), until, reason, now))
-
-    def cool_lane(self, now: float, *, key: str, model: str, until: float, reason: str) -> None:
-        """Another process idled the (key, model) lane (the key by label) until `until`.
+        Cooldowns merge by the later end (never shortened); a disabled key stays disabled; a
+        learned limit never replaces a configured one; usage counts in the group's budget.
 
         Raises:
-            UsageError: an unknown key label or model, or time running backwards.
-        """
-        self._learned(now, lambda: self._pool.cool_lane(
-            self._key(key), self._model(model), until, reason, now))
-
-    def cool_model(self, now: float, *, model: str, until: float, reason: str) -> None:
-        """Another process took `model` out of rotation (overloaded) until `until`.
-
-        Raises:
-            UsageError: an unknown model, or time running backwards.
-        """
-        self._learned(now, lambda: self._pool.cool_model(self._model(model), until, reason, now))
-
-    def disable_key(self, now: float, *, key: str, reason: str) -> None:
-        """Another process found the key (by label) unusable for good.
-
-        Raises:
-            UsageError: an unknown key label, or time running backwards.
-        """
-        self._learned(now, lambda: self._pool.disable_key(self._key(key), reason, now))
-
-    def learn_limit(self, now: float, *, project: str, model: str, dimension: QuotaDimension,
-                    value: int, quota_id: str) -> None:
-        """Another process learned (project, model)'s limit of `dimension` from a 429.
-
-        Raises:
-            UsageError: an unknown project or model, a value below 1, or time running backwards.
-        """
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UsageError(f"value must be an integer >= 1, got {value!r}")
-        self._learned(now, lambda: self._pool.learn_limit(
-            self._project(project), self._model(model), dimension, value, now, quota_id))
-
-    def count_usage(self, now: float, *, project: str, model: str, at: float,
-                    tokens: int) -> None:
-        """Another process sent a request of `tokens` on (project, model) at `at` (<= `now`):
-        it counts in the group's budget as one of ours would.
-
-        Raises:
-            UsageError: an unknown project or model, `at` after `now`, negative tokens, or
-                time running backwards.
+            UsageError: an unknown project, model or key label, a bad value, or time running
+                backwards; nothing changes.
         """
         self._check_time(now)
-        if not at <= now:
-            raise UsageError(f"at must not be after now: at={at!r}, now={now!r}")
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-            raise UsageError(f"tokens must be an integer >= 0, got {tokens!r}")
-        self._pool.count_usage(self._project(project), self._model(model), at, tokens, now)
+        names, pool = self._names, self._pool
+        match fact:
+            case Cooldown(project=None, key=None):
+                changes = pool.cool_model(names.model(fact.model), fact.until, fact.reason, now)
+            case Cooldown(key=None):
+                changes = pool.cool_group(names.project(fact.project or ""),
+                                          names.model(fact.model), fact.until, fact.reason, now)
+            case Cooldown():
+                changes = pool.cool_lane(names.key(fact.key or ""), names.model(fact.model),
+                                         fact.until, fact.reason, now)
+            case DisabledKey():
+                changes = pool.disable_key(names.key(fact.key), fact.reason, now)
+            case LearnedLimit():
+                if isinstance(fact.value, bool) or not isinstance(fact.value, int) or (
+                        fact.value < 1):
+                    raise UsageError(f"value must be an integer >= 1, got {fact.value!r}")
+                changes = pool.learn_limit(names.project(fact.project), names.model(fact.model),
+                                           fact.dimension, fact.value, now, fact.quota_id)
+            case Usage():
+                if not fact.at <= now or isinstance(fact.tokens, bool) or not isinstance(
+                        fact.tokens, int) or fact.tokens < 0:
+                    raise UsageError(f"usage must be at or before now ({now!r}) with tokens >= 0, "
+                                     f"got at={fact.at!r}, tokens={fact.tokens!r}")
+                pool.count_usage(names.project(fact.project), names.model(fact.model), fact.at,
+                                 fact.tokens, now)
+                changes = Changes(record=False)
+            case _:
+                raise UsageError(f"fact must be a Cooldown, DisabledKey, LearnedLimit or Usage, "
+                                 f"got {type(fact).__name__}")
         self._now = now
+        self._take(changes)
 
     def shared_facts(self, now: float | None = None) -> list[SharedFact]:
         """The facts worth sharing with other processes, in force at `now` (default: the last
-        time the core saw): disabled keys, cooldowns of groups, lanes and models, learned
-        limits.  Plain records (`keysched._pool.Cooldown`, `DisabledKey`, `LearnedLimit`) that
-        the inputs above take back, and that merge by the later cooldown end."""
+        time the core saw): disabled keys, cooldowns of models, groups and lanes, learned limits
+        (see `keysched._facts`).  Each can be given to another process's `learn`."""
         return self._pool.shared_facts(self._now if now is None else now)
 
     # ------------------------------------------------------------------ queries
@@ -435,65 +408,6 @@ class Scheduler:
         if not isinstance(now, int | float) or math.isnan(now) or now < self._now:
             raise UsageError(f"time must not run backwards: now={now!r} after {self._now!r}")
 
-    def _model_indices(self, models: Sequence[str] | None) -> tuple[int, ...]:
-        """The indices of `models` (best first, without repeats), checked."""
-        if models is None:
-            return self._all_models
-        if isinstance(models, tuple):
-            try:
-                cached = self._model_lists.get(models)
-            except TypeError:  # unhashable: not a tuple of names; `_resolve` says what is wrong
-                return self._resolve(models)
-            if cached is None:
-                cached = self._resolve(models)
-                if len(self._model_lists) < _MODEL_LISTS_CACHED:
-                    self._model_lists[models] = cached
-            return cached
-        return self._resolve(models)
-
-    def _resolve(self, models: Sequence[str]) -> tuple[int, ...]:
-        if isinstance(models, str):
-            models = [models]
-        try:
-            names = list(models)
-        except TypeError:  # not a list of names at all (a number, say)
-            raise UsageError(f"models must be a best-first list of model names, got "
-                             f"{type(models).__name__}") from None
-        indices = []
-        for name in names:
-            index = self._model_index.get(name.removeprefix("models/")) if isinstance(
-                name, str) else None
-            if index is None:
-                raise UsageError(f"unknown model {name!r}; the pool's models are "
-                                 f"{list(self.config.models)}")
-            if index not in indices:
-                indices.append(index)
-        if not indices:
-            raise UsageError("models must name at least one model")
-        return tuple(indices)
-
-    def _project(self, name: str) -> str:
-        if name not in self._pool.project_names:
-            raise UsageError(f"unknown project {name!r}")
-        return name
-
-    def _model(self, name: str) -> str:
-        if name not in self._model_index:
-            raise UsageError(f"unknown model {name!r}; the pool's models are "
-                             f"{list(self.config.models)}")
-        return name
-
-    def _key(self, label: str) -> str:
-        if not self._pool.has_key(label):
-            raise UsageError(f"unknown key label {label!r}")
-        return label
-
-    def _learned(self, now: float, learn: Callable[[], Changes]) -> None:
-        """Apply a fact from another process (checked first: nothing changes on bad input)."""
-        self._check_time(now)
-        changes = learn()
-        self._now = now
-        self._take(changes)
 
     # ------------------------------------------------------------------ timers
 
@@ -559,19 +473,9 @@ class Scheduler:
 
     def _enqueue(self, request: Request, event: RequestInput) -> None:
         self._requests.move(request, event)
-        heapq.heappush(self._queues.setdefault(self._effective_models(request), []), request.id)
+        self._queues.push(request)
         if not request.timed:
             self._fresh.append(request)
-
-    def _effective_models(self, request: Request) -> tuple[int, ...]:
-        """The request's models, less those it spent its server-error budget on (the last model
-        always stays)."""
-        errors = request.server_errors
-        if not errors:
-            return request.models
-        limit = self._retry.server_errors_per_model
-        models = tuple(m for m in request.models if errors.get(m, 0) < limit)
-        return models or request.models[-1:]
 
     def _fail(self, request: Request, reason: FailReason, now: float) -> None:
         retry_at = self._capacity_returns(request, now) if reason in (
@@ -581,7 +485,8 @@ class Scheduler:
         self._requests.move(request, RequestInput.FAIL)
 
     def _capacity_returns(self, request: Request, now: float) -> float | None:
-        return self._pool.capacity_returns(self._effective_models(request), request.tokens, now)
+        models = request.models_left(self._retry.server_errors_per_model)
+        return self._pool.capacity_returns(models, request.tokens, now)
 
     def _advance(self, request: Request, action: Action, meaning: Meaning, record: Attempt,
                  now: float) -> None:
@@ -589,8 +494,8 @@ class Scheduler:
         if action.next is Next.FAIL:
             self._fail(request, FailReason.REQUEST_ERROR, now)
             return
-        reason = self._spend_retry_budget(request, action, meaning, record.model)
-        if reason is None and self._attempts_spent(request):
+        reason = request.spend_retry_budget(action, meaning, record.model, self._retry)
+        if reason is None and request.attempts_spent(self._retry.max_attempts):
             reason = FailReason.ATTEMPTS_EXHAUSTED
         if reason is None and now >= request.deadline:
             reason = FailReason.DEADLINE
@@ -602,100 +507,44 @@ class Scheduler:
         request.avoid.add(record.key)
         if action.next is Next.RETRY_LATER:
             self._requests.move(request, RequestInput.BACK_OFF)
-            self._timer(now + self._backoff(request), TimerKind.READY, request.id)
+            self._timer(now + request.backoff(self._retry, self._rng), TimerKind.READY, request.id)
             self._arm_deadline(request)
         else:
             self._enqueue(request, RequestInput.QUEUE)
 
-    def _spend_retry_budget(self, request: Request, action: Action, meaning: Meaning,
-                            model: int) -> FailReason | None:
-        """Count the outcome against the retry budget its row names (`Meaning.budget`); returns
-        the row's ``exhausted`` reason when the budget, or the request's models, ran out."""
-        if meaning.budget is RetryBudget.EMPTY:
-            request.empties += 1
-            if request.empties > self._retry.empty_retries:
-                return meaning.exhausted
-        if meaning.budget is RetryBudget.PER_MODEL or action.next is Next.RETRY_OTHER_MODEL:
-            if request.server_errors is None:
-                request.server_errors = {}
-            errors = request.server_errors
-            limit = self._retry.server_errors_per_model
-            if action.next is Next.RETRY_OTHER_MODEL:  # the whole budget of this model
-                errors[model] = limit
-                if all(errors.get(m, 0) >= limit for m in request.models):
-                    return meaning.exhausted
-            else:
-                errors[model] = errors.get(model, 0) + 1
-        return None
-
-    def _attempts_spent(self, request: Request) -> bool:
-        """Whether the request made its last attempt (quota refusals aside, up to a cap)."""
-        max_attempts = self._retry.max_attempts
-        return (request.number - request.quota_waits >= max_attempts
-                or request.number >= max_attempts * _QUOTA_ATTEMPT_FACTOR)
-
-    def _backoff(self, request: Request) -> float:
-        retry = self._retry
-        delay = min(retry.backoff_cap, retry.backoff_base * 2.0**request.later)
-        request.later += 1
-        return delay * (1 - retry.jitter * self._rng.random())
-
     # ------------------------------------------------------------------ the dispatch loop
 
     def _dispatch_waiting(self, now: float) -> None:
-        """Place waiting requests, oldest first, until every queue is empty or blocked."""
-        queues = self._queues
+        """Settle the heads of the queues, oldest first, until every queue is empty or blocked."""
         blocked: set[tuple[int, ...]] = set()
-        while True:
-            best = self._oldest_head(blocked)
-            if best is None:
-                break
-            queue = queues[best]
-            request = self._requests.open[queue[0]]
-            if now > request.start_by:  # too late to start: let the requests behind it go
-                heapq.heappop(queue)
-                if math.isinf(request.deadline):  # no deadline would ever end it
-                    self._fail(request, FailReason.DEADLINE, now)
-                else:
-                    self._requests.move(request, RequestInput.TOO_LATE)
-                    self._arm_deadline(request)
-            elif self._place(request, best, now):
-                heapq.heappop(queue)
-            elif not self.policy.waits_for_capacity or self._pool.hopeless(best):
-                heapq.heappop(queue)
-                reason = (FailReason.NO_USABLE_LANE if self._pool.hopeless(best)
-                          else FailReason.NO_CAPACITY)
-                self._fail(request, reason, now)
-            elif self._returns_too_late(request, now):
-                heapq.heappop(queue)
+        while (models := self._queues.oldest(blocked)) is not None:
+            if self._settle_head(self._queues.head(models), models, now):
+                self._queues.pop(models)
+            else:
+                blocked.add(models)
+        self._queues.drop_empty(blocked)
+
+    def _settle_head(self, request: Request, models: tuple[int, ...], now: float) -> bool:
+        """Dispatch or fail the head of a queue; returns whether it left the queue (False: it
+        waits, and holds back the requests behind it)."""
+        if now > request.start_by:  # too late to start: let the requests behind it go
+            if math.isinf(request.deadline):  # no deadline would ever end it
                 self._fail(request, FailReason.DEADLINE, now)
             else:
-                blocked.add(best)
-                continue
-            if not queue:
-                del queues[best]
-        # Stale entries may have emptied a queue that nothing placed from.
-        if len(queues) > len(blocked):
-            for models in [models for models, queue in queues.items() if not queue]:
-                del queues[models]
-
-    def _oldest_head(self, blocked: set[tuple[int, ...]]) -> tuple[int, ...] | None:
-        """The queue, among those not blocked, whose head is the oldest request (request ids
-        grow with time); entries of requests that ended or moved are dropped on the way."""
-        best: tuple[int, ...] | None = None
-        head = 0
-        for models, queue in self._queues.items():
-            while queue and not self._queued_in(queue[0], models):
-                heapq.heappop(queue)
-            if queue and models not in blocked and (best is None or queue[0] < head):
-                best, head = models, queue[0]
-        return best
-
-    def _queued_in(self, rid: int, models: tuple[int, ...]) -> bool:
-        """Whether request `rid` still waits in the queue of `models`."""
-        request = self._requests.open.get(rid)
-        return (request is not None and request.state is RequestState.WAITING
-                and self._effective_models(request) == models)
+                self._requests.move(request, RequestInput.TOO_LATE)
+                self._arm_deadline(request)
+            return True
+        if self._place(request, models, now):
+            return True
+        hopeless = self._pool.hopeless(models)
+        if hopeless or not self.policy.waits_for_capacity:
+            self._fail(request, FailReason.NO_USABLE_LANE if hopeless
+                       else FailReason.NO_CAPACITY, now)
+            return True
+        if self._returns_too_late(request, now):
+            self._fail(request, FailReason.DEADLINE, now)
+            return True
+        return False
 
     def _returns_too_late(self, request: Request, now: float) -> bool:
         """Whether nothing can serve the request before its deadline, as far as the core knows

@@ -48,11 +48,10 @@ import math
 import random
 from collections.abc import Container, Iterator, Sequence
 
-import attrs
-
 from keysched._breaker import ModelState, OverloadEvidence, escalated
 from keysched._budget import Budget
 from keysched._config import Key, PoolConfig
+from keysched._facts import Cooldown, DisabledKey, LearnedLimit, SharedFact
 from keysched._groups import QuotaGroup
 from keysched._outcomes import Outcome, QuotaDimension, Violation
 from keysched._pacific import next_pacific_midnight
@@ -61,8 +60,7 @@ from keysched._selection import BLOCKED, SERVES, SKIPS, Policy, Selector, Verdic
 from keysched._snapshot import GroupSnapshot, LaneSnapshot, LaneState, PoolEvent
 from keysched._table import Action, Delay, Effect, Meaning, Next
 
-__all__ = ["Changes", "Cooldown", "DisabledKey", "KeyState", "LaneQuery", "LearnedLimit", "Pool",
-           "SharedFact"]
+__all__ = ["Changes", "KeyState", "LaneQuery", "Pool"]
 
 
 class KeyState:
@@ -116,43 +114,6 @@ class Changes:
         """Announce a `PoolEvent`."""
         if self._record:
             self.events.append(PoolEvent(now, kind, reason, key, project, model, until))
-
-
-# -- the records the pool shares with other processes -----------------------------------------
-
-@attrs.frozen(kw_only=True)
-class Cooldown:
-    """A cooldown in force: of a quota group (`key` None), a lane (`key` set), or a model
-    (`project` and `key` None).  Merge by the later `until`."""
-
-    model: str
-    until: float
-    reason: str
-    project: str | None = None
-    key: str | None = None
-
-
-@attrs.frozen(kw_only=True)
-class DisabledKey:
-    """A key disabled for good (by label, never the secret)."""
-
-    key: str
-    reason: str
-
-
-@attrs.frozen(kw_only=True)
-class LearnedLimit:
-    """A limit a 429 taught for (project, model)."""
-
-    project: str
-    model: str
-    dimension: QuotaDimension
-    value: int
-    learned_at: float
-    quota_id: str
-
-
-SharedFact = Cooldown | DisabledKey | LearnedLimit
 
 
 class LaneQuery:
@@ -721,8 +682,8 @@ class Pool:
                 if group.budget is not None:
                     facts.extend(LearnedLimit(
                         project=project, model=model_name, dimension=limit.dimension,
-                        value=limit.value, learned_at=limit.learned_at or 0.0,
-                        quota_id=limit.quota_id or "")
+                        value=limit.value, quota_id=limit.quota_id or "",
+                        learned_at=limit.learned_at or 0.0)
                         for limit in group.budget.limits if limit.source == "learned")
         for (key, model_index), until in self.lane_cool.items():
             if until > now:
