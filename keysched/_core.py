@@ -114,16 +114,17 @@ from collections.abc import Sequence
 from keysched._config import PoolConfig
 from keysched._decisions import Decision, Dispatch, Fail, FailReason, Finish
 from keysched._errors import UsageError
-from keysched._facts import Cooldown, DisabledKey, LearnedLimit, SharedFact, Usage
+from keysched._facts import SharedFact, learn
 from keysched._names import Names
 from keysched._outcomes import Outcome, OutcomeKind
-from keysched._pool import Changes, LaneQuery, Pool
+from keysched._pool import Changes, Pool
 from keysched._queues import Queues
 from keysched._requests import WAITS, Attempt, Request, RequestInput, Requests, RequestState
 from keysched._selection import Policy
 from keysched._snapshot import PoolEvent, PoolSnapshot
 from keysched._table import OUTCOMES, Action, Meaning, Next
-from keysched._timers import Timer, TimerHeap, TimerKind
+from keysched._timers import TimerHeap, TimerKind
+from keysched._views import group_snapshots, lane_snapshots, shared_facts
 
 __all__ = ["Scheduler"]
 
@@ -160,7 +161,6 @@ class Scheduler:
         self._decisions: list[Decision] = []
         self._fresh: list[Request] = []  # queued since the last poll, deadline not armed yet
         self._events: list[PoolEvent] = []
-        self._tier = list(range(len(config.models)))  # per best model, the tier last dispatched to
         self._now = -math.inf
         self._next_attempt = 1
 
@@ -188,11 +188,9 @@ class Scheduler:
             UsageError: an unknown model, a negative token count, a bad deadline, or time
                 running backwards.
         """
-        self._check_time(now)
+        _check_time(now, self._now)
         indices = self._names.model_list(models)
-        if (isinstance(input_tokens, bool) or not isinstance(input_tokens, int)
-                or input_tokens < 0):
-            raise UsageError(f"input_tokens must be an integer >= 0, got {input_tokens!r}")
+        _check_tokens(input_tokens)
         seconds = self._retry.deadline if deadline is None else _duration(
             "deadline", deadline, minimum_excluded=True)
         start = seconds if start_within is None else min(
@@ -212,7 +210,7 @@ class Scheduler:
         """
         if not isinstance(outcome, Outcome):
             raise UsageError(f"outcome must be an Outcome, got {type(outcome).__name__}")
-        self._check_time(now)
+        _check_time(now, self._now)
         record = self._attempts.pop(attempt, None)
         if record is None:
             raise UsageError(f"attempt {attempt!r} is not in flight (unknown, completed or "
@@ -248,7 +246,7 @@ class Scheduler:
         if record is None:
             raise UsageError(f"attempt {attempt!r} is not in flight (unknown, completed or "
                              "cancelled)")
-        self._check_time(now)
+        _check_time(now, self._now)
         if not self._pool.key_disabled(record.key):
             return False
         self._now = now
@@ -282,7 +280,7 @@ class Scheduler:
             if self._requests.issued(request):
                 return False
             raise UsageError(f"request {request!r} was never submitted")
-        self._check_time(now)
+        _check_time(now, self._now)
         self._now = now
         if state.state is RequestState.IN_FLIGHT and state.last_attempt is not None:
             self._pool.release(self._attempts.pop(state.last_attempt), now)
@@ -295,7 +293,7 @@ class Scheduler:
         Raises:
             UsageError: time ran backwards.
         """
-        self._check_time(now)
+        _check_time(now, self._now)
         self._now = now
         for request in self._fresh:  # a deadline already passed fails in timer order
             if request.deadline <= now:
@@ -319,7 +317,7 @@ class Scheduler:
             # A capacity wake-up (cooldown end) is kept even while nothing waits: a request
             # submitted later may need it, and dropping it here left such a request asleep
             # until its deadline.  The cost is one idle wake-up per cooldown.
-            if self._live(timer):
+            if self._requests.timer_live(timer):
                 return timer.at
             timers.pop()
         return math.inf
@@ -341,36 +339,8 @@ class Scheduler:
             UsageError: an unknown project, model or key label, a bad value, or time running
                 backwards; nothing changes.
         """
-        self._check_time(now)
-        names, pool = self._names, self._pool
-        match fact:
-            case Cooldown(project=None, key=None):
-                changes = pool.cool_model(names.model(fact.model), fact.until, fact.reason, now)
-            case Cooldown(key=None):
-                changes = pool.cool_group(names.project(fact.project or ""),
-                                          names.model(fact.model), fact.until, fact.reason, now)
-            case Cooldown():
-                changes = pool.cool_lane(names.key(fact.key or ""), names.model(fact.model),
-                                         fact.until, fact.reason, now)
-            case DisabledKey():
-                changes = pool.disable_key(names.key(fact.key), fact.reason, now)
-            case LearnedLimit():
-                if isinstance(fact.value, bool) or not isinstance(fact.value, int) or (
-                        fact.value < 1):
-                    raise UsageError(f"value must be an integer >= 1, got {fact.value!r}")
-                changes = pool.learn_limit(names.project(fact.project), names.model(fact.model),
-                                           fact.dimension, fact.value, now, fact.quota_id)
-            case Usage():
-                if not fact.at <= now or isinstance(fact.tokens, bool) or not isinstance(
-                        fact.tokens, int) or fact.tokens < 0:
-                    raise UsageError(f"usage must be at or before now ({now!r}) with tokens >= 0, "
-                                     f"got at={fact.at!r}, tokens={fact.tokens!r}")
-                pool.count_usage(names.project(fact.project), names.model(fact.model), fact.at,
-                                 fact.tokens, now)
-                changes = Changes(record=False)
-            case _:
-                raise UsageError(f"fact must be a Cooldown, DisabledKey, LearnedLimit or Usage, "
-                                 f"got {type(fact).__name__}")
+        _check_time(now, self._now)
+        changes = learn(self._pool, self._names, fact, now)
         self._now = now
         self._take(changes)
 
@@ -378,7 +348,7 @@ class Scheduler:
         """The facts worth sharing with other processes, in force at `now` (default: the last
         time the core saw): disabled keys, cooldowns of models, groups and lanes, learned limits
         (see `keysched._facts`).  Each can be given to another process's `learn`."""
-        return self._pool.shared_facts(self._now if now is None else now)
+        return shared_facts(self._pool, self._now if now is None else now)
 
     # ------------------------------------------------------------------ queries
 
@@ -397,34 +367,21 @@ class Scheduler:
         at = self._now if now is None else now
         book = self._requests
         return PoolSnapshot(
-            now=at, lanes=tuple(self._pool.lanes(at)), groups=tuple(self._pool.group_snapshots(at)),
+            now=at, lanes=tuple(lane_snapshots(self._pool, at)),
+            groups=tuple(group_snapshots(self._pool, at)),
             waiting=book.waiting, in_flight=len(self._attempts),
             requests_submitted=book.submitted, requests_finished=book.finished,
             requests_failed=book.failed, requests_cancelled=book.cancelled)
 
-    # ------------------------------------------------------------------ checking input
-
-    def _check_time(self, now: float) -> None:
-        if not isinstance(now, int | float) or math.isnan(now) or now < self._now:
-            raise UsageError(f"time must not run backwards: now={now!r} after {self._now!r}")
-
 
     # ------------------------------------------------------------------ timers
 
-    def _timer(self, at: float, kind: TimerKind, ref: int = 0, order: int | None = None) -> None:
+    def _timer(self, at: float, kind: TimerKind, ref: int = 0, extra: int = 0,
+               order: int | None = None) -> None:
         """Have `poll` act at `at`; timers due at one time fire by `order` (default: as pushed)."""
-        self._timers.push(at, kind, ref, 0, order)
+        self._timers.push(at, kind, ref, extra, order)
         if self._timers.oversized:
-            self._timers.compact(self._live)
-
-    def _live(self, timer: Timer) -> bool:
-        """Whether a timer still has work to do: a request's timer once the request ended (or
-        left backoff) has none.  Capacity wake-ups and parked lanes always do."""
-        if timer.kind is TimerKind.LANE or timer.kind is TimerKind.WAKE:
-            return True
-        request = self._requests.open.get(timer.ref)
-        return request is not None and (timer.kind is TimerKind.DEADLINE
-                                        or request.state is RequestState.BACKOFF)
+            self._timers.compact(self._requests.timer_live)
 
     def _fire_timers(self, now: float) -> None:
         while (timer := self._timers.pop_due(now)) is not None:
@@ -440,14 +397,9 @@ class Scheduler:
                 self._fail(request, FailReason.DEADLINE, now)
 
     def _arm_deadline(self, request: Request) -> None:
-        """Put the request's deadline timer in the heap, once.
-
-        Only a waiting or backing-off request needs one (the core never fails a request in
-        flight), and most requests are dispatched by the poll that follows their submission: so
-        the timer is armed only when a request is still waiting after a poll, or backs off.  A
-        timer armed at every submission would be dropped unused almost always, and its heap
-        push and later compaction cost a twentieth of a scheduling cycle.
-        """
+        """Put the request's deadline timer in the heap, once: only when it still waits after a
+        poll, or backs off.  Most requests are dispatched by the poll after their submission,
+        and a timer armed for each would almost always be dropped unused."""
         if not request.timed:
             request.timed = True
             if math.isfinite(request.deadline):
@@ -460,14 +412,6 @@ class Scheduler:
             self._timer(at, TimerKind.WAKE)
         if self._record:
             self._events.extend(changes.events)
-
-    def _take_parked(self, query: LaneQuery) -> None:
-        """Arm a timer for each lane the selector parked while placing a request."""
-        for key, model, until in query.parked:
-            self._timers.push(until, TimerKind.LANE, key, model)
-            if self._timers.oversized:
-                self._timers.compact(self._live)
-        query.parked.clear()
 
     # ------------------------------------------------------------------ requests
 
@@ -485,8 +429,8 @@ class Scheduler:
         self._requests.move(request, RequestInput.FAIL)
 
     def _capacity_returns(self, request: Request, now: float) -> float | None:
-        models = request.models_left(self._retry.server_errors_per_model)
-        return self._pool.capacity_returns(models, request.tokens, now)
+        return self._pool.capacity_returns(request.models_left(
+            self._retry.server_errors_per_model), request.tokens, now)
 
     def _advance(self, request: Request, action: Action, meaning: Meaning, record: Attempt,
                  now: float) -> None:
@@ -558,35 +502,18 @@ class Scheduler:
         return returns is not None and returns > request.deadline
 
     def _place(self, request: Request, models: tuple[int, ...], now: float) -> bool:
-        """Dispatch the request on the best model that can serve it now, if any."""
-        query = self._pool.query(request.tokens, request.quota)
-        avoid = request.avoid or ()
-        for model in models:
-            if not self._pool.model_open(model, now):
-                continue
-            key = self._pool.select(query, model, now, avoid)
-            self._take_parked(query)
-            if key is not None:
-                self._dispatch(request, key, model, now)
-                return True
-        if self._probe_cooling_model(request, query, models, now):
+        """Dispatch the request on the best lane that can serve it now, if any."""
+        lane, placement = self._pool.place(request.tokens, request.quota, models,
+                                           request.avoid or (), now)
+        for key, model, until in placement.parked:
+            self._timer(until, TimerKind.LANE, key, model)
+        if lane is not None:
+            if placement.probe_at is not None:
+                self._timer(placement.probe_at, TimerKind.WAKE)
+            self._dispatch(request, *lane, now)
             return True
-        if math.isfinite(query.wake_at):  # a token budget too full for it frees up then
-            self._timer(query.wake_at, TimerKind.WAKE)
-        return False
-
-    def _probe_cooling_model(self, request: Request, query: LaneQuery,
-                             models: tuple[int, ...], now: float) -> bool:
-        """Nothing else can serve the request: probe a cooling model, if one is due."""
-        for model in models:
-            if not self._pool.probe_due(model, now):
-                continue
-            key = self._pool.select(query, model, now, request.avoid or ())
-            self._take_parked(query)
-            if key is not None:
-                self._timer(self._pool.probed(model, now), TimerKind.WAKE)
-                self._dispatch(request, key, model, now)
-                return True
+        if math.isfinite(placement.wake_at):  # a token budget too full for it frees up then
+            self._timer(placement.wake_at, TimerKind.WAKE)
         return False
 
     def _dispatch(self, request: Request, key: int, model: int, now: float) -> None:
@@ -599,23 +526,9 @@ class Scheduler:
         self._requests.move(request, RequestInput.DISPATCH)
         request.number += 1
         request.last_attempt = aid
-        if model != self._tier[request.models[0]]:
-            self._note_tier(request, model, now)
+        self._take(self._pool.served(request.models[0], model, now))
         self._decisions.append(Dispatch(request.id, aid, request.number,
                                         self._pool.keys[key].key, self._pool.models[model].name))
-
-    def _note_tier(self, request: Request, model: int, now: float) -> None:
-        """Record and announce a change of the tier serving the request's best model (the
-        caller has seen that `model` differs from the tier last used)."""
-        best = request.models[0]
-        previous = self._tier[best]
-        self._tier[best] = model
-        kind = "recovered" if model == best else "fallback"
-        if self._record:
-            names = self._pool.models
-            self._events.append(PoolEvent(time=now, kind=kind,
-                                          reason=f"{names[previous].name} -> {names[model].name}",
-                                          model=names[model].name))
 
 
 def _duration(name: str, value: object, *, minimum_excluded: bool) -> float:
@@ -625,3 +538,13 @@ def _duration(name: str, value: object, *, minimum_excluded: bool) -> float:
         bound = "> 0" if minimum_excluded else ">= 0"
         raise UsageError(f"{name} must be a duration {bound} seconds, got {value!r}")
     return float(value)
+
+
+def _check_time(now: float, last: float) -> None:
+    if not isinstance(now, int | float) or math.isnan(now) or now < last:
+        raise UsageError(f"time must not run backwards: now={now!r} after {last!r}")
+
+
+def _check_tokens(tokens: object) -> None:
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        raise UsageError(f"input_tokens must be an integer >= 0, got {tokens!r}")

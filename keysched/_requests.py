@@ -43,6 +43,7 @@ from keysched._config import RetryPolicy
 from keysched._decisions import FailReason
 from keysched._errors import UsageError
 from keysched._table import Action, Meaning, Next, RetryBudget
+from keysched._timers import Timer, TimerKind
 
 __all__ = ["QUOTA_ATTEMPT_FACTOR", "TRANSITIONS", "WAITS", "Attempt", "Request", "RequestInput",
            "RequestState", "Requests"]
@@ -252,6 +253,15 @@ class Requests:
         self.open[request.id] = request
         self.submitted += 1
         return request
+
+    def timer_live(self, timer: Timer) -> bool:
+        """Whether a timer still has work to do: a request's timer once the request ended (or
+        left backoff) has none.  Capacity wake-ups and parked lanes always do."""
+        if timer.kind is TimerKind.LANE or timer.kind is TimerKind.WAKE:
+            return True
+        request = self.open.get(timer.ref)
+        return request is not None and (timer.kind is TimerKind.DEADLINE
+                                        or request.state is RequestState.BACKOFF)
 
     def issued(self, rid: int) -> bool:
         """Whether `rid` was ever given to a request."""
