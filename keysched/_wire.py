@@ -704,6 +704,20 @@ def _plain_text(parts: Any) -> str:
                    if part.get("thought") is not True and (text := part.get("text")).__class__ is str)
 
 
+def _count(value: Any) -> int | None:
+    """What `_int` gives, with the usual count (an int >= 0, or none) taken as it is."""
+    return value if value is None or (value.__class__ is int and value >= 0) else _int(value)
+
+
+def _plain_usage(response: dict[str, Any]) -> Usage | None:
+    """What `_usage` gives, read with `_count`."""
+    meta = response.get("usageMetadata")
+    if meta.__class__ is not dict:
+        return None
+    return Usage(_count(meta.get("promptTokenCount")), _count(meta.get("candidatesTokenCount")),
+                 _count(meta.get("thoughtsTokenCount")), _count(meta.get("totalTokenCount")))
+
+
 def _plain_answer(status: int, response: Any) -> Classified | None:
     """The common answer, classified in one pass; None for anything else.
 
@@ -726,11 +740,13 @@ def _plain_answer(status: int, response: Any) -> Classified | None:
         finish = None
     if not text or finish in SAFETY_FINISH_REASONS:
         return None
-    usage = _usage(response)
+    usage = _plain_usage(response)
     outcome = Outcome(_K.SUCCESS, None, usage.prompt_tokens if usage else None,
                       usage.output_tokens if usage else None)
-    return Classified(outcome, status, json=response, text=text, finish_reason=finish,
-                      usage=usage)
+    # Positionally: outcome, status, then google_status .. project (none on an answer), json,
+    # text, finish_reason, block_reason (none without promptFeedback), usage.
+    return Classified(outcome, status, None, None, None, None, None, None, response, text,
+                      finish, None, usage)
 
 
 def _bad_response(status: int, why: str, parsed: Any = None) -> Classified:

@@ -818,3 +818,11 @@ def test_classify_with_its_fast_path_gives_what_the_rules_give(
     rules = _wire._classify(status, raw, headers, input_tokens=input_tokens,
                             empty_is_error=empty_is_error, answer=True)
     assert repr(fast) == repr(rules)
+
+
+@given(value=json_values | st.integers() | st.booleans())
+def test_the_fast_count_reads_what_the_rules_read(value: Any) -> None:
+    """The fast path's `_count` gives `_int`'s answer for any JSON value."""
+    from keysched import _wire
+
+    assert _wire._count(value) == _wire._int(value)
