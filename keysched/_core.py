@@ -151,7 +151,7 @@ class Scheduler:
         self._retry = config.retry
         self._pool = Pool(config, self.policy, rng, wall_epoch=wall_epoch,
                           record_events=record_events)
-        self._names = Names(config)
+        self._names = Names(config, self._pool.keys)
         # The outcome table, both halves, one lookup per outcome.
         self._rules: dict[OutcomeKind, tuple[Action, Meaning]] = {
             kind: (self.policy.actions[kind], OUTCOMES[kind]) for kind in OutcomeKind}
