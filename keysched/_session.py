@@ -5,14 +5,16 @@ session is the request's mailbox and, as an async iterator, the one driver loop 
 call shares (`generate`, `count_tokens`, `embed`, `stream`, and the SDK transport of
 `keysched._integrations`)::
 
-    with client._open(request) as session:      # submit; `close` ends it exactly once
+    with client._open(...) as session:          # submit; `close` ends it exactly once
         async for dispatch in session:          # each attempt the core dispatches
             ... send it, classify the answer ...
             session.report(dispatch, classified, started)
         # the loop ended: the request is answered (`session.last`); a Fail was raised
 
 What differs between kinds is only the attempt in the loop's body: a POST read whole
-(`Session.send`), or a stream relayed chunk by chunk.  The session's iteration takes the core's
+(`KeyedClient._post`), a stream relayed chunk by chunk (`keysched._streaming`), or the SDK
+transport's attempt; `Session.send` awaits an attempt's I/O where `aclose` can cancel it and
+turns a transport failure into its outcome.  The session's iteration takes the core's
 next decision: a `Dispatch` is returned to send, a `Finish` ends the loop, a `Fail` raises the
 typed error (`Session.error`).  `Session.report` records an attempt, tells the core its outcome
 and pumps; it is the one place where every attempt of every kind ends.
