@@ -363,22 +363,6 @@ class Session:
             ServiceError: the request failed (the subclass says why).
             UsageError: the client was closed.
         """
-        decision = await self._next()
-        if isinstance(decision, Dispatch):
-            return decision
-        if isinstance(decision, Finish):
-            raise StopAsyncIteration
-        self.failure = decision
-        raise self.error(decision)
-
-    def __enter__(self) -> Session:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.close()
-
-    async def _next(self) -> Decision:
         waited = False
         while True:
             while not self.items:
@@ -387,9 +371,13 @@ class Session:
                 await self._wait()
                 waited = True
             decision = self.items.popleft()
-            if not isinstance(decision, Dispatch):
+            if isinstance(decision, Finish):
                 self.open = False
-                return decision
+                raise StopAsyncIteration
+            if isinstance(decision, Fail):
+                self.open = False
+                self.failure = decision
+                raise self.error(decision)
             if self.closed:
                 # The client closed after this dispatch was posted, before this task ran: the
                 # attempt it names was cancelled with the request.  (A Finish or Fail posted
@@ -400,6 +388,13 @@ class Session:
             if not (waited and self.pump.core.withdraw(decision.attempt, self.pump.clock())):
                 return decision
             self.pump.pump()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
 
     async def _wait(self) -> None:
         import asyncio
