@@ -5,14 +5,16 @@ session is the request's mailbox and, as an async iterator, the one driver loop 
 call shares (`generate`, `count_tokens`, `embed`, `stream`, and the SDK transport of
 `keysched._integrations`)::
 
-    with client._open(request) as session:      # submit; `close` ends it exactly once
+    with client._open(...) as session:          # submit; `close` ends it exactly once
         async for dispatch in session:          # each attempt the core dispatches
             ... send it, classify the answer ...
             session.report(dispatch, classified, started)
         # the loop ended: the request is answered (`session.last`); a Fail was raised
 
 What differs between kinds is only the attempt in the loop's body: a POST read whole
-(`Session.send`), or a stream relayed chunk by chunk.  The session's iteration takes the core's
+(`KeyedClient._post`), a stream relayed chunk by chunk (`keysched._streaming`), or the SDK
+transport's attempt; `Session.send` awaits an attempt's I/O where `aclose` can cancel it and
+turns a transport failure into its outcome.  The session's iteration takes the core's
 next decision: a `Dispatch` is returned to send, a `Finish` ends the loop, a `Fail` raises the
 typed error (`Session.error`).  `Session.report` records an attempt, tells the core its outcome
 and pumps; it is the one place where every attempt of every kind ends.
@@ -361,22 +363,6 @@ class Session:
             ServiceError: the request failed (the subclass says why).
             UsageError: the client was closed.
         """
-        decision = await self._next()
-        if isinstance(decision, Dispatch):
-            return decision
-        if isinstance(decision, Finish):
-            raise StopAsyncIteration
-        self.failure = decision
-        raise self.error(decision)
-
-    def __enter__(self) -> Session:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.close()
-
-    async def _next(self) -> Decision:
         waited = False
         while True:
             while not self.items:
@@ -385,9 +371,13 @@ class Session:
                 await self._wait()
                 waited = True
             decision = self.items.popleft()
-            if not isinstance(decision, Dispatch):
+            if isinstance(decision, Finish):
                 self.open = False
-                return decision
+                raise StopAsyncIteration
+            if isinstance(decision, Fail):
+                self.open = False
+                self.failure = decision
+                raise self.error(decision)
             if self.closed:
                 # The client closed after this dispatch was posted, before this task ran: the
                 # attempt it names was cancelled with the request.  (A Finish or Fail posted
@@ -398,6 +388,13 @@ class Session:
             if not (waited and self.pump.core.withdraw(decision.attempt, self.pump.clock())):
                 return decision
             self.pump.pump()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
 
     async def _wait(self) -> None:
         import asyncio
