@@ -12,6 +12,7 @@ import pytest
 
 from sim.commands import DEFAULT_SCENARIOS, Progress, main
 from sim.policies import POLICY_NAMES
+from sim.scenario import load_scenario
 
 SCENARIO = """
 description = "tiny"
@@ -139,3 +140,42 @@ def test_list_into_a_closed_pipe_ends_quietly() -> None:
         code = proc.wait(timeout=60)
     assert errors == b""
     assert code in (0, 141)  # 141 = 128 + SIGPIPE, as `yes | head` reports it
+
+
+def test_run_trace_writes_one_json_line_per_attempt(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`run --trace FILE` writes every attempt of the run, in dispatch order, with the fields
+    of `sim.tracefile`; keys appear by label, never by secret."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(SCENARIO + '[[faults]]\nkind = "shared_429"\nprobability = 0.3\n')
+    trace = tmp_path / "attempts.jsonl"
+    assert main(["run", str(path), "--seed", "3", "--json", "--trace", str(trace)]) == 0
+    lines = [json.loads(line) for line in trace.read_text().splitlines()]
+    (run,) = json.loads(capsys.readouterr().out)["runs"]
+    assert len(lines) == run["attempts"] > run["requests"]
+    assert {line["outcome"] for line in lines} == {"success", "shared_capacity"}
+    first = lines[0]
+    assert set(first) == {"t", "request", "attempt", "key", "project", "model", "outcome",
+                          "status", "retry_delay", "quota", "tokens_in", "tokens_out",
+                          "latency", "stream"}
+    assert [line["t"] for line in lines] == sorted(line["t"] for line in lines)
+    ok = next(line for line in lines if line["outcome"] == "success")
+    assert (ok["status"], ok["model"], ok["project"]) == (200, "m", "a")
+    assert ok["tokens_in"] > 0
+    assert ok["latency"] > 0
+    assert next(line["status"] for line in lines if line["outcome"] == "shared_capacity") == 429
+    scenario = load_scenario(str(path))
+    assert {line["key"] for line in lines} <= {key.label for key in scenario.keys}
+    text = trace.read_text()
+    assert not any(key.secret in text for key in scenario.keys)
+
+
+def test_compare_trace_writes_one_file_per_run(tmp_path: Path) -> None:
+    """With several runs, `--trace FILE` writes one file per run, named after FILE."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(SCENARIO)
+    assert main(["compare", str(path), "--policies", "least-loaded", "random", "--json",
+                 "--trace", str(tmp_path / "t.jsonl")]) == 0
+    written = sorted(p.name for p in tmp_path.glob("t-*.jsonl"))
+    assert written == ["t-tiny-least-loaded.jsonl", "t-tiny-random.jsonl"]
+    assert all((tmp_path / name).read_text().count("\n") > 5 for name in written)
