@@ -5,8 +5,9 @@ Theory of operation
 `Engine` is SimPy's Environment reduced to what the simulator needs: a heap of
 ``(time, priority, sequence, event)``; `Engine.schedule` adds an event, `Engine.peek` says
 when the next one is due (``math.inf`` when none is), `Engine.step` pops it, moves the clock
-there and fires it.  The sequence number breaks ties, so events at one time and priority fire in
-the order they were scheduled and a run never compares two events.  There are two kinds of
+there and fires it (`Engine.step_all`: every event due at that time).  The sequence number
+breaks ties, so events at one time and priority fire in the order they were scheduled and a
+run never compares two events.  There are two kinds of
 event: an attempt's answer (`_Answer`, priority `ANSWER`) and the workload (`_Workload`,
 priority `ARRIVAL`), one event that submits every arrival due at its time and then schedules
 itself at the next arrival's time, so the heap holds the attempts in flight and one more entry.
@@ -124,6 +125,19 @@ class Engine:
         at, _, _, event = heapq.heappop(self._queue)
         self.now = at
         event.fire(at)
+
+    def step_all(self) -> float:
+        """`step` until every event due at the next event's time has fired; returns that time.
+
+        Events scheduled for that same time while they fire are fired too.
+
+        Raises:
+            IndexError: no event is scheduled.
+        """
+        at = self._queue[0][0]
+        while self._queue and self._queue[0][0] == at:
+            self.step()
+        return at
 
     def advance(self, to: float) -> None:
         """Move the clock to `to` with no event (the core asked to be woken then).
@@ -273,8 +287,7 @@ def _drive(engine: Engine, client: _Client) -> None:
         if wake < at:
             engine.advance(wake)
         else:
-            while engine.peek() == at:
-                engine.step()
+            engine.step_all()
         client.poll(engine.now)
 
 

@@ -242,7 +242,15 @@ def capacity(scenario: Scenario) -> float | None:
 
 
 class _Metric:
-    """One metric's share of the recorder: told every attempt and request end, gives fields."""
+    """One metric's share of the recorder: told every attempt and request end, gives fields.
+
+    A metric that does not override `attempt` (or `request_ended`), or whose `watches` says
+    it has nothing to watch, is not called for them.
+    """
+
+    def watches(self) -> bool:
+        """Whether this run can change the metric (a scenario without faults has no recovery)."""
+        return True
 
     def attempt(self, a: AttemptRecord) -> None:
         """An attempt was sent (its answer and end are in `a`)."""
@@ -361,6 +369,9 @@ class _Recovery(_Metric):
         self.faults = [f for f in scenario.faults if f.kind in _WINDOWED]
         self.first = [math.inf] * len(self.faults)
 
+    def watches(self) -> bool:
+        return bool(self.faults)
+
     def attempt(self, a: AttemptRecord) -> None:
         if a.outcome not in _ANSWERS:
             return
@@ -386,6 +397,9 @@ class _Revocation(_Metric):
         self.windows = revocation_windows(scenario)
         self.times: dict[str, list[float]] = {}
         self.learned: dict[str, float] = {}
+
+    def watches(self) -> bool:
+        return bool(self.windows)
 
     def attempt(self, a: AttemptRecord) -> None:
         spans = self.windows.get(a.key)
@@ -420,15 +434,20 @@ class MetricsRecorder:
         self._metrics: tuple[_Metric, ...] = (
             _Outcomes(), _Delays(), _Fairness(scenario), _Utilisation(scenario),
             _Recovery(scenario), _Revocation(scenario))
+        # Only the metrics that listen: a run calls these once per attempt or request.
+        watching = [m for m in self._metrics if m.watches()]
+        self._on_attempt = [m for m in watching if type(m).attempt is not _Metric.attempt]
+        self._on_request = [m for m in watching
+                            if type(m).request_ended is not _Metric.request_ended]
 
     def attempt(self, record: AttemptRecord, reply: Reply | None = None) -> None:
         """An attempt was sent (`reply` is not needed)."""
-        for metric in self._metrics:
+        for metric in self._on_attempt:
             metric.attempt(record)
 
     def request_ended(self, record: RequestRecord) -> None:
         """A request ended."""
-        for metric in self._metrics:
+        for metric in self._on_request:
             metric.request_ended(record)
 
     def metrics(self, run: RunSummary | RunResult) -> Metrics:
