@@ -59,9 +59,8 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
-from keysched import Outcome, OutcomeKind, PoolConfig, Scheduler
-from keysched._decisions import Dispatch, Fail, Finish
-from keysched._selection import Policy
+from keysched import PoolConfig
+from keysched.driver import Dispatch, Fail, Finish, Outcome, OutcomeKind, Policy, Scheduler
 from sim.records import (
     AttemptRecord,
     FullRecorder,

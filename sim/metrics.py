@@ -55,8 +55,7 @@ from typing import Any
 
 import attrs
 
-from keysched import OutcomeKind
-from keysched._pacific import next_pacific_midnight
+from keysched.driver import OutcomeKind, next_pacific_midnight
 from sim.records import AttemptRecord, RequestRecord, RunResult, RunSummary
 from sim.scenario import FaultKind, Scenario
 from sim.world import Reply
