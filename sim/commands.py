@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from sim.cli import DEFAULT_PLOT_DIR
-from sim.engine import RunResult, run
+from sim.engine import RunResult, pool_config, run
 from sim.metrics import Metrics, MetricsRecorder
-from sim.policies import POLICY_NAMES
+from sim.policies import POLICY_NAMES, get_policy
 from sim.records import FullRecorder, Observer
 from sim.report import LEGEND, format_table
 from sim.scenario import builtin_scenarios, load_scenario
@@ -55,8 +55,9 @@ DEFAULT_SCENARIOS = ("steady", "saturation", "daily-exhaustion", "overload-storm
 
 JSON_FORMAT = 1
 
-TRACE_HELP = ("write every attempt to FILE as JSON lines (with several runs, one file per run: "
-              "FILE's name with -SCENARIO-POLICY added)")
+TRACE_HELP = ("write the run's trace to FILE: JSON lines, one per attempt and per request, in "
+              "keysched.trace's format (with several runs, one file per run: FILE's name with "
+              "-SCENARIO-POLICY added)")
 
 
 class Progress:
@@ -96,7 +97,7 @@ def _runs(scenarios: Sequence[str], policies: Sequence[str], seed: int | None,
     """Every policy through every scenario: the metrics of each run, computed as it goes, and
     the full records of the runs `keep` names (the ones drawn).  Each run is announced on
     stderr as it starts and ends, unless `quiet`; with `progress`, only counted there.  With
-    `trace`, each run's attempts go to that file as JSON lines (see `sim.tracefile`)."""
+    `trace`, each run goes to that file as a `keysched.trace` (see `sim.tracefile`)."""
     results, metrics = [], []
     many = len(scenarios) * len(policies) > 1
     for name in scenarios:
@@ -113,8 +114,10 @@ def _runs(scenarios: Sequence[str], policies: Sequence[str], seed: int | None,
                 observers: list[Observer] = [recorder] if full is None else [recorder, full]
                 if trace is not None:
                     path = _trace_path(trace, scenario.name, policy) if many else Path(trace)
-                    observers.append(TraceWriter(stack.enter_context(
-                        path.open("w", encoding="utf-8"))))
+                    writer = TraceWriter(stack.enter_context(path.open("w", encoding="utf-8")),
+                                         scenario, pool_config(scenario, get_policy(policy)))
+                    stack.callback(writer.close)  # runs before the file closes
+                    observers.append(writer)
                 summary = run(scenario, policy, seed, observers=observers,
                               record_events=full is not None)
             metrics.append(recorder.metrics(summary))

@@ -74,7 +74,7 @@ from sim.workload import Arrival, stream_arrivals
 from sim.world import World
 
 __all__ = ["ANSWER", "ARRIVAL", "AttemptRecord", "Engine", "Event", "RequestRecord",
-           "RunResult", "RunSummary", "run", "simulate"]
+           "RunResult", "RunSummary", "pool_config", "run", "simulate"]
 
 ANSWER = 0
 """The priority of an attempt's answer: before arrivals at the same time."""
@@ -290,7 +290,9 @@ def _drive(engine: Engine, client: _Client) -> None:
         client.poll(engine.now)
 
 
-def _config(scenario: Scenario, policy: Policy) -> PoolConfig:
+def pool_config(scenario: Scenario, policy: Policy) -> PoolConfig:
+    """The core's configuration for a run of `policy` on `scenario`: the scenario's keys and
+    models, and its quotas as limits when the scenario or the policy says they are known."""
     from sim.policies import GIVEN_LIMITS
 
     told = scenario.limits_known or policy.name in GIVEN_LIMITS
@@ -325,7 +327,7 @@ def run(scenario: Scenario, policy: str | Policy = "least-loaded", seed: int | N
     seed = scenario.seed if seed is None else seed
     arrivals, total = stream_arrivals(scenario, random.Random(seed))
     world = World(scenario, seed=(seed * 7919 + 1) & _MASK)
-    core = Scheduler(_config(scenario, policy), rng=random.Random((seed * 104729 + 2) & _MASK),
+    core = Scheduler(pool_config(scenario, policy), rng=random.Random((seed * 104729 + 2) & _MASK),
                      policy=policy, wall_epoch=scenario.start_epoch, record_events=record_events)
     engine = Engine()
     client = _Client(engine, core, world, scenario, observers)
