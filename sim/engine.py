@@ -3,14 +3,15 @@
 Theory of operation
 -------------------
 `Engine` is SimPy's Environment reduced to what the simulator needs: a heap of
-``(time, priority, sequence, event)``; `Engine.schedule` adds an event, `Engine.peek` says
-when the next one is due (``math.inf`` when none is), `Engine.step` pops it, moves the clock
-there and fires it (`Engine.step_all`: every event due at that time).  The sequence number
-breaks ties, so events at one time and priority fire in the order they were scheduled and a
-run never compares two events.  There are two kinds of
-event: an attempt's answer (`_Answer`, priority `ANSWER`) and the workload (`_Workload`,
-priority `ARRIVAL`), one event that submits every arrival due at its time and then schedules
-itself at the next arrival's time, so the heap holds the attempts in flight and one more entry.
+``(time, priority, sequence, event)``, an event being a function of the time it happens at.
+`Engine.schedule` adds one, `Engine.peek` says when the next one is due (``math.inf`` when
+none is), `Engine.step` pops it, moves the clock there and fires it (`Engine.step_all`: every
+event due at that time).  The sequence number breaks ties, so events at one time and priority
+fire in the order they were scheduled and a run never compares two events.  There are two
+kinds of event: an attempt's answer (`_Client._answered`, priority `ANSWER`) and the workload
+(`_Workload.fire`, priority `ARRIVAL`), which submits every arrival due at its time and then
+schedules itself at the next arrival's time, so the heap holds the attempts in flight and one
+more entry.
 
 `simulate` drives the very `keysched.Scheduler` that `KeyedClient` drives (`_Client` below),
 on the engine: it fires every event due at the next time (answers before arrivals, answers in
@@ -57,7 +58,7 @@ import math
 import random
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from functools import partial
 
 from keysched import PoolConfig
 from keysched.driver import Dispatch, Fail, Finish, Outcome, OutcomeKind, Policy, Scheduler
@@ -82,11 +83,8 @@ ARRIVAL = 1
 """The priority of arrivals."""
 
 
-class Event(Protocol):
-    """Something that happens at a time: the engine calls `fire` with that time."""
-
-    def fire(self, now: float) -> None:
-        """Happen at virtual time `now`."""
+Event = Callable[[float], None]
+"""Something that happens at a time: the engine calls it with that time."""
 
 
 class Engine:
@@ -123,7 +121,7 @@ class Engine:
         """
         at, _, _, event = heapq.heappop(self._queue)
         self.now = at
-        event.fire(at)
+        event(at)
 
     def step_all(self) -> float:
         """`step` until every event due at the next event's time has fired; returns that time.
@@ -219,7 +217,15 @@ class _Client:
                                model, outcome.kind.value)
         for observer in self.observers:
             observer.attempt(record, reply)
-        self.engine.schedule(end, _Answer(self, decision.attempt, outcome, request, model))
+        self.engine.schedule(end, partial(self._answered, decision.attempt, outcome, request,
+                                          model))
+
+    def _answered(self, attempt: int, outcome: Outcome, request: _Request, model: str,
+                  now: float) -> None:
+        """An event: the answer to `attempt` arrives."""
+        if outcome.kind in _ANSWERED:
+            request.model = model
+        self.core.complete(attempt, outcome, now)
 
     def _end(self, rid: int, now: float, reason: str | None) -> None:
         request = self.open.pop(rid)
@@ -229,25 +235,6 @@ class _Client:
                                request.model if reason is None else None, request.attempts)
         for observer in self.observers:
             observer.request_ended(record)
-
-
-class _Answer:
-    """An event: the answer to one attempt arrives."""
-
-    __slots__ = ("attempt", "client", "model", "outcome", "request")
-
-    def __init__(self, client: _Client, attempt: int, outcome: Outcome, request: _Request,
-                 model: str) -> None:
-        self.client = client
-        self.attempt = attempt
-        self.outcome = outcome
-        self.request = request
-        self.model = model
-
-    def fire(self, now: float) -> None:
-        if self.outcome.kind in _ANSWERED:
-            self.request.model = self.model
-        self.client.core.complete(self.attempt, self.outcome, now)
 
 
 class _Workload:
@@ -263,7 +250,7 @@ class _Workload:
         self.progress = progress
         self._report_at = 0  # the submitted count at which progress is next reported
         if self.next is not None:
-            engine.schedule(self.next.time, self, ARRIVAL)
+            engine.schedule(self.next.time, self.fire, ARRIVAL)
 
     def fire(self, now: float) -> None:
         while self.next is not None and self.next.time == now:
@@ -273,7 +260,7 @@ class _Workload:
             self.client.submit(self.next, now)
             self.next = next(self.arrivals, None)
         if self.next is not None:
-            self.engine.schedule(self.next.time, self, ARRIVAL)
+            self.engine.schedule(self.next.time, self.fire, ARRIVAL)
 
 
 def _drive(engine: Engine, client: _Client) -> None:

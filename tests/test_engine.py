@@ -76,7 +76,7 @@ class _Note:
         self.name = name
         self.log = log
 
-    def fire(self, now: float) -> None:
+    def __call__(self, now: float) -> None:
         self.log.append((self.name, now))
 
 
