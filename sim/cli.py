@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot-dir", metavar="DIR", default=DEFAULT_PLOT_DIR,
                         help=f"with no command: where the figures go (default: "
                              f"{DEFAULT_PLOT_DIR}/)")
+    parser.add_argument("--trace", metavar="FILE", default=None,
+                        help="with no command: write every run's attempts as JSON lines, one "
+                             "file per run (FILE's name with -SCENARIO-POLICY added)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _COMMANDS:
         add(subparsers)
@@ -108,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             from sim.commands import main_default
 
-            return main_default(args.plot, args.plot_dir)
+            return main_default(args.plot, args.plot_dir, args.trace)
         handler: Handler = args.handler
         return handler(args)
     except ScenarioError as exc:
