@@ -70,11 +70,12 @@ from keysched.trace import (
 )
 
 if TYPE_CHECKING:
+    from keysched._client import KeyedClient
     from keysched._decisions import Dispatch, Fail
     from keysched._redact import Redactor
     from keysched._wire import Classified
 
-__all__ = ["DEFAULT_MAX_PENDING", "RecordTarget", "Recorder"]
+__all__ = ["DEFAULT_MAX_PENDING", "RecordTarget", "Recorder", "recorder_of"]
 
 logger = logging.getLogger("keysched")
 
@@ -171,6 +172,7 @@ class Recorder:
         self._header: TraceHeader | None = None  # until the writer has written it
         self._last_t = 0.0  # the t of the last line the writer took
         self._abandoned = False  # `aclose` gave up waiting: the writer stops at its next record
+        self._listeners: list[Callable[[TraceLine], Any]] = []  # called on the writer thread
 
     def __repr__(self) -> str:
         return (f"Recorder(pending={self._queue.qsize()}, dropped={self.dropped}, "
@@ -180,6 +182,11 @@ class Recorder:
     def dropped(self) -> int:
         """Records lost so far (the queue was full, or the sink raised)."""
         return self._lost_on_loop + self._lost_in_writer
+
+    def listen(self, listener: Callable[[TraceLine], Any]) -> None:
+        """Also hand every line to `listener`, on the writer thread, before the sink (so a
+        failing sink loses it no count): what `keysched.metrics.PoolCollector` counts with."""
+        self._listeners.append(listener)
 
     # ------------------------------------------------------------ called by the client (loop)
 
@@ -361,6 +368,8 @@ class Recorder:
 
     def _emit(self, record: TraceLine) -> None:
         self._last_t = record.t
+        for listener in self._listeners:
+            self._safely(lambda: listener(record))  # noqa: B023 (called at once)
         # A line without its header would make no trace; losses before it are said first.
         if not self._write_header() or not self._write_drops(record.t):
             self._lost_in_writer += 1
@@ -389,6 +398,22 @@ class Recorder:
             action()
         except Exception as exc:
             self._warn(f"{type(exc).__name__}: {exc}")
+
+
+def recorder_of(client: KeyedClient) -> Recorder:
+    """`client`'s recorder; if it records nothing, a recorder that writes nowhere is bound to it
+    (for listeners: `keysched.metrics.PoolCollector`)."""
+    recorder = client._recorder
+    if recorder is None:
+        recorder = Recorder(_nowhere)
+        recorder.bind(client._config, now=client._clock(), wall=time.time(),
+                      redactor=client._redactor)
+        client._recorder = recorder
+    return recorder
+
+
+def _nowhere(record: Record) -> None:
+    pass
 
 
 def _same(text: str | None) -> str | None:
