@@ -234,6 +234,7 @@ class PoolCollector(Collector):
             wait_sum = counts.wait_sum
         yield outcomes
         yield HistogramMetricFamily(f"{name}_queue_wait_seconds", "How long requests waited "
-                                    "for a lane (their life less their attempts)", buckets=buckets, sum_value=wait_sum)
+                                    "for a lane (their life less their attempts)", buckets=buckets,
+                                    sum_value=wait_sum)
         yield GaugeMetricFamily(f"{name}_trace_dropped", "Trace records the recorder dropped "
                                 "(the counts above miss them too)", value=self._recorder.dropped)
