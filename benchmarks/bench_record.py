@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import statistics
 import tempfile
 import time
@@ -65,11 +66,48 @@ async def _measure(base: str, calls: int, rounds: int, folder: Path) -> dict[str
                    "record + PoolCollector": (metered, with_metrics)}
         for client, _ in clients.values():  # warm up connections and caches
             await asyncio.gather(*(client.generate("hi") for _ in range(50)))
-        for _ in range(rounds):
-            for name, (client, recorder) in clients.items():
-                cost = await _cpu_per_call(lambda c=client: c.generate("hi"), calls, recorder)
+        names = list(clients)
+        for round_ in range(rounds):
+            # Each client takes each place in the order in turn: a place in the round must not
+            # favour one of them.
+            for name in names[round_ % 3:] + names[:round_ % 3]:
+                client, recorder = clients[name]
+                cost = await _cpu_per_call(functools.partial(client.generate, "hi"), calls,
+                                           recorder)
                 samples.setdefault(name, []).append(cost)
     return samples
+
+
+def _recording_alone(calls: int, listen: bool) -> float:
+    """CPU seconds per call of the recorder alone: what the client hands it for one answered
+    call (a request started, an attempt, a request ended), and the writer's work on it, to
+    /dev/null; no network, so the shared host's noise is far smaller than end to end."""
+    from keysched._config import PoolConfig
+    from keysched._decisions import Dispatch, Finish
+    from keysched._outcomes import Outcome, OutcomeKind
+    from keysched._redact import Redactor
+    from keysched._wire import Classified
+
+    config = PoolConfig(keys=KEYS, models=[MODEL])
+    with open("/dev/null", "w", encoding="utf-8") as sink:
+        recorder = Recorder(sink, max_pending=calls * 2 + 1)
+        recorder.bind(config, now=0.0, wall=0.0, redactor=Redactor(config.keys))
+        if listen:
+            from keysched.metrics import _TraceCounts
+
+            recorder.listen(_TraceCounts())
+        answer = Classified(outcome=Outcome(kind=OutcomeKind.SUCCESS, input_tokens=3,
+                                            output_tokens=1), status=200)
+        key = config.keys[0]
+        started = time.process_time()
+        for request in range(calls):
+            now = request * 0.001
+            recorder.request_started(request, now)
+            recorder.attempt(Dispatch(request, request, 1, key, MODEL), answer, now, now + 0.0005,
+                             stream=False)
+            recorder.request_decided(Finish(request, request), now + 0.0006)
+        asyncio.run(recorder.aclose())  # the writer's work on them counts
+        return (time.process_time() - started) / calls
 
 
 def main() -> None:
@@ -77,6 +115,10 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000, help="calls per client per round")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
     args = parser.parse_args()
+    alone = [_recording_alone(args.calls * 5, listen) for listen in (False, True)
+             for _ in range(3)]
+    print(f"the recorder alone (no network), CPU per answered call, fastest of 3: to a file "
+          f"{min(alone[:3]) * 1e6:.1f} µs, with PoolCollector's counts {min(alone[3:]) * 1e6:.1f} µs")
     with tempfile.TemporaryDirectory() as folder, bench_server() as base:
         samples = asyncio.run(_measure(base, args.calls, args.rounds, Path(folder)))
     plain = samples["no record"]
