@@ -54,10 +54,8 @@ import time
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
-from keysched._config import Key, PoolConfig
-from keysched._decisions import Finish
+from keysched._config import PoolConfig
 from keysched._errors import ConfigurationError, UsageError
-from keysched._outcomes import Outcome, dimension_of
 from keysched.trace import (
     AttemptLine,
     DroppedLine,
@@ -73,9 +71,8 @@ from keysched.trace import (
 
 if TYPE_CHECKING:
     from keysched._client import KeyedClient
-    from keysched._decisions import Dispatch, Fail
     from keysched._redact import Redactor
-    from keysched._wire import Classified
+    from keysched._session import AttemptReport
 
 __all__ = ["DEFAULT_MAX_PENDING", "RecordTarget", "Recorder", "recorder_of"]
 
@@ -122,22 +119,6 @@ def _file_writer(file: IO[str]) -> Callable[[Record], Any]:
 
 def _nothing() -> None:
     pass
-
-
-class _AttemptSeen(NamedTuple):
-    """An attempt's outcome as the loop hands it over: raw values, made into a line later."""
-
-    ended: float
-    started: float
-    request: int
-    number: int
-    key: Key
-    model: str
-    outcome: Outcome
-    status: int
-    quota_id: str | None
-    quota_value: int | None
-    stream: bool
 
 
 class _RequestSeen(NamedTuple):
@@ -187,7 +168,7 @@ class Recorder:
         self._max_pending = max_pending
         # The hand-over: the loop appends, the writer pops (a deque's append and popleft are
         # atomic), and `_wake` is set when the writer may be asleep.
-        self._pending: collections.deque[_AttemptSeen | _RequestSeen] = collections.deque()
+        self._pending: collections.deque[AttemptReport | _RequestSeen] = collections.deque()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -261,26 +242,17 @@ class Recorder:
         """Request `request` was submitted at `now` (client clock)."""
         self._requests[request] = [now, 0]
 
-    def attempt(self, dispatch: Dispatch, classified: Classified, started: float, ended: float,
-                *, stream: bool) -> None:
-        """An attempt's outcome is known: queue it (never blocks, never raises).
+    def attempt(self, report: AttemptReport) -> None:
+        """An attempt's outcome is known (the client's observer hook): queue it; never blocks,
+        never raises.
 
-        Only the values the line needs are kept (never the answer), and the line is made on
-        the writer thread: the event loop pays for one tuple and one append.
+        The report holds only the values a line needs (never the answer), and the line is made
+        on the writer thread: the event loop pays for one append.
         """
-        open_request = self._requests.get(dispatch.request)
+        open_request = self._requests.get(report.request)
         if open_request is not None:
             open_request[1] += 1
-        self._put(_AttemptSeen(ended, started, dispatch.request, dispatch.number, dispatch.key,
-                               dispatch.model, classified.outcome, classified.status,
-                               classified.quota_id, classified.quota_value, stream))
-
-    def request_decided(self, decision: Finish | Fail, now: float) -> None:
-        """The core ended a request with `decision` at `now`."""
-        if isinstance(decision, Finish):
-            self.request_ended(decision.request, now, ok=True, reason=None)
-        else:
-            self.request_ended(decision.request, now, ok=False, reason=decision.reason.value)
+        self._put(report)
 
     def request_ended(self, request: int, now: float, *, ok: bool, reason: str | None) -> None:
         """Request `request` ended at `now`; a request already ended is ignored."""
@@ -307,7 +279,7 @@ class Recorder:
     def _name(self, name: str) -> str:
         return self._names.get(name, name)
 
-    def _put(self, item: _AttemptSeen | _RequestSeen) -> None:
+    def _put(self, item: AttemptReport | _RequestSeen) -> None:
         if self._closed:
             return
         if self._thread is None:
@@ -369,37 +341,25 @@ class Recorder:
             self._safely(self._flush)
             self._safely(self._close)
 
-    def _line(self, item: _AttemptSeen | _RequestSeen) -> TraceLine:
+    def _line(self, item: AttemptReport | _RequestSeen) -> TraceLine:
         """The trace line of a record the loop handed over (validated: it may raise)."""
         t0 = self._t0
         if isinstance(item, _RequestSeen):
             return RequestLine(t=_seconds(item.ended - t0), request=item.request,
                                submitted=_seconds(item.submitted - t0), ok=item.ok,
                                reason=None if item.ok else item.reason, attempts=item.attempts)
-        outcome = item.outcome
         redact = self._redact
-        violations = [ViolationInfo(quota_id=redact(v.quota_id) or "?",
-                                    dimension=v.dimension.value, value=v.value)
-                      for v in outcome.violations]
-        quota_id = item.quota_id
-        if quota_id and not any(v.quota_id == quota_id for v in outcome.violations):
-            # The violation that decided the kind, when it taught no limit (a value of 0, or
-            # none): a replay still wants to see which quota said no.
-            dimension = dimension_of(quota_id)
-            value = item.quota_value
-            violations.append(ViolationInfo(
-                quota_id=redact(quota_id) or "?",
-                dimension=None if dimension is None else dimension.value,
-                value=value if value is not None and value >= 0 else None))
+        violations = tuple(ViolationInfo(quota_id=redact(v.quota_id) or "?",
+                                         dimension=v.dimension.value, value=v.value)
+                           for v in item.violations)
         status = item.status
-        label = item.key.label or ""
         return AttemptLine(
             t=_seconds(item.ended - t0), request=item.request, attempt=item.number,
-            key=self._name(label), project=self._name(item.key.project or label),
-            model=item.model, outcome=outcome.kind.value,
+            key=self._name(item.key), project=self._name(item.project or item.key),
+            model=item.model, outcome=item.kind.value,
             status=status if 100 <= status <= 599 else None,
-            retry_delay=outcome.retry_after, violations=tuple(violations),
-            tokens_in=outcome.input_tokens, tokens_out=outcome.output_tokens,
+            retry_delay=item.retry_after, violations=violations,
+            tokens_in=item.input_tokens, tokens_out=item.output_tokens,
             latency=_seconds(item.ended - item.started), stream=item.stream)
 
     def _write_header(self) -> bool:
@@ -414,7 +374,7 @@ class Recorder:
             self._header = None
         return True
 
-    def _emit(self, item: _AttemptSeen | _RequestSeen) -> None:
+    def _emit(self, item: AttemptReport | _RequestSeen) -> None:
         try:
             record = self._line(item)
         except Exception as exc:  # a value the format refuses (a hostile server's) loses a line
@@ -457,12 +417,12 @@ class Recorder:
 def recorder_of(client: KeyedClient) -> Recorder:
     """`client`'s recorder; if it records nothing, a recorder that writes nowhere is bound to it
     (for listeners: `keysched.metrics.PoolCollector`)."""
-    recorder = client._recorder
+    recorder = client._pump.recorder
     if recorder is None:
         recorder = Recorder(_nowhere)
         recorder.bind(client._config, now=client._clock(), wall=time.time(),
                       redactor=client._redactor)
-        client._recorder = recorder
+        client._pump.watch(recorder)
     return recorder
 
 

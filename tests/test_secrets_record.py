@@ -74,7 +74,7 @@ async def test_the_trace_and_metrics_never_hold_a_secret(case: str, tmp_path: Pa
             registry.register(PoolCollector(client))
             with pytest.raises(ServiceError):
                 await client.generate("hi")
-            await client._recorder.aclose()  # type: ignore[union-attr]  # the counts are in
+            await client._pump.recorder.aclose()  # type: ignore[union-attr]  # the counts are in
             scraped = generate_latest(registry).decode()
     text = path.read_text(encoding="utf-8")
     assert "canary-1" in scraped
