@@ -2,10 +2,11 @@
 
 Theory of operation
 -------------------
-`KeyedClient(..., record=...)` binds one `Recorder` to its pool.  The client tells it three
-things, each a plain method call on the event loop that only keeps a few raw values in a tuple
-and appends it to a bounded queue: a request was submitted (`request_started`), an attempt's
-outcome is known (`attempt`), a request ended (`request_ended`).  A writer thread makes the
+`KeyedClient(..., record=...)` binds one `Recorder` to its pool (`Pump.watch` in
+`keysched._session`).  The client tells it three things, each a plain method call on the event
+loop that only appends a few values to a bounded queue: a request was submitted
+(`request_started`), an attempt's outcome is known (`attempt`, an observer of the client:
+it gets the `AttemptReport` every attempt ends in), a request ended (`request_ended`).  A writer thread makes the
 trace lines from them (validation, redaction, pseudonyms, JSON all happen there) and hands them
 to the sink: a file it opened (a path), a file object it was given, or a callable.  It wakes
 when records arrive, writes what has gathered, flushes, and lets the next batch gather for
