@@ -212,6 +212,14 @@ class Recorder:
 
     # ------------------------------------------------------------ called by the client (loop)
 
+    @classmethod
+    def bound(cls, record: RecordTarget | Recorder, config: PoolConfig, now: float, wall: float,
+              redactor: Redactor) -> Recorder:
+        """`record` (a `Recorder`, or a target to make one with the defaults), bound."""
+        recorder = record if isinstance(record, Recorder) else cls(record)
+        recorder.bind(config, now=now, wall=wall, redactor=redactor)
+        return recorder
+
     def bind(self, config: PoolConfig, *, now: float, wall: float, redactor: Redactor) -> None:
         """Start the trace of a client with `config`: t = 0 is `now` (client clock), `wall`
         its Unix time; `redactor` takes the pool's secrets out of server texts.
