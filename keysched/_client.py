@@ -76,6 +76,7 @@ from keysched._core import Scheduler
 from keysched._decisions import Dispatch
 from keysched._errors import ConfigurationError, ServiceError, UsageError
 from keysched._outcomes import OutcomeKind
+from keysched._recorder import Recorder, RecordTarget
 from keysched._redact import Redactor
 from keysched._results import GenerateResult, StreamChunk
 from keysched._selection import Policy
@@ -295,6 +296,7 @@ class KeyedClient:
         sleep: the coroutine used to wait for the core's next deadline (``asyncio.sleep``).
         wall_clock: Unix time, to place per-day quota resets at midnight Pacific.
         rng: the random generator for backoff jitter.
+        record: where to write the outcome trace (`keysched.trace`): a path, file, callable or `Recorder`.
 
     Raises:
         ConfigurationError: a field is invalid (the message names it, never a secret).
@@ -320,6 +322,7 @@ class KeyedClient:
         sleep: Callable[[float], Awaitable[Any]] | None = None,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        record: RecordTarget | Recorder | None = None,
     ) -> None:
         _check_base_url(base_url)
         _check_embedding_model(embedding_model)
@@ -352,6 +355,8 @@ class KeyedClient:
         self._redactor = Redactor(config.keys)
         self._pump = Pump(self._core, clock, sleep, deadline=config.retry.deadline,
                           redactor=self._redactor, history=EVENT_HISTORY)
+        if record is not None:  # the outcome trace
+            self._pump.watch(Recorder.bound(record, config, now, wall_clock(), self._redactor))
         self._transports: list[httpx.AsyncBaseTransport] = []  # handed out by `transport()`
         self._backend = _make_backend(http_client, transport, fast, max_response_bytes)
         self._headers = {label: self._backend.headers(each) for label, each in headers.items()}
@@ -414,6 +419,7 @@ class KeyedClient:
         for transport in self._transports:  # their own clients for pass-through requests
             await transport.aclose()
         await self._backend.aclose()
+        await self._pump.stop_recording()  # the trace's last lines written, its file closed
 
     @property
     def _closed(self) -> bool:

@@ -31,6 +31,9 @@ Hooks for what later issues add (each is one place):
 - Each attempt ended: `Session.report`, which tells the core (`Scheduler.complete`) and then
   hands an `AttemptReport` to every callable in `Pump.observers` (the time, key label, project,
   model, outcome, HTTP status, retry delay, quota violations, tokens, latency, stream or not).
+- The outcome trace (`keysched._recorder`): `Pump.watch` adds the recorder as an observer and
+  keeps it for the request's start (`Session.__init__`) and end (`Session.close`, and
+  `Pump.close` for the requests the client's closing ends).
 
 Decisions where the issue was silent:
 
@@ -78,10 +81,13 @@ from keysched._transport import (
     TransportTimeout,
 )
 from keysched._wire import Classified
+from keysched.trace import CANCELLED, INTERRUPTED
 
 if TYPE_CHECKING:
     import asyncio
     from types import TracebackType
+
+    from keysched._recorder import Recorder
 
 __all__ = ["CLOSED", "AttemptReport", "Pump", "Session", "Timer", "failure"]
 
@@ -128,6 +134,7 @@ class AttemptReport:
     Attributes:
         started: client clock time when it was sent.
         ended: client clock time when it ended.
+        request: the request's id (the core's).
         number: 1 for the first attempt of its request, 2 for the first retry, ...
         key: the label of the key used.
         project: the key's project, if known.
@@ -143,6 +150,7 @@ class AttemptReport:
 
     started: float
     ended: float
+    request: int
     number: int
     key: str
     project: str | None
@@ -244,6 +252,7 @@ class Pump:
         # Bounded, so that a long-running client keeps a window of history, not all of it.
         self.history: deque[PoolEvent] = deque(maxlen=history)
         self.observers: list[Callable[[AttemptReport], None]] = []
+        self.recorder: Recorder | None = None  # the outcome trace, if one is recorded
         self.timer = Timer(clock, sleep, self.pump)
         self.closed = False
 
@@ -269,6 +278,17 @@ class Pump:
                 _log(event, level)
         self.timer.arm(core.next_deadline())
 
+    def watch(self, recorder: Recorder) -> None:
+        """Record the outcome trace with `recorder`: every attempt (as an observer) and every
+        request's start and end (`Session`)."""
+        self.recorder = recorder
+        self.observers.append(recorder.attempt)
+
+    async def stop_recording(self) -> None:
+        """Close the recorder, if any: it writes what it holds and closes its file."""
+        if self.recorder is not None:
+            await self.recorder.aclose()
+
     def close(self) -> list[asyncio.Future[None]]:
         """End every open request: callers waiting get `UsageError`, attempts are cancelled.
 
@@ -282,6 +302,8 @@ class Pump:
         me = asyncio.current_task()
         unwinding = []
         for rid, session in list(self.mailboxes.items()):
+            if self.recorder is not None:
+                self.recorder.request_ended(rid, now, ok=False, reason=CANCELLED)
             self.core.cancel(rid, now)  # frees its lane; nothing will be dispatched for it
             if session.task is not None and session.task is not me:
                 unwinding.append(session.abort(session.task))
@@ -295,7 +317,8 @@ class Pump:
             return
         outcome = classified.outcome
         report = AttemptReport(
-            started=started, ended=ended, number=dispatch.number, key=dispatch.key.label or "",
+            started=started, ended=ended, request=dispatch.request, number=dispatch.number,
+            key=dispatch.key.label or "",
             project=dispatch.key.project, model=dispatch.model, kind=outcome.kind,
             status=classified.status, retry_after=outcome.retry_after,
             violations=outcome.violations, input_tokens=outcome.input_tokens,
@@ -349,6 +372,8 @@ class Session:
         self.oversized = False  # the last answer exceeded max_response_bytes
         self.failure: Fail | None = None  # how the request failed, once it has
         pump.mailboxes[self.rid] = self
+        if pump.recorder is not None:
+            pump.recorder.request_started(self.rid, now)
         pump.pump(now)
 
     # ------------------------------------------------------------------ the driver loop
@@ -564,10 +589,19 @@ class Session:
         """End the request if it is still open (cancellation, or a broken stream: `failed`)."""
         pump = self.pump
         pump.mailboxes.pop(self.rid, None)
+        recorder = pump.recorder
         if self.open:
             self.open = False
-            pump.core.cancel(self.rid, pump.clock(), failed=failed)
+            now = pump.clock()
+            if recorder is not None:
+                recorder.request_ended(self.rid, now, ok=False,
+                                       reason=INTERRUPTED if failed else CANCELLED)
+            pump.core.cancel(self.rid, now, failed=failed)
             pump.pump()
+        elif recorder is not None:  # answered, or failed (the loop raised `self.failure`)
+            failure = self.failure
+            recorder.request_ended(self.rid, pump.clock(), ok=failure is None,
+                                   reason=None if failure is None else failure.reason.value)
 
 
 def _last_attempt(dispatch: Dispatch, classified: Classified) -> str:
