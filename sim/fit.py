@@ -10,7 +10,7 @@ submitted and how it ended.  `fit` turns that into the data of a scenario file (
 replay the traffic under any policy:
 
 - **Pool**: the header's keys (label, project) and models (best first), plus any the attempt
-  lines name that the header lacks.  Keys get fake secrets (``fake-<label>``).
+  lines name that the header lacks.  Keys get fake secrets (``replay-<label>``).
 - **Arrivals**: each request's submission time.  ``exact`` arrivals (what `sim.replay` uses)
   replay every request at its own time with its own size and stream flag; otherwise the
   requests are binned (`FitOptions.bin_width`) and adjacent bins whose rates Poisson noise
@@ -19,9 +19,10 @@ replay the traffic under any policy:
 - **Limits**: each 429's violations name the quota (``rpm``/``tpm``/``rpd``) and its value,
   per (project, model).  The first value seen is the quota; a later, different value is a
   ``[[quota_changes]]`` entry at the attempt that revealed it.  A ``limit: 0`` answer makes
-  the model ``0`` for the project.  Values every revealing project agrees on become the
-  top-level defaults, so projects whose traffic never hit a limit get it too (a project whose
-  traffic never reached its quota cannot reveal it; the others' value is the best guess).
+  the model ``0`` for the project.  A value every revealing project agrees on is given to the
+  projects whose traffic never hit that limit, unless their traffic went past it (a project
+  that never reached its quota cannot reveal it; the others' value is the best guess that
+  the trace does not contradict).
   Configured limits in the header fill what no 429 revealed.
 - **Latency** per model: a log-normal fitted to the answered attempts (median = geometric
   mean, sigma = standard deviation of the logs); output sizes as a range of the same mean and
@@ -42,6 +43,8 @@ Decisions where the issue was silent:
   attempts, else the median of all; a request is streamed when its attempts were.
 - Scenario time 0 is the trace's ``t = 0`` moved forward by whole minutes to the minute of the
   first submission, so wall-clock minute windows stay where the server had them.
+- ``quota_window`` is ``"fixed"`` when most per-minute 429s ask to wait until a wall-clock
+  minute ends (`_quota_window`), else ``"sliding"``.
 - Limits no 429 revealed (nor the header configured) are left unlimited: the recorded traffic
   never met them, so neither does its replay; a what-if with more traffic may.
 - The window edges of probabilistic faults are bin edges (a 10 s resolution by default), and a
@@ -55,13 +58,14 @@ from __future__ import annotations
 import datetime
 import math
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
 from keysched import OutcomeKind
+from keysched._pacific import next_pacific_midnight
 from keysched.trace import AttemptLine, Trace
 from sim.scenario import FaultKind, Scenario, parse_scenario
 
@@ -96,6 +100,9 @@ _KEY_FAULTS = {_K.KEY_INVALID.value: FaultKind.KEY_REVOKED,
                _K.KEY_LEAKED.value: FaultKind.KEY_LEAKED,
                _K.KEY_TYPE_UNSUPPORTED.value: FaultKind.KEY_TYPE_UNSUPPORTED}
 
+WINDOW_SLACK = 0.5
+"""Seconds a fixed window's retry delay may miss the wall-clock minute (the client's send time
+is not the server's)."""
 MERGE_Z = 2.5
 """Adjacent bins merge when their rates differ by less than this many standard errors."""
 
@@ -161,7 +168,7 @@ def _deadline(trace: Trace, options: FitOptions) -> float:
         return options.deadline
     lasted = [line.t - line.submitted for line in trace.requests
               if not line.ok and line.reason == "deadline"]
-    return round(max(lasted), 3) if lasted else DEFAULT_DEADLINE
+    return float(math.ceil(max(lasted))) if lasted else DEFAULT_DEADLINE
 
 
 def _z(a: float, wa: float, b: float, wb: float, *, binomial: bool) -> float:
@@ -267,41 +274,84 @@ def revealed_limits(trace: Trace) -> dict[tuple[str, str], dict[str, list[tuple[
     return dict(seen)
 
 
+def _peaks(trace: Trace) -> dict[tuple[str, str], dict[str, int]]:
+    """The most each (project, model) was admitted in one wall-clock minute (requests and input
+    tokens) and in one Pacific day (requests): a quota below that cannot be its quota."""
+    minutes: dict[tuple[str, str], Counter[float]] = defaultdict(Counter)
+    tokens: dict[tuple[str, str], Counter[float]] = defaultdict(Counter)
+    days: dict[tuple[str, str], Counter[float]] = defaultdict(Counter)
+    for attempt in trace.attempts:
+        if attempt.outcome not in _ADMITTED:
+            continue
+        wall = trace.header.start + _sent(attempt)
+        group = (attempt.project, attempt.model)
+        minutes[group][wall // 60] += 1
+        tokens[group][wall // 60] += attempt.tokens_in or 0
+        days[group][next_pacific_midnight(wall)] += 1
+    return {group: {"rpm": max(minutes[group].values()), "tpm": max(tokens[group].values()),
+                    "rpd": max(days[group].values())} for group in minutes}
+
+
 def _quotas(trace: Trace, models: list[str], projects: list[str], t0: float,
             ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """Top-level default quotas, per-project overrides, and quota changes."""
+    """Top-level default quotas, per-project quotas, and quota changes.
+
+    A value every project that revealed it agrees on is extended to the projects that did not
+    reveal it, where their own traffic never went past it (`_peaks`); a value every project
+    (but those that lack the model) ends up with is written once, as the top-level default.
+    """
     revealed = revealed_limits(trace)
-    first: dict[tuple[str, str], dict[str, int]] = {
-        group: {dim: values[0][1] for dim, values in dims.items()}
-        for group, dims in revealed.items()}
+    quotas: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+    for group, dims in revealed.items():
+        quotas[group].update({dim: values[0][1] for dim, values in dims.items()})
     pool = trace.header.pool
     for limit in pool.limits if pool is not None else ():
         for project in [limit.project] if limit.project is not None else projects:
-            dims = first.setdefault((project, limit.model), {})
             for dim in ("rpm", "tpm", "rpd"):
                 if getattr(limit, dim) is not None:
-                    dims.setdefault(dim, getattr(limit, dim))
+                    quotas[(project, limit.model)].setdefault(dim, getattr(limit, dim))
     zero = {(a.project, a.model) for a in trace.attempts if a.outcome == _K.QUOTA_ZERO.value}
+    peaks = _peaks(trace)
     defaults: dict[str, Any] = {}
     for model in models:
-        shared = {}
+        serving = [p for p in projects if (p, model) not in zero]
         for dim in ("rpm", "tpm", "rpd"):
-            values = {dims[dim] for (_, m), dims in first.items() if m == model and dim in dims}
-            if len(values) == 1:
-                shared[dim] = values.pop()
-        if shared:
-            defaults[model] = shared
-    overrides: dict[str, dict[str, Any]] = defaultdict(dict)
-    for (project, model), dims in sorted(first.items()):
-        own = {dim: v for dim, v in dims.items() if defaults.get(model, {}).get(dim) != v}
-        if own and (project, model) not in zero:
-            overrides[project][model] = own
+            values = {quotas[(p, model)][dim] for p in serving if dim in quotas[(p, model)]}
+            if len(values) != 1:
+                continue
+            value = values.pop()
+            for project in serving:
+                if peaks.get((project, model), {}).get(dim, 0) <= value:
+                    quotas[(project, model)].setdefault(dim, value)
+            if serving and all(quotas[(p, model)].get(dim) == value for p in serving):
+                defaults.setdefault(model, {})[dim] = value
+    own: dict[str, dict[str, Any]] = defaultdict(dict)
+    for (project, model), dims in sorted(quotas.items()):
+        rest = {dim: v for dim, v in sorted(dims.items())
+                if defaults.get(model, {}).get(dim) != v}
+        if rest and (project, model) not in zero:
+            own[project][model] = rest
     for project, model in sorted(zero):
-        overrides[project][model] = 0
+        own[project][model] = 0
     changes = [{"at": round(max(0.0, at - t0), 6), "project": project, "model": model, dim: value}
                for (project, model), dims in sorted(revealed.items())
                for dim, values in sorted(dims.items()) for at, value in values[1:]]
-    return defaults, dict(overrides), sorted(changes, key=lambda change: change["at"])
+    return defaults, dict(own), sorted(changes, key=lambda change: change["at"])
+
+
+def _quota_window(trace: Trace) -> str:
+    """``"fixed"`` when the 429s' retry delays end on wall-clock minutes, else ``"sliding"``.
+
+    A fixed window's delay is the time left in the wall-clock minute, so sending time plus
+    delay lands on a whole minute (within the client's view of when it sent); a sliding
+    window's lands anywhere.
+    """
+    ends = [(trace.header.start + _sent(a) + a.retry_delay) % 60.0 for a in trace.attempts
+            if a.outcome == _K.RATE_LIMITED_MINUTE.value and a.retry_delay is not None]
+    if not ends:
+        return "fixed"
+    on_minute = sum(1 for end in ends if min(end, 60.0 - end) < WINDOW_SLACK)
+    return "fixed" if on_minute >= 0.8 * len(ends) else "sliding"
 
 
 def _tiers(trace: Trace) -> dict[str, str]:
@@ -378,7 +428,9 @@ def _window_faults(trace: Trace, models: list[str], t0: float, duration: float,
             for first, end, count, tried in _merge(counts, trials, binomial=True):
                 if count == 0:
                     continue
-                window_end = end * width
+                # Bins without attempts join any run; the window spans those with attempts.
+                tried_bins = [i for i in range(first, end) if trials[i]]
+                first, window_end = tried_bins[0], (tried_bins[-1] + 1) * width
                 fault: dict[str, Any] = {
                     "kind": kind.value, "model": model, "start": round(first * width, 6),
                     "probability": round(count / tried, 4)}
@@ -420,7 +472,7 @@ def fit(trace: Trace, options: FitOptions | None = None) -> dict[str, Any]:
     tiers = _tiers(trace)
     key_tables: dict[str, list[dict[str, str]]] = defaultdict(list)
     for label, project in keys:
-        key_tables[project].append({"label": label, "secret": "fake-" + "".join(
+        key_tables[project].append({"label": label, "secret": "replay-" + "".join(
             ch if ch.isalnum() or ch in "-_.#" else "_" for ch in label)})
     quota_errors = [a.latency for a in trace.attempts if a.outcome in _QUOTA_429]
     data: dict[str, Any] = {
@@ -431,6 +483,7 @@ def fit(trace: Trace, options: FitOptions | None = None) -> dict[str, Any]:
         "duration": duration,
         "seed": options.seed,
         "limits_known": bool(trace.header.pool and trace.header.pool.limits),
+        "quota_window": _quota_window(trace),
         "error_latency": round(statistics.median(quota_errors), 6) if quota_errors else 0.1,
         "models": _models(trace, models),
         "quotas": defaults,

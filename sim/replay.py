@@ -110,7 +110,7 @@ def add_keys(data: dict[str, Any], project: str, count: int) -> dict[str, Any]:
         n += 1
         label = f"{project}-extra-{n}"
         if label not in labels:
-            target["keys"].append({"label": label, "secret": f"fake-{label}"})
+            target["keys"].append({"label": label, "secret": f"replay-{label}"})
             count -= 1
     data["name"] = f"{data['name']} +keys"
     return data
