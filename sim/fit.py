@@ -326,8 +326,8 @@ def _quotas(trace: Trace, models: list[str], projects: list[str], t0: float,
             if serving and all(quotas[(p, model)].get(dim) == value for p in serving):
                 defaults.setdefault(model, {})[dim] = value
     own: dict[str, dict[str, Any]] = defaultdict(dict)
-    for (project, model), dims in sorted(quotas.items()):
-        rest = {dim: v for dim, v in sorted(dims.items())
+    for (project, model), found in sorted(quotas.items()):
+        rest = {dim: v for dim, v in sorted(found.items())
                 if defaults.get(model, {}).get(dim) != v}
         if rest and (project, model) not in zero:
             own[project][model] = rest
