@@ -3,10 +3,10 @@
 `KeyedClient(record=...)` records a run against the fake Gemini server (`sim serve` on
 127.0.0.1) in a scenario whose truth is known: per-minute quotas that every project hits, a
 per-day quota one project hits, a key revoked at t = 60 and an overload of the best model over
-[150, 210).  The client is driven as ``tests/test_cross_validation.py`` drives it: the
-simulator's arrivals submitted at their times, on a `virtual_loop.VirtualTimeLoop` so that a
-busy machine cannot move anything in scenario time.  Then `sim.fit` rebuilds the scenario from
-the trace alone, and:
+[150, 210).  The client is driven as ``tests/test_cross_validation.py`` drives it
+(`recording.record`): the simulator's arrivals submitted at their times, on a
+`virtual_loop.VirtualTimeLoop` so that a busy machine cannot move anything in scenario time.
+Then `sim.fit` rebuilds the scenario from the trace alone, and:
 
 1. the limits the 429s revealed equal the server's quotas, value for value, and every quota
    the traffic hit is among them (the ones it never reached cannot be revealed);
@@ -30,29 +30,25 @@ Figures observed (recorded, then the replays' range over the seeds) are in the R
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import math
-import random
 import statistics
-from pathlib import Path
 
 import pytest
 import virtual_loop
-from e2e_support import ScenarioTime, running_server, scenario_client
+from recording import record
 
-from keysched import KeyedClient, KeyschedError
+from keysched import KeyedClient
 from keysched.trace import Trace, load
-from sim.fit import FitOptions, fit_scenario, revealed_limits
+from sim.fit import FitOptions, fit, fit_scenario, revealed_limits
 from sim.metrics import Metrics
-from sim.replay import replay
+from sim.replay import replay, summary
+from sim.report import format_table
 from sim.scenario import FaultKind, Scenario, parse_scenario
-from sim.server import SimApp
-from sim.workload import Arrival, generate_arrivals
+from sim.tomlwrite import dumps
 
 PRO = "gemini-2.5-pro"
 FLASH = "gemini-2.5-flash"
-MASK = 0xFFFFFFFF
 REPLAY_SEEDS = 5
 
 
@@ -82,38 +78,6 @@ def truth(seed: int = 11) -> Scenario:
                    {"kind": "overloaded", "model": PRO, "start": 150, "end": 210,
                     "probability": 0.8}],
     }, source="<replay check>")
-
-
-async def _one(client: KeyedClient, arrival: Arrival) -> None:
-    """One arrival as the simulator would send it; failures are recorded, not raised."""
-    prompt = "x" * (4 * arrival.input_tokens)  # `estimate_tokens` reads it as input_tokens
-    try:
-        if arrival.stream:
-            async for _ in client.stream(prompt, models=arrival.models,
-                                         deadline=arrival.deadline):
-                pass
-        else:
-            await client.generate(prompt, models=arrival.models, deadline=arrival.deadline)
-    except KeyschedError:
-        pass
-
-
-async def record(scenario: Scenario, path: Path) -> None:
-    """Run the real client through `scenario` over loopback, recording to `path`."""
-    seed = scenario.seed
-    arrivals = generate_arrivals(scenario, random.Random(seed))
-    loop = asyncio.get_running_loop()
-    assert isinstance(loop, virtual_loop.VirtualTimeLoop)
-    async with running_server(scenario, seed=(seed * 7919 + 1) & MASK, time_scale=1.0,
-                              clock=loop.time) as (server, _), \
-            scenario_client(server, seed=(seed * 104729 + 2) & MASK, record=str(path)) as client:
-        assert isinstance(server.app, SimApp)
-        time = ScenarioTime(server.app)
-        tasks = []
-        for arrival in arrivals:
-            await time.until(arrival.time)
-            tasks.append(asyncio.create_task(_one(client, arrival)))
-        await asyncio.gather(*tasks)
 
 
 def _figures(m: Metrics) -> tuple[int, int, float]:
@@ -180,3 +144,12 @@ def test_replaying_the_recorded_policy_reproduces_the_counts(recorded: Trace) ->
         assert abs(ok - answers) <= 2, why
         assert abs(n429 - limited) <= max(3, math.ceil(0.4 * limited)), why
     assert abs(statistics.fmean(r[2] for r in replays) - per_answer) <= 0.15, why
+
+
+def test_the_fitted_scenario_and_the_replay_show_no_secret(recorded: Trace) -> None:
+    """Canary: no key secret of the server's scenario reaches the TOML or the printed replay."""
+    result = replay(recorded, policies=["least-loaded", "round-robin"], seed=0,
+                    what_ifs=[("gamma", 1)])
+    shown = dumps(fit(recorded)) + summary(recorded, result) + format_table(result.metrics)
+    for key in truth().keys:
+        assert key.secret not in shown
