@@ -37,8 +37,9 @@ replay the traffic under any policy:
 Decisions where the issue was silent:
 
 - The trace does not say which models a request allowed, nor its deadline: every request is
-  given the pool's models, best first, and the deadline is the longest a request that failed
-  with ``deadline`` lasted (else the client's default, 120 s).
+  given the pool's models, best first (an embedding model only if an attempt used it), and
+  the deadline is the longest a request that failed with ``deadline`` lasted, rounded up
+  (else the client's default, 120 s).
 - A request's input size is the ``tokens_in`` its answer reported, else that of any of its
   attempts, else the median of all; a request is streamed when its attempts were.
 - Scenario time 0 is the trace's ``t = 0`` moved forward by whole minutes to the minute of the
@@ -246,7 +247,10 @@ def _process_workload(requests: Sequence[_Request], models: list[str], deadline:
 def _pool(trace: Trace) -> tuple[list[str], list[tuple[str, str]]]:
     """Models best first and (label, project) of every key, header first then attempt lines."""
     pool = trace.header.pool
-    models = list(pool.models) if pool is not None else []
+    used = {attempt.model for attempt in trace.attempts}
+    # The client lists its embedding model in the pool; generate requests never fall to it.
+    models = [model for model in pool.models if "embedding" not in model or model in used] \
+        if pool is not None else []
     keys = [(key.label, key.project) for key in pool.keys] if pool is not None else []
     labels = {label for label, _ in keys}
     for attempt in trace.attempts:

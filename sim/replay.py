@@ -34,6 +34,7 @@ Decisions where the issue was silent:
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import json
 import sys
 from collections.abc import Sequence
@@ -51,7 +52,8 @@ from sim.report import LEGEND, format_table
 from sim.scenario import Scenario, parse_scenario
 from sim.tomlwrite import dumps
 
-__all__ = ["RECORDED", "Replay", "add_commands", "add_keys", "recorded_run", "replay"]
+__all__ = ["RECORDED", "Replay", "add_commands", "add_keys", "builtin_traces", "load_trace",
+           "recorded_run", "replay", "summary"]
 
 RECORDED = "recorded"
 """The policy name of the row that is the trace itself."""
@@ -197,9 +199,34 @@ def _what_if(spec: str) -> tuple[str, int]:
     return project, int(count)
 
 
+_TRACE_DIR = "traces"
+
+
+def builtin_traces() -> list[str]:
+    """The names of the built-in traces (``sim/traces/*.jsonl``), sorted."""
+    folder = importlib.resources.files("sim") / _TRACE_DIR
+    return sorted(entry.name.removesuffix(".jsonl") for entry in folder.iterdir()
+                  if entry.name.endswith(".jsonl"))
+
+
+def load_trace(path_or_name: str) -> Trace:
+    """A trace from a file, or a built-in one by name (``demo``: the real client on the built-in
+    ``demo`` scenario, recorded by ``scripts/record_trace.py``).
+
+    Raises:
+        OSError: the file cannot be read.
+        TraceFormatError: a line is not format version 1.
+    """
+    if not Path(path_or_name).exists() and path_or_name in builtin_traces():
+        resource = importlib.resources.files("sim") / _TRACE_DIR / f"{path_or_name}.jsonl"
+        with resource.open(encoding="utf-8") as file:
+            return load(file)
+    return load(path_or_name)
+
+
 def _load(path: str) -> Trace | None:
     try:
-        return load(path)
+        return load_trace(path)
     except OSError as exc:
         print(f"error: cannot read {path}: {exc.strerror}", file=sys.stderr)
     except TraceFormatError as exc:
@@ -261,7 +288,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _fit_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("trace", help="a trace file (keysched.trace JSON lines)")
+    parser.add_argument("trace", help="a trace file (keysched.trace JSON lines), or a built-in "
+                                      "trace's name (demo)")
     parser.add_argument("--name", default=None, help="the scenario's name (default: the file's)")
     parser.add_argument("--seed", type=int, default=0, help="the seed (default 0)")
     parser.add_argument("--bin", type=float, default=60.0, metavar="SECONDS",

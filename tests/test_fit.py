@@ -23,8 +23,8 @@ from keysched.trace import (
     ViolationInfo,
 )
 from sim.cli import main
-from sim.fit import FitOptions, fit, fit_scenario
-from sim.replay import RECORDED, add_keys, recorded_run, replay
+from sim.fit import FitOptions, fit, fit_scenario, revealed_limits
+from sim.replay import RECORDED, add_keys, load_trace, recorded_run, replay
 from sim.scenario import FaultKind, QuotaSpec, Scenario, load_scenario, parse_scenario
 from sim.tomlwrite import dumps
 
@@ -269,3 +269,21 @@ def test_bad_traces_and_arguments_fail_with_a_clear_message(
     with pytest.raises(SystemExit):
         main(["replay", str(bad), "--add-keys", "alpha"])
     assert "PROJECT=N" in capsys.readouterr().err
+
+
+def test_the_builtin_demo_trace_reveals_the_demo_scenarios_limits() -> None:
+    """The committed recording of the real client on ``demo``: every limit its 429s revealed is
+    the scenario's quota, and the least-loaded replay answers what the recording answered."""
+    trace = load_trace("demo")
+    assert trace.header.source == "client"
+    demo = load_scenario("demo")
+    revealed = revealed_limits(trace)
+    assert len(revealed) >= 5
+    for (project, model), dims in revealed.items():
+        spec = quota(demo, project, model)
+        for dim, values in dims.items():
+            assert [value for _, value in values] == [getattr(spec, dim)]
+    result = replay(trace, policies=["least-loaded"], seed=0)
+    recorded, replayed = result.metrics
+    assert replayed.successes == recorded.successes == recorded.requests
+    assert abs(replayed.rate_limited - recorded.rate_limited) <= 3
