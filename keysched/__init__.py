@@ -36,6 +36,7 @@ from keysched._wire import Classified, Usage, classify
 if TYPE_CHECKING:
     from keysched._client import DEFAULT_MODELS, KeyedClient
     from keysched._integrations import PoolTransport
+    from keysched._recorder import Recorder
     from keysched._threaded import PoolThread, genai_client
 
 __version__ = "0.1.0"
@@ -45,6 +46,7 @@ __version__ = "0.1.0"
 # (the simulator, a dashboard reading snapshots).
 _LAZY = {"DEFAULT_MODELS": "keysched._client", "KeyedClient": "keysched._client",
          "PoolThread": "keysched._threaded", "PoolTransport": "keysched._integrations",
+         "Recorder": "keysched._recorder",
          "genai_client": "keysched._threaded"}
 
 
@@ -96,6 +98,7 @@ __all__ = [
     "PoolTransport",
     "QuotaDimension",
     "RandomChoice",
+    "Recorder",
     "RequestError",
     "ResponseTooLargeError",
     "RetryPolicy",

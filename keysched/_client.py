@@ -82,6 +82,7 @@ from keysched._errors import (
     UsageError,
 )
 from keysched._outcomes import Outcome, OutcomeKind
+from keysched._recorder import Recorder, RecordTarget
 from keysched._redact import Redactor
 from keysched._results import AttemptRecord, GenerateResult, StreamChunk
 from keysched._selection import Policy
@@ -115,6 +116,7 @@ from keysched._wire import (
     request_headers,
     tokens_for_chars,
 )
+from keysched.trace import CANCELLED, INTERRUPTED
 
 __all__ = ["DEFAULT_MODELS", "KeyedClient"]
 
@@ -261,6 +263,8 @@ class _Session:
         self.unwound: asyncio.Future[None] | None = None  # set when an aborted attempt let go
         self.oversized = False  # the last answer exceeded max_response_bytes
         client._mailboxes[self.rid] = self
+        if client._recorder is not None:
+            client._recorder.request_started(self.rid, now)
         client._pump(now)
 
     def wake(self) -> None:
@@ -350,11 +354,12 @@ class _Session:
         return bound if bound > 0.001 else 0.001
 
     def report(self, dispatch: Dispatch, classified: Classified, started: float, *,
-               final: bool = False, timed: bool = True) -> Classified:
+               final: bool = False, timed: bool = True, stream: bool = False) -> Classified:
         """Record an attempt and tell the core; `final` ends the request with no retry.
 
         `timed`: the attempt's duration says how long an answer takes (not a stream's, which
-        lasts as long as its reader reads), for `AttemptDurations`.
+        lasts as long as its reader reads), for `AttemptDurations`.  `stream`: it was a
+        streaming call (for the outcome trace).
 
         Returns `classified` as it was kept: a failure's server texts with every secret of the
         pool replaced by its label (a proxy may quote the key it was sent).
@@ -379,6 +384,8 @@ class _Session:
                          dispatch.key.label, dispatch.model, outcome.kind.value, classified.status)
         if timed and outcome.kind is OutcomeKind.SUCCESS:
             client._durations.add(ended - started)
+        if client._recorder is not None:  # the outcome trace: one line per attempt
+            client._recorder.attempt(dispatch, classified, started, ended, stream=stream)
         client._core.complete(dispatch.attempt, outcome, ended)
         if final:
             # End it before any poll can dispatch the retry the outcome may have queued.
@@ -416,7 +423,11 @@ class _Session:
         client._mailboxes.pop(self.rid, None)
         if self.open:
             self.open = False
-            client._core.cancel(self.rid, client._clock(), failed=failed)
+            now = client._clock()
+            if client._recorder is not None:
+                client._recorder.request_ended(self.rid, now, ok=False,
+                                               reason=INTERRUPTED if failed else CANCELLED)
+            client._core.cancel(self.rid, now, failed=failed)
             client._pump()
 
 
@@ -449,6 +460,9 @@ class KeyedClient:
         sleep: the coroutine used to wait for the core's next deadline (``asyncio.sleep``).
         wall_clock: Unix time, to place per-day quota resets at midnight Pacific.
         rng: the random generator for backoff jitter.
+        record: write the outcome trace (`keysched.trace`) here: a path, a writable text
+            file, a callable, or a `Recorder` with options.  One line per attempt, never a
+            prompt, an answer or a secret; it never holds up a call (see `keysched.Recorder`).
 
     Raises:
         ConfigurationError: a field is invalid (the message names it, never a secret).
@@ -474,6 +488,7 @@ class KeyedClient:
         sleep: Callable[[float], Awaitable[Any]] | None = None,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        record: RecordTarget | Recorder | None = None,
     ) -> None:
         _check_base_url(base_url)
         if not isinstance(embedding_model, str) or not embedding_model.strip():
@@ -520,6 +535,10 @@ class KeyedClient:
         # (before an HTTP client exists that a failure here would leave open).
         headers = {key.label: request_headers(key.secret) for key in config.keys}
         self._redactor = Redactor(config.keys)
+        recorder = record if isinstance(record, Recorder) or record is None else Recorder(record)
+        if recorder is not None:
+            recorder.bind(config, now=now, wall=wall_clock(), redactor=self._redactor)
+        self._recorder = recorder
         self._transports: list[httpx.AsyncBaseTransport] = []  # handed out by `transport()`
         self._backend = self._make_backend(http_client, transport, fast, max_response_bytes)
         self._headers = {label: self._backend.headers(each) for label, each in headers.items()}
@@ -597,7 +616,10 @@ class KeyedClient:
         now = self._clock()
         me = asyncio.current_task()
         unwinding = []
+        recorder = self._recorder
         for rid, session in list(self._mailboxes.items()):
+            if recorder is not None:
+                recorder.request_ended(rid, now, ok=False, reason=CANCELLED)
             self._core.cancel(rid, now)  # frees its lane; nothing will be dispatched for it
             if session.task is not None and session.task is not me:
                 unwinding.append(session.abort(session.task))
@@ -610,6 +632,8 @@ class KeyedClient:
         for transport in self._transports:  # their own clients for pass-through requests
             await transport.aclose()
         await self._backend.aclose()
+        if recorder is not None:
+            await recorder.aclose()  # writes what it holds, flushes, closes its file
 
     def _redact_bytes(self, data: bytes) -> bytes:
         """`data` (an answer's bytes) with every secret of the pool replaced by its label."""
@@ -721,7 +745,7 @@ class KeyedClient:
                 broken = delivered > 0 and classified.outcome.kind not in (
                     OutcomeKind.SUCCESS, OutcomeKind.BLOCKED)
                 classified = session.report(decision, classified, started, final=broken,
-                                            timed=False)
+                                            timed=False, stream=True)
                 if broken:
                     # Chunks already reached the caller: no transparent failover any more.
                     raise StreamInterruptedError(
@@ -1011,7 +1035,12 @@ class KeyedClient:
         """
         core = self._core
         mailboxes = self._mailboxes
-        for decision in core.poll(self._clock() if now is None else now):
+        recorder = self._recorder
+        if now is None:
+            now = self._clock()
+        for decision in core.poll(now):
+            if recorder is not None and not isinstance(decision, Dispatch):
+                recorder.request_decided(decision, now)  # the outcome trace: a request ended
             session = mailboxes.get(decision.request)
             if session is not None:
                 session.items.append(decision)  # `put`, inlined

@@ -270,7 +270,7 @@ class _Call:
                 classified = self.call.classify(response.status, raw, response.headers)
                 self.last = _Answer(response.status, answer_headers, raw, dispatch,
                                     classified.outcome.kind)
-                session.report(dispatch, classified, started)
+                session.report(dispatch, classified, started, stream=True)
                 return None
             relay = _StreamRelay(self, session, dispatch, started, response, exits)
             first = await relay.first_event()
@@ -280,7 +280,7 @@ class _Call:
                     classified = first.classified
                 self.last = _Answer(200, answer_headers, relay.prefix(), dispatch,
                                     classified.outcome.kind)
-                session.report(dispatch, classified, started)
+                session.report(dispatch, classified, started, stream=True)
                 return None
             handed_over = True
             return httpx.Response(200, headers=response_headers(
@@ -462,7 +462,7 @@ class _StreamRelay(httpx.AsyncByteStream):
         try:
             session.report(self._dispatch, classified, self._started,
                            final=kind not in (OutcomeKind.SUCCESS, OutcomeKind.BLOCKED),
-                           timed=False)
+                           timed=False, stream=True)
         except UsageError:
             pass  # the client was closed meanwhile: the request has ended already
         finally:

@@ -48,7 +48,8 @@ every project; a null rpm/tpm/rpd means not configured).
 ``request`` lines, one per request when it ends: ``t`` (when it ended), ``submitted`` (when the
 caller submitted it: the arrival process a replay needs, which attempt times alone cannot give,
 as a queued request is sent late), ``ok``, ``reason`` (null when ok, else a `FailReason` value,
-or ``"cancelled"`` when the caller gave up), ``attempts`` (how many it made; 0 if none).
+``"cancelled"`` when the caller gave up or the client closed, ``"stream_interrupted"`` when a
+stream broke after chunks reached the caller), ``attempts`` (how many it made; 0 if none).
 
 ``dropped`` lines: the writer lost ``lines`` lines before ``t`` (its disk was full or slow; the
 calls went on).  A trace with such a line is incomplete, and a replay should say so.
@@ -87,7 +88,9 @@ from keysched._errors import KeyschedError
 from keysched._outcomes import OutcomeKind, QuotaDimension
 
 __all__ = [
+    "CANCELLED",
     "FORMAT",
+    "INTERRUPTED",
     "VERSION",
     "AttemptLine",
     "DroppedLine",
@@ -113,7 +116,9 @@ VERSION = 1
 
 CANCELLED = "cancelled"
 """The request line's ``reason`` when the caller gave up (cancelled, or the client closed)."""
-_REASONS = frozenset({reason.value for reason in FailReason} | {CANCELLED})
+INTERRUPTED = "stream_interrupted"
+"""The request line's ``reason`` when a stream broke after chunks reached the caller."""
+_REASONS = frozenset({reason.value for reason in FailReason} | {CANCELLED, INTERRUPTED})
 _OUTCOMES = frozenset(kind.value for kind in OutcomeKind)
 _DIMENSIONS = frozenset(dimension.value for dimension in QuotaDimension)
 

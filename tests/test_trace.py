@@ -61,7 +61,8 @@ request_lines = st.one_of(
     st.builds(RequestLine, t=seconds, request=counts, submitted=seconds, ok=st.just(True),
               reason=st.none(), attempts=counts),
     st.builds(RequestLine, t=seconds, request=counts, submitted=seconds, ok=st.just(False),
-              reason=st.sampled_from([r.value for r in FailReason] + ["cancelled"]),
+              reason=st.sampled_from([r.value for r in FailReason]
+                                     + ["cancelled", "stream_interrupted"]),
               attempts=counts))
 dropped_lines = st.builds(DroppedLine, t=seconds, lines=st.integers(min_value=1, max_value=10**6))
 traces = st.builds(Trace, header=headers,
