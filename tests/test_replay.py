@@ -30,7 +30,6 @@ Figures observed (recorded, then the replays' range over the seeds) are in the R
 
 from __future__ import annotations
 
-import inspect
 import math
 import statistics
 
@@ -38,7 +37,6 @@ import pytest
 import virtual_loop
 from recording import record
 
-from keysched import KeyedClient
 from keysched.trace import Trace, load
 from sim.fit import FitOptions, fit, fit_scenario, revealed_limits
 from sim.metrics import Metrics
@@ -50,12 +48,6 @@ from sim.tomlwrite import dumps
 PRO = "gemini-2.5-pro"
 FLASH = "gemini-2.5-flash"
 REPLAY_SEEDS = 5
-
-
-needs_recorder = pytest.mark.skipif(
-    "record" not in inspect.signature(KeyedClient).parameters,
-    reason="needs KeyedClient(record=...) (issue 19, branch trace): not merged here yet")
-pytestmark = needs_recorder
 
 
 def truth(seed: int = 11) -> Scenario:
