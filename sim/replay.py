@@ -12,7 +12,7 @@ table ``python -m sim`` prints.  The row of the recorded policy should match the
 another policy have done with my traffic".
 
 What-ifs change the fitted scenario data before it is parsed: `add_keys` puts more keys in a
-project (a new project name adds a project with the default quotas the trace revealed);
+project (a new project name adds a project like the trace's most common kind of project);
 ``told-limits`` is the policy with the inferred limits configured (``limits=``), and
 ``--policies`` picks other policies.
 
@@ -37,6 +37,7 @@ import argparse
 import importlib.resources
 import json
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ from sim.scenario import Scenario, parse_scenario
 from sim.tomlwrite import dumps
 
 __all__ = ["RECORDED", "Replay", "add_commands", "add_keys", "builtin_traces", "load_trace",
-           "recorded_run", "replay", "summary"]
+           "recorded_run", "replay", "summary", "what_ifs"]
 
 RECORDED = "recorded"
 """The policy name of the row that is the trace itself."""
@@ -93,7 +94,10 @@ def recorded_run(trace: Trace, scenario: Scenario) -> RunResult:
 
 
 def add_keys(data: dict[str, Any], project: str, count: int) -> dict[str, Any]:
-    """Fitted scenario `data` with `count` more keys in `project` (a new project if unknown).
+    """Fitted scenario `data` with `count` more keys in `project`, its name saying so.
+
+    A project the trace does not have is added, with the quotas and tier of the trace's most
+    common kind of project (the first of them on a tie).
 
     Raises:
         ValueError: `count` is below 1.
@@ -104,8 +108,17 @@ def add_keys(data: dict[str, Any], project: str, count: int) -> dict[str, Any]:
     projects = data["projects"]
     target = next((p for p in projects if p["name"] == project), None)
     if target is None:
-        target = {"name": project, "tier": projects[0].get("tier", "free"), "keys": []}
+        # A new project is like the most common kind in the trace (the first, on a tie).
+        kinds = Counter(json.dumps(p.get("quotas", {}), sort_keys=True) for p in projects)
+        like = next(p for p in projects
+                    if json.dumps(p.get("quotas", {}), sort_keys=True) == kinds.most_common(1)[0][0])
+        target = {"name": project, "tier": like.get("tier", "free"), "keys": []}
+        if "quotas" in like:
+            target["quotas"] = like["quotas"]
         projects.append(target)
+        data["name"] += f" +{count} keys in {project} (a project like {like['name']})"
+    else:
+        data["name"] += f" +{count} keys in {project}"
     labels = {key["label"] for p in projects for key in p["keys"]}
     n = 0
     while count:
@@ -114,7 +127,6 @@ def add_keys(data: dict[str, Any], project: str, count: int) -> dict[str, Any]:
         if label not in labels:
             target["keys"].append({"label": label, "secret": f"replay-{label}"})
             count -= 1
-    data["name"] = f"{data['name']} +keys"
     return data
 
 
@@ -158,7 +170,8 @@ def replay(trace: Trace, *, policies: Sequence[str] = POLICY_NAMES, seed: int = 
     recorded = recorded_run(trace, scenario)
     runs = [simulate(scenario, policy, seed) for policy in policies]
     for project, count in what_ifs:
-        changed = _scenario(add_keys(data, project, count), f"{name} +{count} keys in {project}")
+        more = add_keys(data, project, count)
+        changed = _scenario(more, more["name"])
         runs += [simulate(changed, policy, seed) for policy in policies]
     return Replay(data=data, scenario=scenario, recorded=recorded, runs=tuple(runs),
                   metrics=(compute(recorded), *(compute(run) for run in runs)))
@@ -188,6 +201,33 @@ def summary(trace: Trace, result: Replay) -> str:
     if trace.dropped:
         out.append(f"warning: the recorder dropped {trace.dropped} lines; the trace is "
                    f"incomplete")
+    return "\n".join(out)
+
+
+def what_ifs(result: Replay, recorded_policy: str = "least-loaded") -> str:
+    """Every other run against the replay of `recorded_policy`: answers, 429s, wasted attempts.
+
+    Empty when `recorded_policy` was not run.
+    """
+    base = next((m for m in result.metrics[1:] if m.policy == recorded_policy
+                 and m.scenario == result.scenario.name), None)
+    if base is None:
+        return ""
+
+    def delta(now: int, then: int) -> str:
+        return f"{now - then:+d}" if now != then else "same"
+
+    out = [f"what-ifs, against the replay of {recorded_policy} ({base.successes} answers, "
+           f"{base.rate_limited} 429s, {base.wasted_total} wasted attempts):"]
+    for m in result.metrics[1:]:
+        if m is base:
+            continue
+        name = m.policy if m.scenario == base.scenario else f"{m.policy}, {m.scenario}"
+        if m.policy == "told-limits":
+            name += " (the limits the 429s revealed, configured)"
+        out.append(f"  {name}: answers {delta(m.successes, base.successes)}, 429s "
+                   f"{delta(m.rate_limited, base.rate_limited)}, wasted "
+                   f"{delta(m.wasted_total, base.wasted_total)}")
     return "\n".join(out)
 
 
@@ -284,6 +324,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     print(LEGEND)
     print(f"({RECORDED}: the trace itself; the rows under it replay its arrivals in the "
           f"simulator; {args.recorded_policy} is the policy that recorded it)")
+    lines = what_ifs(result, args.recorded_policy)
+    if lines:
+        print()
+        print(lines)
     return 0
 
 
@@ -323,8 +367,8 @@ def add_commands(subparsers: Any) -> None:
                            help=f"policies to run (default: all of {', '.join(POLICY_NAMES)})")
     replaying.add_argument("--add-keys", action="append", type=_what_if, default=[],
                            metavar="PROJECT=N",
-                           help="what-if: N more keys in PROJECT (a new name adds a project); "
-                                "repeatable")
+                           help="what-if: N more keys in PROJECT (a new name adds a project "
+                                "like the trace's most common one); repeatable")
     replaying.add_argument("--recorded-policy", choices=POLICY_NAMES, default="least-loaded",
                            help="the policy the trace was recorded with (default least-loaded)")
     replaying.add_argument("--json", action="store_true", help="print metrics as JSON")

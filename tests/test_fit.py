@@ -246,6 +246,7 @@ def test_replay_command_prints_the_comparison_and_the_what_if(
     assert "alpha / gemini-2.5-pro: rpm 4" in out
     assert "beta / gemini-2.5-pro: rpd 6" in out
     assert "== outcomes +2 keys in beta" in out
+    assert "round-robin, outcomes +2 keys in beta: answers" in out  # the what-if lines
     rows = [line.split()[0] for line in out.splitlines() if line[:1].isalpha()]
     assert rows.count(RECORDED) == 1
     assert rows.count("round-robin") == 2
@@ -287,3 +288,29 @@ def test_the_builtin_demo_trace_reveals_the_demo_scenarios_limits() -> None:
     recorded, replayed = result.metrics
     assert replayed.successes == recorded.successes == recorded.requests
     assert abs(replayed.rate_limited - recorded.rate_limited) <= 3
+
+
+def test_replay_json_lists_the_recorded_run_first(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """``replay --json`` prints the `compare --json` layout, the recorded run first."""
+    import json
+
+    trace_file = tmp_path / "outcomes.jsonl"
+    trace_file.write_text(busy_trace().dumps(), encoding="utf-8")
+    assert main(["replay", str(trace_file), "--policies", "told-limits", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["format"] == 1
+    assert [run["policy"] for run in data["runs"]] == [RECORDED, "told-limits"]
+    assert data["runs"][1]["rate_limited"] == 0  # told the limits, it meets none of them
+
+
+def test_a_new_project_is_like_the_most_common_kind() -> None:
+    """``--add-keys`` with a new name copies the quotas of the projects most alike."""
+    data = fit(busy_trace())
+    data["projects"].append({"name": "gamma", "tier": "paid", "keys": [{"label": "c-1"}],
+                             "quotas": {PRO: {"rpd": 6}}})
+    more = add_keys(data, "delta", 1)
+    assert more["name"].endswith("+1 keys in delta (a project like beta)")
+    new = parse_scenario(more)
+    assert quota(new, "delta", PRO).rpd == 6  # beta and gamma share rpd 6; alpha is alone
+    assert next(p for p in new.projects if p.name == "delta").tier == "free"  # beta's
