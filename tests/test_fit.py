@@ -314,3 +314,20 @@ def test_a_new_project_is_like_the_most_common_kind() -> None:
     new = parse_scenario(more)
     assert quota(new, "delta", PRO).rpd == 6  # beta and gamma share rpd 6; alpha is alone
     assert next(p for p in new.projects if p.name == "delta").tier == "free"  # beta's
+
+
+def test_a_late_first_request_moves_time_zero_by_whole_minutes() -> None:
+    """Time 0 moves to the first request's minute, so the wall-clock minutes stay aligned, and
+    the recorded run and the fitted arrivals share that clock."""
+    b = Builder()
+    b.request(500.0, ("a-1", PRO, "success"))
+    b.request(530.0, ("a-1", PRO, "rate_limited_minute"), ("a-1", FLASH, "success"),
+              violations=(ViolationInfo(quota_id=RPM_ID, dimension="rpm", value=1),))
+    trace = b.trace()
+    scenario = fit_scenario(trace, FitOptions(exact_arrivals=True))
+    assert scenario.start_epoch == START + 480.0
+    assert scenario.start_epoch % 60 == 0
+    run = recorded_run(trace, scenario)
+    assert [r.arrival for r in run.requests] == [pytest.approx(20.0), pytest.approx(50.0)]
+    assert sorted(burst.at for phase in scenario.workload for burst in phase.bursts) == [
+        pytest.approx(20.0), pytest.approx(50.0)]
