@@ -61,7 +61,7 @@ import math
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -182,22 +182,31 @@ def _z(a: float, wa: float, b: float, wb: float, *, binomial: bool) -> float:
     return abs(a / wa - b / wb) / math.sqrt(variance) if variance > 0 else 0.0
 
 
-def _merge(counts: Sequence[float], trials: Sequence[float], *, binomial: bool,
-           ) -> list[tuple[int, int, float, float]]:
-    """Runs of adjacent bins whose rates noise explains: ``(first, end, count, trials)``.
+class Run(NamedTuple):
+    """Adjacent bins ``[first, end)`` merged into one rate: `events` over `trials` (a duration in
+    seconds for arrivals, a number of attempts for faults)."""
+
+    first: int
+    end: int
+    events: float
+    trials: float
+
+
+def _merge(counts: Sequence[float], trials: Sequence[float], *, binomial: bool) -> list[Run]:
+    """Runs of adjacent bins whose rates noise explains.
 
     Greedy, left to right: a bin joins the current run unless its rate differs from the run's
     by `MERGE_Z` standard errors or more (Poisson counts over widths, or binomial successes
     over trials).  A bin without trials joins any run.
     """
-    runs: list[tuple[int, int, float, float]] = []
+    runs: list[Run] = []
     for index, (count, trial) in enumerate(zip(counts, trials, strict=True)):
         if runs:
-            first, _, total, tried = runs[-1]
-            if _z(total, tried, count, trial, binomial=binomial) < MERGE_Z:
-                runs[-1] = (first, index + 1, total + count, tried + trial)
+            last = runs[-1]
+            if _z(last.events, last.trials, count, trial, binomial=binomial) < MERGE_Z:
+                runs[-1] = Run(last.first, index + 1, last.events + count, last.trials + trial)
                 continue
-        runs.append((index, index + 1, count, trial))
+        runs.append(Run(index, index + 1, count, trial))
     return runs
 
 
@@ -231,13 +240,14 @@ def _process_workload(requests: Sequence[_Request], models: list[str], deadline:
         members[min(bins - 1, int((request.arrival - t0) // width))].append(request)
     widths = [min(width, duration - i * width) for i in range(bins)]
     phases = []
-    for first, end, count, span in _merge([len(m) for m in members], widths, binomial=False):
-        inside = [r for m in members[first:end] for r in m]
+    for run in _merge([len(m) for m in members], widths, binomial=False):
+        inside = [r for m in members[run.first:run.end] for r in m]
         if not inside:
             continue
+        start = run.first * width
         phases.append({
-            "start": round(first * width, 6), "end": round(first * width + span, 6),
-            "rate": round(count / span, 6), "models": models,
+            "start": round(start, 6), "end": round(start + run.trials, 6),
+            "rate": round(run.events / run.trials, 6), "models": models,
             "input_tokens": _uniform_range([r.input_tokens for r in inside]),
             "deadline": deadline,
             "stream": round(sum(r.stream for r in inside) / len(inside), 4)})
@@ -429,15 +439,15 @@ def _window_faults(trace: Trace, models: list[str], t0: float, duration: float,
                     hit = True
             if not hit:
                 continue
-            for first, end, count, tried in _merge(counts, trials, binomial=True):
-                if count == 0:
+            for run in _merge(counts, trials, binomial=True):
+                if run.events == 0:
                     continue
                 # Bins without attempts join any run; the window spans those with attempts.
-                tried_bins = [i for i in range(first, end) if trials[i]]
-                first, window_end = tried_bins[0], (tried_bins[-1] + 1) * width
+                tried = [i for i in range(run.first, run.end) if trials[i]]
+                window_end = (tried[-1] + 1) * width
                 fault: dict[str, Any] = {
-                    "kind": kind.value, "model": model, "start": round(first * width, 6),
-                    "probability": round(count / tried, 4)}
+                    "kind": kind.value, "model": model, "start": round(tried[0] * width, 6),
+                    "probability": round(run.events / run.trials, 4)}
                 if window_end < duration:
                     fault["end"] = round(window_end, 6)
                 out.append(fault)
