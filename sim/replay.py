@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import json
+import math
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -231,6 +232,16 @@ def what_ifs(result: Replay, recorded_policy: str = "least-loaded") -> str:
     return "\n".join(out)
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
 def _what_if(spec: str) -> tuple[str, int]:
     project, sep, count = spec.rpartition("=")
     if not sep or not project or not count.isdigit() or int(count) < 1:
@@ -275,8 +286,9 @@ def _load(path: str) -> Trace | None:
 
 
 def _options(args: argparse.Namespace) -> FitOptions:
-    return FitOptions(name=args.name or Path(args.trace).stem, bin_width=args.bin,
-                      fault_bin=args.fault_bin, deadline=args.deadline)
+    return FitOptions(name=args.name or Path(args.trace).stem,
+                      bin_width=getattr(args, "bin", 60.0), fault_bin=args.fault_bin,
+                      deadline=args.deadline)
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -336,11 +348,9 @@ def _fit_arguments(parser: argparse.ArgumentParser) -> None:
                                       "trace's name (demo)")
     parser.add_argument("--name", default=None, help="the scenario's name (default: the file's)")
     parser.add_argument("--seed", type=int, default=0, help="the seed (default 0)")
-    parser.add_argument("--bin", type=float, default=60.0, metavar="SECONDS",
-                        help="bin width of the arrival rates before merging (default 60)")
-    parser.add_argument("--fault-bin", type=float, default=10.0, metavar="SECONDS",
+    parser.add_argument("--fault-bin", type=_positive, default=10.0, metavar="SECONDS",
                         help="bin width of the fault rates before merging (default 10)")
-    parser.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
+    parser.add_argument("--deadline", type=_positive, default=None, metavar="SECONDS",
                         help="every request's deadline (default: inferred, else 120)")
 
 
@@ -351,6 +361,8 @@ def add_commands(subparsers: Any) -> None:
         description="Infer a scenario (pool, arrivals, revealed limits, latency, faults) from a "
                     "trace recorded by KeyedClient(record=...) or sim --trace.")
     _fit_arguments(fitting)
+    fitting.add_argument("--bin", type=_positive, default=60.0, metavar="SECONDS",
+                         help="bin width of the arrival rates before merging (default 60)")
     fitting.add_argument("-o", "--output", default=None, metavar="FILE",
                          help="write the TOML here (default: stdout)")
     fitting.add_argument("--exact-arrivals", action="store_true",

@@ -270,6 +270,9 @@ def test_bad_traces_and_arguments_fail_with_a_clear_message(
     with pytest.raises(SystemExit):
         main(["replay", str(bad), "--add-keys", "alpha"])
     assert "PROJECT=N" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["fit", str(bad), "--bin", "0"])
+    assert "seconds > 0, got '0'" in capsys.readouterr().err
 
 
 def test_the_builtin_demo_trace_reveals_the_demo_scenarios_limits() -> None:
