@@ -11,6 +11,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from keysched.trace import (
     AttemptLine,
@@ -48,13 +50,16 @@ class Builder:
 
     def request(self, at: float, *attempts: tuple[str, str, str], tokens: int = 500,
                 stream: bool = False, latency: float = 1.0,
-                violations: tuple[ViolationInfo, ...] = (), reason: str | None = None) -> None:
-        """A request submitted `at`, with attempts ``(key, model, outcome)`` in order."""
+                violations: tuple[ViolationInfo, ...] = (), reason: str | None = None,
+                own: dict[int, tuple[ViolationInfo, ...]] | None = None) -> None:
+        """A request submitted `at`, with attempts ``(key, model, outcome)`` in order; a 429
+        names `violations`, or ``own[i]`` for the i-th attempt (from 0)."""
         rid = self.next_id
         self.next_id += 1
         t = at
         ok = False
         for number, (key, model, outcome) in enumerate(attempts, start=1):
+            named = (own or {}).get(number - 1, violations)
             ok = outcome == "success"
             took = latency if ok else 0.1
             t += took
@@ -62,11 +67,11 @@ class Builder:
                 t=t, request=rid, attempt=number, key=key,
                 project="beta" if key.startswith("b") else "alpha", model=model,
                 outcome=outcome, status=200 if ok else 429, retry_delay=None,
-                violations=violations if outcome.startswith("rate_limited") else (),
+                violations=named if outcome.startswith("rate_limited") else (),
                 tokens_in=tokens if ok else None, tokens_out=300 if ok else None,
                 latency=took, stream=stream))
         self.lines.append(RequestLine(t=t, request=rid, submitted=at, ok=ok,
-                                      reason=None if ok else (reason or "attempts"),
+                                      reason=None if ok else (reason or "attempts_exhausted"),
                                       attempts=len(attempts)))
 
     def trace(self) -> Trace:
@@ -334,3 +339,44 @@ def test_a_late_first_request_moves_time_zero_by_whole_minutes() -> None:
     assert [r.arrival for r in run.requests] == [pytest.approx(20.0), pytest.approx(50.0)]
     assert sorted(burst.at for phase in scenario.workload for burst in phase.bursts) == [
         pytest.approx(20.0), pytest.approx(50.0)]
+
+
+OUTCOMES = ("success", "rate_limited_minute", "rate_limited_day", "overloaded", "server_error",
+            "shared_capacity", "key_invalid", "timeout", "connection_error", "quota_zero")
+attempt_specs = st.tuples(st.sampled_from(["a-1", "a-2", "b-1"]), st.sampled_from([PRO, FLASH]),
+                          st.sampled_from(OUTCOMES), st.integers(1, 50))
+request_specs = st.tuples(st.floats(0.0, 900.0), st.lists(attempt_specs, max_size=4),
+                          st.booleans())
+
+
+# Each example fits, writes and parses a scenario (about 60 ms): 150 of them, not the ci
+# profile's 600, keep this test under ten seconds.
+@settings(max_examples=150)
+@given(requests=st.lists(request_specs, min_size=1, max_size=25), exact=st.booleans())
+def test_any_trace_fits_a_valid_scenario_holding_the_revealed_limits(
+        requests: list[tuple[float, list[tuple[str, str, str, int]], bool]],
+        exact: bool) -> None:
+    """Whatever a trace holds, the fit is a scenario that loads, its TOML loads the same, and
+    each limit a 429 revealed first is the quota of its project and model (unless the project
+    lacks the model)."""
+    b = Builder()
+    for at, attempts, stream in requests:
+        own: dict[int, tuple[ViolationInfo, ...]] = {}
+        for index, (_, _, outcome, value) in enumerate(attempts):
+            dimension = {"rate_limited_minute": "rpm", "rate_limited_day": "rpd"}.get(outcome)
+            if dimension is not None:
+                quota_id = RPD_ID if dimension == "rpd" else RPM_ID
+                own[index] = (ViolationInfo(quota_id=quota_id, dimension=dimension, value=value),)
+        b.request(at, *[(key, model, outcome) for key, model, outcome, _ in attempts],
+                  stream=stream, own=own)
+    trace = b.trace()
+    data = fit(trace, FitOptions(exact_arrivals=exact))
+    scenario = parse_scenario(data)
+    assert tomllib.loads(dumps(data)) == tomllib.loads(dumps(tomllib.loads(dumps(data))))
+    for (project, model), dims in revealed_limits(trace).items():
+        spec = next(p for p in scenario.projects if p.name == project).quota(model)
+        assert spec is not None
+        if spec.lacks_model:
+            continue
+        for dim, values in dims.items():
+            assert getattr(spec, dim) == values[0][1]
