@@ -40,6 +40,8 @@ Decisions where the issue was silent:
   given the pool's models, best first (an embedding model only if an attempt used it), and
   the deadline is the longest a request that failed with ``deadline`` lasted, rounded up
   (else the client's default, 120 s).
+- A request the caller cancelled is replayed as an ordinary request (what it would have met
+  is the question a replay answers); one that never got an attempt is replayed too.
 - A request's input size is the ``tokens_in`` its answer reported, else that of any of its
   attempts, else the median of all; a request is streamed when its attempts were.
 - Scenario time 0 is the trace's ``t = 0`` moved forward by whole minutes to the minute of the
