@@ -67,8 +67,7 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from keysched import OutcomeKind
-from keysched._pacific import next_pacific_midnight
+from keysched import OutcomeKind, next_pacific_midnight
 from keysched.trace import AttemptLine, Trace
 from sim.scenario import FaultKind, Scenario, parse_scenario
 
