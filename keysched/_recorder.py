@@ -3,11 +3,14 @@
 Theory of operation
 -------------------
 `KeyedClient(..., record=...)` binds one `Recorder` to its pool.  The client tells it three
-things, each a plain method call on the event loop that only builds a record and puts it on a
-bounded queue: a request was submitted (`request_started`), an attempt's outcome is known
-(`attempt`), a request ended (`request_ended`).  A writer thread takes records off the queue
-and hands them to the sink: a file it opened (a path), a file object it was given, or a
-callable.  So a slow disk costs the event loop nothing, and a full one costs it nothing either:
+things, each a plain method call on the event loop that only keeps a few raw values in a tuple
+and appends it to a bounded queue: a request was submitted (`request_started`), an attempt's
+outcome is known (`attempt`), a request ended (`request_ended`).  A writer thread makes the
+trace lines from them (validation, redaction, pseudonyms, JSON all happen there) and hands them
+to the sink: a file it opened (a path), a file object it was given, or a callable.  It wakes
+when records arrive, writes what has gathered, flushes, and lets the next batch gather for
+`_LINGER` (50 ms): one wake-up per batch rather than per record.  So a slow disk costs the
+event loop nothing, and a full one costs it nothing either:
 
 - the queue is full (the writer is slow or stuck): the record is dropped and counted;
 - the sink raises (``OSError``: disk full, a closed pipe; or whatever a callable raises): the
@@ -35,27 +38,24 @@ Decisions where the issue was silent:
 - The writer thread starts with the first record after the header, so a client that is never
   used (or fails to build) starts no thread; it is a daemon thread, so a client that is never
   closed cannot keep the process alive (its last lines may then be lost).
-- Request numbers are the core's request ids; ``attempts`` in a request line counts the attempt
-  lines written for it (an attempt cancelled in flight has no outcome, and no line).
+- Request numbers are the core's request ids; ``attempts`` in a request line counts its
+  attempts whose outcome was known (an attempt cancelled in flight has none, and no line).
 - A status outside 100-599 (a proxy's invention) and the ``0`` of "no response" are written as
   null.  Times are rounded to the microsecond.
 """
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from keysched._config import PoolConfig
-from keysched._decisions import Finish
 from keysched._errors import ConfigurationError, UsageError
-from keysched._outcomes import dimension_of
 from keysched.trace import (
     AttemptLine,
     DroppedLine,
@@ -70,11 +70,11 @@ from keysched.trace import (
 )
 
 if TYPE_CHECKING:
-    from keysched._decisions import Dispatch, Fail
+    from keysched._client import KeyedClient
     from keysched._redact import Redactor
-    from keysched._wire import Classified
+    from keysched._session import AttemptReport
 
-__all__ = ["DEFAULT_MAX_PENDING", "RecordTarget", "Recorder"]
+__all__ = ["DEFAULT_MAX_PENDING", "RecordTarget", "Recorder", "recorder_of"]
 
 logger = logging.getLogger("keysched")
 
@@ -85,7 +85,9 @@ Record = TraceHeader | TraceLine
 RecordTarget = str | os.PathLike[str] | IO[str] | Callable[[Record], Any]
 """What ``record=`` accepts: a path, a writable text file object, or a callable."""
 
-_STOP = object()  # the queue's last item: the writer ends after it
+_LINGER = 0.05
+"""Real seconds the writer lets records gather after writing a batch (at most 20 wake-ups a
+second; `aclose` cuts it short)."""
 
 
 def _checked_target(target: object) -> tuple[Callable[[Record], Any], Callable[[], None],
@@ -117,6 +119,17 @@ def _file_writer(file: IO[str]) -> Callable[[Record], Any]:
 
 def _nothing() -> None:
     pass
+
+
+class _RequestSeen(NamedTuple):
+    """A request's end as the loop hands it over."""
+
+    ended: float
+    request: int
+    submitted: float
+    ok: bool
+    reason: str | None
+    attempts: int
 
 
 class Recorder:
@@ -152,7 +165,12 @@ class Recorder:
         self._write, self._flush, self._close = _checked_target(target)
         self._hash_key = hash_key
         self._close_timeout = float(close_timeout)
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
+        self._max_pending = max_pending
+        # The hand-over: the loop appends, the writer pops (a deque's append and popleft are
+        # atomic), and `_wake` is set when the writer may be asleep.
+        self._pending: collections.deque[AttemptReport | _RequestSeen] = collections.deque()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._bound = False
         self._closed = False
@@ -160,10 +178,10 @@ class Recorder:
         self._names: dict[str, str] = {}  # label or project -> what the trace calls it
         self._redact: Callable[[str | None], str | None] = _same
         self._requests: dict[int, list[float]] = {}  # open request -> [submitted t, attempts]
-        # Losses: `_lost_on_loop` is counted on the event loop (queue full, a refused value),
-        # `_lost_in_writer` and `_reported` on the writer thread (the sink raised; losses a
-        # written dropped line covered).
-        # Each counter has one writer, so no lock is needed to count.
+        # Losses: `_lost_on_loop` is counted on the event loop (the queue was full),
+        # `_lost_in_writer` and `_reported` on the writer thread (a value the format refuses,
+        # or the sink raised; losses a written dropped line covered).  Each counter has one
+        # writer, so no lock is needed to count.
         self._lost_on_loop = 0
         self._lost_in_writer = 0
         self._reported = 0
@@ -171,15 +189,25 @@ class Recorder:
         self._header: TraceHeader | None = None  # until the writer has written it
         self._last_t = 0.0  # the t of the last line the writer took
         self._abandoned = False  # `aclose` gave up waiting: the writer stops at its next record
+        self._listeners: list[Callable[[TraceLine], Any]] = []  # called on the writer thread
 
     def __repr__(self) -> str:
-        return (f"Recorder(pending={self._queue.qsize()}, dropped={self.dropped}, "
-                f"closed={self._closed})")
+        return f"Recorder(pending={self.pending}, dropped={self.dropped}, closed={self._closed})"
+
+    @property
+    def pending(self) -> int:
+        """Records queued and not yet taken by the writer."""
+        return len(self._pending)
 
     @property
     def dropped(self) -> int:
         """Records lost so far (the queue was full, or the sink raised)."""
         return self._lost_on_loop + self._lost_in_writer
+
+    def listen(self, listener: Callable[[TraceLine], Any]) -> None:
+        """Also hand every line to `listener`, on the writer thread, before the sink (so a
+        failing sink loses it no count): what `keysched.metrics.PoolCollector` counts with."""
+        self._listeners.append(listener)
 
     # ------------------------------------------------------------ called by the client (loop)
 
@@ -212,67 +240,26 @@ class Recorder:
 
     def request_started(self, request: int, now: float) -> None:
         """Request `request` was submitted at `now` (client clock)."""
-        self._requests[request] = [now - self._t0, 0]
+        self._requests[request] = [now, 0]
 
-    def attempt(self, dispatch: Dispatch, classified: Classified, started: float, ended: float,
-                *, stream: bool) -> None:
-        """An attempt's outcome is known: queue its line (never blocks, never raises)."""
-        if self._closed:
-            return
-        open_request = self._requests.get(dispatch.request)
+    def attempt(self, report: AttemptReport) -> None:
+        """An attempt's outcome is known (the client's observer hook): queue it; never blocks,
+        never raises.
+
+        The report holds only the values a line needs (never the answer), and the line is made
+        on the writer thread: the event loop pays for one append.
+        """
+        open_request = self._requests.get(report.request)
         if open_request is not None:
             open_request[1] += 1
-        try:
-            line = self._attempt_line(dispatch, classified, started, ended, stream)
-        except Exception as exc:  # a value the format refuses (a hostile server's) loses a line
-            self._lost_on_loop += 1
-            self._warn(f"{type(exc).__name__}: {exc}")
-            return
-        self._put(line)
-
-    def _attempt_line(self, dispatch: Dispatch, classified: Classified, started: float,
-                      ended: float, stream: bool) -> AttemptLine:
-        outcome = classified.outcome
-        redact = self._redact
-        violations = [ViolationInfo(quota_id=redact(v.quota_id) or "?",
-                                    dimension=v.dimension.value, value=v.value)
-                      for v in outcome.violations]
-        quota_id = classified.quota_id
-        if quota_id and not any(v.quota_id == quota_id for v in outcome.violations):
-            # The violation that decided the kind, when it taught no limit (a value of 0, or
-            # none): a replay still wants to see which quota said no.
-            dimension = dimension_of(quota_id)
-            violations.append(ViolationInfo(
-                quota_id=redact(quota_id) or "?",
-                dimension=None if dimension is None else dimension.value,
-                value=classified.quota_value if (classified.quota_value or 0) >= 0 else None))
-        status = classified.status
-        key = dispatch.key
-        label = key.label or ""
-        return AttemptLine(
-            t=_seconds(ended - self._t0), request=dispatch.request, attempt=dispatch.number,
-            key=self._name(label), project=self._name(key.project or label),
-            model=dispatch.model, outcome=outcome.kind.value,
-            status=status if 100 <= status <= 599 else None,
-            retry_delay=outcome.retry_after, violations=tuple(violations),
-            tokens_in=outcome.input_tokens, tokens_out=outcome.output_tokens,
-            latency=_seconds(ended - started), stream=stream)
-
-    def request_decided(self, decision: Finish | Fail, now: float) -> None:
-        """The core ended a request with `decision` at `now`."""
-        if isinstance(decision, Finish):
-            self.request_ended(decision.request, now, ok=True, reason=None)
-        else:
-            self.request_ended(decision.request, now, ok=False, reason=decision.reason.value)
+        self._put(report)
 
     def request_ended(self, request: int, now: float, *, ok: bool, reason: str | None) -> None:
         """Request `request` ended at `now`; a request already ended is ignored."""
         open_request = self._requests.pop(request, None)
-        if open_request is None:
-            return
-        submitted, attempts = open_request
-        self._put(RequestLine(t=_seconds(now - self._t0), request=request, submitted=submitted,
-                              ok=ok, reason=None if ok else reason, attempts=int(attempts)))
+        if open_request is not None:
+            submitted, attempts = open_request
+            self._put(_RequestSeen(now, request, submitted, ok, reason, int(attempts)))
 
     async def aclose(self) -> None:
         """Write what is queued, flush, close what the recorder opened (at most
@@ -292,33 +279,35 @@ class Recorder:
     def _name(self, name: str) -> str:
         return self._names.get(name, name)
 
-    def _put(self, record: Record) -> None:
+    def _put(self, item: AttemptReport | _RequestSeen) -> None:
         if self._closed:
             return
         if self._thread is None:
             self._start()
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
+        pending = self._pending
+        if len(pending) >= self._max_pending:
             self._lost_on_loop += 1
             self._warn("the writer is behind")
+            return
+        pending.append(item)
+        if not self._wake.is_set():  # a flag read; `set` only when the writer may sleep
+            self._wake.set()
 
     def _start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="keysched-recorder", daemon=True)
         self._thread.start()
 
     def _stop(self) -> None:
-        """On a worker thread: queue the stop, wait for the writer (bounded), count the rest."""
+        """On a worker thread: stop the writer once it has drained, wait (bounded), count the
+        rest."""
         thread = self._thread
         assert thread is not None
-        deadline = time.monotonic() + self._close_timeout
-        with contextlib.suppress(queue.Full):
-            self._queue.put(_STOP, timeout=self._close_timeout)
-        thread.join(max(0.0, deadline - time.monotonic()))
+        self._stopping.set()
+        self._wake.set()
+        thread.join(self._close_timeout)
         if thread.is_alive():
             self._abandoned = True
-            left = self._queue.qsize()
-            self._lost_on_loop += left
+            self._lost_on_loop += len(self._pending)
             self._warn(f"the writer did not finish within {self._close_timeout:g}s")
 
     def _warn(self, why: str) -> None:
@@ -330,22 +319,48 @@ class Recorder:
     # ------------------------------------------------------------ the writer thread
 
     def _run(self) -> None:
-        get = self._queue.get
+        pending = self._pending
         try:
             self._write_header()
             while not self._abandoned:
-                record = get()
-                if record is _STOP:
-                    break
-                assert isinstance(record, AttemptLine | RequestLine)
-                self._emit(record)
-                if self._queue.empty():
-                    self._safely(self._flush)
+                self._wake.wait()
+                self._wake.clear()
+                while pending and not self._abandoned:
+                    self._emit(pending.popleft())
+                self._safely(self._flush)
+                if self._stopping.is_set():
+                    if not pending:
+                        break
+                    continue
+                # Let records gather before the next round: one wake-up per batch, not per
+                # record, is most of the recorder's CPU (benchmarks/bench_record.py).
+                self._stopping.wait(_LINGER)
             if not self._abandoned and self._write_header():
                 self._write_drops(self._last_t)
         finally:
             self._safely(self._flush)
             self._safely(self._close)
+
+    def _line(self, item: AttemptReport | _RequestSeen) -> TraceLine:
+        """The trace line of a record the loop handed over (validated: it may raise)."""
+        t0 = self._t0
+        if isinstance(item, _RequestSeen):
+            return RequestLine(t=_seconds(item.ended - t0), request=item.request,
+                               submitted=_seconds(item.submitted - t0), ok=item.ok,
+                               reason=None if item.ok else item.reason, attempts=item.attempts)
+        redact = self._redact
+        violations = tuple(ViolationInfo(quota_id=redact(v.quota_id) or "?",
+                                         dimension=v.dimension.value, value=v.value)
+                           for v in item.violations)
+        status = item.status
+        return AttemptLine(
+            t=_seconds(item.ended - t0), request=item.request, attempt=item.number,
+            key=self._name(item.key), project=self._name(item.project or item.key),
+            model=item.model, outcome=item.kind.value,
+            status=status if 100 <= status <= 599 else None,
+            retry_delay=item.retry_after, violations=violations,
+            tokens_in=item.input_tokens, tokens_out=item.output_tokens,
+            latency=_seconds(item.ended - item.started), stream=item.stream)
 
     def _write_header(self) -> bool:
         """Whether the header is written (tried again before each line until it is)."""
@@ -359,8 +374,16 @@ class Recorder:
             self._header = None
         return True
 
-    def _emit(self, record: TraceLine) -> None:
+    def _emit(self, item: AttemptReport | _RequestSeen) -> None:
+        try:
+            record = self._line(item)
+        except Exception as exc:  # a value the format refuses (a hostile server's) loses a line
+            self._lost_in_writer += 1
+            self._warn(f"{type(exc).__name__}: {exc}")
+            return
         self._last_t = record.t
+        for listener in self._listeners:
+            self._safely(lambda: listener(record))  # noqa: B023 (called at once)
         # A line without its header would make no trace; losses before it are said first.
         if not self._write_header() or not self._write_drops(record.t):
             self._lost_in_writer += 1
@@ -389,6 +412,22 @@ class Recorder:
             action()
         except Exception as exc:
             self._warn(f"{type(exc).__name__}: {exc}")
+
+
+def recorder_of(client: KeyedClient) -> Recorder:
+    """`client`'s recorder; if it records nothing, a recorder that writes nowhere is bound to it
+    (for listeners: `keysched.metrics.PoolCollector`)."""
+    recorder = client._pump.recorder
+    if recorder is None:
+        recorder = Recorder(_nowhere)
+        recorder.bind(client._config, now=client._clock(), wall=time.time(),
+                      redactor=client._redactor)
+        client._pump.watch(recorder)
+    return recorder
+
+
+def _nowhere(record: Record) -> None:
+    pass
 
 
 def _same(text: str | None) -> str | None:

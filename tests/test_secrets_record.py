@@ -1,8 +1,9 @@
-"""A canary key never reaches the outcome trace, even when the server quotes it (issue 19).
+"""A canary key never reaches the outcome trace or the metrics, even when the server quotes it.
 
 The trace keeps one text a server chooses: a 429's ``quotaId``.  A hostile server here puts the
 key it was sent there, in the message and in the status string, and answers every other case of
-`test_secrets_echoed` too; the trace file, written over real loopback HTTP, holds labels only.
+`test_secrets_echoed` too; the trace file, written over real loopback HTTP, and a Prometheus
+scrape of the pool (issue 19, items 1 and 4) hold labels only.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from test_secrets_echoed import CANARY, FLASH, OTHER, Send, echoes
 
 from keysched import Key, KeyedClient, RetryPolicy, ServiceError
+from keysched.metrics import PoolCollector
 from keysched.trace import load
 from sim.server import serve
 
@@ -57,8 +60,8 @@ class EchoEverything:
 
 
 @pytest.mark.parametrize("case", ["quota", *echoes("k")])
-async def test_the_trace_never_holds_a_secret(case: str, tmp_path: Path) -> None:
-    """Whatever the server quotes, the trace names keys by label, and its quota ids too."""
+async def test_the_trace_and_metrics_never_hold_a_secret(case: str, tmp_path: Path) -> None:
+    """Whatever the server quotes, the trace and a scrape name keys by label, quota ids too."""
     path = tmp_path / "outcomes.jsonl"
     keys = [Key(secret=CANARY, label="canary-1", project="a"),
             Key(secret=OTHER, label="other-1", project="b")]
@@ -67,12 +70,18 @@ async def test_the_trace_never_holds_a_secret(case: str, tmp_path: Path) -> None
                                retry=RetryPolicy(max_attempts=3, backoff_base=0.01,
                                                  backoff_cap=0.01, deadline=2.0),
                                record=path) as client:
+            registry = CollectorRegistry()
+            registry.register(PoolCollector(client))
             with pytest.raises(ServiceError):
                 await client.generate("hi")
+            await client._pump.recorder.aclose()  # type: ignore[union-attr]  # the counts are in
+            scraped = generate_latest(registry).decode()
     text = path.read_text(encoding="utf-8")
-    for secret in (CANARY, OTHER):
-        assert secret not in text
-        assert secret[:10] not in text
+    assert "canary-1" in scraped
+    for shown in (text, scraped):
+        for secret in (CANARY, OTHER):
+            assert secret not in shown
+            assert secret[:10] not in shown
     trace = load(path)
     assert trace.attempts
     assert {a.key for a in trace.attempts} <= {"canary-1", "other-1"}
