@@ -67,7 +67,8 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from keysched import OutcomeKind, next_pacific_midnight
+from keysched import OutcomeKind
+from keysched.driver import next_pacific_midnight
 from keysched.trace import AttemptLine, Trace
 from sim.scenario import FaultKind, Scenario, parse_scenario
 
