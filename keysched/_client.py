@@ -296,9 +296,7 @@ class KeyedClient:
         sleep: the coroutine used to wait for the core's next deadline (``asyncio.sleep``).
         wall_clock: Unix time, to place per-day quota resets at midnight Pacific.
         rng: the random generator for backoff jitter.
-        record: write the outcome trace (`keysched.trace`) here: a path, a writable text
-            file, a callable, or a `Recorder` with options.  One line per attempt, never a
-            prompt, an answer or a secret; it never holds up a call (see `keysched.Recorder`).
+        record: where to write the outcome trace (`keysched.trace`): a path, file, callable or `Recorder`.
 
     Raises:
         ConfigurationError: a field is invalid (the message names it, never a secret).
@@ -358,9 +356,7 @@ class KeyedClient:
         self._pump = Pump(self._core, clock, sleep, deadline=config.retry.deadline,
                           redactor=self._redactor, history=EVENT_HISTORY)
         if record is not None:  # the outcome trace
-            recorder = record if isinstance(record, Recorder) else Recorder(record)
-            recorder.bind(config, now=now, wall=wall_clock(), redactor=self._redactor)
-            self._pump.watch(recorder)
+            self._pump.watch(Recorder.bound(record, config, now, wall_clock(), self._redactor))
         self._transports: list[httpx.AsyncBaseTransport] = []  # handed out by `transport()`
         self._backend = _make_backend(http_client, transport, fast, max_response_bytes)
         self._headers = {label: self._backend.headers(each) for label, each in headers.items()}
@@ -423,8 +419,7 @@ class KeyedClient:
         for transport in self._transports:  # their own clients for pass-through requests
             await transport.aclose()
         await self._backend.aclose()
-        if self._pump.recorder is not None:
-            await self._pump.recorder.aclose()  # writes what it holds, flushes, closes its file
+        await self._pump.stop_recording()  # the trace's last lines written, its file closed
 
     @property
     def _closed(self) -> bool:

@@ -2,15 +2,16 @@
 
 Theory of operation
 -------------------
-`KeyedClient(..., record=...)` binds one `Recorder` to its pool.  The client tells it three
-things, each a plain method call on the event loop that only keeps a few raw values in a tuple
-and appends it to a bounded queue: a request was submitted (`request_started`), an attempt's
-outcome is known (`attempt`), a request ended (`request_ended`).  A writer thread makes the
-trace lines from them (validation, redaction, pseudonyms, JSON all happen there) and hands them
-to the sink: a file it opened (a path), a file object it was given, or a callable.  It wakes
-when records arrive, writes what has gathered, flushes, and lets the next batch gather for
-`_LINGER` (50 ms): one wake-up per batch rather than per record.  So a slow disk costs the
-event loop nothing, and a full one costs it nothing either:
+`KeyedClient(..., record=...)` binds one `Recorder` to its pool (`Pump.watch` in
+`keysched._session`).  The client tells it three things, each a plain method call on the event
+loop that only appends a few values to a bounded queue: a request was submitted
+(`request_started`), an attempt's outcome is known (`attempt`, an observer of the client:
+it gets the `AttemptReport` every attempt ends in), a request ended (`request_ended`).  A
+writer thread makes the trace lines from them (validation, redaction, pseudonyms and JSON all
+happen there) and hands them to the sink: a file it opened (a path), a file object it was
+given, or a callable.  It wakes when records arrive, writes what has gathered, flushes, and
+lets the next batch gather for `_LINGER` (50 ms): one wake-up per batch rather than per
+record.  So a slow disk costs the event loop nothing, and a full one costs it nothing either:
 
 - the queue is full (the writer is slow or stuck): the record is dropped and counted;
 - the sink raises (``OSError``: disk full, a closed pipe; or whatever a callable raises): the
@@ -210,6 +211,14 @@ class Recorder:
         self._listeners.append(listener)
 
     # ------------------------------------------------------------ called by the client (loop)
+
+    @classmethod
+    def bound(cls, record: RecordTarget | Recorder, config: PoolConfig, now: float, wall: float,
+              redactor: Redactor) -> Recorder:
+        """`record` (a `Recorder`, or a target to make one with the defaults), bound."""
+        recorder = record if isinstance(record, Recorder) else cls(record)
+        recorder.bind(config, now=now, wall=wall, redactor=redactor)
+        return recorder
 
     def bind(self, config: PoolConfig, *, now: float, wall: float, redactor: Redactor) -> None:
         """Start the trace of a client with `config`: t = 0 is `now` (client clock), `wall`

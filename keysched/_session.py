@@ -282,6 +282,11 @@ class Pump:
         self.recorder = recorder
         self.observers.append(recorder.attempt)
 
+    async def stop_recording(self) -> None:
+        """Close the recorder, if any: it writes what it holds and closes its file."""
+        if self.recorder is not None:
+            await self.recorder.aclose()
+
     def close(self) -> list[asyncio.Future[None]]:
         """End every open request: callers waiting get `UsageError`, attempts are cancelled.
 
