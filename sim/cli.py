@@ -74,9 +74,17 @@ def _add_simulation(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     add_commands(subparsers)
 
 
+def _add_replay(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # `fit` and `replay`: rebuild a scenario from an outcome trace (sim.replay).
+    from sim.replay import add_commands
+
+    add_commands(subparsers)
+
+
 _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_simulation,
     _add_serve,
+    _add_replay,
 ]
 
 
