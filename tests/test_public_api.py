@@ -140,9 +140,6 @@ METRICS_API = ["SNAPSHOT_TIMEOUT", "WAIT_BUCKETS", "PoolCollector"]
 PUBLIC = {"keysched": CLIENT_API, "keysched.driver": DRIVER_API, "keysched.wire": WIRE_API,
           "keysched.trace": TRACE_API, "keysched.metrics": METRICS_API}
 
-# sim's `tuple_builder` imports go with the simulator's renovation (issue 15, the sim branch);
-# until it lands they are the one private import allowed, where they are.  Delete this then.
-STILL_PRIVATE = {f"sim/{name}.py: keysched._tuples" for name in ("engine", "workload", "world")}
 
 
 @pytest.mark.parametrize("module", sorted(PUBLIC))
@@ -230,7 +227,7 @@ def test_layers_above_import_only_public_modules() -> None:
         seen += 1
         offenders += [f"{where}: {name}" for name in _private_uses(ast.parse(source, where))]
     assert seen > 20  # the walk found the files (sim alone has more)
-    assert sorted(set(offenders) - STILL_PRIVATE) == []
+    assert offenders == []
 
 
 def test_the_scan_sees_every_way_in() -> None:
