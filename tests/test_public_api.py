@@ -141,7 +141,6 @@ PUBLIC = {"keysched": CLIENT_API, "keysched.driver": DRIVER_API, "keysched.wire"
           "keysched.trace": TRACE_API, "keysched.metrics": METRICS_API}
 
 
-
 @pytest.mark.parametrize("module", sorted(PUBLIC))
 def test_all_is_exactly_the_locked_list(module: str) -> None:
     """Each public module's `__all__` is the list above, in the same (isort) order."""
