@@ -164,6 +164,11 @@ class Scheduler:
         self._events: list[PoolEvent] = []
         self._now = -math.inf
         self._next_attempt = 1
+        # Bumped by every input and timer that could free capacity: a queue whose head waited
+        # at the same count is not asked again (`Queues.held`).  `recheck_all` turns the skip
+        # off, for the test that holds both ways to the same decisions.
+        self._moved = 0
+        self.recheck_all = not getattr(self._pool.selector, "wakes_on_change", False)
 
     # ------------------------------------------------------------------ inputs
 
@@ -219,6 +224,7 @@ class Scheduler:
             raise UsageError(f"attempt {attempt!r} is not in flight (unknown, completed or "
                              "cancelled)")
         self._now = now
+        self._moved += 1
         request = self._requests.open[record.request]
         self._pool.release(record, now)
         action, meaning = self._rules[outcome.kind]
@@ -253,6 +259,7 @@ class Scheduler:
         if not self._pool.key_disabled(record.key):
             return False
         self._now = now
+        self._moved += 1
         del self._attempts[attempt]
         request = self._requests.open[record.request]
         self._pool.withdraw(record, request.tokens, now)
@@ -285,6 +292,7 @@ class Scheduler:
             raise UsageError(f"request {request!r} was never submitted")
         _check_time(now, self._now)
         self._now = now
+        self._moved += 1
         if state.state is RequestState.IN_FLIGHT and state.last_attempt is not None:
             self._pool.release(self._attempts.pop(state.last_attempt), now)
         self._requests.move(state, RequestInput.FAIL if failed else RequestInput.CANCEL)
@@ -346,6 +354,7 @@ class Scheduler:
         _check_time(now, self._now)
         changes = learn(self._pool, self._names, fact, now)
         self._now = now
+        self._moved += 1
         self._take(changes)
 
     def shared_facts(self, now: float | None = None) -> list[SharedFact]:
@@ -388,6 +397,7 @@ class Scheduler:
             self._timers.compact(self._requests.timer_live)
 
     def _fire_timers(self, now: float) -> None:
+        self._moved += 1  # a lane unparked, a cooldown or backoff ended, a deadline passed
         while (timer := self._timers.pop_due(now)) is not None:
             if timer.kind is TimerKind.LANE:
                 self._pool.unpark_lane(timer.ref, timer.extra)
@@ -464,13 +474,17 @@ class Scheduler:
 
     def _dispatch_waiting(self, now: float) -> None:
         """Settle the heads of the queues, oldest first, until every queue is empty or blocked."""
-        blocked: set[tuple[int, ...]] = set()
-        while (oldest := self._queues.oldest(blocked)) is not None:
+        queues = self._queues
+        blocked = set() if self.recheck_all else queues.held(self._moved, now)
+        while (oldest := queues.oldest(blocked)) is not None:
             models, request = oldest
             if self._settle_head(request, models, now):
-                self._queues.pop(models)
+                queues.pop(models)
             else:
                 blocked.add(models)
+                # Its answer stands until something moves, or until it is too late to start.
+                queues.hold(models, request.id, self._moved, math.nextafter(request.start_by,
+                                                                           math.inf))
         self._queues.drop_empty(blocked)
 
     def _settle_head(self, request: Request, models: tuple[int, ...], now: float) -> bool:

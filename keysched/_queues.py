@@ -12,6 +12,13 @@ it reaches the head.  A request remembers the queue it was last put in (`Request
 an entry in any other queue is stale.  A request may have two entries in one queue (it left
 and came back); the first to surface serves, the other is stale by then.
 
+A head that cannot be served is *held*: the queue remembers the scheduler's change count at
+that moment and the time until which the answer stands (`hold`).  While nothing that could
+serve it has moved since (the count is the same) and that time has not come, `held` names the
+queue and the dispatch loop does not ask again: asking would give the same answer (issue 18
+item 4: in a saturated pool every event re-checked every waiting head against the budgets).
+What moves the count is the scheduler's business (`keysched._core`); the queue only compares.
+
 Decisions where the issue was silent: a head that cannot be served holds back the requests
 behind it that allow the same models (that is what FIFO means) and nothing else.
 """
@@ -34,12 +41,14 @@ class Queues:
             lists (`RetryPolicy.server_errors_per_model`).
     """
 
-    __slots__ = ("_per_model", "_queues", "_requests")
+    __slots__ = ("_held", "_per_model", "_queues", "_requests")
 
     def __init__(self, requests: Requests, per_model: int) -> None:
         self._requests = requests
         self._per_model = per_model
         self._queues: dict[tuple[int, ...], list[int]] = {}
+        # models -> (head id, change count, until): why the head waits (`hold`).
+        self._held: dict[tuple[int, ...], tuple[int, int, float]] = {}
 
     def __len__(self) -> int:
         """How many queues there are (some may hold only stale entries)."""
@@ -61,6 +70,26 @@ class Queues:
             if queue and models not in blocked and (best is None or queue[0] < head):
                 best, head = models, queue[0]
         return None if best is None else (best, self._requests.open[head])
+
+    def hold(self, models: tuple[int, ...], head: int, count: int, until: float) -> None:
+        """The head `head` of `models` cannot be served while the change count is `count` and
+        the time is before `until`."""
+        self._held[models] = (head, count, until)
+
+    def held(self, count: int, now: float) -> set[tuple[int, ...]]:
+        """The queues whose head was held at change count `count`, whose time has not come, and
+        whose head is still the one held (a head that left takes its hold with it)."""
+        held = set()
+        stale = []
+        for models, (head, at_count, until) in self._held.items():
+            queue = self._queues.get(models)
+            if at_count == count and now < until and queue and queue[0] == head:
+                held.add(models)
+            else:
+                stale.append(models)
+        for models in stale:
+            del self._held[models]
+        return held
 
     def pop(self, models: tuple[int, ...]) -> None:
         """Take the head off the queue of `models`; an emptied queue goes."""

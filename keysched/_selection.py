@@ -102,6 +102,12 @@ class Selector(Protocol):
 class LeastLoaded:
     """Fewest requests in flight first; ties to the least recently used key. O(log n)."""
 
+    # A failed selection changes nothing but what it parks, and every lane it passes over is
+    # either parked with a timer or comes back only on an event: the scheduler may skip a
+    # queue whose head failed until something moved (see `keysched._queues`).  The scanning
+    # baselines draw randomness or pass over lanes that come back with time alone: no skip.
+    wakes_on_change = True
+
     def __init__(self, n_keys: int, n_models: int) -> None:
         self._n = n_keys
         self._stamp = [0] * n_keys
