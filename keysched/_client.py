@@ -85,8 +85,10 @@ from keysched._outcomes import Outcome, OutcomeKind
 from keysched._redact import Redactor
 from keysched._results import AttemptRecord, GenerateResult, StreamChunk
 from keysched._selection import Policy
+from keysched._sharing import StoreLink
 from keysched._snapshot import PoolEvent, PoolSnapshot
 from keysched._sse import SSEParser
+from keysched._store import Store
 from keysched._transport import (
     DEFAULT_MAX_RESPONSE_BYTES,
     AiohttpBackend,
@@ -155,6 +157,29 @@ _EVENT_LEVELS = {
     "lane_cooled": logging.DEBUG,
 }
 _MOST_SEVERE_EVENT = max(_EVENT_LEVELS.values())
+
+
+STORE_TIMEOUT = 0.25
+"""Seconds a shared store's call may take before the client goes on without it."""
+
+
+def _open_store(store: str | Store, pool_name: str) -> Store:
+    """The `Store` that `KeyedClient`'s ``store`` argument names."""
+    from keysched._redis_store import check_pool_name
+
+    check_pool_name(pool_name)
+    if isinstance(store, str):
+        if not store.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigurationError("store", "expected a redis:// URL or a Store object (the "
+                                     "value is not shown: it may hold a password)")
+        from keysched._redis_store import RedisStore
+
+        return RedisStore(store, pool_name=pool_name, timeout=STORE_TIMEOUT)
+    if not all(callable(getattr(store, name, None))
+               for name in ("admit", "settle", "facts", "aclose")):
+        raise ConfigurationError("store", f"expected a redis:// URL or a Store object, got "
+                                 f"{type(store).__name__}")
+    return store
 
 
 def _failure(kind: OutcomeKind, message: str) -> Classified:
@@ -449,6 +474,11 @@ class KeyedClient:
         sleep: the coroutine used to wait for the core's next deadline (``asyncio.sleep``).
         wall_clock: Unix time, to place per-day quota resets at midnight Pacific.
         rng: the random generator for backoff jitter.
+        store: share the pool with other processes: a ``redis://host:port/db`` URL (needs
+            ``pip install 'keysched[redis]'``) or a `Store` object (`MemoryStore` shares it
+            with other clients of this process).  None (the default): this process alone.
+        pool_name: the shared pool's name (the namespace of its keys in Redis); clients that
+            share a pool use the same name and the same key labels.
 
     Raises:
         ConfigurationError: a field is invalid (the message names it, never a secret).
@@ -474,6 +504,8 @@ class KeyedClient:
         sleep: Callable[[float], Awaitable[Any]] | None = None,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        store: str | Store | None = None,
+        pool_name: str = "keysched",
     ) -> None:
         _check_base_url(base_url)
         if not isinstance(embedding_model, str) or not embedding_model.strip():
@@ -524,6 +556,10 @@ class KeyedClient:
         self._backend = self._make_backend(http_client, transport, fast, max_response_bytes)
         self._headers = {label: self._backend.headers(each) for label, each in headers.items()}
         self._urls: dict[str, dict[str, str]] = {method: {} for method in METHODS}
+        self._link = None if store is None else StoreLink(
+            _open_store(store, pool_name), self._core, clock=clock, wall_clock=wall_clock,
+            wall_epoch=wall_clock() - now, timeout=STORE_TIMEOUT,
+            key_cap=max_in_flight_per_key or 0)
 
     @staticmethod
     def _make_backend(http_client: httpx.AsyncClient | None,
@@ -610,6 +646,8 @@ class KeyedClient:
         for transport in self._transports:  # their own clients for pass-through requests
             await transport.aclose()
         await self._backend.aclose()
+        if self._link is not None:
+            await self._link.aclose()
 
     def _redact_bytes(self, data: bytes) -> bytes:
         """`data` (an answer's bytes) with every secret of the pool replaced by its label."""
@@ -695,6 +733,7 @@ class KeyedClient:
         attempt_timeout = self._attempt_timeout(timeout)
         session = self._open(models, tokens, deadline)
         delivered = 0
+        link = self._link
         try:
             while True:
                 decision = await session.next()
@@ -702,6 +741,12 @@ class KeyedClient:
                     return
                 if isinstance(decision, Fail):
                     raise session.error(decision)
+                claim = None
+                if link is not None:
+                    claim = await link.admit(decision, tokens, True, attempt_timeout)
+                    if claim is False:  # a shared budget is full: withdrawn, not sent
+                        self._pump()
+                        continue
                 started = self._clock()
                 result = _StreamResult()
                 attempt = self._stream_attempt(
@@ -713,10 +758,14 @@ class KeyedClient:
                             delivered += 1
                             yield chunk
                 except BaseException:
+                    if link is not None and claim:
+                        link.settle(claim, OutcomeKind.CONNECTION_ERROR)
                     if session.take_abort():
                         raise UsageError(_CLOSED) from None
                     raise
                 classified = result.classified
+                if link is not None and claim:
+                    link.settle(claim, classified.outcome.kind)
                 # A safety stop on the last chunk is an answer (as for `generate`), not a break.
                 broken = delivered > 0 and classified.outcome.kind not in (
                     OutcomeKind.SUCCESS, OutcomeKind.BLOCKED)
@@ -869,12 +918,19 @@ class KeyedClient:
         current_task = self._current_task
         items = session.items
         urls = self._urls[method]
+        link = self._link
         try:
             while True:
                 # A decision already there was posted by this task's own pump, just now (the
                 # attempt was in flight before): take it without the wait and its checks.
                 decision = items.pop(0) if items else await session.next()
                 if isinstance(decision, Dispatch):
+                    claim = None
+                    if link is not None:
+                        claim = await link.admit(decision, tokens, spends_quota, attempt_timeout)
+                        if claim is False:  # a shared budget is full: withdrawn, not sent
+                            self._pump()
+                            continue
                     started = clock()
                     bound = session.attempt_timeout(attempt_timeout, started)
                     session.task = current_task()  # for `aclose` to cancel
@@ -893,6 +949,8 @@ class KeyedClient:
                     except ResponseTooLarge as exc:
                         classified = _too_large(session, exc)
                     except BaseException:
+                        if link is not None and claim:
+                            link.settle(claim, OutcomeKind.CONNECTION_ERROR)
                         if session.take_abort():
                             raise UsageError(_CLOSED) from None
                         raise
@@ -903,6 +961,8 @@ class KeyedClient:
                             classified, session.value = read(status, raw, headers, tokens)
                     finally:
                         session.io_ended()
+                    if link is not None and claim:
+                        link.settle(claim, classified.outcome.kind)
                     session.report(decision, classified, started)
                 elif isinstance(decision, Finish):
                     session.open = False
@@ -1025,6 +1085,8 @@ class KeyedClient:
         # filtered out.
         events = core.take_events()
         if events:
+            if self._link is not None:
+                self._link.note(events)
             self._history.extend(events)
             if logger.isEnabledFor(_MOST_SEVERE_EVENT):
                 for event in events:

@@ -371,8 +371,9 @@ class Scheduler:
             self._errored[lane] += 1
             self._advance(request, action, outcome, record, now)
 
-    def withdraw(self, attempt: int, now: float) -> bool:
-        """Take back a dispatch the driver has not sent yet, if its key was disabled meanwhile.
+    def withdraw(self, attempt: int, now: float, *, unsent: bool = False) -> bool:
+        """Take back a dispatch the driver has not sent yet, if its key was disabled meanwhile
+        (or, with `unsent`, in any case: a shared budget refused it).
 
         A driver sends an attempt a moment after `poll` decided it, and a refusal that disables
         the key may come back in between (under load, a whole event-loop turn).  Then the
@@ -390,7 +391,7 @@ class Scheduler:
             raise UsageError(f"attempt {attempt!r} is not in flight (unknown, completed or "
                              "cancelled)")
         self._check_time(now)
-        if self._keys[record.key].disabled is None:
+        if self._keys[record.key].disabled is None and not unsent:
             return False
         self._now = now
         del self._attempts[attempt]
