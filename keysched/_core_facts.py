@@ -21,6 +21,12 @@ Decisions where the issue was silent:
   process learns them from its own first answer, which costs one attempt, and a wrong one
   shared would take a model away from the whole pool for good.
 - A learned limit shared by another process is learned with the quota id ``shared``.
+- A group that knows no limit of its own is held, in the shared budget, to the limit it
+  presumes (learned on another group of its model).  Alone, a process lets such a group go
+  past its presumed limit one attempt at a time, to learn its own; several processes would
+  each send that one attempt, and a pool of free-tier projects would collect a 429 per
+  process and group.  The cost: a group whose real limit is higher (another tier) is held to
+  its siblings' limit in a shared pool until a 429 teaches it its own.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from keysched._store import FOREVER, SharedFact
 __all__ = ["CoreFacts"]
 
 _DIMENSIONS = {dimension.value: dimension for dimension in QuotaDimension}
+_RPM, _TPM, _RPD = (QuotaDimension.REQUESTS_PER_MINUTE, QuotaDimension.TOKENS_PER_MINUTE,
+                    QuotaDimension.REQUESTS_PER_DAY)
 
 
 class CoreFacts:
@@ -124,14 +132,20 @@ class CoreFacts:
         return facts
 
     def limits(self, project: str, model: str) -> tuple[int, int, int, float]:
-        """The known limits of a group (0: unknown) and its minute window, in seconds."""
+        """The limits a group's shared budget holds to (0: none) and its minute window, in
+        seconds: those it knows, else those it presumes (learned on another group of the
+        model; see the module docstring)."""
+        window = 60.0 + self.core.config.retry.quota_margin
         p, m = self._projects.get(project), self._models.get(model)
         if p is None or m is None:
-            return 0, 0, 0, 60.0 + self.core.config.retry.quota_margin
+            return 0, 0, 0, window
         budget = self.core._groups[p][m].budget
+        presumed = self.core._priors[m]
         if budget is None:
-            return 0, 0, 0, 60.0 + self.core.config.retry.quota_margin
-        return budget.rpm or 0, budget.tpm or 0, budget.rpd or 0, budget.window
+            return (presumed.get(_RPM, 0), presumed.get(_TPM, 0), presumed.get(_RPD, 0),
+                    window)
+        return (budget.rpm or presumed.get(_RPM, 0), budget.tpm or presumed.get(_TPM, 0),
+                budget.rpd or presumed.get(_RPD, 0), budget.window)
 
     # -- in: what other processes learned ------------------------------------------------------
 

@@ -48,7 +48,8 @@ __all__ = ["RedisStore"]
 DEFAULT_TIMEOUT = 0.25
 
 # KEYS: facts, version, leases of the key, the group's window, its token total, its day count.
-# ARGV: member, tokens, spends (0/1), rpm, tpm, rpd, window, day_end, lease_ttl, key_cap, known.
+# ARGV: member, tokens, spends (0/1), rpm, tpm, rpd, window, day_end, lease_ttl, key_cap, known,
+# then the fields of the facts that would hold the attempt back (`Claim.blockers`).
 ADMIT = r"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -60,6 +61,13 @@ local version = redis.call('GET', KEYS[2]) or '0'
 local facts = {}
 if version ~= ARGV[11] then facts = redis.call('HGETALL', KEYS[1]) end
 local function refuse(why, at) return {0, tostring(at), why, version, facts} end
+for i = 12, #ARGV do
+  local fact = redis.call('HGET', KEYS[1], ARGV[i])
+  if fact then
+    local until_ = tonumber(string.match(fact, '^([^\31]*)'))
+    if until_ > now then return refuse(string.match(ARGV[i], '^([^\31]*)'), until_) end
+  end
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 if cap > 0 and redis.call('ZCARD', KEYS[3]) >= cap then
   return refuse('in_flight', redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')[2])
@@ -205,7 +213,8 @@ class RedisStore:
             keys=[self._facts_key, self._version_key, *self._group_keys(claim)],
             args=[claim.member, claim.tokens, int(claim.spends_quota), claim.rpm, claim.tpm,
                   claim.rpd, repr(float(claim.window)), repr(float(claim.day_end)),
-                  repr(float(claim.lease_ttl)), claim.key_cap, str(known_version)])
+                  repr(float(claim.lease_ttl)), claim.key_cap, str(known_version),
+                  *claim.blockers])
         granted, retry_at, why, version, raw = reply
         return Grant(bool(granted), float(retry_at), why, int(version),
                      _decode(raw) if int(version) != known_version else None)

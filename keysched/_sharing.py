@@ -48,7 +48,7 @@ from keysched._errors import UsageError
 from keysched._outcomes import OutcomeKind
 from keysched._pacific import next_pacific_midnight
 from keysched._snapshot import PoolEvent
-from keysched._store import Claim, Settlement, SharedFact, Store
+from keysched._store import SCOPES, Claim, Settlement, SharedFact, Store
 
 if TYPE_CHECKING:
     import asyncio
@@ -146,7 +146,10 @@ class StoreLink:
         if grant.granted:
             return claim
         until = grant.retry_at - self.facts.wall_epoch
-        if grant.why == "in_flight":
+        if grant.why in SCOPES:  # another process disabled or cooled it: the core learns so
+            self.facts.apply(SharedFact(grant.why, project, dispatch.model, claim.key,
+                                        until=grant.retry_at, reason="shared"), now)
+        elif grant.why == "in_flight":
             self.facts.cool_lane(claim.key, project, dispatch.model,
                                  min(until, now + CAP_RECHECK), now)
         else:

@@ -138,6 +138,15 @@ class Claim(NamedTuple):
     key_cap: int = 0
 
     @property
+    def blockers(self) -> tuple[str, str, str, str]:
+        """The fields of the facts that would hold this attempt back: its key disabled, its
+        group, model or lane cooling (in the order the store checks them)."""
+        return (SharedFact("key", key=self.key).field,
+                SharedFact("group", self.project, self.model).field,
+                SharedFact("model", model=self.model).field,
+                SharedFact("lane", self.project, self.model, self.key).field)
+
+    @property
     def member(self) -> str:
         """The attempt's entry in its lease set and its group's minute window."""
         return f"{self.owner}:{self.attempt}:{self.tokens}"
@@ -149,7 +158,9 @@ class Grant(NamedTuple):
     Attributes:
         granted: the units and the lease were taken; send the attempt.
         retry_at: if refused, when room returns (Unix seconds).
-        why: if refused, the limit that is full (``rpm``, ``tpm``, ``rpd``, ``in_flight``).
+        why: if refused, the limit that is full (``rpm``, ``tpm``, ``rpd``, ``in_flight``), or
+            the scope of a fact that holds the attempt back (``key``, ``group``, ``model``,
+            ``lane``: another process disabled or cooled it since this one last looked).
         version: the version of the shared facts.
         facts: every shared fact, if the version differs from the one the caller knew.
     """
@@ -239,6 +250,10 @@ class SharedPool:
 
     def _refusal(self, claim: Claim, leases: dict[str, float],
                  now: float) -> tuple[str, float] | None:
+        for field in claim.blockers:
+            fact = self._facts.get(field)
+            if fact is not None and fact.until > now:
+                return fact.scope, fact.until
         if claim.key_cap and len(leases) >= claim.key_cap:
             return "in_flight", min(leases.values())
         if not claim.spends_quota:
