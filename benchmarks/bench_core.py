@@ -22,8 +22,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `keysched` importable from the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from keysched import Outcome, OutcomeKind, PoolConfig, Scheduler
-from keysched._decisions import Dispatch
+from keysched import PoolConfig
+from keysched.driver import Dispatch, Outcome, OutcomeKind, Scheduler
 
 MODELS = ["gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"]
 SIZES = [10, 1_000, 10_000]

@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from e2e_support import ScaledTimeouts, ScenarioTime, running_server, scenario_client
 
-from keysched import KeyschedError, OutcomeKind, Policy, RetryPolicy, classify
-from keysched._wire import endpoint_url, generate_body, request_headers
+from keysched import KeyschedError, OutcomeKind, Policy, RetryPolicy
+from keysched.wire import classify, endpoint_url, generate_body, request_headers
 from sim.scenario import Scenario, parse_scenario
 
 FLASH = "gemini-2.5-flash"

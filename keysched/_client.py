@@ -65,7 +65,16 @@ if TYPE_CHECKING:
     import asyncio
     import datetime
 
-from keysched._config import Key, Limit, PoolConfig, RetryPolicy, _duration, _timeout
+from keysched._config import (
+    DEFAULT_EMBEDDING_MODEL,
+    DEFAULT_MODELS,
+    Key,
+    Limit,
+    PoolConfig,
+    RetryPolicy,
+    _duration,
+    _timeout,
+)
 from keysched._core import Scheduler
 from keysched._decisions import Decision, Dispatch, Fail, FailReason, Finish
 from keysched._durations import AttemptDurations
@@ -122,8 +131,6 @@ __all__ = ["DEFAULT_MODELS", "KeyedClient"]
 
 logger = logging.getLogger("keysched")
 
-DEFAULT_MODELS = ("gemini-2.5-flash", "gemini-2.5-flash-lite")
-DEFAULT_EMBEDDING_MODEL = "gemini-embedding-001"
 EVENT_HISTORY = 1000
 """How many recent pool events `KeyedClient.events()` keeps."""
 _CLOSED = "the client was closed while the request was open"

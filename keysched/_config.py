@@ -22,7 +22,12 @@ import attrs
 
 from keysched._errors import ConfigurationError
 
-__all__ = ["Key", "Limit", "PoolConfig", "RetryPolicy"]
+__all__ = ["DEFAULT_EMBEDDING_MODEL", "DEFAULT_MODELS", "Key", "Limit", "PoolConfig", "RetryPolicy"]
+
+DEFAULT_MODELS = ("gemini-2.5-flash", "gemini-2.5-flash-lite")
+"""The models `KeyedClient` uses when it is given none, best first."""
+DEFAULT_EMBEDDING_MODEL = "gemini-embedding-001"
+"""The model `KeyedClient.embed` uses when it is given none."""
 
 
 def _show(value: object) -> str:

@@ -78,7 +78,7 @@ def main() -> int:
     args = parser.parse_args()
     runs = [r for r in _runs() if args.only is None or args.only in _label(r)]
     with ProcessPoolExecutor(args.jobs) as pool:
-        hashes = dict(zip(map(_label, runs), pool.map(run_hash, runs)))
+        hashes = dict(zip(map(_label, runs), pool.map(run_hash, runs), strict=True))
     if args.write:
         HASHES.write_text("".join(f"{label} {h}\n" for label, h in hashes.items()))
         print(f"wrote {len(hashes)} hashes to {HASHES}")

@@ -27,7 +27,7 @@ import hashlib
 import json
 from typing import Any
 
-from keysched._outcomes import Violation, violation_of
+from keysched.driver import Violation, violation_of
 
 __all__ = [
     "PROXY_BODIES",

@@ -53,10 +53,9 @@ from typing import NamedTuple
 
 import attrs
 
-from keysched import Outcome, OutcomeKind, PoolConfig, PoolEvent, Scheduler
-from keysched._decisions import Dispatch, Fail, Finish
-from keysched._selection import Policy
+from keysched import PoolConfig, PoolEvent
 from keysched._tuples import tuple_builder
+from keysched.driver import Dispatch, Fail, Finish, Outcome, OutcomeKind, Policy, Scheduler
 from sim.scenario import Scenario
 from sim.workload import Arrival, generate_arrivals
 

@@ -42,8 +42,7 @@ from typing import Any
 
 import attrs
 
-from keysched import OutcomeKind
-from keysched._pacific import next_pacific_midnight
+from keysched.driver import OutcomeKind, next_pacific_midnight
 from sim.engine import RunResult
 from sim.scenario import FaultKind, Scenario
 

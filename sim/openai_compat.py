@@ -26,7 +26,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from keysched._routes import openai_tokens
+from keysched.wire import openai_tokens
 from sim import bodies
 from sim.bodies import Body
 from sim.httpserver import SimulatedDisconnect

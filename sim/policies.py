@@ -27,7 +27,16 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 
-from keysched import Action, Effect, Next, OutcomeKind, Policy, RandomChoice, RoundRobin, Selector
+from keysched.driver import (
+    Action,
+    Effect,
+    Next,
+    OutcomeKind,
+    Policy,
+    RandomChoice,
+    RoundRobin,
+    Selector,
+)
 
 __all__ = ["GIVEN_LIMITS", "POLICIES", "POLICY_NAMES", "get_policy", "naive_actions"]
 

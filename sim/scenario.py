@@ -80,7 +80,7 @@ from typing import Any
 
 import attrs
 
-from keysched._config import Key, Limit
+from keysched import Key, Limit
 
 __all__ = [
     "FaultKind",

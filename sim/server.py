@@ -14,7 +14,7 @@ so tests drive the whole server on a fake clock.
 
 Decisions where the issue was silent:
 
-- Input tokens are estimated as the client does (`keysched._wire.estimate_tokens`: text
+- Input tokens are estimated as the client does (`keysched.wire.estimate_tokens`: text
   characters / 4), so the quotas the server enforces match what a client budgets.
 - A streamed answer's latency is spread evenly over its chunks; a cut or a mid-stream error
   comes one interval after the last chunk delivered.
@@ -42,7 +42,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from keysched._wire import estimate_tokens
+from keysched.wire import estimate_tokens
 from sim import bodies, openai_compat
 from sim.bodies import Body
 from sim.httpserver import ASGIApp, SimServer, SimulatedDisconnect

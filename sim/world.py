@@ -52,10 +52,9 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
-from keysched._client import DEFAULT_EMBEDDING_MODEL
-from keysched._outcomes import Outcome, OutcomeKind
-from keysched._pacific import next_pacific_midnight
+from keysched import DEFAULT_EMBEDDING_MODEL
 from keysched._tuples import tuple_builder
+from keysched.driver import Outcome, OutcomeKind, next_pacific_midnight
 from sim import bodies
 from sim.bodies import Body
 from sim.draws import lognormal, uniform_int

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,32 @@ def test_scanner_catches_a_forbidden_import() -> None:
     """The scan itself works: it sees `import time` and `from logging import x`."""
     tree = ast.parse("import time\nfrom logging import getLogger\nimport os.path\n")
     assert _imports(tree) == {"time", "logging", "os"}
+
+
+# The wire layer and the two public pure modules are held to the core's rules: a fake server, a
+# simulator or another driver can use them without an event loop, a socket or a clock.  Kept in
+# its own list so that the core's list can change without touching this one.
+WIRE_MODULES = ["wire", "driver", "_wire", "_sse", "_routes", "_outcomes", "_errors"]
+
+
+@pytest.mark.parametrize("module", WIRE_MODULES)
+def test_wire_module_imports_nothing_impure(module: str) -> None:
+    """No wire module (nor keysched.driver) imports time, asyncio, sockets, httpx, logging..."""
+    assert _imports(_source(module)) & FORBIDDEN == set()
+
+
+@pytest.mark.parametrize("module", WIRE_MODULES)
+def test_wire_module_never_touches_random(module: str) -> None:
+    """The wire layer draws no random numbers at all: `random` is not even imported."""
+    assert "random" not in _imports(_source(module))
+
+
+def test_public_pure_modules_load_no_io_when_imported() -> None:
+    """`import keysched.driver, keysched.wire` in a fresh interpreter loads no asyncio, httpx,
+    socket or ssl: what they import, transitively, is as pure as their own source."""
+    code = ("import sys, keysched.driver, keysched.wire\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'asyncio', 'httpx', 'httpcore', 'anyio', 'socket', 'ssl', 'aiohttp'}))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.strip() == "[]"

@@ -1,0 +1,66 @@
+"""keysched.driver: the public surface for code that drives the scheduling core itself.
+
+Theory of operation: `KeyedClient` and the simulator are two drivers of one sans-IO `Scheduler`.
+A driver submits requests, reports each attempt's `Outcome`, polls for `Decision`s (`Dispatch`,
+`Finish`, `Fail`) and sleeps (or jumps its virtual clock) until `Scheduler.next_deadline()`.
+This module gathers what such a driver needs: the scheduler, its decisions, the outcomes it
+takes, the outcome -> action table a `Policy` carries, the selectors that pick a key, and the
+quota facts (`KnownLimit`, `Violation`, `next_pacific_midnight`) a world model shares with it.
+Configuration (`PoolConfig`, `Key`, `Limit`, `RetryPolicy`) and snapshots and events
+(`PoolSnapshot`, `PoolEvent` ...) come from `keysched` itself, which client users import too.
+
+Importing it is cheap: nothing here (nor `keysched`'s own import) loads asyncio or httpx.
+
+Decisions where the issue was silent:
+
+- `Policy` is here and in `keysched`: a client user passes one to `KeyedClient`, a driver
+  author builds one from selectors and a table.  It is the same object.
+- `LaneOracle` and `SKIP` are here because a `Selector` of one's own calls `LaneOracle.block`
+  and must read its `SKIP` answer; `SelectorFactory` is the type of `Policy.selector`.
+- `dimension_of`, `MAX_QUOTA_VALUE` and the scheduler's private helpers stay private.
+"""
+
+from keysched._budget import KnownLimit
+from keysched._core import Scheduler
+from keysched._decisions import Decision, Dispatch, Fail, FailReason, Finish
+from keysched._outcomes import Outcome, OutcomeKind, QuotaDimension, Violation, violation_of
+from keysched._pacific import next_pacific_midnight
+from keysched._selection import (
+    SKIP,
+    LaneOracle,
+    LeastLoaded,
+    Policy,
+    RandomChoice,
+    RoundRobin,
+    Selector,
+    SelectorFactory,
+)
+from keysched._table import DEFAULT_ACTIONS, Action, Effect, Next
+
+__all__ = [
+    "DEFAULT_ACTIONS",
+    "SKIP",
+    "Action",
+    "Decision",
+    "Dispatch",
+    "Effect",
+    "Fail",
+    "FailReason",
+    "Finish",
+    "KnownLimit",
+    "LaneOracle",
+    "LeastLoaded",
+    "Next",
+    "Outcome",
+    "OutcomeKind",
+    "Policy",
+    "QuotaDimension",
+    "RandomChoice",
+    "RoundRobin",
+    "Scheduler",
+    "Selector",
+    "SelectorFactory",
+    "Violation",
+    "next_pacific_midnight",
+    "violation_of",
+]
