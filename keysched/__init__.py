@@ -57,6 +57,8 @@ from keysched._wire import Usage
 if TYPE_CHECKING:
     from keysched._client import KeyedClient
     from keysched._integrations import PoolTransport
+    from keysched._redis_store import RedisStore
+    from keysched._store import MemoryStore, Store
     from keysched._threaded import PoolThread, genai_client
 
     # The names kept for code written before keysched.driver and keysched.wire (see above).
@@ -89,7 +91,9 @@ __version__ = "0.1.0"
 # Loading it on first use keeps `import keysched` cheap for code that only needs the pure parts
 # (the simulator, a dashboard reading snapshots).
 _LAZY = {"KeyedClient": "keysched._client", "PoolThread": "keysched._threaded",
-         "PoolTransport": "keysched._integrations", "genai_client": "keysched._threaded"}
+         "PoolTransport": "keysched._integrations", "genai_client": "keysched._threaded",
+         "MemoryStore": "keysched._store", "Store": "keysched._store",
+         "RedisStore": "keysched._redis_store"}
 _LAZY.update(dict.fromkeys(
     ["DEFAULT_ACTIONS", "Action", "Decision", "Dispatch", "Effect", "Fail", "FailReason",
      "Finish", "LeastLoaded", "Next", "Outcome", "QuotaDimension", "RandomChoice", "RoundRobin",
@@ -126,6 +130,7 @@ __all__ = [
     "LaneSnapshot",
     "LaneState",
     "Limit",
+    "MemoryStore",
     "NoUsableKeyError",
     "OutcomeKind",
     "Policy",
@@ -134,10 +139,12 @@ __all__ = [
     "PoolSnapshot",
     "PoolThread",
     "PoolTransport",
+    "RedisStore",
     "RequestError",
     "ResponseTooLargeError",
     "RetryPolicy",
     "ServiceError",
+    "Store",
     "StreamChunk",
     "StreamInterruptedError",
     "Usage",

@@ -60,7 +60,7 @@ local ttl, cap = tonumber(ARGV[9]), tonumber(ARGV[10])
 local version = redis.call('GET', KEYS[2]) or '0'
 local facts = {}
 if version ~= ARGV[11] then facts = redis.call('HGETALL', KEYS[1]) end
-local function refuse(why, at) return {0, tostring(at), why, version, facts} end
+local function refuse(why, at) return {0, string.format('%.17g', at), why, version, facts} end
 for i = 12, #ARGV do
   local fact = redis.call('HGET', KEYS[1], ARGV[i])
   if fact then
