@@ -83,7 +83,8 @@ async def test_a_cooled_group_or_disabled_key_refuses_and_brings_the_facts(
     await store.settle([], [SharedFact("group", "p", "m", until=until, reason="429")])
     grant = await store.admit(claim(1), 0)
     assert (grant.granted, grant.why, grant.retry_at) == (False, "group", until)
-    assert grant.facts is not None and grant.facts[0].until == until
+    assert grant.facts is not None
+    assert grant.facts[0].until == until
     await store.settle([], [SharedFact("key", key="k2", until=FOREVER, reason="invalid")])
     assert (await store.admit(claim(2, key="k2", model="other"), 2)).why == "key"
     assert (await store.admit(claim(3, key="k3", model="other"), 2)).facts is None
