@@ -97,26 +97,28 @@ def shared_redis() -> Iterator[str]:
 
 @pytest.fixture
 def pool_name(shared_redis: str) -> Iterator[str]:
-    """A pool name no other test uses; its keys are deleted afterwards (and only its keys)."""
+    """A pool name no other test uses; its keys, and those of pools whose names begin with it
+    (``NAME-1``...), are deleted afterwards (and only those)."""
     name = f"test-{uuid.uuid4().hex[:12]}"
     yield name
     import redis
 
     client = redis.Redis.from_url(shared_redis)
     with contextlib.closing(client):
-        keys = list(client.scan_iter(match=f"{{{name}}}*", count=1000))
+        keys = list(client.scan_iter(match=f"{{{name}*", count=1000))
         if keys:
             client.delete(*keys)
 
 
 def dump_pool(url: str, name: str) -> list[bytes]:
-    """Every key name and value of pool `name`, as bytes (for canary scans)."""
+    """Every key name and value of pool `name` and of pools whose names begin with it, as
+    bytes (for canary scans)."""
     import redis
 
     out: list[bytes] = []
     client = redis.Redis.from_url(url)
     with contextlib.closing(client):
-        for key in client.scan_iter(match=f"{{{name}}}*", count=1000):
+        for key in client.scan_iter(match=f"{{{name}*", count=1000):
             out.append(key)
             kind = client.type(key)
             if kind == b"string":
