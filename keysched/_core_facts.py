@@ -31,17 +31,27 @@ Decisions where the issue was silent:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable
 
 from keysched._budget import Budget
 from keysched._core import _TIMER_WAKE, Scheduler
-from keysched._outcomes import QuotaDimension
+from keysched._decisions import Dispatch
+from keysched._errors import UsageError
+from keysched._outcomes import OutcomeKind, QuotaDimension
 from keysched._snapshot import PoolEvent
-from keysched._store import FOREVER, SharedFact
+from keysched._store import FOREVER, SCOPES, Claim, Grant, SharedFact
 
 __all__ = ["CoreFacts"]
 
+CAP_RECHECK = 0.05
+"""Seconds a lane waits after the store refused it for the key's in-flight cap (the other
+processes' attempts end without telling this one)."""
+REFUNDED = frozenset({OutcomeKind.RATE_LIMITED_MINUTE, OutcomeKind.RATE_LIMITED_DAY,
+                      OutcomeKind.SPEND_LIMITED, OutcomeKind.QUOTA_ZERO,
+                      OutcomeKind.SHARED_CAPACITY, OutcomeKind.TOO_LARGE_FOR_QUOTA})
+"""Outcomes of attempts the server did not count: their units go back to the shared budget."""
 _DIMENSIONS = {dimension.value: dimension for dimension in QuotaDimension}
 _RPM, _TPM, _RPD = (QuotaDimension.REQUESTS_PER_MINUTE, QuotaDimension.TOKENS_PER_MINUTE,
                     QuotaDimension.REQUESTS_PER_DAY)
@@ -63,6 +73,7 @@ class CoreFacts:
         self._models = core._model_index
         # Facts applied whose event the core will emit, by field: their end (core time).
         self._echo: dict[str, float] = {}
+        self.version = -1  # the version of the store's facts this core has seen (-1: none)
 
     # -- out: what this core learned ------------------------------------------------------------
 
@@ -147,6 +158,51 @@ class CoreFacts:
         return (budget.rpm or presumed.get(_RPM, 0), budget.tpm or presumed.get(_TPM, 0),
                 budget.rpd or presumed.get(_RPD, 0), budget.window)
 
+    # -- the store's answer at dispatch ---------------------------------------------------------
+
+    def claim(self, owner: str, attempt: str, dispatch: Dispatch, tokens: int,
+              spends_quota: bool, *, day_end: float, lease_ttl: float,
+              key_cap: int) -> Claim:
+        """What `dispatch` asks of the store (the group's limits filled in)."""
+        key = dispatch.key
+        project = key.project or ""
+        rpm, tpm, rpd, window = self.limits(project, dispatch.model)
+        return Claim(owner, attempt, key.label or "", project, dispatch.model, tokens,
+                     spends_quota, rpm, tpm, rpd, window, day_end, lease_ttl, key_cap)
+
+    def answer(self, grant: Grant, claim: Claim, attempt: int, now: float) -> bool:
+        """Take the store's answer to `claim` (attempt `attempt` of the core) at core time `now`.
+
+        The facts it brought are applied.  If it refused, the core learns why (a group cooling
+        until the shared budget has room, a lane waiting for the key's cap, or the fact that
+        holds the attempt back) and the attempt, not sent, is withdrawn: the caller polls.
+
+        Returns:
+            Whether to send the attempt.
+        """
+        if grant.facts is not None:
+            self.version = grant.version
+            for fact in grant.facts:
+                self.apply(fact, now)
+        if grant.granted:
+            return True
+        until = grant.retry_at - self.wall_epoch
+        if grant.why in SCOPES:  # another process disabled or cooled it
+            self.apply(SharedFact(grant.why, claim.project, claim.model, claim.key,
+                                  until=grant.retry_at, reason="shared"), now)
+        elif grant.why == "in_flight":
+            self.apply(SharedFact("lane", claim.project, claim.model, claim.key,
+                                  until=min(until, now + CAP_RECHECK) + self.wall_epoch,
+                                  reason="in_flight"), now)
+        else:  # a shared budget is full: every process finds the same when it asks
+            self.apply(SharedFact("group", claim.project, claim.model,
+                                  until=max(until, now + 0.001) + self.wall_epoch,
+                                  reason=f"shared budget: {grant.why} full"), now)
+        # The request may have been cancelled meanwhile (`aclose`): then there is nothing left.
+        with contextlib.suppress(UsageError):
+            self.core.withdraw(attempt, now, unsent=True)
+        return False
+
     # -- in: what other processes learned ------------------------------------------------------
 
     def apply(self, fact: SharedFact, now: float) -> bool:
@@ -200,18 +256,6 @@ class CoreFacts:
             core._cool_group(group, until, fact.reason, fact.project, fact.model, now)
             return True
         return False
-
-    def cool_group(self, project: str, model: str, until: float, reason: str,
-                   now: float) -> None:
-        """Cool a group until core time `until`, without publishing it (the store's budget
-        refused an attempt: every process will find the same when it asks)."""
-        self.apply(SharedFact("group", project, model, until=until + self.wall_epoch,
-                              reason=reason), now)
-
-    def cool_lane(self, key: str, project: str, model: str, until: float, now: float) -> None:
-        """Cool a lane until core time `until` (the key's shared in-flight cap is reached)."""
-        self.apply(SharedFact("lane", project, model, key, until=until + self.wall_epoch,
-                              reason="in_flight"), now)
 
     def _learn(self, fact: SharedFact, now: float) -> bool:
         core = self.core

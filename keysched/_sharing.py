@@ -29,26 +29,24 @@ Decisions where the issue was silent:
   side for liveness.
 - An attempt cancelled while its `admit` is in flight is settled as refunded: it was never
   sent.
-- A refusal for the in-flight cap cools the lane for `CAP_RECHECK` seconds (other processes'
-  attempts end without telling this one).
+- A refusal for the in-flight cap cools the lane for `keysched._core_facts.CAP_RECHECK` seconds
+  (other processes' attempts end without telling this one).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import secrets
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from keysched._core_facts import CoreFacts
+from keysched._core_facts import REFUNDED, CoreFacts
 from keysched._decisions import Dispatch
-from keysched._errors import UsageError
 from keysched._outcomes import OutcomeKind
 from keysched._pacific import next_pacific_midnight
 from keysched._snapshot import PoolEvent
-from keysched._store import SCOPES, Claim, Settlement, SharedFact, Store
+from keysched._store import Claim, Settlement, SharedFact, Store
 
 if TYPE_CHECKING:
     import asyncio
@@ -62,10 +60,6 @@ logger = logging.getLogger("keysched")
 RETRY_AFTER = 1.0
 """Seconds between tries of a store that failed."""
 LEASE_SLACK = 1.0
-CAP_RECHECK = 0.05
-_REFUNDED = frozenset({OutcomeKind.RATE_LIMITED_MINUTE, OutcomeKind.RATE_LIMITED_DAY,
-                       OutcomeKind.SPEND_LIMITED, OutcomeKind.QUOTA_ZERO,
-                       OutcomeKind.SHARED_CAPACITY, OutcomeKind.TOO_LARGE_FOR_QUOTA})
 
 
 class StoreLink:
@@ -92,7 +86,6 @@ class StoreLink:
         self._wall_clock = wall_clock
         self._timeout = timeout
         self._key_cap = key_cap
-        self.version = -1  # no facts read yet
         self.degraded = False
         self.degradations = 0  # times the store went away (for tests and dashboards)
         self._retry_at = -math.inf
@@ -118,18 +111,15 @@ class StoreLink:
         wall = self._wall_clock()
         if wall >= self._day_end:
             self._day_end = next_pacific_midnight(wall)
-        key = dispatch.key
-        project = key.project or ""
-        rpm, tpm, rpd, window = self.facts.limits(project, dispatch.model)
         self._next_attempt += 1
-        claim = Claim(self.owner, str(self._next_attempt), key.label or "", project,
-                      dispatch.model, tokens, spends_quota, rpm, tpm, rpd, window, self._day_end,
-                      attempt_timeout + LEASE_SLACK, self._key_cap)
+        claim = self.facts.claim(self.owner, str(self._next_attempt), dispatch, tokens,
+                                 spends_quota, day_end=self._day_end,
+                                 lease_ttl=attempt_timeout + LEASE_SLACK, key_cap=self._key_cap)
         import asyncio
 
         try:
             async with asyncio.timeout(self._timeout):
-                grant = await self.store.admit(claim, self.version)
+                grant = await self.store.admit(claim, self.facts.version)
         except asyncio.CancelledError:
             self._queue(Settlement(claim, refund=True), ())  # it may have been taken
             raise
@@ -139,26 +129,7 @@ class StoreLink:
         now = self._clock()
         if self.degraded:
             self._back(now)
-        if grant.facts is not None:
-            self.version = grant.version
-            for fact in grant.facts:
-                self.facts.apply(fact, now)
-        if grant.granted:
-            return claim
-        until = grant.retry_at - self.facts.wall_epoch
-        if grant.why in SCOPES:  # another process disabled or cooled it: the core learns so
-            self.facts.apply(SharedFact(grant.why, project, dispatch.model, claim.key,
-                                        until=grant.retry_at, reason="shared"), now)
-        elif grant.why == "in_flight":
-            self.facts.cool_lane(claim.key, project, dispatch.model,
-                                 min(until, now + CAP_RECHECK), now)
-        else:
-            self.facts.cool_group(project, dispatch.model, max(until, now + 0.001),
-                                  f"shared budget: {grant.why} full", now)
-        # `aclose` may have cancelled the request meanwhile: the caller sees that.
-        with contextlib.suppress(UsageError):
-            self.core.withdraw(dispatch.attempt, now, unsent=True)
-        return False
+        return claim if self.facts.answer(grant, claim, dispatch.attempt, now) else False
 
     # -- end -----------------------------------------------------------------------------------
 
@@ -166,7 +137,7 @@ class StoreLink:
         """The attempt of `claim` (what `admit` returned) ended with `kind`: release its lease
         (in the background)."""
         if isinstance(claim, Claim):
-            self._queue(Settlement(claim, refund=kind in _REFUNDED), ())
+            self._queue(Settlement(claim, refund=kind in REFUNDED), ())
 
     def note(self, events: Iterable[PoolEvent]) -> None:
         """Publish the facts among the core's new pool events (in the background)."""
@@ -233,6 +204,6 @@ class StoreLink:
 
     def _back(self, now: float) -> None:
         self.degraded = False
-        self.version = -1  # the store may have lost its facts (a restart): read them all again
+        self.facts.version = -1  # the store may have lost its facts (a restart): read them all
         logger.info("the shared store answers again; publishing this process's facts")
         self._queue(None, self.facts.current(now))
