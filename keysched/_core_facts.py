@@ -170,6 +170,28 @@ class CoreFacts:
         return Claim(owner, attempt, key.label or "", project, dispatch.model, tokens,
                      spends_quota, rpm, tpm, rpd, window, day_end, lease_ttl, key_cap)
 
+    def held_back(self, dispatch: Dispatch, now: float) -> bool:
+        """Whether the core has learned, since it decided `dispatch`, that its lane cannot
+        serve (a refusal of an attempt decided in the same poll cooled its group, a fact from
+        another process disabled its key): then it is withdrawn without asking the store.
+
+        A poll decides many attempts at once, on the lanes the core believed free; under a
+        full shared budget, each would be refused in turn, a store round trip apiece.
+        """
+        core = self.core
+        key = self._keys.get(dispatch.key.label)
+        model = self._models.get(dispatch.model)
+        if key is None or model is None:
+            return False
+        blocked = (key.disabled is not None
+                   or core._groups[key.project][model].cool_until > now
+                   or core._models[model].cool_until > now
+                   or core._lane_cool.get((key.index, model), -math.inf) > now)
+        if blocked:
+            with contextlib.suppress(UsageError):
+                core.withdraw(dispatch.attempt, now, unsent=True)
+        return blocked
+
     def answer(self, grant: Grant, claim: Claim, attempt: int, now: float) -> bool:
         """Take the store's answer to `claim` (attempt `attempt` of the core) at core time `now`.
 

@@ -108,6 +108,8 @@ class StoreLink:
         """
         if self.degraded and self._clock() < self._retry_at:
             return None
+        if self.facts.held_back(dispatch, self._clock()):
+            return False
         wall = self._wall_clock()
         if wall >= self._day_end:
             self._day_end = next_pacific_midnight(wall)

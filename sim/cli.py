@@ -74,9 +74,16 @@ def _add_simulation(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     add_commands(subparsers)
 
 
+def _add_processes(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from sim.processes import add_command
+
+    add_command(subparsers)
+
+
 _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_simulation,
     _add_serve,
+    _add_processes,
 ]
 
 
