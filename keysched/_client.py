@@ -563,10 +563,14 @@ class KeyedClient:
         self._backend = self._make_backend(http_client, transport, fast, max_response_bytes)
         self._headers = {label: self._backend.headers(each) for label, each in headers.items()}
         self._urls: dict[str, dict[str, str]] = {method: {} for method in METHODS}
-        self._link = None if store is None else StoreLink(
-            _open_store(store, pool_name), self._core, clock=clock, wall_clock=wall_clock,
-            wall_epoch=wall_clock() - now, timeout=STORE_TIMEOUT,
-            key_cap=max_in_flight_per_key or 0)
+        self._link = None
+        if store is not None:
+            shared = _open_store(store, pool_name)
+            self._link = StoreLink(
+                shared, self._core, clock=clock, wall_clock=wall_clock,
+                wall_epoch=wall_clock() - now,
+                timeout=getattr(shared, "timeout", STORE_TIMEOUT),  # a RedisStore's own
+                key_cap=max_in_flight_per_key or 0)
 
     @staticmethod
     def _make_backend(http_client: httpx.AsyncClient | None,

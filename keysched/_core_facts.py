@@ -161,14 +161,15 @@ class CoreFacts:
     # -- the store's answer at dispatch ---------------------------------------------------------
 
     def claim(self, owner: str, attempt: str, dispatch: Dispatch, tokens: int,
-              spends_quota: bool, *, day_end: float, lease_ttl: float,
+              spends_quota: bool, *, now: float, day_end: float, lease_ttl: float,
               key_cap: int) -> Claim:
-        """What `dispatch` asks of the store (the group's limits filled in)."""
+        """What `dispatch` asks of the store at core time `now` (limits filled in)."""
         key = dispatch.key
         project = key.project or ""
         rpm, tpm, rpd, window = self.limits(project, dispatch.model)
         return Claim(owner, attempt, key.label or "", project, dispatch.model, tokens,
-                     spends_quota, rpm, tpm, rpd, window, day_end, lease_ttl, key_cap)
+                     spends_quota, rpm, tpm, rpd, window, day_end, lease_ttl, key_cap,
+                     now + self.wall_epoch)
 
     def held_back(self, dispatch: Dispatch, now: float) -> bool:
         """Whether the core has learned, since it decided `dispatch`, that its lane cannot
@@ -208,10 +209,10 @@ class CoreFacts:
                 self.apply(fact, now)
         if grant.granted:
             return True
-        until = grant.retry_at - self.wall_epoch
+        until = now + grant.retry_after
         if grant.why in SCOPES:  # another process disabled or cooled it
             self.apply(SharedFact(grant.why, claim.project, claim.model, claim.key,
-                                  until=grant.retry_at, reason="shared"), now)
+                                  until=until + self.wall_epoch, reason="shared"), now)
         elif grant.why == "in_flight":
             self.apply(SharedFact("lane", claim.project, claim.model, claim.key,
                                   until=min(until, now + CAP_RECHECK) + self.wall_epoch,

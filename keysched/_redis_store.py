@@ -10,8 +10,10 @@ atomic step on the server, and one round trip:
   limit (requests or tokens per minute, requests per day) would be exceeded, and otherwise
   takes the units and the lease.  It also returns every shared fact when their version differs
   from the one the caller knows, so a process learns what others learned on its next dispatch,
-  without a second trip.  Time is Redis's own clock (``TIME``), so the processes' clocks do not
-  have to agree for budgets and leases.
+  without a second trip.  Budgets and leases run on Redis's own clock (``TIME``), so the
+  processes' clocks do not have to agree for them; a refusal says how long until room returns
+  (a delay, not a time).  Facts carry the processes' wall times and are compared with the
+  caller's.
 - ``SETTLE`` (batched, fire-and-forget, after attempts end): releases leases, gives back the
   units of attempts that a quota 429 refused, and merges facts: a cooldown only if it ends later
   than the one stored (``if new > old then set``), a learned limit if its value changed.  Each
@@ -49,7 +51,8 @@ DEFAULT_TIMEOUT = 0.25
 
 # KEYS: facts, version, leases of the key, the group's window, its token total, its day count.
 # ARGV: member, tokens, spends (0/1), rpm, tpm, rpd, window, day_end, lease_ttl, key_cap, known,
-# then the fields of the facts that would hold the attempt back (`Claim.blockers`).
+# the caller's wall time, then the fields of the facts that would hold the attempt back
+# (`Claim.blockers`).  A refusal says in how many seconds room returns.
 ADMIT = r"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -60,17 +63,20 @@ local ttl, cap = tonumber(ARGV[9]), tonumber(ARGV[10])
 local version = redis.call('GET', KEYS[2]) or '0'
 local facts = {}
 if version ~= ARGV[11] then facts = redis.call('HGETALL', KEYS[1]) end
-local function refuse(why, at) return {0, string.format('%.17g', at), why, version, facts} end
-for i = 12, #ARGV do
+local function refuse(why, after)
+  return {0, string.format('%.17g', after), why, version, facts}
+end
+local wall = tonumber(ARGV[12])
+for i = 13, #ARGV do
   local fact = redis.call('HGET', KEYS[1], ARGV[i])
   if fact then
     local until_ = tonumber(string.match(fact, '^([^\31]*)'))
-    if until_ > now then return refuse(string.match(ARGV[i], '^([^\31]*)'), until_) end
+    if until_ > wall then return refuse(string.match(ARGV[i], '^([^\31]*)'), until_ - wall) end
   end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 if cap > 0 and redis.call('ZCARD', KEYS[3]) >= cap then
-  return refuse('in_flight', redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')[2])
+  return refuse('in_flight', redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')[2] - now)
 end
 if spends then
   local gone = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now - window)
@@ -83,11 +89,13 @@ if spends then
   local count = redis.call('ZCARD', KEYS[4])
   local oldest = now
   if count > 0 then oldest = tonumber(redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')[2]) end
-  if rpm > 0 and count + 1 > rpm then return refuse('rpm', oldest + window) end
+  if rpm > 0 and count + 1 > rpm then return refuse('rpm', oldest + window - now) end
   local used = tonumber(redis.call('GET', KEYS[5]) or '0')
-  if tpm > 0 and count > 0 and used + tokens > tpm then return refuse('tpm', oldest + window) end
+  if tpm > 0 and count > 0 and used + tokens > tpm then
+    return refuse('tpm', oldest + window - now)
+  end
   local day = tonumber(redis.call('GET', KEYS[6]) or '0')
-  if rpd > 0 and day >= rpd then return refuse('rpd', day_end) end
+  if rpd > 0 and day >= rpd then return refuse('rpd', day_end - wall) end
   local keep = math.ceil(window * 1000) + 1000
   redis.call('ZADD', KEYS[4], now, member)
   redis.call('PEXPIRE', KEYS[4], keep)
@@ -214,9 +222,9 @@ class RedisStore:
             args=[claim.member, claim.tokens, int(claim.spends_quota), claim.rpm, claim.tpm,
                   claim.rpd, repr(float(claim.window)), repr(float(claim.day_end)),
                   repr(float(claim.lease_ttl)), claim.key_cap, str(known_version),
-                  *claim.blockers])
-        granted, retry_at, why, version, raw = reply
-        return Grant(bool(granted), float(retry_at), why, int(version),
+                  repr(float(claim.wall)), *claim.blockers])
+        granted, retry_after, why, version, raw = reply
+        return Grant(bool(granted), float(retry_after), why, int(version),
                      _decode(raw) if int(version) != known_version else None)
 
     async def settle(self, settlements: Sequence[Settlement],

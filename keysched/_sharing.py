@@ -115,7 +115,7 @@ class StoreLink:
             self._day_end = next_pacific_midnight(wall)
         self._next_attempt += 1
         claim = self.facts.claim(self.owner, str(self._next_attempt), dispatch, tokens,
-                                 spends_quota, day_end=self._day_end,
+                                 spends_quota, now=self._clock(), day_end=self._day_end,
                                  lease_ttl=attempt_timeout + LEASE_SLACK, key_cap=self._key_cap)
         import asyncio
 

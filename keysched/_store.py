@@ -120,6 +120,8 @@ class Claim(NamedTuple):
         day_end: when the current Pacific day ends (Unix seconds).
         lease_ttl: seconds after which the attempt's lease expires if not released.
         key_cap: the most attempts in flight on the key, across processes (0: no cap).
+        wall: the caller's Unix time, for the facts (their ends are the processes' wall
+            times; budgets and leases run on the store's own clock).
     """
 
     owner: str
@@ -136,6 +138,7 @@ class Claim(NamedTuple):
     day_end: float = FOREVER
     lease_ttl: float = 120.0
     key_cap: int = 0
+    wall: float = 0.0
 
     @property
     def blockers(self) -> tuple[str, str, str, str]:
@@ -157,7 +160,8 @@ class Grant(NamedTuple):
 
     Attributes:
         granted: the units and the lease were taken; send the attempt.
-        retry_at: if refused, when room returns (Unix seconds).
+        retry_after: if refused, in how many seconds room returns (a delay, not a time: the
+            store's clock and the caller's need not agree).
         why: if refused, the limit that is full (``rpm``, ``tpm``, ``rpd``, ``in_flight``), or
             the scope of a fact that holds the attempt back (``key``, ``group``, ``model``,
             ``lane``: another process disabled or cooled it since this one last looked).
@@ -166,7 +170,7 @@ class Grant(NamedTuple):
     """
 
     granted: bool
-    retry_at: float = 0.0
+    retry_after: float = 0.0
     why: str = ""
     version: int = 0
     facts: tuple[SharedFact, ...] | None = None
@@ -230,15 +234,15 @@ class SharedPool:
         self._leases: dict[str, dict[str, float]] = {}  # key label -> member -> expiry
 
     def admit(self, claim: Claim, known_version: int, now: float) -> Grant:
-        """See `Store.admit`."""
+        """See `Store.admit`; `now` is the store's clock (the claim carries the caller's)."""
         leases = self._leases.setdefault(claim.key, {})
         for member, expiry in list(leases.items()):
             if expiry <= now:
                 del leases[member]
         refused = self._refusal(claim, leases, now)
         if refused is not None:
-            why, retry_at = refused
-            return Grant(False, retry_at, why, self.version, self._changed(known_version))
+            why, retry_after = refused
+            return Grant(False, retry_after, why, self.version, self._changed(known_version))
         leases[claim.member] = now + claim.lease_ttl
         if claim.spends_quota:
             window = self._windows[claim.project, claim.model]
@@ -252,21 +256,22 @@ class SharedPool:
                  now: float) -> tuple[str, float] | None:
         for field in claim.blockers:
             fact = self._facts.get(field)
-            if fact is not None and fact.until > now:
-                return fact.scope, fact.until
+            if fact is not None and fact.until > claim.wall:
+                return fact.scope, fact.until - claim.wall
         if claim.key_cap and len(leases) >= claim.key_cap:
-            return "in_flight", min(leases.values())
+            return "in_flight", min(leases.values()) - now
         if not claim.spends_quota:
             return None
         window = self._windows.setdefault((claim.project, claim.model), _Window())
         window.trim(now, claim.window)
-        oldest = min((at for at, _ in window.entries.values()), default=now) + claim.window
+        room = min((at for at, _ in window.entries.values()), default=now) + claim.window - now
         if claim.rpm and len(window.entries) + 1 > claim.rpm:
-            return "rpm", oldest
+            return "rpm", room
         if claim.tpm and window.entries and window.tokens + claim.tokens > claim.tpm:
-            return "tpm", oldest
-        if claim.rpd and self._days.get((claim.project, claim.model, int(claim.day_end)), 0) >= claim.rpd:
-            return "rpd", claim.day_end
+            return "tpm", room
+        day = (claim.project, claim.model, int(claim.day_end))
+        if claim.rpd and self._days.get(day, 0) >= claim.rpd:
+            return "rpd", claim.day_end - claim.wall
         return None
 
     def settle(self, settlements: Iterable[Settlement], facts: Iterable[SharedFact]) -> None:

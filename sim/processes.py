@@ -180,7 +180,7 @@ def _poll(proc: _Process, which: int, now: float, world: Any, store: SharedPool,
                         continue
                     proc.claims += 1
                     claim = facts.claim(proc.owner, str(proc.claims), decision, tokens, True,
-                                        day_end=next_pacific_midnight(now + facts.wall_epoch),
+                                        now=now, day_end=next_pacific_midnight(now + facts.wall_epoch),
                                         lease_ttl=_LEASE, key_cap=0)
                     grant = store.admit(claim, facts.version, now + facts.wall_epoch)
                     if not facts.answer(grant, claim, decision.attempt, now):
