@@ -89,7 +89,15 @@ async def worker(args: argparse.Namespace) -> None:
     """One worker: its share of the calls, its own client; prints its tally as JSON."""
     import httpx
 
-    from keysched import Key, KeyedClient, KeyschedError, Limit, OutcomeKind, RetryPolicy
+    from keysched import (
+        Key,
+        KeyedClient,
+        KeyschedError,
+        Limit,
+        OutcomeKind,
+        RedisStore,
+        RetryPolicy,
+    )
 
     async with httpx.AsyncClient(base_url=args.base_url) as http:
         state = (await http.get("/_sim/state")).json()
@@ -106,11 +114,15 @@ async def worker(args: argparse.Namespace) -> None:
             for label, secret in (pair.split("=") for pair in args.keys.split(","))]
     limits = [Limit(model=FLASH, rpm=RPM)] if args.configured else []
     tally = {"answers": 0, "failed": 0, "refused": 0}
+    store = None
+    if args.store:
+        # The workers live on the server's virtual clock: so do the budget windows.
+        store = RedisStore(args.store, pool_name=args.pool, server_clock=False)
+        await store.facts()  # connected before the clock starts, as a long-running worker is
     client = KeyedClient(keys, [FLASH], base_url=args.base_url, limits=limits,
-                         timeout=30.0 / scale, clock=clock, sleep=sleep,
+                         timeout=30.0, clock=clock, sleep=sleep,
                          wall_clock=lambda: start_epoch + clock(),
-                         retry=RetryPolicy(quota_margin=scale, deadline=60.0),
-                         store=args.store or None, pool_name=args.pool)
+                         retry=RetryPolicy(quota_margin=scale, deadline=60.0), store=store)
     refusals = (OutcomeKind.RATE_LIMITED_MINUTE, OutcomeKind.RATE_LIMITED_DAY)
 
     async def call(at: float, index: int) -> None:
@@ -122,12 +134,16 @@ async def worker(args: argparse.Namespace) -> None:
             attempts = result.attempts
         except KeyschedError as error:
             tally["failed"] += 1
+            if os.environ.get("BENCH_DEBUG"):
+                print(repr(error)[:300], file=sys.stderr)
             attempts = error.attempts  # type: ignore[attr-defined]
         tally["refused"] += sum(a.outcome in refusals for a in attempts)
 
+    print("ready", flush=True)
+    begin = float(await asyncio.to_thread(sys.stdin.readline))  # the common start
     async with client:
-        begin = args.begin
-        await asyncio.gather(*(call(begin + i * args.spacing, i) for i in range(args.calls)))
+        await asyncio.gather(*(call(begin + args.offset + i * args.spacing, i)
+                               for i in range(args.calls)))
     print(json.dumps(tally), flush=True)
 
 
@@ -157,6 +173,13 @@ def start_server(path: str, scale: float) -> tuple[subprocess.Popen[str], str, s
     return server, base_url, ",".join(keys)
 
 
+def virtual_now(base_url: str) -> float:
+    import httpx
+
+    state = httpx.get(f"{base_url}/_sim/state").json()
+    return float(state["virtual_time"])
+
+
 def run(path: str, scale: float, *, processes: int, shared: bool, configured: bool,
         redis_url: str, minutes: float) -> Tally:
     """One arrangement on a fresh server: returns the workers' tallies summed."""
@@ -168,8 +191,6 @@ def run(path: str, scale: float, *, processes: int, shared: bool, configured: bo
         offered = 2 * KEYS * RPM  # per virtual minute: twice the capacity
         total = int(offered * minutes)
         spacing = 60.0 / offered
-        # Workers start ~1 s (real) after the server: their calls begin a little later.
-        begin = 2.0 * scale
         epoch = load_scenario(path).start_epoch
         workers = []
         for w in range(processes):
@@ -177,11 +198,20 @@ def run(path: str, scale: float, *, processes: int, shared: bool, configured: bo
             workers.append(subprocess.Popen(
                 [sys.executable, "-m", "benchmarks.bench_shared", "--worker",
                  "--base-url", base_url, "--keys", keys, "--calls", str(mine),
-                 "--begin", str(begin + w * spacing), "--spacing", str(spacing * processes),
+                 "--offset", str(w * spacing), "--spacing", str(spacing * processes),
                  "--start-epoch", str(epoch), "--pool", pool,
                  *(["--configured"] if configured else []),
                  *(["--store", redis_url] if shared else [])],
-                stdout=subprocess.PIPE, text=True, cwd=ROOT))
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT))
+        for process in workers:  # every worker imported, connected and waiting
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "ready"
+        # Calls begin half a real second from now, on the server's virtual clock.
+        begin = virtual_now(base_url) + 0.5 * scale
+        for process in workers:
+            assert process.stdin is not None
+            process.stdin.write(f"{begin}\n")
+            process.stdin.flush()
         tally = Tally()
         for process in workers:
             out, _ = process.communicate(timeout=600)
@@ -264,16 +294,16 @@ async def per_call(redis_url: str, batches: int, size: int) -> tuple[float, floa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=float, default=30.0,
-                        help="virtual seconds per real second (default 30)")
-    parser.add_argument("--minutes", type=float, default=4.0,
-                        help="virtual minutes of offered calls (default 4)")
+    parser.add_argument("--scale", type=float, default=10.0,
+                        help="virtual seconds per real second (default 10)")
+    parser.add_argument("--minutes", type=float, default=3.0,
+                        help="virtual minutes of offered calls (default 3)")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="the Redis URL")
     # The worker's own arguments (the parent starts workers with --worker).
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for name in ("--base-url", "--keys", "--store", "--pool"):
         parser.add_argument(name, default="", help=argparse.SUPPRESS)
-    for name in ("--begin", "--spacing", "--start-epoch"):
+    for name in ("--offset", "--spacing", "--start-epoch"):
         parser.add_argument(name, type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--configured", action="store_true", help=argparse.SUPPRESS)

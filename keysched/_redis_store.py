@@ -51,11 +51,15 @@ DEFAULT_TIMEOUT = 0.25
 
 # KEYS: facts, version, leases of the key, the group's window, its token total, its day count.
 # ARGV: member, tokens, spends (0/1), rpm, tpm, rpd, window, day_end, lease_ttl, key_cap, known,
-# the caller's wall time, then the fields of the facts that would hold the attempt back
-# (`Claim.blockers`).  A refusal says in how many seconds room returns.
+# the caller's wall time, whether budgets and leases run on Redis's clock (1) or the caller's
+# (0), then the fields of the facts that would hold the attempt back (`Claim.blockers`).  A
+# refusal says in how many seconds room returns.
 ADMIT = r"""
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now = tonumber(ARGV[12])
+if ARGV[13] == '1' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
 local member, tokens, spends = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 local rpm, tpm, rpd = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local window, day_end = tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -67,7 +71,7 @@ local function refuse(why, after)
   return {0, string.format('%.17g', after), why, version, facts}
 end
 local wall = tonumber(ARGV[12])
-for i = 13, #ARGV do
+for i = 14, #ARGV do
   local fact = redis.call('HGET', KEYS[1], ARGV[i])
   if fact then
     local until_ = tonumber(string.match(fact, '^([^\31]*)'))
@@ -166,6 +170,10 @@ class RedisStore:
             ``redis.asyncio.Redis`` client of your own (not closed by `aclose`).
         pool_name: the namespace (and Redis Cluster hash tag) of this pool's keys.
         timeout: seconds a connection or a call may take before it counts as failed.
+        server_clock: run budget windows and leases on Redis's own clock (the default: the
+            processes' clocks need not agree).  False runs them on the clients' wall clocks,
+            as given to `KeyedClient` (``wall_clock``): for clients on a virtual clock
+            (tests, benchmarks against a time-scaled fake server).
 
     Raises:
         ConfigurationError: redis-py is not installed (``pip install 'keysched[redis]'``), or
@@ -173,7 +181,7 @@ class RedisStore:
     """
 
     def __init__(self, url: str | redis.asyncio.Redis, *, pool_name: str = "keysched",
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, server_clock: bool = True) -> None:
         try:
             import redis.asyncio as aioredis
             from redis.asyncio.retry import Retry
@@ -186,6 +194,7 @@ class RedisStore:
                 0 < timeout < math.inf):
             raise ConfigurationError("timeout", f"expected seconds > 0, got {timeout!r}")
         self.timeout = float(timeout)
+        self.server_clock = bool(server_clock)
         if isinstance(url, str):
             try:
                 self.redis: redis.asyncio.Redis = aioredis.Redis.from_url(
@@ -222,7 +231,7 @@ class RedisStore:
             args=[claim.member, claim.tokens, int(claim.spends_quota), claim.rpm, claim.tpm,
                   claim.rpd, repr(float(claim.window)), repr(float(claim.day_end)),
                   repr(float(claim.lease_ttl)), claim.key_cap, str(known_version),
-                  repr(float(claim.wall)), *claim.blockers])
+                  repr(float(claim.wall)), int(self.server_clock), *claim.blockers])
         granted, retry_after, why, version, raw = reply
         return Grant(bool(granted), float(retry_after), why, int(version),
                      _decode(raw) if int(version) != known_version else None)

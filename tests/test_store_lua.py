@@ -114,36 +114,42 @@ def test_bad_pool_name_is_refused() -> None:
 
 OPS = st.lists(st.one_of(
     st.tuples(st.just("admit"), st.sampled_from(["k1", "k2"]), st.sampled_from(["m1", "m2"]),
-              st.integers(0, 50), st.integers(0, 3), st.integers(0, 100), st.integers(0, 2)),
+              st.integers(0, 50), st.integers(0, 3), st.integers(0, 100), st.integers(0, 2),
+              st.integers(0, 2)),
     st.tuples(st.just("settle"), st.integers(0, 20), st.booleans()),
     st.tuples(st.just("fact"), st.sampled_from(["group", "limit", "key"]),
-              st.integers(1, 3), st.integers(1, 5)),
-), max_size=25)
+              st.integers(1, 40), st.integers(1, 5)),
+    st.tuples(st.just("wait"), st.floats(0.0, 15.0)),
+), max_size=30)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(ops=OPS)
 def test_lua_equals_python(shared_redis: str, ops: list[tuple[object, ...]]) -> None:
-    """Any sequence of admits, settlements and facts gets the same answers from the Lua
-    scripts as from `SharedPool` (nothing expires within a test)."""
+    """Any sequence of admits, settlements, facts and waits gets the same answers from the Lua
+    scripts as from `SharedPool`, expiries included (both on the caller's clock here:
+    ``server_clock=False``)."""
     import uuid
 
     async def run() -> None:
         name = f"test-lua-{uuid.uuid4().hex[:10]}"
-        redis_store = RedisStore(shared_redis, pool_name=name)
+        redis_store = RedisStore(shared_redis, pool_name=name, server_clock=False)
         python = SharedPool()
-        base = time.time() + 10_000
+        now = 1_800_000_000.0
         granted: list[Claim] = []
         try:
             for n, op in enumerate(ops):
                 if op[0] == "admit":
-                    _, key, model, tokens, rpm, tpm, rpd = op
-                    c = claim(n, key=str(key), model=str(model), tokens=int(tokens),
-                              rpm=int(rpm), tpm=int(tpm), rpd=int(rpd))
+                    _, key, model, tokens, rpm, tpm, rpd, cap = op
+                    c = Claim("o", str(n), str(key), "p", str(model), int(tokens), True,
+                              int(rpm), int(tpm), int(rpd), 30.0, now + 1000.0, 20.0, int(cap),
+                              now)
                     got = await redis_store.admit(c, python.version)
-                    want = python.admit(c, python.version, time.time())
+                    want = python.admit(c, python.version, now)
                     assert (got.granted, got.why, got.version) == (want.granted, want.why,
                                                                   want.version)
+                    assert got.retry_after == pytest.approx(want.retry_after)
+                    assert (got.facts is None) == (want.facts is None)
                     if got.granted:
                         granted.append(c)
                 elif op[0] == "settle":
@@ -152,12 +158,14 @@ def test_lua_equals_python(shared_redis: str, ops: list[tuple[object, ...]]) -> 
                         s = [Settlement(granted[int(index) % len(granted)], bool(refund))]
                         await redis_store.settle(s, [])
                         python.settle(s, [])
+                elif op[0] == "wait":
+                    now += float(op[1])
                 else:
                     _, scope, at, value = op
                     fact = SharedFact(str(scope), "p", "m1" if scope != "key" else "",
                                       "k1" if scope == "key" else "",
                                       "rpm" if scope == "limit" else "",
-                                      0.0 if scope == "limit" else base + int(at),
+                                      0.0 if scope == "limit" else now + int(at),
                                       int(value) if scope == "limit" else 0, "r")
                     await redis_store.settle([], [fact])
                     python.settle([], [fact])
