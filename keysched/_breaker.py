@@ -114,6 +114,18 @@ class ModelState:
         if self.cool_until > now and sent >= self._cooled_at:
             self.cool_until = now
 
+    def cool_elsewhere(self, until: float, now: float, probe_interval: float) -> bool:
+        """Another process cooled the model until `until`.  Merged by the later end; half-open
+        here as after a local trip (a probe per `probe_interval`; an answer to an attempt sent
+        from now on ends it).  Returns whether the cooldown was set or extended."""
+        if until <= self.cool_until:
+            return False
+        if self.cool_until <= now:  # a fresh cooldown, not an extension
+            self._cooled_at = now
+            self.probe_at = now + probe_interval
+        self.cool_until = until
+        return True
+
     def overloaded(self, sent: float, now: float, *, base: float, cap: float,
                    probe_interval: float) -> tuple[bool, bool]:
         """A 503 to an attempt sent at `sent`.  Returns ``(changed, announce)``: whether the

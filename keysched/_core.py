@@ -20,6 +20,22 @@ State:
 - **requests**: waiting (FIFO per list of allowed models), backing off, in flight, or ended.
   Every submitted request ends exactly once: finished, failed with a reason, or cancelled.
 
+The parts, each an object that owns its state and answers with values (none reaches back into
+the scheduler):
+
+- `keysched._pool.Pool`: keys, quota groups, models and lanes, with their cooldowns, budgets and
+  breakers.  It applies an outcome's effect and returns `keysched._pool.Changes` (wake-up times
+  and events); a `keysched._pool.LaneQuery` per placement tells the selector which lanes can
+  serve a request.  It is also the seam for facts learned from other processes
+  (`cool_group`, `cool_lane`, `cool_model`, `disable_key`, `learn_limit`, `count_usage`) and
+  the source of the facts worth sharing (`shared_facts`).
+- `keysched._requests.Requests`: the open requests, each in an explicit state, moved only along
+  the one transition table there.
+- `keysched._timers.TimerHeap`: backoff ends, deadlines, parked lanes, capacity wake-ups.
+- `keysched._table`: the outcome table, what the policy does (`Action`) and what the outcome
+  means (`Meaning`).
+- `Scheduler` (here): the public inputs and outputs, and the dispatch loop.
+
 Each ``poll(now)`` fires due timers (cooldown ends, backoff ends, deadlines), fails requests whose
 deadline passed while they waited, then dispatches waiting requests in submission order: each to
 the least-loaded lane of the best model tier that can serve it.  ``complete`` applies the one
@@ -94,82 +110,24 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from keysched._breaker import ModelState, OverloadEvidence, escalated
-from keysched._budget import Budget
-from keysched._config import Key, PoolConfig
-from keysched._decisions import Decision, Fail, FailReason, new_dispatch, new_finish
+from keysched._config import PoolConfig
+from keysched._decisions import Decision, Dispatch, Fail, FailReason, Finish
 from keysched._errors import UsageError
-from keysched._groups import QuotaGroup
-from keysched._outcomes import Outcome, OutcomeKind, QuotaDimension, Violation
-from keysched._pacific import next_pacific_midnight
-from keysched._selection import SKIP, Policy, Selector
-from keysched._snapshot import GroupSnapshot, LaneSnapshot, LaneState, PoolEvent, PoolSnapshot
-from keysched._table import Action, Effect, Next
+from keysched._outcomes import Outcome, OutcomeKind, QuotaDimension
+from keysched._pool import Changes, LaneQuery, Pool, SharedFact
+from keysched._requests import WAITS, Attempt, Request, RequestInput, Requests, RequestState
+from keysched._selection import Policy
+from keysched._snapshot import PoolEvent, PoolSnapshot
+from keysched._table import OUTCOMES, Action, Meaning, Next, RetryBudget
+from keysched._timers import Timer, TimerHeap, TimerKind
 
 __all__ = ["Scheduler"]
 
-# _LATE: past its `start_by`, out of the queue, waiting for its deadline (see `submit`).
-_WAITING, _BACKOFF, _IN_FLIGHT, _ENDED, _LATE = range(5)
-_TIMER_READY, _TIMER_DEADLINE, _TIMER_LANE, _TIMER_WAKE = range(4)
 # Quota 429s do not count against `max_attempts`; this many times it still ends a request.
 _QUOTA_ATTEMPT_FACTOR = 4
-# 429s that refuse an attempt on a quota: the server did not count it, and no answer was spent.
-_QUOTA_REFUSALS = frozenset({OutcomeKind.RATE_LIMITED_MINUTE, OutcomeKind.RATE_LIMITED_DAY,
-                             OutcomeKind.SPEND_LIMITED, OutcomeKind.QUOTA_ZERO})
-_ALL_429S = _QUOTA_REFUSALS | {OutcomeKind.SHARED_CAPACITY, OutcomeKind.TOO_LARGE_FOR_QUOTA}
-
-
-class _Key:
-    __slots__ = ("disabled", "in_flight", "index", "key", "project", "seq", "strikes")
-
-    def __init__(self, index: int, key: Key, project: int) -> None:
-        self.index = index
-        self.key = key
-        self.project = project
-        self.disabled: str | None = None
-        self.in_flight = 0
-        self.seq = index - 1_000_000_000  # before any dispatch; keeps the positional tie-break
-        self.strikes = 0
-
-
-class _Request:
-    __slots__ = ("avoid", "deadline", "empties", "id", "last_attempt", "later", "models",
-                 "number", "quota", "quota_waits", "server_errors", "start_by", "state", "timed",
-                 "tokens", "weighed")
-
-    def __init__(self, rid: int, models: tuple[int, ...], tokens: int, deadline: float,
-                 quota: bool, start_by: float) -> None:
-        self.id = rid
-        self.models = models
-        self.tokens = tokens
-        self.quota = quota
-        self.deadline = deadline
-        self.start_by = start_by  # no attempt starts after this: it could not end in time
-        self.weighed = -1  # the `Scheduler._benched` count when its return time was last weighed
-        self.state = _WAITING
-        self.number = 0
-        self.quota_waits = 0  # attempts refused by a quota 429 (not counted in max_attempts)
-        self.later = 0
-        self.empties = 0
-        self.avoid: set[int] | None = None  # keys that failed it; made on the first failure
-        self.server_errors: dict[int, int] | None = None
-        self.last_attempt: int | None = None
-        self.timed = False  # its deadline timer is in the heap (see `Scheduler._arm_deadline`)
-
-
-class _Attempt:
-    __slots__ = ("budgeted", "key", "model", "relearn", "request", "sent")
-
-    def __init__(self, request: int, key: int, model: int, sent: float, budgeted: bool,
-                 relearn: bool = False) -> None:
-        self.request = request
-        self.key = key
-        self.model = model
-        self.sent = sent
-        self.budgeted = budgeted  # recorded in its group's budget (to undo on withdraw)
-        self.relearn = relearn  # sent past a learned limit, to test it
+_MODEL_LISTS_CACHED = 256  # resolved model lists kept (callers use the same few, again and again)
 
 
 class Scheduler:
@@ -188,82 +146,26 @@ class Scheduler:
         self.config = config
         self.policy = policy or Policy()
         self._rng = rng
-        self._wall_epoch = wall_epoch
         self._record = record_events
         self._retry = config.retry
-        self._cap = config.max_in_flight_per_key or math.inf
+        self._pool = Pool(config, self.policy, rng, wall_epoch=wall_epoch,
+                          record_events=record_events)
         self._model_index = {name: index for index, name in enumerate(config.models)}
-        projects = list(config.projects)
-        self._project_names = projects
-        project_index = {name: index for index, name in enumerate(projects)}
-        self._keys = [_Key(index, key, project_index[key.project or ""])
-                      for index, key in enumerate(config.keys)]
-        self._project_keys: list[list[int]] = [[] for _ in projects]
-        for state in self._keys:
-            self._project_keys[state.project].append(state.index)
-        self._project_active = [len(keys) for keys in self._project_keys]
-        n_models = len(config.models)
-        policy = self.policy
-        self._models = [
-            ModelState(name, len(projects), OverloadEvidence(
-                trip=policy.overload_trip, rate=policy.overload_rate, window=policy.overload_window))
-            for name in config.models]
-        # Server errors in a row per (key, model) lane, for the lane breaker.
-        self._lane_errors: dict[tuple[int, int], int] = {}
-        self._groups: list[list[QuotaGroup]] = []
-        for p, project in enumerate(projects):
-            row = []
-            for m, model in enumerate(config.models):
-                # A group without a configured limit gets its budget (its history, for limits
-                # learned later) on its first dispatch: most groups of a big pool stay small.
-                limit = config.limit_for(project, model) if self.policy.budgets_limits else None
-                budget = (Budget(limit, wall_epoch, config.retry.quota_margin) if limit
-                          else None)
-                row.append(QuotaGroup(p, m, budget))
-            self._groups.append(row)
-        # Each project's billing account (a spend 429 benches every project of the account);
-        # a project no key names an account for is billed alone.
-        account_of = {key.project: key.billing_account for key in config.keys
-                      if key.billing_account is not None}
-        self._accounts = [account_of.get(project, f"project:{project}") for project in projects]
-        # Per model: the limits learned on any of its groups (see "prior" in the docstring).
-        self._priors: list[dict[QuotaDimension, int]] = [{} for _ in config.models]
-        self._lane_cool: dict[tuple[int, int], float] = {}
-        # Per lane (index ``key * n_models + model``): attempts dispatched, answered, failed.
-        lanes = len(self._keys) * n_models
-        self._n_models = n_models
-        self._dispatched = [0] * lanes
-        self._answered = [0] * lanes
-        self._errored = [0] * lanes
-        self._actions = self.policy.actions
-        # Looked up per answer; an Enum's hash is a Python-level call, so SUCCESS skips the dict.
-        self._on_success = self._actions[OutcomeKind.SUCCESS]
-        self._selector: Selector = self.policy.selector(len(self._keys), n_models, rng)
-        self._update = self._selector.update
-        self._select = self._selector.select
-        self._all_models = tuple(range(n_models))
-        self._requests: dict[int, _Request] = {}
-        self._attempts: dict[int, _Attempt] = {}
+        self._all_models = tuple(range(len(config.models)))
+        self._model_lists: dict[tuple[str, ...], tuple[int, ...]] = {}
+        # The outcome table, both halves, one lookup per outcome.
+        self._rules: dict[OutcomeKind, tuple[Action, Meaning]] = {
+            kind: (self.policy.actions[kind], OUTCOMES[kind]) for kind in OutcomeKind}
+        self._requests = Requests()
+        self._attempts: dict[int, Attempt] = {}
         self._queues: dict[tuple[int, ...], list[int]] = {}
-        self._timers: list[tuple[float, int, int, int, int]] = []
-        self._timer_limit = 64  # compact the heap past this size (see `_compact_timers`)
+        self._timers = TimerHeap()
         self._decisions: list[Decision] = []
-        self._fresh: list[_Request] = []  # queued since the last poll, deadline not armed yet
+        self._fresh: list[Request] = []  # queued since the last poll, deadline not armed yet
         self._events: list[PoolEvent] = []
-        self._tier = list(range(n_models))  # per best model, the tier last dispatched to
+        self._tier = list(self._all_models)  # per best model, the tier last dispatched to
         self._now = -math.inf
-        self._seq = 0
-        self._next_request = 1
         self._next_attempt = 1
-        self._waiting = 0
-        # Requests by how they ended (counted on the hot path: attributes, not a dict).
-        self._submitted = self._finished = self._failed = self._cancelled = 0
-        self._current: _Request | None = None  # the request being placed, for `block`
-        self._skip_until = math.inf  # when a token budget too full for `_current` frees up
-        self._indices_cache: dict[tuple[str, ...], tuple[int, ...]] = {}
-        # Counts what was benched, disabled or taken out: a waiting request's return time is
-        # weighed again only when it changed (see `_returns_too_late`).
-        self._benched = 0
 
     # ------------------------------------------------------------------ inputs
 
@@ -289,39 +191,20 @@ class Scheduler:
             UsageError: an unknown model, a negative token count, a bad deadline, or time
                 running backwards.
         """
-        if not (now.__class__ is float and now >= self._now):  # NaN fails `>=` too
-            self._check_time(now)
-        # The same few model lists come again and again: a tuple is looked up in the cache here.
-        try:
-            indices = self._indices_cache.get(models) if models.__class__ is tuple else None
-        except TypeError:  # a tuple holding a list, say: `_model_indices` says what is wrong
-            indices = None
-        if indices is None:
-            indices = self._model_indices(models)
-        if (input_tokens.__class__ is not int  # the fast path: a plain int
-                and (isinstance(input_tokens, bool) or not isinstance(input_tokens, int))
-                ) or input_tokens < 0:
+        self._check_time(now)
+        indices = self._model_indices(models)
+        if (isinstance(input_tokens, bool) or not isinstance(input_tokens, int)
+                or input_tokens < 0):
             raise UsageError(f"input_tokens must be an integer >= 0, got {input_tokens!r}")
-        seconds = self._retry.deadline if deadline is None else deadline
-        if deadline is not None and (
-                isinstance(seconds, bool) or not isinstance(seconds, int | float)
-                or math.isnan(seconds) or seconds <= 0):
-            raise UsageError(f"deadline must be a duration > 0 seconds, got {deadline!r}")
-        if start_within is not None and (
-                isinstance(start_within, bool) or not isinstance(start_within, int | float)
-                or math.isnan(start_within) or start_within < 0):
-            raise UsageError(f"start_within must be a duration >= 0 seconds, got "
-                             f"{start_within!r}")
+        seconds = self._retry.deadline if deadline is None else _duration(
+            "deadline", deadline, minimum_excluded=True)
+        start = seconds if start_within is None else min(
+            seconds, _duration("start_within", start_within, minimum_excluded=False))
         self._now = now
-        rid = self._next_request
-        self._next_request += 1
-        start = float(seconds) if start_within is None else min(float(seconds), start_within)
-        request = _Request(rid, indices, input_tokens, now + float(seconds), bool(spends_quota),
-                           now + start)
-        self._requests[rid] = request
-        self._submitted += 1
-        self._enqueue(request)
-        return rid
+        request = self._requests.new(indices, input_tokens, now + seconds, bool(spends_quota),
+                                     now + start)
+        self._enqueue(request, RequestInput.QUEUE)
+        return request.id
 
     def complete(self, attempt: int, outcome: Outcome, now: float) -> None:
         """Report the outcome of an attempt in flight. Call `poll` for what follows.
@@ -332,44 +215,23 @@ class Scheduler:
         """
         if not isinstance(outcome, Outcome):
             raise UsageError(f"outcome must be an Outcome, got {type(outcome).__name__}")
-        if not (now.__class__ is float and now >= self._now):
-            self._check_time(now)
+        self._check_time(now)
         record = self._attempts.pop(attempt, None)
         if record is None:
             raise UsageError(f"attempt {attempt!r} is not in flight (unknown, completed or "
                              "cancelled)")
         self._now = now
-        request = self._requests[record.request]
-        self._release(record)
-        kind = outcome.kind
-        action = self._on_success if kind is OutcomeKind.SUCCESS else self._actions[kind]
-        group = self._groups[self._keys[record.key].project][record.model]
-        if kind is OutcomeKind.SUCCESS or kind is OutcomeKind.BLOCKED:
-            self._model_answered(record, now)
-            if self._lane_errors:
-                self._lane_errors.pop((record.key, record.model), None)
-            if group.answered(self._priors[record.model], now, test=record.relearn):
-                self._emit("limit_unlearned", "an answer past the learned limit", now,
-                           project=self._project_names[group.project],
-                           model=self._models[group.model].name)
-            if group.parked:
-                self._unpark(group)
-        elif kind in _ALL_429S:
-            self._on_429(group, record, outcome, request, now)
-        elif kind is OutcomeKind.SERVER_ERROR and action.effect is Effect.NONE:
-            self._lane_error(record, kind.value, now)
-        if action.effect is not Effect.NONE or outcome.retry_after is not None:
-            self._apply(action, outcome, record, now)
-        lane = record.key * self._n_models + record.model
+        request = self._requests.open[record.request]
+        self._pool.release(record, now)
+        action, meaning = self._rules[outcome.kind]
+        if not meaning.counts_attempt:
+            request.quota_waits += 1
+        self._take(self._pool.settle(record, request.tokens, outcome, action, meaning, now))
         if action.next is Next.RETURN:
-            self._answered[lane] += 1
-            self._decisions.append(new_finish((request.id, attempt)))
-            request.state = _ENDED  # `_end`, inlined: the request was in flight, not waiting
-            del self._requests[request.id]
-            self._finished += 1
+            self._decisions.append(Finish(request.id, attempt))
+            self._requests.move(request, RequestInput.ANSWER)
         else:
-            self._errored[lane] += 1
-            self._advance(request, action, outcome, record, now)
+            self._advance(request, action, meaning, record, now)
 
     def withdraw(self, attempt: int, now: float, *, unsent: bool = False) -> bool:
         """Take back a dispatch the driver has not sent yet, if its key was disabled meanwhile
@@ -391,22 +253,17 @@ class Scheduler:
             raise UsageError(f"attempt {attempt!r} is not in flight (unknown, completed or "
                              "cancelled)")
         self._check_time(now)
-        if self._keys[record.key].disabled is None and not unsent:
+        if not unsent and not self._pool.key_disabled(record.key):
             return False
         self._now = now
         del self._attempts[attempt]
-        self._release(record)
-        self._dispatched[record.key * self._n_models + record.model] -= 1
-        if record.budgeted:  # it was never sent: give its quota back
-            budget = self._groups[self._keys[record.key].project][record.model].budget
-            assert budget is not None
-            budget.forget(record.sent, self._requests[record.request].tokens)
-        request = self._requests[record.request]
+        request = self._requests.open[record.request]
+        self._pool.withdraw(record, request.tokens, now)
         request.number -= 1
         if now >= request.deadline:  # its deadline timer fired while it was in flight
             self._fail(request, FailReason.DEADLINE, now)
         else:
-            self._enqueue(request)
+            self._enqueue(request, RequestInput.WITHDRAW)
         return True
 
     def cancel(self, request: int, now: float, *, failed: bool = False) -> bool:
@@ -424,17 +281,16 @@ class Scheduler:
         Raises:
             UsageError: the request id was never issued, or time ran backwards.
         """
-        state = self._requests.get(request)
+        state = self._requests.open.get(request)
         if state is None:
-            if 0 < request < self._next_request:
+            if self._requests.issued(request):
                 return False
             raise UsageError(f"request {request!r} was never submitted")
         self._check_time(now)
         self._now = now
-        if state.state == _IN_FLIGHT and state.last_attempt is not None:
-            record = self._attempts.pop(state.last_attempt)
-            self._release(record)
-        self._end(state, failed=failed)
+        if state.state is RequestState.IN_FLIGHT and state.last_attempt is not None:
+            self._pool.release(self._attempts.pop(state.last_attempt), now)
+        self._requests.move(state, RequestInput.FAIL if failed else RequestInput.CANCEL)
         return True
 
     def poll(self, now: float) -> list[Decision]:
@@ -443,27 +299,19 @@ class Scheduler:
         Raises:
             UsageError: time ran backwards.
         """
-        if not (now.__class__ is float and now >= self._now):
-            self._check_time(now)
+        self._check_time(now)
         self._now = now
-        fresh = self._fresh
-        for request in fresh:  # a deadline already passed fails in timer order, as it always did
+        for request in self._fresh:  # a deadline already passed fails in timer order
             if request.deadline <= now:
                 self._arm_deadline(request)
-        timers = self._timers
-        if timers and timers[0][0] <= now:
-            self._fire_timers(now)
+        self._fire_timers(now)
         if self._queues:
             self._dispatch_waiting(now)
-        if fresh:
-            for request in fresh:
-                if request.state == _WAITING:
-                    self._arm_deadline(request)
-            fresh.clear()
-        decisions = self._decisions
-        if not decisions:
-            return []  # a fresh list: the caller may keep what it is given
-        self._decisions = []
+        for request in self._fresh:
+            if request.state is RequestState.WAITING:
+                self._arm_deadline(request)
+        self._fresh.clear()
+        decisions, self._decisions = self._decisions, []
         return decisions
 
     def next_deadline(self) -> float:
@@ -471,23 +319,94 @@ class Scheduler:
         if self._fresh:
             return self._now  # requests submitted or re-queued since the last poll
         timers = self._timers
-        while timers:
-            at, _, kind, ref, _ = timers[0]
-            if kind in (_TIMER_READY, _TIMER_DEADLINE):
-                request = self._requests.get(ref)
-                if request is None or (kind == _TIMER_READY and request.state != _BACKOFF):
-                    heapq.heappop(timers)
-                    continue
+        while (timer := timers.peek()) is not None:
             # A capacity wake-up (cooldown end) is kept even while nothing waits: a request
             # submitted later may need it, and dropping it here left such a request asleep
             # until its deadline.  The cost is one idle wake-up per cooldown.
-            return at
+            if self._live(timer):
+                return timer.at
+            timers.pop()
         return math.inf
 
     def take_events(self) -> list[PoolEvent]:
         """The pool events recorded since the last call (key disabled, cooldowns, fallbacks)."""
         events, self._events = self._events, []
         return events
+
+    # ------------------------------------------------------------------ facts from elsewhere
+
+    def cool_group(self, now: float, *, project: str, model: str, until: float,
+                   reason: str) -> None:
+        """Another process benched the (project, model) quota group until `until`.
+
+        Merged by the later end: a cooldown is never shortened.  Call `poll`.
+
+        Raises:
+            UsageError: an unknown project or model, or time running backwards.
+        """
+        self._learned(now, lambda: self._pool.cool_group(
+            self._project(project), self._model(model), until, reason, now))
+
+    def cool_lane(self, now: float, *, key: str, model: str, until: float, reason: str) -> None:
+        """Another process idled the (key, model) lane (the key by label) until `until`.
+
+        Raises:
+            UsageError: an unknown key label or model, or time running backwards.
+        """
+        self._learned(now, lambda: self._pool.cool_lane(
+            self._key(key), self._model(model), until, reason, now))
+
+    def cool_model(self, now: float, *, model: str, until: float, reason: str) -> None:
+        """Another process took `model` out of rotation (overloaded) until `until`.
+
+        Raises:
+            UsageError: an unknown model, or time running backwards.
+        """
+        self._learned(now, lambda: self._pool.cool_model(self._model(model), until, reason, now))
+
+    def disable_key(self, now: float, *, key: str, reason: str) -> None:
+        """Another process found the key (by label) unusable for good.
+
+        Raises:
+            UsageError: an unknown key label, or time running backwards.
+        """
+        self._learned(now, lambda: self._pool.disable_key(self._key(key), reason, now))
+
+    def learn_limit(self, now: float, *, project: str, model: str, dimension: QuotaDimension,
+                    value: int, quota_id: str) -> None:
+        """Another process learned (project, model)'s limit of `dimension` from a 429.
+
+        Raises:
+            UsageError: an unknown project or model, a value below 1, or time running backwards.
+        """
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError(f"value must be an integer >= 1, got {value!r}")
+        self._learned(now, lambda: self._pool.learn_limit(
+            self._project(project), self._model(model), dimension, value, now, quota_id))
+
+    def count_usage(self, now: float, *, project: str, model: str, at: float,
+                    tokens: int) -> None:
+        """Another process sent a request of `tokens` on (project, model) at `at` (<= `now`):
+        it counts in the group's budget as one of ours would.
+
+        Raises:
+            UsageError: an unknown project or model, `at` after `now`, negative tokens, or
+                time running backwards.
+        """
+        self._check_time(now)
+        if not at <= now:
+            raise UsageError(f"at must not be after now: at={at!r}, now={now!r}")
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+            raise UsageError(f"tokens must be an integer >= 0, got {tokens!r}")
+        self._pool.count_usage(self._project(project), self._model(model), at, tokens, now)
+        self._now = now
+
+    def shared_facts(self, now: float | None = None) -> list[SharedFact]:
+        """The facts worth sharing with other processes, in force at `now` (default: the last
+        time the core saw): disabled keys, cooldowns of groups, lanes and models, learned
+        limits.  Plain records (`keysched._pool.Cooldown`, `DisabledKey`, `LearnedLimit`) that
+        the inputs above take back, and that merge by the later cooldown end."""
+        return self._pool.shared_facts(self._now if now is None else now)
 
     # ------------------------------------------------------------------ queries
 
@@ -499,113 +418,41 @@ class Scheduler:
     @property
     def open_requests(self) -> int:
         """Requests submitted that have not ended."""
-        return len(self._requests)
+        return len(self._requests.open)
 
     def snapshot(self, now: float | None = None) -> PoolSnapshot:
         """A read-only picture of the pool at `now` (default: the last time the core saw)."""
         at = self._now if now is None else now
-        lanes = []
-        for state in self._keys:
-            for model_index, model in enumerate(self._models):
-                lane_state, reason, until = self._lane_status(state, model_index, at)
-                lane = state.index * self._n_models + model_index
-                lanes.append(LaneSnapshot(
-                    key=state.key.label or "", project=self._project_names[state.project],
-                    model=model.name, state=lane_state, reason=reason, cooldown_until=until,
-                    in_flight=state.in_flight, dispatched=self._dispatched[lane],
-                    succeeded=self._answered[lane], failed=self._errored[lane]))
-        groups = []
-        for project_index, row in enumerate(self._groups):
-            for model_index, group in enumerate(row):
-                if group.budget is None:
-                    usage: tuple[int | None, int | None, int | None] = (None, None, None)
-                elif math.isfinite(at):
-                    usage = group.budget.usage(at)
-                else:  # the core has seen no time yet, so nothing was sent
-                    usage = (0, 0, 0)
-                cooling = group.cool_until > at
-                groups.append(GroupSnapshot(
-                    project=self._project_names[project_index],
-                    model=self._models[model_index].name,
-                    cooldown_until=group.cool_until if cooling else None,
-                    reason=group.reason if cooling or group.unavailable else None,
-                    unavailable=group.unavailable, requests_last_minute=usage[0],
-                    tokens_last_minute=usage[1], requests_today=usage[2],
-                    limits=() if group.budget is None else group.budget.limits,
-                    probing=group.half_open is not None))
+        book = self._requests
         return PoolSnapshot(
-            now=at, lanes=tuple(lanes), groups=tuple(groups), waiting=self._waiting,
-            in_flight=len(self._attempts), requests_submitted=self._submitted,
-            requests_finished=self._finished, requests_failed=self._failed,
-            requests_cancelled=self._cancelled)
+            now=at, lanes=tuple(self._pool.lanes(at)), groups=tuple(self._pool.group_snapshots(at)),
+            waiting=book.waiting, in_flight=len(self._attempts),
+            requests_submitted=book.submitted, requests_finished=book.finished,
+            requests_failed=book.failed, requests_cancelled=book.cancelled)
 
-    # ------------------------------------------------------------------ LaneOracle
-
-    def block(self, key: int, model: int, now: float) -> float | None:
-        """See `keysched._selection.LaneOracle.block`."""
-        state = self._keys[key]
-        if state.disabled is not None or state.in_flight >= self._cap:
-            return math.inf
-        group = self._groups[state.project][model]
-        if group.unavailable:
-            return math.inf
-        until = group.cool_until
-        lane_until = self._lane_cool.get((key, model))
-        if lane_until is not None and lane_until > until:
-            until = lane_until
-        if until > now:
-            return until
-        if group.in_flight and group.full(
-                self._priors[model], 0 if self._current is None else self._current.tokens, now):
-            group.parked = True  # `_release` offers the lanes again when an attempt ends
-            return math.inf
-        if (group.budget is not None and group.budget.limited and self._current is not None
-                and self._current.quota):
-            tokens = self._current.tokens
-            free = group.budget.free_at(now, tokens)
-            if group.may_test_learned_limit(now, tokens, free):
-                return None  # `_dispatch` marks the attempt as the test
-            if free > now:
-                if math.isinf(free):
-                    return SKIP  # this request can never fit this group's token limit
-                anyone = group.budget.free_at(now, 0)
-                if anyone <= now:
-                    # Too large for what is left of the token budget: only this request waits,
-                    # and it must be woken when enough tokens have left the window.
-                    self._skip_until = min(self._skip_until, free)
-                    return SKIP
-                # Blocked for everyone, but only until a request of no tokens could pass: a
-                # smaller request may use the lane then, before this one's tokens fit.  Or
-                # until its learned limit is due to be tested.
-                return anyone if group.relearn_at <= now else min(anyone, group.relearn_at)
-        return None
-
-    def park(self, key: int, model: int, until: float) -> None:
-        """See `keysched._selection.LaneOracle.park`."""
-        if math.isfinite(until):
-            self._timer(until, _TIMER_LANE, key, model)
-
-    # ------------------------------------------------------------------ internals
+    # ------------------------------------------------------------------ checking input
 
     def _check_time(self, now: float) -> None:
-        if now.__class__ is float and now >= self._now:  # the hot path; NaN fails `>=`
-            return
         if not isinstance(now, int | float) or math.isnan(now) or now < self._now:
             raise UsageError(f"time must not run backwards: now={now!r} after {self._now!r}")
 
     def _model_indices(self, models: Sequence[str] | None) -> tuple[int, ...]:
+        """The indices of `models` (best first, without repeats), checked."""
         if models is None:
             return self._all_models
-        if type(models) is tuple:  # the common case: the same few model lists, again and again
+        if isinstance(models, tuple):
             try:
-                cached = self._indices_cache.get(models)
-            except TypeError:  # unhashable: not a tuple of names
-                return self._model_indices(list(models))
+                cached = self._model_lists.get(models)
+            except TypeError:  # unhashable: not a tuple of names; `_resolve` says what is wrong
+                return self._resolve(models)
             if cached is None:
-                cached = self._model_indices(list(models))
-                if len(self._indices_cache) < 256:
-                    self._indices_cache[models] = cached
+                cached = self._resolve(models)
+                if len(self._model_lists) < _MODEL_LISTS_CACHED:
+                    self._model_lists[models] = cached
             return cached
+        return self._resolve(models)
+
+    def _resolve(self, models: Sequence[str]) -> tuple[int, ...]:
         if isinstance(models, str):
             models = [models]
         try:
@@ -626,44 +473,60 @@ class Scheduler:
             raise UsageError("models must name at least one model")
         return tuple(indices)
 
-    def _timer(self, at: float, kind: int, ref: int, extra: int, order: int | None = None) -> None:
+    def _project(self, name: str) -> str:
+        if name not in self._pool.project_names:
+            raise UsageError(f"unknown project {name!r}")
+        return name
+
+    def _model(self, name: str) -> str:
+        if name not in self._model_index:
+            raise UsageError(f"unknown model {name!r}; the pool's models are "
+                             f"{list(self.config.models)}")
+        return name
+
+    def _key(self, label: str) -> str:
+        if not self._pool.has_key(label):
+            raise UsageError(f"unknown key label {label!r}")
+        return label
+
+    def _learned(self, now: float, learn: Callable[[], Changes]) -> None:
+        """Apply a fact from another process (checked first: nothing changes on bad input)."""
+        self._check_time(now)
+        changes = learn()
+        self._now = now
+        self._take(changes)
+
+    # ------------------------------------------------------------------ timers
+
+    def _timer(self, at: float, kind: TimerKind, ref: int = 0, order: int | None = None) -> None:
         """Have `poll` act at `at`; timers due at one time fire by `order` (default: as pushed)."""
-        if order is None:
-            self._seq += 1
-            order = self._seq
-        heapq.heappush(self._timers, (at, order, kind, ref, extra))
-        if len(self._timers) > self._timer_limit:
-            self._compact_timers()
+        self._timers.push(at, kind, ref, 0, order)
+        if self._timers.oversized:
+            self._timers.compact(self._live)
 
-    def _compact_timers(self) -> None:
-        """Drop the timers of requests that have ended (or left backoff).
+    def _live(self, timer: Timer) -> bool:
+        """Whether a timer still has work to do: a request's timer once the request ended (or
+        left backoff) has none.  Capacity wake-ups and parked lanes always do."""
+        if timer.kind is TimerKind.LANE or timer.kind is TimerKind.WAKE:
+            return True
+        request = self._requests.open.get(timer.ref)
+        return request is not None and (timer.kind is TimerKind.DEADLINE
+                                        or request.state is RequestState.BACKOFF)
 
-        They are otherwise dropped only when they reach the top of the heap, and a parked lane's
-        timer there (which must stay) would keep every later one alive: under steady load the
-        heap would grow with the throughput.  Rebuilding at twice the live size is amortised O(1).
-        """
-        requests = self._requests
-        live = [timer for timer in self._timers
-                if timer[2] in (_TIMER_LANE, _TIMER_WAKE)
-                or ((request := requests.get(timer[3])) is not None
-                    and (timer[2] == _TIMER_DEADLINE or request.state == _BACKOFF))]
-        heapq.heapify(live)
-        self._timers = live
-        self._timer_limit = max(64, 2 * len(live))
+    def _fire_timers(self, now: float) -> None:
+        while (timer := self._timers.pop_due(now)) is not None:
+            if timer.kind is TimerKind.LANE:
+                self._pool.unpark_lane(timer.ref, timer.extra)
+                continue
+            request = self._requests.open.get(timer.ref)
+            if request is None:
+                continue
+            if timer.kind is TimerKind.READY and request.state is RequestState.BACKOFF:
+                self._enqueue(request, RequestInput.READY)
+            elif timer.kind is TimerKind.DEADLINE and request.state in WAITS:
+                self._fail(request, FailReason.DEADLINE, now)
 
-    def _emit(self, kind: str, reason: str, now: float, **fields: object) -> None:
-        if self._record:
-            self._events.append(PoolEvent(time=now, kind=kind, reason=reason, **fields))  # type: ignore[arg-type]
-
-    def _enqueue(self, request: _Request) -> None:
-        models = self._effective_models(request) if request.server_errors else request.models
-        request.state = _WAITING
-        self._waiting += 1
-        heapq.heappush(self._queues.setdefault(models, []), request.id)
-        if not request.timed:
-            self._fresh.append(request)
-
-    def _arm_deadline(self, request: _Request) -> None:
+    def _arm_deadline(self, request: Request) -> None:
         """Put the request's deadline timer in the heap, once.
 
         Only a waiting or backing-off request needs one (the core never fails a request in
@@ -676,9 +539,34 @@ class Scheduler:
             request.timed = True
             if math.isfinite(request.deadline):
                 # Deadlines due at one time fail oldest request first, however late each was armed.
-                self._timer(request.deadline, _TIMER_DEADLINE, request.id, 0, order=request.id)
+                self._timer(request.deadline, TimerKind.DEADLINE, request.id, order=request.id)
 
-    def _effective_models(self, request: _Request) -> tuple[int, ...]:
+    def _take(self, changes: Changes) -> None:
+        """Act on what the pool changed: arm its wake-ups, record its events."""
+        for at in changes.wakeups:
+            self._timer(at, TimerKind.WAKE)
+        if self._record:
+            self._events.extend(changes.events)
+
+    def _take_parked(self, query: LaneQuery) -> None:
+        """Arm a timer for each lane the selector parked while placing a request."""
+        for key, model, until in query.parked:
+            self._timers.push(until, TimerKind.LANE, key, model)
+            if self._timers.oversized:
+                self._timers.compact(self._live)
+        query.parked.clear()
+
+    # ------------------------------------------------------------------ requests
+
+    def _enqueue(self, request: Request, event: RequestInput) -> None:
+        self._requests.move(request, event)
+        heapq.heappush(self._queues.setdefault(self._effective_models(request), []), request.id)
+        if not request.timed:
+            self._fresh.append(request)
+
+    def _effective_models(self, request: Request) -> tuple[int, ...]:
+        """The request's models, less those it spent its server-error budget on (the last model
+        always stays)."""
         errors = request.server_errors
         if not errors:
             return request.models
@@ -686,450 +574,206 @@ class Scheduler:
         models = tuple(m for m in request.models if errors.get(m, 0) < limit)
         return models or request.models[-1:]
 
-    def _end(self, request: _Request, *, failed: bool) -> None:
-        """End a request that failed or was cancelled (`complete` ends answered ones itself)."""
-        if request.state in (_WAITING, _BACKOFF, _LATE):
-            self._waiting -= 1
-        request.state = _ENDED
-        del self._requests[request.id]
-        if failed:
-            self._failed += 1
-        else:
-            self._cancelled += 1
-
-    def _fail(self, request: _Request, reason: FailReason, now: float) -> None:
+    def _fail(self, request: Request, reason: FailReason, now: float) -> None:
         retry_at = self._capacity_returns(request, now) if reason in (
             FailReason.DEADLINE, FailReason.NO_CAPACITY) else None
         self._decisions.append(Fail(request=request.id, reason=reason,
                                     attempt=request.last_attempt, retry_at=retry_at))
-        self._end(request, failed=True)
+        self._requests.move(request, RequestInput.FAIL)
 
-    def _release(self, record: _Attempt) -> None:
-        """Free the key and the quota group an attempt held."""
-        state = self._keys[record.key]
-        state.in_flight -= 1
-        self._update(record.key, (state.in_flight, state.seq))
-        group = self._groups[state.project][record.model]
-        group.released(self._now, test=record.relearn)
-        if group.parked:
-            self._unpark(group)
+    def _capacity_returns(self, request: Request, now: float) -> float | None:
+        return self._pool.capacity_returns(self._effective_models(request), request.tokens, now)
 
-    def _unpark(self, group: QuotaGroup) -> None:
-        """Offer the group's lanes again (they were parked until one of its attempts ended)."""
-        group.parked = False
-        for key in self._project_keys[group.project]:
-            self._selector.release(key, group.model)
-
-    # ------------------------------------------------------------------ learning quotas
-
-    def _on_429(self, group: QuotaGroup, record: _Attempt, outcome: Outcome, request: _Request,
-                now: float) -> None:
-        """Learn from a 429: the limits it names, whether to probe, what the request spent."""
-        budget = group.budget
-        if record.budgeted and budget is not None:
-            budget.forget(record.sent, request.tokens)  # refused: the server did not count it
-        if outcome.kind in _QUOTA_REFUSALS:
-            request.quota_waits += 1
-        if budget is None or not self.policy.learns_limits:
+    def _advance(self, request: Request, action: Action, meaning: Meaning, record: Attempt,
+                 now: float) -> None:
+        """Act on an outcome that did not answer the request: fail it or queue its retry."""
+        if action.next is Next.FAIL:
+            self._fail(request, FailReason.REQUEST_ERROR, now)
             return
-        probe = outcome.kind not in (OutcomeKind.TOO_LARGE_FOR_QUOTA, OutcomeKind.QUOTA_ZERO)
-        learned = group.refused(outcome.violations, now, test=record.relearn,
-                                relearn_after=self._retry.relearn_after, probe=probe)
-        for violation in learned:
-            self._benched += 1
-            self._emit_learned(group, violation, now)
-        for violation in outcome.violations:  # every usable value is a prior for the siblings
-            if (violation.value is not None and violation.value >= 1
-                    and violation.dimension is not QuotaDimension.SPEND):
-                self._priors[group.model][violation.dimension] = violation.value
+        reason = self._spend_retry_budget(request, action, meaning, record.model)
+        if reason is None and self._attempts_spent(request):
+            reason = FailReason.ATTEMPTS_EXHAUSTED
+        if reason is None and now >= request.deadline:
+            reason = FailReason.DEADLINE
+        if reason is not None:
+            self._fail(request, reason, now)
+            return
+        if request.avoid is None:
+            request.avoid = set()
+        request.avoid.add(record.key)
+        if action.next is Next.RETRY_LATER:
+            self._requests.move(request, RequestInput.BACK_OFF)
+            self._timer(now + self._backoff(request), TimerKind.READY, request.id)
+            self._arm_deadline(request)
+        else:
+            self._enqueue(request, RequestInput.QUEUE)
 
-    def _emit_learned(self, group: QuotaGroup, violation: Violation, now: float) -> None:
-        self._emit("limit_learned", f"{violation.dimension.value}={violation.value} from "
-                   f"{violation.quota_id}", now, project=self._project_names[group.project],
-                   model=self._models[group.model].name)
+    def _spend_retry_budget(self, request: Request, action: Action, meaning: Meaning,
+                            model: int) -> FailReason | None:
+        """Count the outcome against the retry budget its row names (`Meaning.budget`); returns
+        the row's ``exhausted`` reason when the budget, or the request's models, ran out."""
+        if meaning.budget is RetryBudget.EMPTY:
+            request.empties += 1
+            if request.empties > self._retry.empty_retries:
+                return meaning.exhausted
+        if meaning.budget is RetryBudget.PER_MODEL or action.next is Next.RETRY_OTHER_MODEL:
+            if request.server_errors is None:
+                request.server_errors = {}
+            errors = request.server_errors
+            limit = self._retry.server_errors_per_model
+            if action.next is Next.RETRY_OTHER_MODEL:  # the whole budget of this model
+                errors[model] = limit
+                if all(errors.get(m, 0) >= limit for m in request.models):
+                    return meaning.exhausted
+            else:
+                errors[model] = errors.get(model, 0) + 1
+        return None
 
-    def _fire_timers(self, now: float) -> None:
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            _, _, kind, ref, extra = heapq.heappop(timers)
-            if kind == _TIMER_LANE:
-                self._selector.release(ref, extra)
-                continue
-            request = self._requests.get(ref)
-            if request is None:
-                continue
-            if kind == _TIMER_READY and request.state == _BACKOFF:
-                self._waiting -= 1
-                self._enqueue(request)
-            elif kind == _TIMER_DEADLINE and request.state in (_WAITING, _BACKOFF, _LATE):
-                self._fail(request, FailReason.DEADLINE, now)
+    def _attempts_spent(self, request: Request) -> bool:
+        """Whether the request made its last attempt (quota refusals aside, up to a cap)."""
+        max_attempts = self._retry.max_attempts
+        return (request.number - request.quota_waits >= max_attempts
+                or request.number >= max_attempts * _QUOTA_ATTEMPT_FACTOR)
+
+    def _backoff(self, request: Request) -> float:
+        retry = self._retry
+        delay = min(retry.backoff_cap, retry.backoff_base * 2.0**request.later)
+        request.later += 1
+        return delay * (1 - retry.jitter * self._rng.random())
+
+    # ------------------------------------------------------------------ the dispatch loop
 
     def _dispatch_waiting(self, now: float) -> None:
+        """Place waiting requests, oldest first, until every queue is empty or blocked."""
         queues = self._queues
-        requests = self._requests
-        blocked: set[tuple[int, ...]] | None = None  # made when a queue first blocks
+        blocked: set[tuple[int, ...]] = set()
         while True:
-            # The oldest head among the queues not blocked yet (request ids grow with time).
-            best: tuple[int, ...] | None = None
-            head = 0
-            for models, queue in queues.items():
-                while queue:  # drop entries of requests that ended or moved (inlined: hot)
-                    waiting = requests.get(queue[0])
-                    if waiting is not None and waiting.state == _WAITING and (
-                            self._effective_models(waiting) if waiting.server_errors
-                            else waiting.models) == models:
-                        break
-                    heapq.heappop(queue)
-                if queue and (blocked is None or models not in blocked) and (
-                        best is None or queue[0] < head):
-                    best, head = models, queue[0]
+            best = self._oldest_head(blocked)
             if best is None:
                 break
             queue = queues[best]
-            request = requests[head]
+            request = self._requests.open[queue[0]]
             if now > request.start_by:  # too late to start: let the requests behind it go
                 heapq.heappop(queue)
                 if math.isinf(request.deadline):  # no deadline would ever end it
                     self._fail(request, FailReason.DEADLINE, now)
                 else:
-                    request.state = _LATE
+                    self._requests.move(request, RequestInput.TOO_LATE)
                     self._arm_deadline(request)
             elif self._place(request, best, now):
                 heapq.heappop(queue)
-            elif not self.policy.waits_for_capacity or self._hopeless(best):
+            elif not self.policy.waits_for_capacity or self._pool.hopeless(best):
                 heapq.heappop(queue)
-                reason = (FailReason.NO_USABLE_LANE if self._hopeless(best)
+                reason = (FailReason.NO_USABLE_LANE if self._pool.hopeless(best)
                           else FailReason.NO_CAPACITY)
                 self._fail(request, reason, now)
             elif self._returns_too_late(request, now):
                 heapq.heappop(queue)
                 self._fail(request, FailReason.DEADLINE, now)
             else:
-                if blocked is None:
-                    blocked = set()
                 blocked.add(best)
                 continue
             if not queue:
                 del queues[best]
         # Stale entries may have emptied a queue that nothing placed from.
-        if len(queues) > (0 if blocked is None else len(blocked)):
+        if len(queues) > len(blocked):
             for models in [models for models, queue in queues.items() if not queue]:
                 del queues[models]
 
-    def _returns_too_late(self, request: _Request, now: float) -> bool:
+    def _oldest_head(self, blocked: set[tuple[int, ...]]) -> tuple[int, ...] | None:
+        """The queue, among those not blocked, whose head is the oldest request (request ids
+        grow with time); entries of requests that ended or moved are dropped on the way."""
+        best: tuple[int, ...] | None = None
+        head = 0
+        for models, queue in self._queues.items():
+            while queue and not self._queued_in(queue[0], models):
+                heapq.heappop(queue)
+            if queue and models not in blocked and (best is None or queue[0] < head):
+                best, head = models, queue[0]
+        return best
+
+    def _queued_in(self, rid: int, models: tuple[int, ...]) -> bool:
+        """Whether request `rid` still waits in the queue of `models`."""
+        request = self._requests.open.get(rid)
+        return (request is not None and request.state is RequestState.WAITING
+                and self._effective_models(request) == models)
+
+    def _returns_too_late(self, request: Request, now: float) -> bool:
         """Whether nothing can serve the request before its deadline, as far as the core knows
         (every lane benched past it: say, a pool benched until midnight).  Then it fails at once,
         with `retry_at`, instead of waiting out its deadline.  Weighed again only after something
-        was benched (`_benched`): the answer cannot change otherwise."""
-        if request.weighed == self._benched:
+        was benched (`Pool.benched`): the answer cannot change otherwise."""
+        if request.weighed == self._pool.benched:
             return False
-        request.weighed = self._benched
+        request.weighed = self._pool.benched
         returns = self._capacity_returns(request, now)
         return returns is not None and returns > request.deadline
 
-    def _hopeless(self, models: tuple[int, ...]) -> bool:
-        return all(self._models[m].unavailable or self._models[m].usable_groups <= 0
-                   for m in models)
-
-    def _place(self, request: _Request, models: tuple[int, ...], now: float) -> bool:
-        self._current = request
-        self._skip_until = math.inf
-        try:
-            for model in models:
-                state = self._models[model]
-                if state.unavailable or state.cool_until > now:
-                    continue
-                key = self._select(self, model, now, request.avoid or ())
-                if key is not None:
-                    self._dispatch(request, key, model, now)
-                    return True
-            if self._probe_cooling_model(request, models, now):
+    def _place(self, request: Request, models: tuple[int, ...], now: float) -> bool:
+        """Dispatch the request on the best model that can serve it now, if any."""
+        query = self._pool.query(request.tokens, request.quota)
+        avoid = request.avoid or ()
+        for model in models:
+            if not self._pool.model_open(model, now):
+                continue
+            key = self._pool.select(query, model, now, avoid)
+            self._take_parked(query)
+            if key is not None:
+                self._dispatch(request, key, model, now)
                 return True
-            if math.isfinite(self._skip_until):
-                self._timer(self._skip_until, _TIMER_WAKE, 0, 0)
-            return False
-        finally:
-            self._current = None
+        if self._probe_cooling_model(request, query, models, now):
+            return True
+        if math.isfinite(query.wake_at):  # a token budget too full for it frees up then
+            self._timer(query.wake_at, TimerKind.WAKE)
+        return False
 
-    def _probe_cooling_model(self, request: _Request, models: tuple[int, ...],
-                             now: float) -> bool:
+    def _probe_cooling_model(self, request: Request, query: LaneQuery,
+                             models: tuple[int, ...], now: float) -> bool:
         """Nothing else can serve the request: probe a cooling model, if one is due."""
         for model in models:
-            state = self._models[model]
-            if state.unavailable or state.cool_until <= now or state.probe_at > now:
+            if not self._pool.probe_due(model, now):
                 continue
-            key = self._select(self, model, now, request.avoid or ())
+            key = self._pool.select(query, model, now, request.avoid or ())
+            self._take_parked(query)
             if key is not None:
-                state.probe_at = now + self.policy.probe_interval
-                self._timer(state.probe_at, _TIMER_WAKE, 0, 0)
+                self._timer(self._pool.probed(model, now), TimerKind.WAKE)
                 self._dispatch(request, key, model, now)
                 return True
         return False
 
-    def _dispatch(self, request: _Request, key: int, model: int, now: float) -> None:
-        state = self._keys[key]
+    def _dispatch(self, request: Request, key: int, model: int, now: float) -> None:
         aid = self._next_attempt
-        self._next_attempt = aid + 1
-        state.in_flight += 1
+        self._next_attempt += 1
         # Attempt ids grow with every dispatch: the id orders keys by their last dispatch too.
-        state.seq = aid
-        self._update(key, (state.in_flight, aid))
-        group = self._groups[state.project][model]
-        budget = group.budget
-        if budget is None and self.policy.budgets_limits:
-            budget = group.budget = Budget(None, self._wall_epoch, self._retry.quota_margin)
-        budgeted = budget is not None and request.quota
-        relearn = False
-        if budgeted:
-            assert budget is not None
-            # Past a known limit only as the test of a learned one (see `block`).
-            relearn = budget.limited and budget.free_at(now, request.tokens) > now
-            budget.record(now, request.tokens)
-        group.sent(test=relearn)
-        self._dispatched[key * self._n_models + model] += 1
-        self._attempts[aid] = _Attempt(request.id, key, model, now, budgeted, relearn)
-        self._waiting -= 1
-        request.state = _IN_FLIGHT
-        number = request.number = request.number + 1
+        budgeted, relearn = self._pool.acquire(key, model, request.tokens, request.quota, now,
+                                               aid)
+        self._attempts[aid] = Attempt(request.id, key, model, now, budgeted, relearn)
+        self._requests.move(request, RequestInput.DISPATCH)
+        request.number += 1
         request.last_attempt = aid
         if model != self._tier[request.models[0]]:
             self._note_tier(request, model, now)
-        self._decisions.append(new_dispatch((request.id, aid, number, state.key,
-                                             self._models[model].name)))
+        self._decisions.append(Dispatch(request.id, aid, request.number,
+                                        self._pool.keys[key].key, self._pool.models[model].name))
 
-    def _note_tier(self, request: _Request, model: int, now: float) -> None:
+    def _note_tier(self, request: Request, model: int, now: float) -> None:
         """Record and announce a change of the tier serving the request's best model (the
         caller has seen that `model` differs from the tier last used)."""
         best = request.models[0]
         previous = self._tier[best]
         self._tier[best] = model
         kind = "recovered" if model == best else "fallback"
-        self._emit(kind, f"{self._models[previous].name} -> {self._models[model].name}", now,
-                   model=self._models[model].name)
+        if self._record:
+            names = self._pool.models
+            self._events.append(PoolEvent(time=now, kind=kind,
+                                          reason=f"{names[previous].name} -> {names[model].name}",
+                                          model=names[model].name))
 
-    # ------------------------------------------------------------------ the outcome table
 
-    def _apply(self, action: Action, outcome: Outcome, record: _Attempt, now: float) -> None:
-        effect = action.effect
-        state = self._keys[record.key]
-        model = self._models[record.model]
-        group = self._groups[state.project][record.model]
-        project = self._project_names[state.project]
-        reason = outcome.kind.value
-        if effect is Effect.COOL_GROUP:
-            delay = self._quota_delay(outcome)
-            self._cool_group(group, now + delay, reason, project, model.name, now)
-        elif effect is Effect.COOL_BILLING_ACCOUNT:
-            delay = self._quota_delay(outcome)
-            account = self._accounts[state.project]
-            for project_index in (p for p, a in enumerate(self._accounts) if a == account):
-                for other in self._groups[project_index]:
-                    self._cool_group(other, now + delay, reason,
-                                     self._project_names[project_index],
-                                     self._models[other.model].name, now)
-                    other.half_open = 1  # spend is no budget: reopen every group carefully
-        elif effect is Effect.COOL_GROUP_BRIEFLY:
-            # Bare 429s that persist on a group (paid accounts see them for hours on one model):
-            # twice as long each time, so the pool spends its attempts elsewhere.
-            # Only an attempt sent after the current bench began escalates it: a burst of
-            # concurrent 429s is one piece of evidence, not several.
-            delay = group.bare_429(record.sent, now, self._retry.shared_capacity_cooldown,
-                                   self._retry.shared_capacity_cooldown_cap)
-            self._cool_group(group, now + delay, reason, project, model.name, now)
-        elif effect is Effect.COOL_GROUP_UNTIL_MIDNIGHT:
-            until = next_pacific_midnight(now + self._wall_epoch) - self._wall_epoch
-            self._cool_group(group, until, reason, project, model.name, now)
-        elif effect is Effect.GROUP_UNAVAILABLE:
-            if not group.unavailable:
-                group.unavailable = True
-                group.reason = reason
-                if self._project_active[state.project] > 0:
-                    model.usable_groups -= 1
-                self._emit("group_unavailable", reason, now, project=project, model=model.name)
-        elif effect is Effect.COOL_MODEL:
-            # One 503 is evidence, not proof (see `keysched._breaker.ModelState`).
-            changed, news = model.overloaded(
-                record.sent, now, base=self._retry.overload_cooldown,
-                cap=self._retry.overload_cooldown_cap, probe_interval=self.policy.probe_interval)
-            if changed:
-                model.reason = reason
-                self._benched += 1
-                self._timer(model.cool_until, _TIMER_WAKE, 0, 0)
-                self._timer(model.probe_at, _TIMER_WAKE, 0, 0)
-                if news:  # not for every straggler that extends it a little
-                    self._emit("model_cooled", reason, now, model=model.name,
-                               until=model.cool_until)
-        elif effect is Effect.MODEL_UNAVAILABLE:
-            if not model.unavailable:
-                model.unavailable = True
-                model.reason = reason
-                self._emit("model_unavailable", reason, now, model=model.name)
-        elif effect is Effect.DISABLE_KEY:
-            self._disable(state, reason, now)
-        elif effect is Effect.DISABLE_PROJECT:
-            for index in self._project_keys[state.project]:
-                self._disable(self._keys[index], reason, now)
-        elif effect is Effect.COOL_LANE:
-            self._cool_lane(record, now + action.seconds, reason, now)
-        elif effect is Effect.STRIKE:
-            state.strikes += 1
-            if state.strikes >= action.strikes:
-                self._disable(state, f"{action.strikes} strikes, last {reason}", now)
-        self._lane_retry_delay(action, outcome, record, now)
-
-    def _quota_delay(self, outcome: Outcome) -> float:
-        """How long a quota 429 benches: the server's delay (capped), else a minute."""
-        if outcome.retry_after is None:
-            return self._retry.minute_cooldown
-        return min(outcome.retry_after, self._retry.max_server_delay)
-
-    def _lane_retry_delay(self, action: Action, outcome: Outcome, record: _Attempt,
-                          now: float) -> None:
-        if (outcome.retry_after is not None
-                and action.effect in (Effect.NONE, Effect.COOL_MODEL)
-                and action.next in (Next.RETRY_NOW, Next.RETRY_LATER)):
-            # The server named a retry delay but no quota group to blame (a Retry-After on a
-            # 5xx, a timeout or a 503): honour it for this lane only, until exactly t + d.
-            self._cool_lane(record, now + min(outcome.retry_after, self._retry.max_server_delay),
-                            outcome.kind.value, now)
-
-    def _lane_error(self, record: _Attempt, reason: str, now: float) -> None:
-        """A 500 on a lane: the lane breaker cools it at `lane_error_trip` in a row."""
-        lane = (record.key, record.model)
-        errors = self._lane_errors[lane] = self._lane_errors.get(lane, 0) + 1
-        trip = self.policy.lane_error_trip
-        if errors >= trip:
-            delay = escalated(self._retry.overload_cooldown, self._retry.overload_cooldown_cap,
-                              errors - trip)
-            self._cool_lane(record, now + delay, reason, now)
-
-    def _model_answered(self, record: _Attempt, now: float) -> None:
-        """An answer on a model: its 503 streak is over, and a probe ends its cooldown."""
-        self._models[record.model].answered(record.sent, now)
-
-    def _cool_lane(self, record: _Attempt, until: float, reason: str, now: float) -> None:
-        lane = (record.key, record.model)
-        if until > self._lane_cool.get(lane, -math.inf):
-            self._lane_cool[lane] = until
-            state = self._keys[record.key]
-            self._emit("lane_cooled", reason, now, key=state.key.label,
-                       project=self._project_names[state.project],
-                       model=self._models[record.model].name, until=until)
-            self._timer(until, _TIMER_WAKE, 0, 0)
-
-    def _cool_group(self, group: QuotaGroup, until: float, reason: str, project: str, model: str,
-                    now: float) -> None:
-        if until > group.cool_until:
-            self._benched += 1
-            group.cool_until = until
-            group.reason = reason
-            self._timer(until, _TIMER_WAKE, 0, 0)
-            self._emit("group_cooled", reason, now, project=project, model=model, until=until)
-
-    def _disable(self, state: _Key, reason: str, now: float) -> None:
-        if state.disabled is not None:
-            return
-        state.disabled = reason
-        self._benched += 1
-        self._project_active[state.project] -= 1
-        if self._project_active[state.project] == 0:
-            for model_index, group in enumerate(self._groups[state.project]):
-                if not group.unavailable:
-                    self._models[model_index].usable_groups -= 1
-        self._emit("key_disabled", reason, now, key=state.key.label,
-                   project=self._project_names[state.project])
-
-    def _advance(self, request: _Request, action: Action, outcome: Outcome, record: _Attempt,
-                 now: float) -> None:
-        """Act on an outcome that did not answer the request: fail it or queue its retry."""
-        step = action.next
-        if step is Next.FAIL:
-            self._fail(request, FailReason.REQUEST_ERROR, now)
-            return
-        request.state = _BACKOFF  # not waiting in a queue yet; counted as waiting below
-        self._waiting += 1
-        if outcome.kind is OutcomeKind.EMPTY:
-            request.empties += 1
-            if request.empties > self._retry.empty_retries:
-                self._fail(request, FailReason.EMPTY_RESPONSE, now)
-                return
-        if (outcome.kind is OutcomeKind.SERVER_ERROR or outcome.kind is OutcomeKind.OVERLOADED
-                or step is Next.RETRY_OTHER_MODEL):
-            errors = request.server_errors
-            if errors is None:
-                errors = request.server_errors = {}
-            limit = self._retry.server_errors_per_model
-            if step is Next.RETRY_OTHER_MODEL:
-                errors[record.model] = limit
-                if all(errors.get(m, 0) >= limit for m in request.models):
-                    reason = (FailReason.REQUEST_ERROR if outcome.kind is
-                              OutcomeKind.TOO_LARGE_FOR_QUOTA else FailReason.NO_USABLE_LANE)
-                    self._fail(request, reason, now)
-                    return
-            else:
-                errors[record.model] = errors.get(record.model, 0) + 1
-        max_attempts = self._retry.max_attempts
-        if (request.number - request.quota_waits >= max_attempts
-                or request.number >= max_attempts * _QUOTA_ATTEMPT_FACTOR):
-            self._fail(request, FailReason.ATTEMPTS_EXHAUSTED, now)
-            return
-        if now >= request.deadline:
-            self._fail(request, FailReason.DEADLINE, now)
-            return
-        if request.avoid is None:
-            request.avoid = set()
-        request.avoid.add(record.key)
-        if step is Next.RETRY_LATER:
-            ready = now + self._backoff(request)
-            self._timer(ready, _TIMER_READY, request.id, 0)
-            self._arm_deadline(request)
-        else:
-            self._waiting -= 1
-            self._enqueue(request)
-
-    def _backoff(self, request: _Request) -> float:
-        retry = self._retry
-        delay = min(retry.backoff_cap, retry.backoff_base * 2.0**request.later)
-        request.later += 1
-        return delay * (1 - retry.jitter * self._rng.random())
-
-    def _capacity_returns(self, request: _Request, now: float) -> float | None:
-        """The earliest time a lane of the request's models may serve again, if any ever will."""
-        best = math.inf
-        for model_index in self._effective_models(request):
-            model = self._models[model_index]
-            if model.unavailable:
-                continue
-            for project_index, row in enumerate(self._groups):
-                group = row[model_index]
-                if group.unavailable or self._project_active[project_index] == 0:
-                    continue
-                # A cooling model may be probed before its cooldown ends, and a learned limit
-                # tested before its budget frees: both can return capacity early.
-                model_at = min(model.cool_until, max(now, model.probe_at))
-                at = max(now, group.cool_until, model_at)
-                if group.budget is not None and group.budget.limited:
-                    free = group.budget.free_at(now, request.tokens)
-                    at = max(at, min(free, max(now, group.relearn_at)))
-                best = min(best, at)
-        return best if math.isfinite(best) else None
-
-    def _lane_status(self, state: _Key, model_index: int,
-                     now: float) -> tuple[LaneState, str | None, float | None]:
-        if state.disabled is not None:
-            return LaneState.DISABLED, state.disabled, None
-        model = self._models[model_index]
-        group = self._groups[state.project][model_index]
-        if model.unavailable or group.unavailable:
-            return LaneState.UNAVAILABLE, model.reason if model.unavailable else group.reason, None
-        candidates = [(group.cool_until, group.reason), (model.cool_until, model.reason),
-                      (self._lane_cool.get((state.index, model_index), -math.inf), "lane")]
-        until, reason = max(candidates, key=lambda item: item[0])
-        if until > now:
-            return LaneState.COOLING, reason, until
-        if group.budget is not None and group.budget.limited and math.isfinite(now):
-            # (now is -inf when no time was seen: nothing was sent)
-            free = group.budget.free_at(now, 0)
-            if free > now:
-                return LaneState.COOLING, "budget", free
-        return LaneState.AVAILABLE, None, None
+def _duration(name: str, value: object, *, minimum_excluded: bool) -> float:
+    """A duration argument in seconds, checked (> 0, or >= 0)."""
+    if (isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value)
+            or value < 0 or (minimum_excluded and value == 0)):
+        bound = "> 0" if minimum_excluded else ">= 0"
+        raise UsageError(f"{name} must be a duration {bound} seconds, got {value!r}")
+    return float(value)

@@ -1,22 +1,23 @@
-"""The seam between shared facts and the pure core: what the core learned, and what it is told.
+"""The seam between shared facts and the core: what the core learned, and what it is told.
 
 Theory of operation
 -------------------
 A process's core learns facts (a key disabled, a group, model or lane cooled, a limit learned)
-and reports them as `PoolEvent`s.  `CoreFacts` turns those events into `SharedFact`s for the
-store (wall-clock times, labels), and feeds facts that other processes learned back into the
-core as plain inputs: cool a group, model or lane until t (never shortening a cooldown),
-disable a key by label, learn a limit.  Nothing here does I/O or reads a clock: `now` is core
-time and ``wall_epoch`` converts (wall = core + epoch), so the simulator drives it as well.
+and reports them as `PoolEvent`s.  `CoreFacts` turns those events into the store's records
+(`keysched._store.SharedFact`: wall-clock times, labels), and feeds facts that other processes
+learned back through the scheduler's inputs for them (`Scheduler.cool_group`, `cool_lane`,
+`cool_model`, `disable_key`, `learn_limit`), which merge as local facts do: a cooldown by the
+later end, never shortened.  Nothing here does I/O or reads a clock: `now` is core time and
+``wall_epoch`` converts (wall = core + epoch), so the simulator drives it as well.
 
-This is the only module outside the core that knows the core's internals.  The renovation
-issue gives the core a `Pool` object with exactly these input methods; when it lands, the
-bodies of `apply` and `limits` call it instead (the rest of the sharing code does not change).
+It uses the scheduler's public inputs and its events only: the limits a group is held to in the
+shared budget are followed from the configuration and the ``limit_learned`` and
+``limit_unlearned`` events, and the cooldowns a refusal taught are remembered here.
 
 Decisions where the issue was silent:
 
 - A fact that comes back from the store is not published again (an "echo"): applying it makes
-  the core emit the same event, which `facts_from_events` then skips.
+  the core announce the same event, which `facts_from_events` then skips.
 - ``group_unavailable`` and ``model_unavailable`` (a 404, ``limit: 0``) are not shared: each
   process learns them from its own first answer, which costs one attempt, and a wrong one
   shared would take a model away from the whole pool for good.
@@ -35,16 +36,18 @@ import contextlib
 import math
 from collections.abc import Iterable
 
-from keysched._budget import Budget
-from keysched._core import _TIMER_WAKE, Scheduler
+from keysched._core import Scheduler
 from keysched._decisions import Dispatch
 from keysched._errors import UsageError
 from keysched._outcomes import OutcomeKind, QuotaDimension
+from keysched._pool import Cooldown, DisabledKey, LearnedLimit
 from keysched._snapshot import PoolEvent
 from keysched._store import FOREVER, SCOPES, Claim, Grant, SharedFact
 
-__all__ = ["CoreFacts"]
+__all__ = ["CAP_RECHECK", "MIN_WAIT", "REFUNDED", "CoreFacts"]
 
+MIN_WAIT = 0.001
+"""The shortest wait a refusal teaches (see `CoreFacts.answer`)."""
 CAP_RECHECK = 0.05
 """Seconds a lane waits after the store refused it for the key's in-flight cap (the other
 processes' attempts end without telling this one)."""
@@ -53,8 +56,7 @@ REFUNDED = frozenset({OutcomeKind.RATE_LIMITED_MINUTE, OutcomeKind.RATE_LIMITED_
                       OutcomeKind.SHARED_CAPACITY, OutcomeKind.TOO_LARGE_FOR_QUOTA})
 """Outcomes of attempts the server did not count: their units go back to the shared budget."""
 _DIMENSIONS = {dimension.value: dimension for dimension in QuotaDimension}
-_RPM, _TPM, _RPD = (QuotaDimension.REQUESTS_PER_MINUTE, QuotaDimension.TOKENS_PER_MINUTE,
-                    QuotaDimension.REQUESTS_PER_DAY)
+_BUDGETED = ("rpm", "tpm", "rpd")
 
 
 class CoreFacts:
@@ -68,12 +70,28 @@ class CoreFacts:
     def __init__(self, core: Scheduler, wall_epoch: float) -> None:
         self.core = core
         self.wall_epoch = wall_epoch
-        self._keys = {state.key.label: state for state in core._keys}
-        self._projects = {name: index for index, name in enumerate(core._project_names)}
-        self._models = core._model_index
-        # Facts applied whose event the core will emit, by field: their end (core time).
-        self._echo: dict[str, float] = {}
         self.version = -1  # the version of the store's facts this core has seen (-1: none)
+        config = core.config
+        self._labels = frozenset(key.label for key in config.keys)
+        self._projects = frozenset(config.projects)
+        self._model_names = frozenset(config.models)
+        self._margin = config.retry.quota_margin
+        # The limits each group is held to: configured, then learned (from events).
+        self._configured: dict[tuple[str, str], dict[str, int]] = {}
+        for project in config.projects:
+            for model in config.models:
+                limit = config.limit_for(project, model)
+                if limit is not None:
+                    self._configured[project, model] = {
+                        name: value for name in _BUDGETED
+                        if (value := getattr(limit, name)) is not None}
+        self._learned: dict[tuple[str, str], dict[str, int]] = {}
+        self._priors: dict[str, dict[str, int]] = {}  # per model: the last limits learned
+        self._disabled: set[str] = set()
+        # What refusals of the store taught, by (project, model) or (key, model): until when.
+        self._refused: dict[tuple[str, str], float] = {}
+        # Facts applied whose event the core will announce, by field: their end or value.
+        self._echo: dict[str, float] = {}
 
     # -- out: what this core learned ------------------------------------------------------------
 
@@ -85,78 +103,64 @@ class CoreFacts:
             kind = event.kind
             until = FOREVER if event.until is None or math.isinf(event.until) else (
                 event.until + epoch)
+            project, model, key = event.project or "", event.model or "", event.key or ""
             if kind == "key_disabled":
-                fact = SharedFact("key", key=event.key or "", until=FOREVER, reason=event.reason)
+                self._disabled.add(key)
+                fact = SharedFact("key", key=key, until=FOREVER, reason=event.reason)
             elif kind == "group_cooled":
-                fact = SharedFact("group", event.project or "", event.model or "", until=until,
-                                  reason=event.reason)
+                fact = SharedFact("group", project, model, until=until, reason=event.reason)
             elif kind == "model_cooled":
-                fact = SharedFact("model", model=event.model or "", until=until,
-                                  reason=event.reason)
+                fact = SharedFact("model", model=model, until=until, reason=event.reason)
             elif kind == "lane_cooled":
-                fact = SharedFact("lane", event.project or "", event.model or "",
-                                  event.key or "", until=until, reason=event.reason)
+                fact = SharedFact("lane", project, model, key, until=until, reason=event.reason)
+            elif kind == "limit_unlearned":
+                self._learned.pop((project, model), None)
+                continue
             elif kind == "limit_learned":
                 name, _, rest = event.reason.partition("=")
                 value = rest.split(" ", 1)[0]
-                if name not in _DIMENSIONS or not value.isdigit():
+                if name not in _BUDGETED or not value.isdigit():
                     continue
-                fact = SharedFact("limit", event.project or "", event.model or "", "", name,
-                                  value=int(value), reason=event.reason)
+                self._learned.setdefault((project, model), {})[name] = int(value)
+                self._priors.setdefault(model, {})[name] = int(value)
+                fact = SharedFact("limit", project, model, "", name, value=int(value),
+                                  reason=event.reason)
             else:
                 continue
             echo = self._echo.pop(fact.field, None)
-            if echo is not None and abs(echo - fact.until) < 1e-3:
+            mark = fact.value if fact.scope == "limit" else fact.until
+            if echo is not None and abs(echo - mark) < 1e-3:
                 continue
             facts.append(fact)
         return facts
 
     def current(self, now: float) -> list[SharedFact]:
         """Every fact this core holds at `now` (to publish again after the store was away)."""
-        core = self.core
         epoch = self.wall_epoch
-        facts = [SharedFact("key", key=state.key.label or "", until=FOREVER,
-                            reason=state.disabled)
-                 for state in core._keys if state.disabled is not None]
-        for project, row in zip(core._project_names, core._groups, strict=True):
-            for model, group in zip(core.config.models, row, strict=True):
-                if group.cool_until > now:
-                    facts.append(SharedFact("group", project, model,
-                                            until=group.cool_until + epoch,
-                                            reason=group.reason or ""))
-                for known in () if group.budget is None else group.budget.limits:
-                    if known.source == "learned":
-                        facts.append(SharedFact("limit", project, model, "",
-                                                known.dimension.value, value=known.value,
-                                                reason="learned"))
-        for state in core._models:
-            if now < state.cool_until < math.inf:
-                facts.append(SharedFact("model", model=state.name,
-                                        until=state.cool_until + epoch, reason=state.reason or ""))
-        for (key, lane_model), until in core._lane_cool.items():
-            if until > now:
-                label = core._keys[key].key.label or ""
-                facts.append(SharedFact("lane", core._project_names[core._keys[key].project],
-                                        core.config.models[lane_model], label,
-                                        until=until + epoch,
-                                        reason="shared"))
+        facts = []
+        for record in self.core.shared_facts(now):
+            if isinstance(record, DisabledKey):
+                facts.append(SharedFact("key", key=record.key, until=FOREVER,
+                                        reason=record.reason))
+            elif isinstance(record, LearnedLimit):
+                facts.append(SharedFact("limit", record.project, record.model, "",
+                                        record.dimension.value, value=record.value,
+                                        reason="learned"))
+            elif isinstance(record, Cooldown) and math.isfinite(record.until):
+                scope = ("lane" if record.key is not None else
+                         "group" if record.project is not None else "model")
+                facts.append(SharedFact(scope, record.project or "", record.model,
+                                        record.key or "", until=record.until + epoch,
+                                        reason=record.reason))
         return facts
 
     def limits(self, project: str, model: str) -> tuple[int, int, int, float]:
         """The limits a group's shared budget holds to (0: none) and its minute window, in
-        seconds: those it knows, else those it presumes (learned on another group of the
-        model; see the module docstring)."""
-        window = 60.0 + self.core.config.retry.quota_margin
-        p, m = self._projects.get(project), self._models.get(model)
-        if p is None or m is None:
-            return 0, 0, 0, window
-        budget = self.core._groups[p][m].budget
-        presumed = self.core._priors[m]
-        if budget is None:
-            return (presumed.get(_RPM, 0), presumed.get(_TPM, 0), presumed.get(_RPD, 0),
-                    window)
-        return (budget.rpm or presumed.get(_RPM, 0), budget.tpm or presumed.get(_TPM, 0),
-                budget.rpd or presumed.get(_RPD, 0), budget.window)
+        seconds: configured, else learned, else presumed (see the module docstring)."""
+        held = {**self._priors.get(model, {}), **self._learned.get((project, model), {}),
+                **self._configured.get((project, model), {})}
+        return (held.get("rpm", 0), held.get("tpm", 0), held.get("rpd", 0),
+                60.0 + self._margin)
 
     # -- the store's answer at dispatch ---------------------------------------------------------
 
@@ -172,26 +176,23 @@ class CoreFacts:
                      now + self.wall_epoch)
 
     def held_back(self, dispatch: Dispatch, now: float) -> bool:
-        """Whether the core has learned, since it decided `dispatch`, that its lane cannot
-        serve (a refusal of an attempt decided in the same poll cooled its group, a fact from
-        another process disabled its key): then it is withdrawn without asking the store.
+        """Whether this core learned, since it decided `dispatch`, that its lane cannot serve
+        (a refusal of an attempt decided in the same poll, or its key disabled by a fact from
+        another process): then it is withdrawn without asking the store.
 
         A poll decides many attempts at once, on the lanes the core believed free; under a
         full shared budget, each would be refused in turn, a store round trip apiece.
         """
-        core = self.core
-        key = self._keys.get(dispatch.key.label)
-        model = self._models.get(dispatch.model)
-        if key is None or model is None:
-            return False
-        blocked = (key.disabled is not None
-                   or core._groups[key.project][model].cool_until > now
-                   or core._models[model].cool_until > now
-                   or core._lane_cool.get((key.index, model), -math.inf) > now)
+        key = dispatch.key
+        label, model = key.label or "", dispatch.model
+        refused = self._refused
+        blocked = label in self._disabled or (refused and (
+            refused.get((key.project or "", model), -math.inf) > now
+            or refused.get((label, model), -math.inf) > now))
         if blocked:
-            with contextlib.suppress(UsageError):
-                core.withdraw(dispatch.attempt, now, unsent=True)
-        return blocked
+            with contextlib.suppress(UsageError):  # cancelled meanwhile (`aclose`)
+                self.core.withdraw(dispatch.attempt, now, unsent=True)
+        return bool(blocked)
 
     def answer(self, grant: Grant, claim: Claim, attempt: int, now: float) -> bool:
         """Take the store's answer to `claim` (attempt `attempt` of the core) at core time `now`.
@@ -209,18 +210,33 @@ class CoreFacts:
                 self.apply(fact, now)
         if grant.granted:
             return True
-        until = now + grant.retry_after
+        # At least a millisecond: a wall-clock time of 1.8e9 s carries a fraction of a
+        # microsecond, and a wait shorter than that could round to no wait at all.
+        # The same rounding as the core's: what `held_back` compares must be what `apply`
+        # gives the core (through a wall-clock time and back).
+        until = (now + max(grant.retry_after, MIN_WAIT) + self.wall_epoch) - self.wall_epoch
         if grant.why in SCOPES:  # another process disabled or cooled it
-            self.apply(SharedFact(grant.why, claim.project, claim.model, claim.key,
-                                  until=until + self.wall_epoch, reason="shared"), now)
+            scope = grant.why
+            if scope in ("group", "lane"):
+                self._refused[(claim.key if scope == "lane" else claim.project), claim.model] = (
+                    until)
+            self.apply(SharedFact(
+                scope, claim.project if scope in ("group", "lane") else "",
+                claim.model if scope != "key" else "",
+                claim.key if scope in ("key", "lane") else "",
+                until=until + self.wall_epoch, reason="shared"), now)
         elif grant.why == "in_flight":
+            until = min(until, (now + CAP_RECHECK + self.wall_epoch) - self.wall_epoch)
+            self._refused[claim.key, claim.model] = until
             self.apply(SharedFact("lane", claim.project, claim.model, claim.key,
-                                  until=min(until, now + CAP_RECHECK) + self.wall_epoch,
-                                  reason="in_flight"), now)
+                                  until=until + self.wall_epoch, reason="in_flight"), now)
         else:  # a shared budget is full: every process finds the same when it asks
+            self._refused[claim.project, claim.model] = until
             self.apply(SharedFact("group", claim.project, claim.model,
-                                  until=max(until, now + 0.001) + self.wall_epoch,
+                                  until=until + self.wall_epoch,
                                   reason=f"shared budget: {grant.why} full"), now)
+        if len(self._refused) > 1024:  # forget what has ended
+            self._refused = {k: v for k, v in self._refused.items() if v > now}
         # The request may have been cancelled meanwhile (`aclose`): then there is nothing left.
         with contextlib.suppress(UsageError):
             self.core.withdraw(attempt, now, unsent=True)
@@ -228,72 +244,40 @@ class CoreFacts:
 
     # -- in: what other processes learned ------------------------------------------------------
 
-    def apply(self, fact: SharedFact, now: float) -> bool:
-        """Feed one fact to the core at core time `now`.  Returns whether it changed anything.
+    def apply(self, fact: SharedFact, now: float) -> None:
+        """Feed one fact to the core at core time `now`.
 
-        A cooldown that has already ended, a key or group the pool does not have, and a fact
-        no later than what the core knows change nothing.
+        A cooldown that has already ended, and a key, project or model the pool does not have,
+        change nothing; the core merges the rest (a cooldown by the later end).
         """
         core = self.core
         until = math.inf if fact.until >= FOREVER else fact.until - self.wall_epoch
         scope = fact.scope
+        if fact.model and fact.model not in self._model_names:
+            return
         if scope == "key":
-            state = self._keys.get(fact.key)
-            if state is None or state.disabled is not None:
-                return False
-            self._echo[fact.field] = FOREVER
-            core._disable(state, fact.reason or "disabled by another process", now)
-            return True
-        if scope == "limit":
-            return self._learn(fact, now)
-        if until <= now:
-            return False
-        model = self._models.get(fact.model)
-        if model is None:
-            return False
-        if scope == "model":
-            breaker = core._models[model]
-            if until <= breaker.cool_until or breaker.unavailable:
-                return False
-            breaker.cool_until = until
-            breaker.reason = fact.reason
-            core._benched += 1
-            core._timer(until, _TIMER_WAKE, 0, 0)
-            return True
-        if scope == "lane":
-            key = self._keys.get(fact.key)
-            if key is None or until <= core._lane_cool.get((key.index, model), -math.inf):
-                return False
-            core._lane_cool[key.index, model] = until
-            core._benched += 1
-            core._timer(until, _TIMER_WAKE, 0, 0)
-            return True
-        if scope == "group":
-            project = self._projects.get(fact.project)
-            if project is None:
-                return False
-            group = core._groups[project][model]
-            if until <= group.cool_until:
-                return False
+            if fact.key in self._labels and fact.key not in self._disabled:
+                self._disabled.add(fact.key)
+                self._echo[fact.field] = FOREVER
+                core.disable_key(now, key=fact.key, reason=fact.reason or "disabled elsewhere")
+        elif scope == "limit":
+            dimension = _DIMENSIONS.get(fact.dimension)
+            if (fact.project in self._projects and dimension is not None
+                    and fact.dimension in _BUDGETED and fact.value >= 1):
+                self._echo[fact.field] = float(fact.value)
+                core.learn_limit(now, project=fact.project, model=fact.model,
+                                 dimension=dimension, value=fact.value, quota_id="shared")
+        elif until <= now:
+            return
+        elif scope == "model":
             self._echo[fact.field] = fact.until
-            core._cool_group(group, until, fact.reason, fact.project, fact.model, now)
-            return True
-        return False
-
-    def _learn(self, fact: SharedFact, now: float) -> bool:
-        core = self.core
-        project, model = self._projects.get(fact.project), self._models.get(fact.model)
-        dimension = _DIMENSIONS.get(fact.dimension)
-        if project is None or model is None or dimension is None or fact.value < 1:
-            return False
-        group = core._groups[project][model]
-        if group.budget is None:
-            if not core.policy.budgets_limits:
-                return False
-            group.budget = Budget(None, core._wall_epoch, core.config.retry.quota_margin)
-        if not group.budget.learn(dimension, fact.value, now, "shared"):
-            return False
-        core._benched += 1
-        if dimension is not QuotaDimension.SPEND:
-            core._priors[model][dimension] = fact.value
-        return True
+            core.cool_model(now, model=fact.model, until=until, reason=fact.reason)
+        elif scope == "lane":
+            if fact.key in self._labels:
+                self._echo[fact.field] = fact.until
+                core.cool_lane(now, key=fact.key, model=fact.model, until=until,
+                               reason=fact.reason)
+        elif scope == "group" and fact.project in self._projects:
+            self._echo[fact.field] = fact.until
+            core.cool_group(now, project=fact.project, model=fact.model, until=until,
+                            reason=fact.reason)

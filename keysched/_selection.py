@@ -1,8 +1,9 @@
 """Which key serves a request: selectors, and the `Policy` object the core takes.
 
 A selector answers one question: "which key should serve this request on this model now?".  It
-asks the core whether a lane can serve (`LaneOracle.block`) and gets told when a key's load
-changed (`update`) or when a parked lane may serve again (`release`).
+asks an oracle bound to the request whether a lane can serve (`LaneOracle.verdict`, answered with
+a `Verdict`) and gets told when a key's load changed (`update`) or when a parked lane may serve
+again (`release`).
 
 `LeastLoaded` keeps one heap per model of ``(in_flight, last_dispatch_seq, key)`` entries with
 lazy deletion: every change bumps the key's version and marks it dirty for each model; the next
@@ -18,6 +19,7 @@ and are O(n) in the worst case, which is fine for them.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections.abc import Callable, Container, Mapping
 from typing import Protocol
@@ -29,21 +31,46 @@ from keysched._errors import ConfigurationError
 from keysched._outcomes import OutcomeKind
 from keysched._table import DEFAULT_ACTIONS, Action
 
-__all__ = ["SKIP", "LaneOracle", "LeastLoaded", "Policy", "RandomChoice", "RoundRobin", "Selector"]
+__all__ = ["BLOCKED", "SERVES", "SKIPS", "LaneOracle", "LeastLoaded", "Policy", "RandomChoice",
+           "RoundRobin", "Selector", "Verdict"]
 
-SKIP = -1.0
-"""`LaneOracle.block` result: the lane cannot serve *this* request, but may serve others now."""
+
+@attrs.frozen
+class Verdict:
+    """Whether a lane can serve a request now, and if not, who it can serve and from when.
+
+    Attributes:
+        serves: the lane can serve this request now.
+        others: the lane can serve other requests now (True when it serves this one); a lane
+            that cannot is parked until `until`.
+        until: when a lane that serves nobody may serve again (`math.inf`: until the key or its
+            group is touched again: an attempt ends, a cooldown is set, ...).
+    """
+
+    serves: bool
+    others: bool
+    until: float = -math.inf
+
+    @classmethod
+    def blocked_until(cls, until: float) -> Verdict:
+        """The lane serves nobody until `until`."""
+        return cls(False, False, until)
+
+
+SERVES = Verdict(True, True)
+"""The lane can serve the request now."""
+SKIPS = Verdict(False, True)
+"""The lane cannot serve *this* request (say, too many tokens for what is left of its budget),
+but may serve others now."""
+BLOCKED = Verdict(False, False, math.inf)
+"""The lane serves nobody until the key or its group is touched again."""
 
 
 class LaneOracle(Protocol):
-    """What a selector may ask the core."""
+    """What a selector may ask the core about lanes, for one request."""
 
-    def block(self, key: int, model: int, now: float) -> float | None:
-        """Whether the lane can serve the current request now.
-
-        Returns None if it can, `SKIP` if only this request cannot use it, else the time until
-        which it cannot serve anyone (`math.inf`: until the key is touched again).
-        """
+    def verdict(self, key: int, model: int, now: float) -> Verdict:
+        """Whether the lane can serve the request now (see `Verdict`)."""
         ...
 
     def park(self, key: int, model: int, until: float) -> None:
@@ -131,19 +158,19 @@ class LeastLoaded:
             if entry[3] != stamps[key]:
                 heapq.heappop(heap)
                 continue
-            blocked = oracle.block(key, model, now)
-            if blocked is None and key not in avoid:
+            verdict = oracle.verdict(key, model, now)
+            if verdict.serves and key not in avoid:
                 chosen = key
                 break
-            if blocked is None or blocked == SKIP:  # usable as a last resort, or by others
-                if blocked is None and fallback is None:
+            if verdict.others:  # usable as a last resort, or by others
+                if verdict.serves and fallback is None:
                     fallback = key
                 if set_aside is None:
                     set_aside = []
                 set_aside.append(heapq.heappop(heap))
             else:
                 heapq.heappop(heap)
-                oracle.park(key, model, blocked)
+                oracle.park(key, model, verdict.until)
         if set_aside is not None:
             for entry in set_aside:
                 heapq.heappush(heap, entry)
@@ -167,7 +194,7 @@ class _Scanning:
         fallback = None
         for step in range(self._n):
             key = (start + step) % self._n
-            if oracle.block(key, model, now) is None:
+            if oracle.verdict(key, model, now).serves:
                 if key not in avoid:
                     return key
                 fallback = key if fallback is None else fallback
@@ -200,7 +227,7 @@ class RandomChoice(_Scanning):
                avoid: Container[int]) -> int | None:
         for _ in range(min(self._n, 8)):
             key = self._rng.randrange(self._n)
-            if oracle.block(key, model, now) is None and key not in avoid:
+            if oracle.verdict(key, model, now).serves and key not in avoid:
                 return key
         return self._scan(oracle, model, now, self._rng.randrange(self._n), avoid)
 

@@ -16,7 +16,8 @@ The driver calls the link at two points of an attempt's life, and nowhere else:
 
 The store failing never fails a call.  A store call that raises or takes longer than the
 store's timeout counts as the store being away: the attempt goes on as if granted (the core's
-own budgets still hold), the degradation is logged once (WARNING), and the store is tried again
+own budgets still hold), the degradation is logged (a WARNING the first time, INFO after: a
+flapping store must not flood the log), and the store is tried again
 at most once per `RETRY_AFTER` seconds (in the meantime, nothing waits on it).  When a call
 succeeds again, the link logs the recovery once, fetches every fact (the store's version is
 forgotten) and publishes again every fact its core holds, so nothing learned meanwhile is lost.
@@ -201,8 +202,12 @@ class StoreLink:
         if not self.degraded:
             self.degraded = True
             self.degradations += 1
-            logger.warning("the shared store is unreachable (%s); going on with this process's "
-                           "own view of the pool until it answers again", type(exc).__name__)
+            # A WARNING the first time only: a store that comes and goes (a loaded host, a
+            # flapping network) must not flood the log; later outages are INFO.
+            logger.log(logging.WARNING if self.degradations == 1 else logging.INFO,
+                       "the shared store is unreachable (%s); going on with this process's "
+                       "own view of the pool until it answers again (outage %d)",
+                       type(exc).__name__, self.degradations)
 
     def _back(self, now: float) -> None:
         self.degraded = False

@@ -141,12 +141,13 @@ class Claim(NamedTuple):
     wall: float = 0.0
 
     @property
-    def blockers(self) -> tuple[str, str, str, str]:
+    def blockers(self) -> tuple[str, str, str]:
         """The fields of the facts that would hold this attempt back: its key disabled, its
-        group, model or lane cooling (in the order the store checks them)."""
+        group or lane cooling (in the order the store checks them).  Not a model's cooldown:
+        a cooling model is probed now and then (the breaker's half-open state), and whether
+        an attempt is such a probe is for the core to say."""
         return (SharedFact("key", key=self.key).field,
                 SharedFact("group", self.project, self.model).field,
-                SharedFact("model", model=self.model).field,
                 SharedFact("lane", self.project, self.model, self.key).field)
 
     @property
@@ -163,8 +164,8 @@ class Grant(NamedTuple):
         retry_after: if refused, in how many seconds room returns (a delay, not a time: the
             store's clock and the caller's need not agree).
         why: if refused, the limit that is full (``rpm``, ``tpm``, ``rpd``, ``in_flight``), or
-            the scope of a fact that holds the attempt back (``key``, ``group``, ``model``,
-            ``lane``: another process disabled or cooled it since this one last looked).
+            the scope of a fact that holds the attempt back (``key``, ``group``, ``lane``:
+            another process disabled or cooled it since this one last looked).
         version: the version of the shared facts.
         facts: every shared fact, if the version differs from the one the caller knew.
     """

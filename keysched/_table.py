@@ -25,6 +25,29 @@ Rules in plain words (reference section 2.4):
 - a request error (400) fails fast, never retried on another key.
 
 Policies other than the default (the simulator's baselines) supply their own table.
+
+The table has two halves, both keyed by `OutcomeKind`, and every rule lives in one of them:
+
+- **What the policy does** (`Action`, the rows of `DEFAULT_ACTIONS`; a policy may bring its own
+  table): the effect on the pool (`Effect`), what happens to the request (`Next`), and where the
+  server's retry delay applies (`Action.retry_delay`, which follows from those two).
+- **What the outcome means** (`Meaning`, the rows of `OUTCOMES`; fixed by the wire, the same for
+  every policy): whether it is an answer (which resets the model's 503 streak, the lane's 500s
+  in a row and the group's bare-429 count), whether it is a 429 (refunded from the budget, its
+  limits learned, its group reopened half-open), whether it counts against ``max_attempts``,
+  whether it feeds the lane breaker, which retry budget it spends, and the failure reason when
+  that budget or the request's models run out.
+
+``python scripts/render_table.py`` renders both halves into README.md; a test checks the README
+is current.
+
+Decisions where the issue was silent:
+
+- The meaning half is not a policy's to change: a baseline router's table says what it *does*
+  with a 429, but a 429 is still refunded and still does not count against ``max_attempts``.
+  (The simulator's baselines always ran with these rules; keeping them fixed keeps their runs.)
+- The lane breaker counts a 500 only when the policy's row leaves the pool alone
+  (`Effect.NONE`): a policy that strikes or cools the lane on a 500 has its own breaker.
 """
 
 from __future__ import annotations
@@ -32,9 +55,11 @@ from __future__ import annotations
 import enum
 from typing import NamedTuple
 
+from keysched._decisions import FailReason
 from keysched._outcomes import OutcomeKind
 
-__all__ = ["DEFAULT_ACTIONS", "Action", "Effect", "Next"]
+__all__ = ["DEFAULT_ACTIONS", "OUTCOMES", "Action", "Delay", "Effect", "Meaning", "Next",
+           "RetryBudget"]
 
 
 class Effect(enum.Enum):
@@ -80,8 +105,26 @@ class Next(enum.Enum):
     """Fail the request now."""
 
 
+class Delay(enum.Enum):
+    """Where the server's retry delay (``retryDelay``, ``Retry-After``) applies."""
+
+    BENCHES_GROUP = "benches the group"
+    """The group (or billing account) is benched for the delay, capped at ``max_server_delay``
+    (``minute_cooldown`` when the server gave none)."""
+    IDLES_LANE = "idles the lane"
+    """No quota group is blamed: just this (key, model) lane idles until exactly ``t + d``."""
+    IGNORED = "ignored"
+    """The effect decides alone (a per-day 429's short delay is a lie: the group waits for
+    midnight; a disabled key never comes back)."""
+
+
+_GROUP_DELAY = frozenset({Effect.COOL_GROUP, Effect.COOL_BILLING_ACCOUNT})
+_LANE_DELAY_EFFECTS = frozenset({Effect.NONE, Effect.COOL_MODEL})
+_RETRIES = frozenset({Next.RETRY_NOW, Next.RETRY_LATER})
+
+
 class Action(NamedTuple):
-    """One row of an outcome table.
+    """One row of a policy's outcome table: what it does about an outcome.
 
     Attributes:
         effect: what the outcome does to the pool.
@@ -94,6 +137,17 @@ class Action(NamedTuple):
     next: Next
     seconds: float = 0.0
     strikes: int = 3
+
+    @property
+    def retry_delay(self) -> Delay:
+        """Where the server's retry delay applies, which follows from the effect and the next
+        step: a group bench takes it; an effect that blames no group, with a retry to follow,
+        idles the lane for it; anything else ignores it."""
+        if self.effect in _GROUP_DELAY:
+            return Delay.BENCHES_GROUP
+        if self.effect in _LANE_DELAY_EFFECTS and self.next in _RETRIES:
+            return Delay.IDLES_LANE
+        return Delay.IGNORED
 
 
 _K = OutcomeKind
@@ -121,3 +175,73 @@ DEFAULT_ACTIONS: dict[OutcomeKind, Action] = {
     _K.MODEL_NOT_FOUND: Action(effect=Effect.MODEL_UNAVAILABLE, next=Next.RETRY_OTHER_MODEL),
     _K.REQUEST_ERROR: Action(effect=Effect.NONE, next=Next.FAIL),
 }
+
+
+class RetryBudget(enum.Enum):
+    """Which of the request's retry budgets an outcome spends (`keysched.RetryPolicy`)."""
+
+    NONE = "-"
+    EMPTY = "empty_retries"
+    """Empty answers: the request fails with the row's ``exhausted`` reason past this many."""
+    PER_MODEL = "server_errors_per_model"
+    """Server errors on one model: past this many, the request moves to its next model (the
+    last model always stays)."""
+
+
+class Meaning(NamedTuple):
+    """One row of `OUTCOMES`: what an outcome means, whatever the policy does about it.
+
+    Attributes:
+        answers: the model answered.  Resets the model's 503 streak (an answer to a probe ends
+            its cooldown), the lane's 500s in a row, the group's bare-429 count, and widens a
+            half-open group.
+        is_429: a 429.  The server did not count the attempt: it is refunded from its group's
+            budget, and the limits the 429 names (with their values) are learned.
+        probes: after a 429 whose limit is still unknown, the group reopens half-open (one
+            attempt in flight, doubling per answer).
+        counts_attempt: counts against ``max_attempts``.  A 429 on a quota only waited for
+            quota and spent no answer; ``4 x max_attempts`` attempts still end a request.
+        lane_breaker: counts towards the lane breaker (``Policy.lane_error_trip`` in a row),
+            when the policy's row leaves the pool alone (`Effect.NONE`).
+        budget: the retry budget it spends (`Next.RETRY_OTHER_MODEL` spends the whole
+            per-model budget of the model, whatever this says).
+        exhausted: the failure reason when that budget, or the request's models, run out.
+    """
+
+    answers: bool = False
+    is_429: bool = False
+    probes: bool = False
+    counts_attempt: bool = True
+    lane_breaker: bool = False
+    budget: RetryBudget = RetryBudget.NONE
+    exhausted: FailReason = FailReason.NO_USABLE_LANE
+
+
+_ANSWER = Meaning(answers=True)
+_QUOTA_429 = Meaning(is_429=True, probes=True, counts_attempt=False)
+_FAILURE = Meaning()
+OUTCOMES: dict[OutcomeKind, Meaning] = {
+    _K.SUCCESS: _ANSWER,
+    _K.BLOCKED: _ANSWER,
+    _K.EMPTY: Meaning(budget=RetryBudget.EMPTY, exhausted=FailReason.EMPTY_RESPONSE),
+    _K.RATE_LIMITED_MINUTE: _QUOTA_429,
+    _K.RATE_LIMITED_DAY: _QUOTA_429,
+    _K.SPEND_LIMITED: _QUOTA_429,
+    _K.QUOTA_ZERO: Meaning(is_429=True, counts_attempt=False),
+    _K.TOO_LARGE_FOR_QUOTA: Meaning(is_429=True, exhausted=FailReason.REQUEST_ERROR),
+    _K.SHARED_CAPACITY: Meaning(is_429=True, probes=True),
+    _K.OVERLOADED: Meaning(budget=RetryBudget.PER_MODEL),
+    _K.SERVER_ERROR: Meaning(lane_breaker=True, budget=RetryBudget.PER_MODEL),
+    _K.TIMEOUT: _FAILURE,
+    _K.CONNECTION_ERROR: _FAILURE,
+    _K.BAD_RESPONSE: _FAILURE,
+    _K.KEY_INVALID: _FAILURE,
+    _K.KEY_LEAKED: _FAILURE,
+    _K.KEY_FORBIDDEN: _FAILURE,
+    _K.KEY_TYPE_UNSUPPORTED: _FAILURE,
+    _K.ACCESS_REFUSED: _FAILURE,
+    _K.PROJECT_DISABLED: _FAILURE,
+    _K.MODEL_NOT_FOUND: _FAILURE,
+    _K.REQUEST_ERROR: _FAILURE,
+}
+"""What each outcome means, for every policy (see `Meaning`)."""

@@ -15,8 +15,9 @@ Decisions where the issue was silent:
 
 - `Policy` is here and in `keysched`: a client user passes one to `KeyedClient`, a driver
   author builds one from selectors and a table.  It is the same object.
-- `LaneOracle` and `SKIP` are here because a `Selector` of one's own calls `LaneOracle.block`
-  and must read its `SKIP` answer; `SelectorFactory` is the type of `Policy.selector`.
+- `LaneOracle`, `Verdict` and its three usual values (`SERVES`, `SKIPS`, `BLOCKED`) are here
+  because a `Selector` of one's own asks `LaneOracle.verdict` and must read its answer;
+  `SelectorFactory` is the type of `Policy.selector`.
 - `dimension_of`, `MAX_QUOTA_VALUE` and the scheduler's private helpers stay private.
 """
 
@@ -26,7 +27,9 @@ from keysched._decisions import Decision, Dispatch, Fail, FailReason, Finish
 from keysched._outcomes import Outcome, OutcomeKind, QuotaDimension, Violation, violation_of
 from keysched._pacific import next_pacific_midnight
 from keysched._selection import (
-    SKIP,
+    BLOCKED,
+    SERVES,
+    SKIPS,
     LaneOracle,
     LeastLoaded,
     Policy,
@@ -34,12 +37,15 @@ from keysched._selection import (
     RoundRobin,
     Selector,
     SelectorFactory,
+    Verdict,
 )
 from keysched._table import DEFAULT_ACTIONS, Action, Effect, Next
 
 __all__ = [
+    "BLOCKED",
     "DEFAULT_ACTIONS",
-    "SKIP",
+    "SERVES",
+    "SKIPS",
     "Action",
     "Decision",
     "Dispatch",
@@ -60,6 +66,7 @@ __all__ = [
     "Scheduler",
     "Selector",
     "SelectorFactory",
+    "Verdict",
     "Violation",
     "next_pacific_midnight",
     "violation_of",

@@ -169,7 +169,11 @@ def _poll(proc: _Process, which: int, now: float, world: Any, store: SharedPool,
     """Poll one process's core until it decides nothing more at `now`; returns `order`."""
     core, facts = proc.core, proc.facts
     decisions = core.poll(now)
+    rounds = 0
     while decisions:
+        rounds += 1
+        if rounds > 10_000:  # each round withdraws what the core has just learned is held back
+            raise RuntimeError(f"process {which} keeps deciding attempts the store refuses")
         for decision in decisions:
             if isinstance(decision, Dispatch):
                 limit, tokens = open_requests[which, decision.request]

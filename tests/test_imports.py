@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 CORE_MODULES = ["_core", "_selection", "_budget", "_table", "_decisions", "_outcomes",
-                "_snapshot", "_pacific", "_config", "_tuples"]
+                "_snapshot", "_pacific", "_config", "_tuples", "_requests", "_timers"]
 FORBIDDEN = {"time", "datetime", "asyncio", "socket", "httpx", "logging", "os", "threading"}
 
 

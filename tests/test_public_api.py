@@ -60,8 +60,10 @@ CLIENT_API = [
 ]
 
 DRIVER_API = [
+    "BLOCKED",
     "DEFAULT_ACTIONS",
-    "SKIP",
+    "SERVES",
+    "SKIPS",
     "Action",
     "Decision",
     "Dispatch",
@@ -82,6 +84,7 @@ DRIVER_API = [
     "Scheduler",
     "Selector",
     "SelectorFactory",
+    "Verdict",
     "Violation",
     "next_pacific_midnight",
     "violation_of",

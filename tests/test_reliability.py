@@ -160,7 +160,7 @@ def test_load_with_faults_full_size(fast: bool, calls: int, concurrency: int) ->
 def retained(client: KeyedClient) -> dict[str, int]:
     """What the client and its core hold between calls (all of it should stay bounded)."""
     core = client._core
-    return {"mailboxes": len(client._mailboxes), "requests": len(core._requests),
+    return {"mailboxes": len(client._mailboxes), "requests": core.open_requests,
             "attempts": len(core._attempts), "timers": len(core._timers),
             "queues": len(core._queues), "events": len(core._events),
             "stale_timer_tasks": len(client._stale_timers)}
