@@ -97,7 +97,7 @@ from keysched._selection import Policy
 from keysched._sharing import StoreLink
 from keysched._snapshot import PoolEvent, PoolSnapshot
 from keysched._sse import SSEParser
-from keysched._store import Store
+from keysched._store import Claim, Store
 from keysched._transport import (
     DEFAULT_MAX_RESPONSE_BYTES,
     AiohttpBackend,
@@ -752,12 +752,10 @@ class KeyedClient:
                     return
                 if isinstance(decision, Fail):
                     raise session.error(decision)
-                claim = None
-                if link is not None:
-                    claim = await link.admit(decision, tokens, True, attempt_timeout)
-                    if claim is False:  # a shared budget is full: withdrawn, not sent
-                        self._pump()
-                        continue
+                claim = (None if link is None
+                         else await self._admit(decision, tokens, True, attempt_timeout))
+                if claim is False:  # a shared budget is full: withdrawn, not sent
+                    continue
                 started = self._clock()
                 result = _StreamResult()
                 attempt = self._stream_attempt(
@@ -936,12 +934,10 @@ class KeyedClient:
                 # attempt was in flight before): take it without the wait and its checks.
                 decision = items.pop(0) if items else await session.next()
                 if isinstance(decision, Dispatch):
-                    claim = None
-                    if link is not None:
-                        claim = await link.admit(decision, tokens, spends_quota, attempt_timeout)
-                        if claim is False:  # a shared budget is full: withdrawn, not sent
-                            self._pump()
-                            continue
+                    claim = (None if link is None else
+                             await self._admit(decision, tokens, spends_quota, attempt_timeout))
+                    if claim is False:  # a shared budget is full: withdrawn, not sent
+                        continue
                     started = clock()
                     bound = session.attempt_timeout(attempt_timeout, started)
                     session.task = current_task()  # for `aclose` to cancel
@@ -1074,6 +1070,16 @@ class KeyedClient:
                                 input_tokens=usage.prompt_tokens if usage else None,
                                 output_tokens=usage.output_tokens if usage else None),
                 status=200, usage=usage)
+
+    async def _admit(self, decision: Dispatch, tokens: int, spends_quota: bool,
+                     attempt_timeout: float) -> Claim | bool | None:
+        """Ask the shared store for the attempt (see `StoreLink.admit`); if it was withdrawn,
+        pump, so that the request's next decision is posted."""
+        assert self._link is not None
+        claim = await self._link.admit(decision, tokens, spends_quota, attempt_timeout)
+        if claim is False:
+            self._pump()
+        return claim
 
     def _pump(self, now: float | None = None) -> None:
         """Poll the core, deliver its decisions, log pool events, re-arm the timer.
