@@ -233,7 +233,7 @@ def run(path: str, scale: float, *, processes: int, shared: bool, configured: bo
 async def round_trip(redis_url: str, n: int) -> float:
     """Mean seconds of one `RedisStore.admit` on loopback (sequential)."""
     from keysched import RedisStore
-    from keysched._store import Claim
+    from keysched.driver import Claim
 
     pool = f"bench-{uuid.uuid4().hex[:10]}"
     store = RedisStore(redis_url, pool_name=pool, timeout=5.0)

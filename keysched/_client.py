@@ -484,8 +484,9 @@ class KeyedClient:
         store: share the pool with other processes: a ``redis://host:port/db`` URL (needs
             ``pip install 'keysched[redis]'``) or a `Store` object (`MemoryStore` shares it
             with other clients of this process).  None (the default): this process alone.
-        pool_name: the shared pool's name (the namespace of its keys in Redis); clients that
-            share a pool use the same name and the same key labels.
+        pool_name: with a ``redis://`` URL, the shared pool's name (the namespace of its
+            keys in Redis); clients that share a pool use the same name and the same key
+            labels.  A store object carries its own.
 
     Raises:
         ConfigurationError: a field is invalid (the message names it, never a secret).

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterable
+from typing import ClassVar
 
 from keysched._core import Scheduler
 from keysched._decisions import Dispatch
@@ -66,6 +67,9 @@ class CoreFacts:
         core: the scheduler.
         wall_epoch: the Unix time at core time 0.
     """
+
+    REFUNDED: ClassVar[frozenset[OutcomeKind]] = REFUNDED
+    """Outcomes whose attempt's units a settlement gives back (every kind of 429)."""
 
     def __init__(self, core: Scheduler, wall_epoch: float) -> None:
         self.core = core

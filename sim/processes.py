@@ -9,7 +9,7 @@ processes in turn.  Each process's core sees only its own requests, as in a real
 - **Uncoordinated** (``shared=False``): each core knows only what its own attempts taught it,
   so N processes collect up to N times the 429s, and a key disabled by one is still tried by
   the others.
-- **Shared** (``shared=True``): the processes share one `keysched._store.SharedPool`, the
+- **Shared** (``shared=True``): the processes share one `keysched.driver.SharedPool`, the
   rules `MemoryStore` and `RedisStore` run, driven through the very `CoreFacts` seam that
   `KeyedClient`'s `StoreLink` uses: each dispatch is admitted by the store (budgets checked
   and taken, facts other processes learned brought back) or withdrawn, and each end settles
@@ -40,9 +40,17 @@ from typing import Any
 import attrs
 
 from keysched import Outcome, OutcomeKind, PoolConfig
-from keysched._core_facts import REFUNDED, CoreFacts
-from keysched._store import Claim, Settlement, SharedPool
-from keysched.driver import Dispatch, Fail, Finish, Scheduler, next_pacific_midnight
+from keysched.driver import (
+    Claim,
+    CoreFacts,
+    Dispatch,
+    Fail,
+    Finish,
+    Scheduler,
+    Settlement,
+    SharedPool,
+    next_pacific_midnight,
+)
 from sim.scenario import Scenario
 from sim.workload import generate_arrivals
 
@@ -50,9 +58,7 @@ __all__ = ["ProcessesResult", "add_command", "simulate_processes"]
 
 _MASK = 0xFFFFFFFF
 _TIMEOUT = Outcome(kind=OutcomeKind.TIMEOUT)
-_429S = frozenset({OutcomeKind.RATE_LIMITED_MINUTE, OutcomeKind.RATE_LIMITED_DAY,
-                   OutcomeKind.SHARED_CAPACITY, OutcomeKind.SPEND_LIMITED,
-                   OutcomeKind.QUOTA_ZERO, OutcomeKind.TOO_LARGE_FOR_QUOTA})
+_429S = CoreFacts.REFUNDED  # every 429; their units go back to the budget, as the client does
 _LEASE = 1e9  # see "Decisions"
 
 
@@ -146,7 +152,7 @@ def simulate_processes(scenario: Scenario, processes: int = 4, *, shared: bool,
             if outcome.kind in _429S:
                 counts["rate_limited"] += 1
             if claim is not None:
-                store.settle([Settlement(claim, refund=outcome.kind in REFUNDED)], ())
+                store.settle([Settlement(claim, refund=outcome.kind in _429S)], ())
         while index < len(arrivals) and arrivals[index].time == now:
             arrival = arrivals[index]
             which = index % processes
