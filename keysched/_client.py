@@ -1,14 +1,16 @@
-"""`KeyedClient`: the asyncio + httpx driver around the scheduling core.
+"""`KeyedClient`: the asyncio driver around the scheduling core, for users.
 
-Theory of operation: every call (`generate`, `stream`, `count_tokens`, `embed`) submits one
-request to the core and then waits on its own little mailbox for decisions.  A `Dispatch` makes
-the calling task send the HTTP attempt itself (so cancelling the caller cancels the attempt),
-classify the answer with the pure wire layer, report the outcome to the core and pump; `Finish`
-returns the result; `Fail` raises the typed error.  "Pumping" polls the core, posts each decision
-to the mailbox of its request, logs pool events and arms one timer task for the core's
-`next_deadline()` (cooldown ends, backoffs, deadlines), slept with the injectable `sleep`.
+Theory of operation: every call (`generate`, `stream`, `count_tokens`, `embed`) builds one
+`_Request` (the encoded body, its token estimate, its bounds), opens a `Session` on the core for
+it and runs the driver loop of `keysched._session`: for each attempt the core dispatches, the
+calling task sends it itself (so cancelling the caller cancels the attempt), classifies the
+answer with the pure wire layer and reports the outcome; the loop ends with the answer or raises
+the typed error.  The attempt is the only part that differs: `_post` reads a whole answer,
+`keysched._streaming.StreamAttempt` relays a stream chunk by chunk.  The session, the pump and
+the timer that wakes the core live in `keysched._session`; HTTP goes through the seam in
+`keysched._transport`.
 
-This is the only module of keysched that does I/O.  Decisions where the issue was silent:
+Decisions where the issue was silent:
 
 - Keys travel only in the ``x-goog-api-key`` header; the URL never carries one.
 - ``timeout`` bounds a whole attempt of `generate`, `count_tokens` and `embed` (waiting for a
@@ -44,25 +46,20 @@ This is the only module of keysched that does I/O.  Decisions where the issue wa
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
-import logging
-import math
 import os
 import random
 import time
 import urllib.parse
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from json.encoder import encode_basestring_ascii
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import attrs
 import httpx
 
 if TYPE_CHECKING:
-    # At run time asyncio is imported where it is first used, as httpx itself does: keeping it
-    # out of `import keysched` saves a third of the import time (see benchmarks/bench_client.py).
-    import asyncio
     import datetime
 
 from keysched._config import (
@@ -76,43 +73,26 @@ from keysched._config import (
     _timeout,
 )
 from keysched._core import Scheduler
-from keysched._decisions import Decision, Dispatch, Fail, FailReason, Finish
-from keysched._durations import AttemptDurations
-from keysched._errors import (
-    AttemptsExhaustedError,
-    CapacityError,
-    ConfigurationError,
-    EmptyResponseError,
-    NoUsableKeyError,
-    RequestError,
-    ResponseTooLargeError,
-    ServiceError,
-    StreamInterruptedError,
-    UsageError,
-)
-from keysched._outcomes import Outcome, OutcomeKind
+from keysched._decisions import Dispatch
+from keysched._errors import ConfigurationError, ServiceError, UsageError
+from keysched._outcomes import OutcomeKind
 from keysched._redact import Redactor
-from keysched._results import AttemptRecord, GenerateResult, StreamChunk
+from keysched._results import GenerateResult, StreamChunk
 from keysched._selection import Policy
-from keysched._sharing import StoreLink
+from keysched._session import CLOSED, Pump, Session
+from keysched._sharing import LEASE_SLACK, STORE_TIMEOUT, StoreLink, open_store
 from keysched._snapshot import PoolEvent, PoolSnapshot
-from keysched._sse import SSEParser
-from keysched._store import Claim, Store
+from keysched._store import Store
+from keysched._streaming import StreamAttempt, interrupted
 from keysched._transport import (
     DEFAULT_MAX_RESPONSE_BYTES,
     AiohttpBackend,
     Backend,
     HttpxBackend,
-    ResponseTooLarge,
-    TransportFailure,
-    TransportTimeout,
 )
-from keysched._tuples import tuple_builder
 from keysched._wire import (
     API_BASE,
     EMBED_BATCH_LIMIT,
-    METHODS,
-    SAFETY_FINISH_REASONS,
     Classified,
     batch_embed_body,
     classify,
@@ -129,76 +109,17 @@ from keysched._wire import (
 
 __all__ = ["DEFAULT_MODELS", "KeyedClient"]
 
-logger = logging.getLogger("keysched")
-
 EVENT_HISTORY = 1000
 """How many recent pool events `KeyedClient.events()` keeps."""
-_CLOSED = "the client was closed while the request was open"
 # How long `aclose` waits for cancelled attempts to let go of their connections.  They do so as
 # soon as their tasks run; the bound only keeps a task that never yields from holding `aclose`.
 _UNWIND_WAIT = 5.0
 
-_ERRORS: dict[FailReason, type[ServiceError]] = {
-    FailReason.REQUEST_ERROR: RequestError,
-    FailReason.DEADLINE: CapacityError,
-    FailReason.NO_CAPACITY: CapacityError,
-    FailReason.ATTEMPTS_EXHAUSTED: AttemptsExhaustedError,
-    FailReason.NO_USABLE_LANE: NoUsableKeyError,
-    FailReason.EMPTY_RESPONSE: EmptyResponseError,
-}
-_WHY = {
-    FailReason.REQUEST_ERROR: "the request was refused",
-    FailReason.DEADLINE: "no key and model could serve the request before its deadline",
-    FailReason.NO_CAPACITY: "every key and model was cooling down",
-    FailReason.ATTEMPTS_EXHAUSTED: "every allowed attempt failed",
-    FailReason.NO_USABLE_LANE: "no usable key is left for the allowed models",
-    FailReason.EMPTY_RESPONSE: "the service kept answering without content",
-}
-# A library adds no handler: with logging unconfigured, Python prints WARNING and above to
-# stderr.  So WARNING is kept for what a user must act on (a key or a model gone for good);
-# the pool's ordinary weather (cooldowns, fallbacks, recoveries) is INFO or DEBUG.
-_EVENT_LEVELS = {
-    "key_disabled": logging.WARNING, "group_unavailable": logging.WARNING,
-    "model_unavailable": logging.WARNING, "model_cooled": logging.INFO,
-    "fallback": logging.INFO, "recovered": logging.INFO, "group_cooled": logging.DEBUG,
-    "lane_cooled": logging.DEBUG,
-}
-_MOST_SEVERE_EVENT = max(_EVENT_LEVELS.values())
+_V = TypeVar("_V")
 
-
-STORE_TIMEOUT = 0.25
-"""Seconds a shared store's call may take before the client goes on without it."""
-
-
-def _open_store(store: str | Store, pool_name: str) -> Store:
-    """The `Store` that `KeyedClient`'s ``store`` argument names."""
-    from keysched._redis_store import check_pool_name
-
-    check_pool_name(pool_name)
-    if isinstance(store, str):
-        if not store.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigurationError("store", "expected a redis:// URL or a Store object (the "
-                                     "value is not shown: it may hold a password)")
-        from keysched._redis_store import RedisStore
-
-        return RedisStore(store, pool_name=pool_name, timeout=STORE_TIMEOUT)
-    if not all(callable(getattr(store, name, None))
-               for name in ("admit", "settle", "facts", "aclose")):
-        raise ConfigurationError("store", f"expected a redis:// URL or a Store object, got "
-                                 f"{type(store).__name__}")
-    return store
-
-
-def _failure(kind: OutcomeKind, message: str) -> Classified:
-    return Classified(outcome=Outcome(kind=kind), status=0, message=message)
-
-
-def _too_large(session: _Session, exc: ResponseTooLarge) -> Classified:
-    """The outcome of an answer over the cap: the request fails (the core's REQUEST_ERROR does
-    that without a retry or a mark against the key), as `ResponseTooLargeError`."""
-    session.oversized = True
-    session.value = None
-    return _failure(OutcomeKind.REQUEST_ERROR, str(exc))
+Reader = Callable[[int, bytes, Mapping[str, str], int], tuple[Classified, Any]]
+"""Classifies a whole answer (status, body, headers, the request's token estimate) and extracts
+its value (the count, the embeddings; None for generateContent)."""
 
 
 def _check_base_url(base_url: object) -> None:
@@ -219,237 +140,132 @@ def _check_base_url(base_url: object) -> None:
                                  "in keys=, and is sent in a header); the URL is not shown")
 
 
-class _StreamResult:
-    """How a stream attempt ended; set by the attempt's generator before it finishes."""
+def _check_embedding_model(embedding_model: object) -> None:
+    if not isinstance(embedding_model, str) or not embedding_model.strip():
+        raise ConfigurationError("embedding_model", f"expected a model name, got "
+                                 f"{embedding_model!r}")
 
-    classified: Classified = Classified(outcome=Outcome(kind=OutcomeKind.CONNECTION_ERROR),
-                                        status=0, message="the stream was abandoned")
+
+def _check_max_response_bytes(max_response_bytes: object) -> None:
+    if (isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int)
+            or max_response_bytes < 1):
+        raise ConfigurationError("max_response_bytes", f"expected an integer number of bytes "
+                                 f">= 1, got {max_response_bytes!r}"[:200])
 
 
-# One of each per request: built in C, as their values need no checks.
-_new_record = tuple_builder(AttemptRecord)
-_new_result = tuple_builder(GenerateResult)
-_ENCODER = json.JSONEncoder(allow_nan=False)  # json.dumps(allow_nan=False) builds one per call
-_INF = math.inf
+def _check_texts(texts: object, model: object) -> None:
+    """`embed`'s arguments: a sequence of strings, and a model name or None."""
+    if (isinstance(texts, str) or not isinstance(texts, Sequence)
+            or not all(isinstance(text, str) for text in texts)):
+        raise UsageError("texts must be a sequence of strings")
+    if model is not None and not isinstance(model, str):
+        raise UsageError(f"model must be a model name, got {type(model).__name__}")
 
 
 def _encode(body: dict[str, Any]) -> bytes:
     """The request body as JSON; a value JSON cannot carry is the caller's error."""
     try:
-        return _ENCODER.encode(body).encode()
+        return json.dumps(body, allow_nan=False).encode()
     except (TypeError, ValueError) as exc:  # the value itself is not shown: it may be anything
         raise UsageError(f"the request holds a value JSON cannot encode ({type(exc).__name__})"
                          ) from None
 
 
+def _encoded(body: dict[str, Any]) -> tuple[bytes, int]:
+    """`body` as JSON, and its input-token estimate."""
+    return _encode(body), estimate_tokens(body)
+
+
+def _generation(contents: str | Sequence[Mapping[str, Any]],
+                generation_config: Mapping[str, Any] | None,
+                system_instruction: str | Mapping[str, Any] | None,
+                safety_settings: Sequence[Mapping[str, Any]] | None,
+                tools: Sequence[Mapping[str, Any]] | None) -> tuple[bytes, int]:
+    """The body of `generate` and `stream`, as JSON, and its input-token estimate.
+
+    Raises:
+        UsageError: an argument has the wrong shape, or holds a value JSON cannot carry.
+    """
+    if (isinstance(contents, str) and generation_config is None and system_instruction is None
+            and safety_settings is None and tools is None):
+        return _prompt_payload(contents), tokens_for_chars(len(contents))
+    return _encoded(generate_body(contents, generation_config=generation_config,
+                                  system_instruction=system_instruction,
+                                  safety_settings=safety_settings, tools=tools))
+
+
+# A speed trick, kept for bench_client's target (default KeyedClient >= 0.9x raw aiohttp) and
+# its measure of keysched's own CPU per request (benchmarks/profile_client.py): the general path
+# for a bare prompt, the common call, builds the body dict, encodes it and walks it for the token
+# estimate, which took about a quarter of keysched's own CPU per request.  The reference is
+# `_encoded(generate_body(prompt))`; tests/test_client_results.py holds the two equal.
 def _prompt_payload(prompt: str) -> bytes:
     """``_encode(generate_body(prompt))`` for a bare prompt string, byte for byte."""
-    return b''.join((b'{"contents": [{"role": "user", "parts": [{"text": ',
-                     encode_basestring_ascii(prompt).encode(), b'}]}]}'))
+    return b"".join((b'{"contents": [{"role": "user", "parts": [{"text": ',
+                     encode_basestring_ascii(prompt).encode(), b"}]}]}"))
 
 
-def _estimate(contents: object, body: dict[str, Any]) -> int:
-    """`estimate_tokens`, with a shortcut for the common case of a bare prompt string."""
-    if isinstance(contents, str) and len(body) == 1:
-        return tokens_for_chars(len(contents))
-    return estimate_tokens(body)
+def _read_answer(status: int, raw: bytes, headers: Mapping[str, str],
+                 tokens: int) -> tuple[Classified, Any]:
+    """The `Reader` of generateContent: the classification is the answer."""
+    return classify(status, raw, headers, input_tokens=tokens), None
 
 
-def _positive(field: str, value: object) -> float:
-    # The config's own check: it turns an int beyond float range or a NaN into a
-    # ConfigurationError (not an OverflowError) and never prints a huge value whole.
-    return _duration(field, value)
+def _make_backend(http_client: httpx.AsyncClient | None,
+                  transport: httpx.AsyncBaseTransport | None, fast: bool | None,
+                  max_response_bytes: int) -> Backend:
+    if http_client is not None or transport is not None:
+        return HttpxBackend(http_client, transport=transport,
+                            max_response_bytes=max_response_bytes)
+    if fast is not False:
+        try:
+            return AiohttpBackend(max_response_bytes=max_response_bytes)
+        except ImportError as exc:
+            if fast:
+                raise ConfigurationError("fast", "the aiohttp backend is not installed: "
+                                         "pip install 'keysched[fast]'") from exc
+    return HttpxBackend(max_response_bytes=max_response_bytes)
 
 
-class _Session:
-    """One request's life: submit, wait for decisions, report attempts, end exactly once.
+async def _all_or_first_error(calls: Sequence[Awaitable[_V]]) -> list[_V]:
+    """Await `calls` concurrently: all their results, in order, or the first failure raised.
 
-    It is also the request's mailbox: `_pump` puts the core's decisions for it in `items` and
-    wakes the waiting caller through a future made only when the caller has to wait (most
-    decisions are taken by the same synchronous step that pumped them).
+    Not a TaskGroup: it would wrap a failure in an ExceptionGroup, and callers expect the
+    `ServiceError` itself.  The first failure cancels the other calls.
+    """
+    import asyncio
+
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+@attrs.frozen(kw_only=True)
+class _Request:
+    """One call, ready for the driver loop: what to send, to which method, within which bounds.
+
+    Attributes:
+        method: the API method (``generateContent``, ``countTokens`` ...).
+        payload: the JSON body.
+        tokens: its input-token estimate, for the known limits.
+        models: the models it may use, best first.
+        timeout: the longest one attempt may take (a stream: each wait for a chunk), checked.
+        deadline: the longest the whole call may take, as the caller gave it (`_open` checks it).
+        spends_quota: whether it counts against the known limits.
     """
 
-    __slots__ = ("aborted", "client", "closed", "deadline_at", "items", "last", "open",
-                 "oversized", "records", "rid", "task", "unwound", "value", "waiter")
-
-    def __init__(self, client: KeyedClient, models: Sequence[str], tokens: int,
-                 deadline: float | None, spends_quota: bool = True) -> None:
-        self.client = client
-        self.records: list[AttemptRecord] = []
-        self.last: tuple[Dispatch, Classified] | None = None
-        self.value: Any = None  # what `read` extracted from the last attempt's answer
-        now = client._clock()
-        seconds = client._deadline if deadline is None else deadline
-        self.deadline_at = now + seconds
-        self.rid = client._core.submit(
-            now, models=models, input_tokens=tokens, deadline=deadline, spends_quota=spends_quota,
-            start_within=seconds - client._durations.allowance(seconds))
-        self.open = True
-        self.closed = False  # `aclose` ended the request while the caller waited
-        self.items: list[Decision] = []  # rarely more than one: a list pops its head cheaply
-        self.waiter: asyncio.Future[None] | None = None
-        self.task: asyncio.Task[Any] | None = None  # the task awaiting the attempt's I/O, if any
-        self.aborted: asyncio.Task[Any] | None = None  # the task `aclose` cancelled
-        self.unwound: asyncio.Future[None] | None = None  # set when an aborted attempt let go
-        self.oversized = False  # the last answer exceeded max_response_bytes
-        client._mailboxes[self.rid] = self
-        client._pump(now)
-
-    def wake(self) -> None:
-        """Wake the caller waiting for a decision (`KeyedClient._pump` has put one)."""
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def shut(self) -> None:
-        """The client is closing: the waiting caller gets `UsageError` instead of a decision."""
-        self.closed = True
-        self.wake()
-
-    def abort(self, task: asyncio.Task[Any]) -> asyncio.Future[None]:
-        """The client is closing: cancel `task`, which awaits this request's attempt.
-
-        Returns:
-            A future set once the attempt has let go of its connection (`io_ended`).
-        """
-        import asyncio
-
-        self.aborted = task
-        self.unwound = asyncio.get_running_loop().create_future()
-        task.cancel()
-        return self.unwound
-
-    def take_abort(self) -> bool:
-        """Whether `abort` cancelled the attempt and nothing else did; then the cancellation is
-        taken back, and the caller raises `UsageError` instead.
-
-        Called where the attempt ended with an exception (or, if the HTTP library swallowed the
-        cancellation, where the closed client is noticed).
-        """
-        task = self.aborted
-        if task is None:
-            return False
-        self.aborted = None
-        return task.uncancel() == 0
-
-    def io_ended(self) -> None:
-        """The attempt's I/O is over: an aborted attempt has released its connection."""
-        self.task = None
-        unwound = self.unwound
-        if unwound is not None and not unwound.done():
-            unwound.set_result(None)
-
-    async def next(self) -> Decision:
-        items = self.items
-        waited = False
-        while True:
-            if not items:
-                if self.closed:
-                    raise UsageError(_CLOSED)
-                import asyncio
-
-                waiter = self.waiter = asyncio.get_running_loop().create_future()
-                try:
-                    await waiter
-                finally:
-                    self.waiter = None
-                waited = True
-                continue
-            decision = items.pop(0)
-            if isinstance(decision, Dispatch):
-                if self.closed:
-                    # `aclose` ended the request after this dispatch was posted, before this
-                    # task ran: the attempt it names was cancelled with the request.  (A Finish
-                    # or Fail posted before `aclose` still ends the call as it says.)
-                    raise UsageError(_CLOSED)
-                # A dispatch posted by another task's pump waits here for this task's turn; a
-                # refusal that disabled its key may have come back meanwhile.  Never send on a
-                # disabled key: hand the attempt back and wait for the next decision.  (A
-                # dispatch this task's own pump just posted, taken without waiting, is fresh.)
-                client = self.client
-                if waited and client._core.withdraw(decision.attempt, client._clock()):
-                    client._pump()
-                    continue
-            else:
-                self.open = False
-            return decision
-
-    def attempt_timeout(self, timeout: float, now: float) -> float:
-        """`timeout`, capped by the time left at `now` before the deadline (at least 1 ms)."""
-        bound = self.deadline_at - now  # compared, not min/max: this runs once per attempt
-        if bound > timeout:
-            bound = timeout
-        return bound if bound > 0.001 else 0.001
-
-    def report(self, dispatch: Dispatch, classified: Classified, started: float, *,
-               final: bool = False, timed: bool = True) -> Classified:
-        """Record an attempt and tell the core; `final` ends the request with no retry.
-
-        `timed`: the attempt's duration says how long an answer takes (not a stream's, which
-        lasts as long as its reader reads), for `AttemptDurations`.
-
-        Returns `classified` as it was kept: a failure's server texts with every secret of the
-        pool replaced by its label (a proxy may quote the key it was sent).
-        """
-        client = self.client
-        ended = client._clock()
-        outcome = classified.outcome
-        if outcome.kind is not OutcomeKind.SUCCESS:
-            redact = client._redactor.redact
-            classified = classified._replace(message=redact(classified.message),
-                                             google_status=redact(classified.google_status))
-        self.records.append(_new_record((
-            dispatch.number, dispatch.key.label or "", dispatch.model, outcome.kind,
-            classified.status, classified.google_status, classified.message, outcome.retry_after,
-            started, ended)))
-        self.last = (dispatch, classified)
-        if client._closed:  # `aclose` ended the request while this attempt was in flight
-            self.take_abort()
-            raise UsageError(_CLOSED)
-        if outcome.kind is not OutcomeKind.SUCCESS:
-            logger.debug("attempt %d of a request via %s on %s: %s (HTTP %s)", dispatch.number,
-                         dispatch.key.label, dispatch.model, outcome.kind.value, classified.status)
-        if timed and outcome.kind is OutcomeKind.SUCCESS:
-            client._durations.add(ended - started)
-        client._core.complete(dispatch.attempt, outcome, ended)
-        if final:
-            # End it before any poll can dispatch the retry the outcome may have queued.
-            self.close(failed=True)
-        else:
-            client._pump(ended)
-        return classified
-
-    def error(self, fail: Fail) -> ServiceError:
-        why = _WHY[fail.reason]
-        text = f"{why} after {len(self.records)} attempt(s)"
-        status = google_status = service_message = model = key = None
-        if self.last is not None:
-            dispatch, classified = self.last
-            status, google_status = classified.status or None, classified.google_status
-            service_message, model, key = classified.message, dispatch.model, dispatch.key.label
-            text += f"; last attempt: {model} via {key}: {classified.outcome.kind.value}"
-            if status:
-                text += f" (HTTP {status} {google_status or ''})".replace(" )", ")")
-            if service_message:
-                text += f": {service_message}"
-        if fail.retry_at is not None:
-            wait = fail.retry_at - self.client._clock()
-            # A deadline spent on slow attempts can end while capacity is there: say so plainly.
-            text += (f"; capacity returns in {wait:.1f}s" if wait > 0.05
-                     else "; capacity is available again now")
-        error = ResponseTooLargeError if self.oversized else _ERRORS[fail.reason]
-        return error(
-            text, status=status, google_status=google_status, service_message=service_message,
-            model=model, key=key, attempts=self.records, retry_at=fail.retry_at)
-
-    def close(self, *, failed: bool = False) -> None:
-        """End the request if it is still open (cancellation, or a broken stream: `failed`)."""
-        client = self.client
-        client._mailboxes.pop(self.rid, None)
-        if self.open:
-            self.open = False
-            client._core.cancel(self.rid, client._clock(), failed=failed)
-            client._pump()
+    method: str
+    payload: bytes
+    tokens: int
+    models: Sequence[str]
+    timeout: float
+    deadline: float | datetime.timedelta | None
+    spends_quota: bool = True
 
 
 class KeyedClient:
@@ -516,14 +332,9 @@ class KeyedClient:
         pool_name: str = "keysched",
     ) -> None:
         _check_base_url(base_url)
-        if not isinstance(embedding_model, str) or not embedding_model.strip():
-            raise ConfigurationError("embedding_model", f"expected a model name, got "
-                                     f"{embedding_model!r}")
+        _check_embedding_model(embedding_model)
         self._timeout = _timeout("timeout", timeout)
-        if (isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int)
-                or max_response_bytes < 1):
-            raise ConfigurationError("max_response_bytes", f"expected an integer number of bytes "
-                                     f">= 1, got {max_response_bytes!r}"[:200])
+        _check_max_response_bytes(max_response_bytes)
         embedding_model = embedding_model.removeprefix("models/")
         self._embedding_model = embedding_model
         # The embedding model shares the keys (and may have its own `Limit`), but it is never a
@@ -536,66 +347,37 @@ class KeyedClient:
         config = PoolConfig(keys=generation.keys, models=pool_models, limits=limits,
                             retry=generation.retry, max_in_flight_per_key=max_in_flight_per_key)
         self._config = config
-        self._deadline = config.retry.deadline  # a request's default deadline, in seconds
         self._base_url = base_url
         self._clock = clock
-        import asyncio
-
         if sleep is None:
+            import asyncio  # here, not at the top: see `keysched._session`
+
             sleep = asyncio.sleep
-        self._sleep = sleep
-        self._current_task = asyncio.current_task
         now = clock()
         self._core = Scheduler(config, rng=rng or random.Random(), policy=policy,
                                wall_epoch=wall_clock() - now)
-        self._mailboxes: dict[int, _Session] = {}  # the open requests' sessions, by id
-        self._durations = AttemptDurations()  # when a request is too late to start an attempt
-        # Bounded, so that a long-running client keeps a window of history, not all of it.
-        self._history: collections.deque[PoolEvent] = collections.deque(maxlen=EVENT_HISTORY)
-        self._timer: asyncio.Task[None] | None = None
-        self._timer_at = math.inf
-        self._stale_timers: set[asyncio.Task[None]] = set()  # cancelled, not yet finished
-        self._closed = False
         # Headers per key, built once: the key is checked and copied into them a single time
         # (before an HTTP client exists that a failure here would leave open).
         headers = {key.label: request_headers(key.secret) for key in config.keys}
         self._redactor = Redactor(config.keys)
+        self._pump = Pump(self._core, clock, sleep, deadline=config.retry.deadline,
+                          redactor=self._redactor, history=EVENT_HISTORY)
         self._transports: list[httpx.AsyncBaseTransport] = []  # handed out by `transport()`
-        self._backend = self._make_backend(http_client, transport, fast, max_response_bytes)
+        self._backend = _make_backend(http_client, transport, fast, max_response_bytes)
         self._headers = {label: self._backend.headers(each) for label, each in headers.items()}
-        self._urls: dict[str, dict[str, str]] = {method: {} for method in METHODS}
-        self._link = None
+        self._urls: dict[tuple[str, str], str] = {}  # by (method, model), built on first use
         if store is not None:
-            shared = _open_store(store, pool_name)
-            self._link = StoreLink(
+            shared = open_store(store, pool_name)
+            self._pump.link = StoreLink(
                 shared, self._core, clock=clock, wall_clock=wall_clock,
                 wall_epoch=wall_clock() - now,
                 timeout=getattr(shared, "timeout", STORE_TIMEOUT),  # a RedisStore's own
-                key_cap=max_in_flight_per_key or 0)
-
-    @staticmethod
-    def _make_backend(http_client: httpx.AsyncClient | None,
-                      transport: httpx.AsyncBaseTransport | None, fast: bool | None,
-                      max_response_bytes: int) -> Backend:
-        if http_client is not None or transport is not None:
-            return HttpxBackend(http_client, transport=transport,
-                                max_response_bytes=max_response_bytes)
-        if fast is not False:
-            try:
-                return AiohttpBackend(max_response_bytes=max_response_bytes)
-            except ImportError as exc:
-                if fast:
-                    raise ConfigurationError("fast", "the aiohttp backend is not installed: "
-                                             "pip install 'keysched[fast]'") from exc
-        return HttpxBackend(max_response_bytes=max_response_bytes)
+                lease_ttl=self._timeout + LEASE_SLACK, key_cap=max_in_flight_per_key or 0)
 
     def _url(self, model: str, method: str) -> str:
-        urls = self._urls.get(method)
-        if urls is None:  # not a method of the API: endpoint_url says so
-            return endpoint_url(self._base_url, model, method)
-        url = urls.get(model)
-        if url is None:
-            url = urls[model] = endpoint_url(self._base_url, model, method)
+        url = self._urls.get((method, model))
+        if url is None:  # endpoint_url refuses a method the API does not have
+            url = self._urls[method, model] = endpoint_url(self._base_url, model, method)
         return url
 
     @classmethod
@@ -641,25 +423,20 @@ class KeyedClient:
         """
         import asyncio
 
-        self._closed = True
-        now = self._clock()
-        me = asyncio.current_task()
-        unwinding = []
-        for rid, session in list(self._mailboxes.items()):
-            self._core.cancel(rid, now)  # frees its lane; nothing will be dispatched for it
-            if session.task is not None and session.task is not me:
-                unwinding.append(session.abort(session.task))
-            session.shut()
-        self._drop_timer()
+        unwinding = self._pump.close()
         # Wait for the cancelled timers, so that no task of this client outlives `aclose`.
-        await asyncio.gather(*self._stale_timers, return_exceptions=True)
+        await self._pump.timer.aclose()
         if unwinding:
             await asyncio.wait(unwinding, timeout=_UNWIND_WAIT)
         for transport in self._transports:  # their own clients for pass-through requests
             await transport.aclose()
         await self._backend.aclose()
-        if self._link is not None:
-            await self._link.aclose()
+        if self._pump.link is not None:
+            await self._pump.link.aclose()
+
+    @property
+    def _closed(self) -> bool:
+        return self._pump.closed
 
     def _redact_bytes(self, data: bytes) -> bytes:
         """`data` (an answer's bytes) with every secret of the pool replaced by its label."""
@@ -698,21 +475,17 @@ class KeyedClient:
             ServiceError: a subclass saying why no answer could be had.
             UsageError: a bad argument.
         """
-        if (isinstance(contents, str) and generation_config is None and system_instruction is None
-                and safety_settings is None and tools is None):
-            # A bare prompt, the common call: its body is a fixed frame around the JSON string.
-            payload = _prompt_payload(contents)
-            tokens = tokens_for_chars(len(contents))
-        else:
-            body = generate_body(contents, generation_config=generation_config,
-                                 system_instruction=system_instruction,
-                                 safety_settings=safety_settings, tools=tools)
-            payload = _encode(body)
-            tokens = _estimate(contents, body)
-        dispatch, answer, _, attempts = await self._call(models, "generateContent", payload,
-                                                         tokens, None, timeout, deadline)
-        return _new_result((answer.text, dispatch.model, dispatch.key.label or "", attempts,
-                            answer.usage, answer.finish_reason, answer.block_reason, answer.json))
+        request = self._request("generateContent", _generation(
+            contents, generation_config, system_instruction, safety_settings, tools),
+            models, timeout, deadline)
+        session = await self._call(request, _read_answer)
+        assert session.last is not None
+        dispatch, answer = session.last
+        return GenerateResult(
+            text=answer.text, model=dispatch.model, key=dispatch.key.label or "",
+            attempts=tuple(session.records), usage=answer.usage,
+            finish_reason=answer.finish_reason, block_reason=answer.block_reason,
+            raw=answer.json)
 
     async def stream(
         self,
@@ -737,62 +510,37 @@ class KeyedClient:
                 chunks were delivered.
             ServiceError: no stream could be started.
         """
-        body = generate_body(contents, generation_config=generation_config,
-                             system_instruction=system_instruction,
-                             safety_settings=safety_settings, tools=tools)
-        payload = _encode(body)
-        tokens = _estimate(contents, body)
-        attempt_timeout = self._attempt_timeout(timeout)
-        session = self._open(models, tokens, deadline)
+        request = self._request("streamGenerateContent", _generation(
+            contents, generation_config, system_instruction, safety_settings, tools),
+            models, timeout, deadline)
         delivered = 0
-        link = self._link
-        try:
-            while True:
-                decision = await session.next()
-                if isinstance(decision, Finish):
-                    return
-                if isinstance(decision, Fail):
-                    raise session.error(decision)
-                claim = (None if link is None
-                         else await self._admit(decision, tokens, True, attempt_timeout))
-                if claim is False:  # a shared budget is full: withdrawn, not sent
-                    continue
+        with self._open(request.models, request.tokens, request.deadline,
+                        request.spends_quota) as session:
+            async for dispatch in session:
                 started = self._clock()
-                result = _StreamResult()
-                attempt = self._stream_attempt(
-                    session, decision, payload, tokens, attempt_timeout,
-                    session.attempt_timeout(attempt_timeout, started), result)
+                attempt = StreamAttempt(
+                    session, dispatch, tokens=request.tokens, timeout=request.timeout,
+                    first_timeout=session.attempt_timeout(request.timeout, started))
+                opening = self._backend.stream(
+                    self._url(dispatch.model, request.method), self._headers[dispatch.key.label],
+                    request.payload, request.timeout)
                 try:
-                    async with contextlib.aclosing(attempt) as chunks:
+                    async with contextlib.aclosing(attempt.chunks(opening)) as chunks:
                         async for chunk in chunks:
                             delivered += 1
                             yield chunk
                 except BaseException:
-                    if link is not None and claim:
-                        link.settle(claim, OutcomeKind.CONNECTION_ERROR)
                     if session.take_abort():
-                        raise UsageError(_CLOSED) from None
+                        raise UsageError(CLOSED) from None
                     raise
-                classified = result.classified
-                if link is not None and claim:
-                    link.settle(claim, classified.outcome.kind)
                 # A safety stop on the last chunk is an answer (as for `generate`), not a break.
-                broken = delivered > 0 and classified.outcome.kind not in (
+                broken = delivered > 0 and attempt.classified.outcome.kind not in (
                     OutcomeKind.SUCCESS, OutcomeKind.BLOCKED)
-                classified = session.report(decision, classified, started, final=broken,
-                                            timed=False)
+                classified = session.report(dispatch, attempt.classified, started, final=broken,
+                                            stream=True)
                 if broken:
                     # Chunks already reached the caller: no transparent failover any more.
-                    raise StreamInterruptedError(
-                        f"the stream from {decision.model} via {decision.key.label} broke after "
-                        f"{delivered} chunk(s): {classified.outcome.kind.value}"
-                        f"{f' ({classified.message})' if classified.message else ''}",
-                        chunks_delivered=delivered, status=classified.status or None,
-                        google_status=classified.google_status,
-                        service_message=classified.message, model=decision.model,
-                        key=decision.key.label, attempts=session.records)
-        finally:
-            session.close()
+                    raise interrupted(dispatch, classified, delivered, session.records)
 
     async def count_tokens(self, contents: str | Sequence[Mapping[str, Any]], *,
                            model: str | None = None,
@@ -817,11 +565,7 @@ class KeyedClient:
         Returns:
             One vector per text, in order.
         """
-        if (isinstance(texts, str) or not isinstance(texts, Sequence)
-                or not all(isinstance(text, str) for text in texts)):
-            raise UsageError("texts must be a sequence of strings")
-        if model is not None and not isinstance(model, str):
-            raise UsageError(f"model must be a model name, got {type(model).__name__}")
+        _check_texts(texts, model)
         model = (model or self._embedding_model).removeprefix("models/")
         batches = [list(texts[i:i + EMBED_BATCH_LIMIT])
                    for i in range(0, len(texts), EMBED_BATCH_LIMIT)]
@@ -837,18 +581,7 @@ class KeyedClient:
 
         if len(batches) <= 1:
             return await one(batches[0]) if batches else []
-        # Not a TaskGroup: it would wrap a failure in an ExceptionGroup, and callers expect the
-        # `ServiceError` itself.  The first failure cancels the other batches and is raised.
-        import asyncio
-
-        tasks = [asyncio.ensure_future(one(batch)) for batch in batches]
-        try:
-            results = await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        results = await _all_or_first_error([one(batch) for batch in batches])
         return [vector for vectors in results for vector in vectors]
 
     def snapshot(self) -> PoolSnapshot:
@@ -862,7 +595,7 @@ class KeyedClient:
         model, each with its time on the client's clock and its reason: what a dashboard or
         `sim.plots.plot_cooldowns` needs to draw the pool over time.
         """
-        return list(self._history)
+        return list(self._pump.history)
 
     def transport(self, *, fallback: bool = True) -> httpx.AsyncBaseTransport:
         """An httpx transport over this pool, for an SDK's httpx client (same event loop).
@@ -883,19 +616,31 @@ class KeyedClient:
 
     # ------------------------------------------------------------------ internals
 
-    def _attempt_timeout(self, timeout: float | datetime.timedelta | None) -> float:
-        return self._timeout if timeout is None else _timeout("timeout", timeout)
+    def _request(self, method: str, encoded: tuple[bytes, int], models: Sequence[str] | None,
+                 timeout: float | datetime.timedelta | None,
+                 deadline: float | datetime.timedelta | None, *,
+                 spends_quota: bool = True) -> _Request:
+        """The `_Request` of one call: `encoded` is its JSON body and token estimate.
 
-    def _open(self, models: Sequence[str] | None, tokens: int,
-              deadline: float | datetime.timedelta | None,
-              spends_quota: bool = True) -> _Session:
+        Raises:
+            ConfigurationError: `timeout` is not a positive duration.
+        """
+        payload, tokens = encoded
+        return _Request(method=method, payload=payload, tokens=tokens,
+                        models=self._models if models is None else models,
+                        timeout=self._timeout if timeout is None else _timeout("timeout", timeout),
+                        deadline=deadline, spends_quota=spends_quota)
+
+    def _open(self, models: Sequence[str], tokens: int,
+              deadline: float | datetime.timedelta | None, spends_quota: bool) -> Session:
+        """Submit a request to the core: its session (close it to end the request)."""
         if self._closed:
             raise UsageError("the client is closed")
-        if deadline is not None:
-            # The checked value goes on: a `timedelta` becomes seconds here, at the edge.
-            deadline = _positive("deadline", deadline)
-        return _Session(self, self._models if models is None else models, tokens, deadline,
-                        spends_quota)
+        # The checked value goes on: a `timedelta` becomes seconds here, at the edge.  (The
+        # config's own check turns an int beyond float range or a NaN into a
+        # ConfigurationError, and never prints a huge value whole.)
+        seconds = None if deadline is None else _duration("deadline", deadline)
+        return Session(self._pump, models, tokens, seconds, spends_quota)
 
     async def _call_json(self, model: str, method: str, body: dict[str, Any],
                          parse: Callable[[Any], Any],
@@ -906,259 +651,32 @@ class KeyedClient:
                  tokens: int) -> tuple[Classified, Any]:
             return classify_json_response(status, raw, headers, parse=parse)
 
-        payload = _encode(body)
-        _, _, value, _ = await self._call([model], method, payload, estimate_tokens(body), read,
-                                          timeout, deadline, spends_quota=spends_quota)
-        return value
+        request = self._request(method, _encoded(body), [model], timeout, deadline,
+                                spends_quota=spends_quota)
+        return (await self._call(request, read)).value
 
-    async def _call(
-        self, models: Sequence[str] | None, method: str, payload: bytes, tokens: int,
-        read: Callable[[int, bytes, Mapping[str, str], int], tuple[Classified, Any]] | None,
-        timeout: float | datetime.timedelta | None, deadline: float | datetime.timedelta | None,
-        *, spends_quota: bool = True,
-    ) -> tuple[Dispatch, Classified, Any, tuple[AttemptRecord, ...]]:
-        """Run one request (not a stream) to its end: the answering attempt, or a raised error.
+    async def _call(self, request: _Request, read: Reader) -> Session:
+        """Run one request (not a stream) to its end: its session, answered, or a raised error.
 
-        `read` classifies an HTTP answer (given the request's token estimate) and extracts its
-        value (the embeddings, the count); None reads a generateContent answer (no value).
+        `read` classifies each answer and extracts its value (`Session.value`).
         """
-        attempt_timeout = self._attempt_timeout(timeout)
-        session = self._open(models, tokens, deadline, spends_quota)
-        clock = self._clock
-        current_task = self._current_task
-        items = session.items
-        urls = self._urls[method]
-        link = self._link
-        try:
-            while True:
-                # A decision already there was posted by this task's own pump, just now (the
-                # attempt was in flight before): take it without the wait and its checks.
-                decision = items.pop(0) if items else await session.next()
-                if isinstance(decision, Dispatch):
-                    claim = (None if link is None else
-                             await self._admit(decision, tokens, spends_quota, attempt_timeout))
-                    if claim is False:  # a shared budget is full: withdrawn, not sent
-                        continue
-                    started = clock()
-                    bound = session.attempt_timeout(attempt_timeout, started)
-                    session.task = current_task()  # for `aclose` to cancel
-                    try:
-                        status, headers, raw = await self._backend.post(
-                            urls.get(decision.model) or self._url(decision.model, method),
-                            self._headers[decision.key.label], payload, bound)
-                    except TransportTimeout:
-                        classified = _failure(OutcomeKind.TIMEOUT,
-                                              f"no answer within {bound:.1f}s")
-                        session.value = None
-                    except TransportFailure as exc:
-                        classified = _failure(OutcomeKind.CONNECTION_ERROR,
-                                              f"{exc} before an answer arrived")
-                        session.value = None
-                    except ResponseTooLarge as exc:
-                        classified = _too_large(session, exc)
-                    except BaseException:
-                        if link is not None and claim:
-                            link.settle(claim, OutcomeKind.CONNECTION_ERROR)
-                        if session.take_abort():
-                            raise UsageError(_CLOSED) from None
-                        raise
-                    else:
-                        if read is None:
-                            classified = classify(status, raw, headers, input_tokens=tokens)
-                        else:
-                            classified, session.value = read(status, raw, headers, tokens)
-                    finally:
-                        session.io_ended()
-                    if link is not None and claim:
-                        link.settle(claim, classified.outcome.kind)
-                    session.report(decision, classified, started)
-                elif isinstance(decision, Finish):
-                    session.open = False
-                    last = session.last
-                    assert last is not None
-                    return last[0], last[1], session.value, tuple(session.records)
-                else:
-                    session.open = False
-                    raise session.error(decision)
-        finally:
-            session.close()
+        with self._open(request.models, request.tokens, request.deadline,
+                        request.spends_quota) as session:
+            async for dispatch in session:
+                await self._post(session, dispatch, request, read)
+        return session
 
-    async def _stream_attempt(self, session: _Session, dispatch: Dispatch, payload: bytes,
-                              tokens: int, timeout: float, first_timeout: float,
-                              result: _StreamResult) -> AsyncGenerator[StreamChunk, None]:
-        """Yield one attempt's chunks; leave its classification in `result`.
-
-        The first chunk must arrive within `first_timeout` of the start (the attempt's timeout,
-        capped by the request's deadline), each later one within `timeout` of the one before.
-        Every wait for the server is bounded by that, not by the library's per-read timers:
-        bytes that complete no chunk are not progress.
-        """
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        wait = first_timeout
-        due = loop.time() + wait
-        url = self._url(dispatch.model, "streamGenerateContent")
-        label = dispatch.key.label or ""
-        delivered = 0
-        usage = None
-        blocked: str | None = None
-        finished = False  # the last chunk (one with a finishReason) has arrived
-        task = session.task = self._current_task()
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                async with asyncio.timeout_at(due):
-                    response = await stack.enter_async_context(
-                        self._backend.stream(url, self._headers[label], payload, timeout))
-                    if response.status != 200:
-                        raw = await response.read()
-                        result.classified = classify(response.status, raw, response.headers,
-                                                     input_tokens=tokens)
-                        return
-                parser = SSEParser()
-                pieces = await stack.enter_async_context(contextlib.aclosing(
-                    response.iter_bytes()))
-                while True:
-                    async with asyncio.timeout_at(due):
-                        data = await anext(pieces, None)
-                    for event in parser.close() if data is None else parser.feed(data):
-                        if event.classified is not None:
-                            result.classified = event.classified
-                            return
-                        usage = event.usage or usage
-                        if event.finish_reason is not None:
-                            finished = True
-                            if event.finish_reason in SAFETY_FINISH_REASONS:
-                                blocked = event.finish_reason
-                        session.task = None  # the caller's own code runs: not ours to cancel
-                        yield StreamChunk(text=event.text, model=dispatch.model, key=label,
-                                          index=delivered, finish_reason=event.finish_reason,
-                                          usage=event.usage, raw=event.json)
-                        if session.closed:
-                            raise UsageError(_CLOSED)
-                        session.task = task
-                        delivered += 1
-                        wait = timeout
-                        due = loop.time() + wait
-                    if data is None:
-                        break
-        except (TransportTimeout, TimeoutError):
-            if not finished:
-                result.classified = _failure(OutcomeKind.TIMEOUT,
-                                             f"no chunk within {wait:.1f}s")
-                return
-        except TransportFailure as exc:
-            if not finished:  # a failure after the last chunk loses nothing
-                result.classified = _failure(OutcomeKind.CONNECTION_ERROR,
-                                             f"{exc} while streaming")
-                return
-        except ResponseTooLarge as exc:
-            result.classified = _too_large(session, exc)
-            return
-        finally:
-            session.io_ended()
-        if blocked is not None:
-            result.classified = Classified(outcome=Outcome(kind=OutcomeKind.BLOCKED), status=200,
-                                           finish_reason=blocked)
-        elif delivered == 0:
-            result.classified = _failure(OutcomeKind.EMPTY, "the stream ended without a chunk")
-        elif not finished:
-            result.classified = _failure(OutcomeKind.CONNECTION_ERROR, "the stream ended before "
-                                         "its last chunk (no finishReason)")
+    async def _post(self, session: Session, dispatch: Dispatch, request: _Request,
+                    read: Reader) -> None:
+        """One attempt of a call: POST, read the whole answer, classify it, report it."""
+        started = self._clock()
+        bound = session.attempt_timeout(request.timeout, started)
+        answer = await session.send(self._backend.post(
+            self._url(dispatch.model, request.method), self._headers[dispatch.key.label],
+            request.payload, bound), bound)
+        if isinstance(answer, Classified):  # no answer came
+            classified = answer
         else:
-            result.classified = Classified(
-                outcome=Outcome(kind=OutcomeKind.SUCCESS,
-                                input_tokens=usage.prompt_tokens if usage else None,
-                                output_tokens=usage.output_tokens if usage else None),
-                status=200, usage=usage)
-
-    async def _admit(self, decision: Dispatch, tokens: int, spends_quota: bool,
-                     attempt_timeout: float) -> Claim | bool | None:
-        """Ask the shared store for the attempt (see `StoreLink.admit`); if it was withdrawn,
-        pump, so that the request's next decision is posted."""
-        assert self._link is not None
-        claim = await self._link.admit(decision, tokens, spends_quota, attempt_timeout)
-        if claim is False:
-            self._pump()
-        return claim
-
-    def _pump(self, now: float | None = None) -> None:
-        """Poll the core, deliver its decisions, log pool events, re-arm the timer.
-
-        `now` is the client clock's time if the caller just read it.
-        """
-        core = self._core
-        mailboxes = self._mailboxes
-        for decision in core.poll(self._clock() if now is None else now):
-            session = mailboxes.get(decision.request)
-            if session is not None:
-                session.items.append(decision)  # `put`, inlined
-                if session.waiter is not None:
-                    session.wake()
-            elif isinstance(decision, Dispatch):
-                # Nobody waits for this request any more (its caller is gone): free the lane.
-                core.cancel(decision.request, self._clock())
-        # Each event is logged at its own level: a logger set to WARNING must still see
-        # disabled keys.  The shortcut skips the loop only when even the most severe level is
-        # filtered out.
-        events = core.take_events()
-        if events:
-            if self._link is not None:
-                self._link.note(events)
-            self._history.extend(events)
-            if logger.isEnabledFor(_MOST_SEVERE_EVENT):
-                for event in events:
-                    level = _EVENT_LEVELS.get(event.kind, logging.INFO)
-                    if logger.isEnabledFor(level):
-                        self._log(event, level)
-        at = core.next_deadline()
-        # The timer is re-armed only for an earlier wake-up, or dropped once nothing is pending
-        # (a timer is armed exactly when `_timer_at` is finite).
-        timer_at = self._timer_at
-        if at != timer_at and (at < timer_at or at == _INF):
-            self._arm(at)
-
-    def _log(self, event: PoolEvent, level: int) -> None:
-        where = " ".join(f"{name}={value}" for name, value in (
-            ("key", event.key), ("project", event.project), ("model", event.model))
-            if value is not None)
-        until = (f" for {event.until - event.time:.1f}s" if event.until is not None
-                 and math.isfinite(event.until) else "")
-        logger.log(level, "%s %s%s (%s)", event.kind.replace("_", " "), where, until,
-                   event.reason)
-
-    def _arm(self, at: float) -> None:
-        if at == _INF:
-            # Nothing is pending any more: an idle client keeps no task sleeping (a timer left
-            # armed for a request that has ended would wake for nothing, and under a virtual
-            # clock would make time jump).
-            self._drop_timer()
-            return
-        if self._closed or at >= self._timer_at:
-            return
-        self._drop_timer()
-        self._timer_at = at
-        import asyncio
-
-        self._timer = asyncio.get_running_loop().create_task(self._wake(at))
-
-    def _drop_timer(self) -> None:
-        timer = self._timer
-        if timer is not None:
-            timer.cancel()
-            self._stale_timers.add(timer)
-            timer.add_done_callback(self._stale_timers.discard)
-        self._timer = None
-        self._timer_at = math.inf
-
-    async def _wake(self, at: float) -> None:
-        import asyncio
-
-        try:
-            await self._sleep(max(0.0, at - self._clock()))
-        finally:
-            if self._timer is asyncio.current_task():
-                self._timer = None
-                self._timer_at = math.inf
-        self._pump()
-
+            status, headers, raw = answer
+            classified, session.value = read(status, raw, headers, request.tokens)
+        session.report(dispatch, classified, started)

@@ -69,7 +69,7 @@ Learning what nobody configured (the quota-intelligence issue):
   owns these rules; the scheduler asks it and tells it.)
 - A 429 on a quota (per minute, per day, spend, ``limit: 0``) does not count against
   ``max_attempts``: the request only waited for quota and spent no answer.  Its deadline still
-  bounds it, and so does a hard cap of `_QUOTA_ATTEMPT_FACTOR` x ``max_attempts`` attempts.
+  bounds it, and so does a hard cap of `keysched._requests.QUOTA_ATTEMPT_FACTOR` x ``max_attempts`` attempts.
 - A refused attempt is taken out of its group's budget (the server did not count it either).
 
 Breakers that trip on evidence (the breakers issue):
@@ -107,27 +107,27 @@ Decisions where the spec was silent (see also the module docstrings of `_budget`
 
 from __future__ import annotations
 
-import heapq
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from keysched._config import PoolConfig
 from keysched._decisions import Decision, Dispatch, Fail, FailReason, Finish
 from keysched._errors import UsageError
-from keysched._outcomes import Outcome, OutcomeKind, QuotaDimension
-from keysched._pool import Changes, LaneQuery, Pool, SharedFact
+from keysched._facts import SharedFact, learn
+from keysched._names import Names
+from keysched._outcomes import Outcome, OutcomeKind
+from keysched._pool import Changes, Pool
+from keysched._queues import Queues
 from keysched._requests import WAITS, Attempt, Request, RequestInput, Requests, RequestState
 from keysched._selection import Policy
 from keysched._snapshot import PoolEvent, PoolSnapshot
-from keysched._table import OUTCOMES, Action, Meaning, Next, RetryBudget
-from keysched._timers import Timer, TimerHeap, TimerKind
+from keysched._table import OUTCOMES, Action, Meaning, Next
+from keysched._timers import TimerHeap, TimerKind
+from keysched._views import group_snapshots, lane_snapshots, shared_facts
 
 __all__ = ["Scheduler"]
 
-# Quota 429s do not count against `max_attempts`; this many times it still ends a request.
-_QUOTA_ATTEMPT_FACTOR = 4
-_MODEL_LISTS_CACHED = 256  # resolved model lists kept (callers use the same few, again and again)
 
 
 class Scheduler:
@@ -150,20 +150,17 @@ class Scheduler:
         self._retry = config.retry
         self._pool = Pool(config, self.policy, rng, wall_epoch=wall_epoch,
                           record_events=record_events)
-        self._model_index = {name: index for index, name in enumerate(config.models)}
-        self._all_models = tuple(range(len(config.models)))
-        self._model_lists: dict[tuple[str, ...], tuple[int, ...]] = {}
+        self._names = Names(config)
         # The outcome table, both halves, one lookup per outcome.
         self._rules: dict[OutcomeKind, tuple[Action, Meaning]] = {
             kind: (self.policy.actions[kind], OUTCOMES[kind]) for kind in OutcomeKind}
         self._requests = Requests()
         self._attempts: dict[int, Attempt] = {}
-        self._queues: dict[tuple[int, ...], list[int]] = {}
+        self._queues = Queues(self._requests, config.retry.server_errors_per_model)
         self._timers = TimerHeap()
         self._decisions: list[Decision] = []
         self._fresh: list[Request] = []  # queued since the last poll, deadline not armed yet
         self._events: list[PoolEvent] = []
-        self._tier = list(self._all_models)  # per best model, the tier last dispatched to
         self._now = -math.inf
         self._next_attempt = 1
 
@@ -191,11 +188,9 @@ class Scheduler:
             UsageError: an unknown model, a negative token count, a bad deadline, or time
                 running backwards.
         """
-        self._check_time(now)
-        indices = self._model_indices(models)
-        if (isinstance(input_tokens, bool) or not isinstance(input_tokens, int)
-                or input_tokens < 0):
-            raise UsageError(f"input_tokens must be an integer >= 0, got {input_tokens!r}")
+        _check_time(now, self._now)
+        indices = self._names.model_list(models)
+        _check_tokens(input_tokens)
         seconds = self._retry.deadline if deadline is None else _duration(
             "deadline", deadline, minimum_excluded=True)
         start = seconds if start_within is None else min(
@@ -215,7 +210,7 @@ class Scheduler:
         """
         if not isinstance(outcome, Outcome):
             raise UsageError(f"outcome must be an Outcome, got {type(outcome).__name__}")
-        self._check_time(now)
+        _check_time(now, self._now)
         record = self._attempts.pop(attempt, None)
         if record is None:
             raise UsageError(f"attempt {attempt!r} is not in flight (unknown, completed or "
@@ -252,7 +247,7 @@ class Scheduler:
         if record is None:
             raise UsageError(f"attempt {attempt!r} is not in flight (unknown, completed or "
                              "cancelled)")
-        self._check_time(now)
+        _check_time(now, self._now)
         if not unsent and not self._pool.key_disabled(record.key):
             return False
         self._now = now
@@ -286,7 +281,7 @@ class Scheduler:
             if self._requests.issued(request):
                 return False
             raise UsageError(f"request {request!r} was never submitted")
-        self._check_time(now)
+        _check_time(now, self._now)
         self._now = now
         if state.state is RequestState.IN_FLIGHT and state.last_attempt is not None:
             self._pool.release(self._attempts.pop(state.last_attempt), now)
@@ -299,7 +294,7 @@ class Scheduler:
         Raises:
             UsageError: time ran backwards.
         """
-        self._check_time(now)
+        _check_time(now, self._now)
         self._now = now
         for request in self._fresh:  # a deadline already passed fails in timer order
             if request.deadline <= now:
@@ -323,7 +318,7 @@ class Scheduler:
             # A capacity wake-up (cooldown end) is kept even while nothing waits: a request
             # submitted later may need it, and dropping it here left such a request asleep
             # until its deadline.  The cost is one idle wake-up per cooldown.
-            if self._live(timer):
+            if self._requests.timer_live(timer):
                 return timer.at
             timers.pop()
         return math.inf
@@ -333,80 +328,28 @@ class Scheduler:
         events, self._events = self._events, []
         return events
 
-    # ------------------------------------------------------------------ facts from elsewhere
+    # ------------------------------------------------------------------ other processes
 
-    def cool_group(self, now: float, *, project: str, model: str, until: float,
-                   reason: str) -> None:
-        """Another process benched the (project, model) quota group until `until`.
+    def learn(self, now: float, fact: SharedFact) -> None:
+        """Take in a fact another process learned (see `keysched._facts`).  Call `poll`.
 
-        Merged by the later end: a cooldown is never shortened.  Call `poll`.
-
-        Raises:
-            UsageError: an unknown project or model, or time running backwards.
-        """
-        self._learned(now, lambda: self._pool.cool_group(
-            self._project(project), self._model(model), until, reason, now))
-
-    def cool_lane(self, now: float, *, key: str, model: str, until: float, reason: str) -> None:
-        """Another process idled the (key, model) lane (the key by label) until `until`.
+        Cooldowns merge by the later end (never shortened); a disabled key stays disabled; a
+        learned limit never replaces a configured one; usage counts in the group's budget.
 
         Raises:
-            UsageError: an unknown key label or model, or time running backwards.
+            UsageError: an unknown project, model or key label, a bad value, or time running
+                backwards; nothing changes.
         """
-        self._learned(now, lambda: self._pool.cool_lane(
-            self._key(key), self._model(model), until, reason, now))
-
-    def cool_model(self, now: float, *, model: str, until: float, reason: str) -> None:
-        """Another process took `model` out of rotation (overloaded) until `until`.
-
-        Raises:
-            UsageError: an unknown model, or time running backwards.
-        """
-        self._learned(now, lambda: self._pool.cool_model(self._model(model), until, reason, now))
-
-    def disable_key(self, now: float, *, key: str, reason: str) -> None:
-        """Another process found the key (by label) unusable for good.
-
-        Raises:
-            UsageError: an unknown key label, or time running backwards.
-        """
-        self._learned(now, lambda: self._pool.disable_key(self._key(key), reason, now))
-
-    def learn_limit(self, now: float, *, project: str, model: str, dimension: QuotaDimension,
-                    value: int, quota_id: str) -> None:
-        """Another process learned (project, model)'s limit of `dimension` from a 429.
-
-        Raises:
-            UsageError: an unknown project or model, a value below 1, or time running backwards.
-        """
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UsageError(f"value must be an integer >= 1, got {value!r}")
-        self._learned(now, lambda: self._pool.learn_limit(
-            self._project(project), self._model(model), dimension, value, now, quota_id))
-
-    def count_usage(self, now: float, *, project: str, model: str, at: float,
-                    tokens: int) -> None:
-        """Another process sent a request of `tokens` on (project, model) at `at` (<= `now`):
-        it counts in the group's budget as one of ours would.
-
-        Raises:
-            UsageError: an unknown project or model, `at` after `now`, negative tokens, or
-                time running backwards.
-        """
-        self._check_time(now)
-        if not at <= now:
-            raise UsageError(f"at must not be after now: at={at!r}, now={now!r}")
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-            raise UsageError(f"tokens must be an integer >= 0, got {tokens!r}")
-        self._pool.count_usage(self._project(project), self._model(model), at, tokens, now)
+        _check_time(now, self._now)
+        changes = learn(self._pool, self._names, fact, now)
         self._now = now
+        self._take(changes)
 
     def shared_facts(self, now: float | None = None) -> list[SharedFact]:
         """The facts worth sharing with other processes, in force at `now` (default: the last
-        time the core saw): disabled keys, cooldowns of groups, lanes and models, learned
-        limits.  Plain records (`keysched._pool.Cooldown`, `DisabledKey`, `LearnedLimit`) that
-        the inputs above take back, and that merge by the later cooldown end."""
-        return self._pool.shared_facts(self._now if now is None else now)
+        time the core saw): disabled keys, cooldowns of models, groups and lanes, learned limits
+        (see `keysched._facts`).  Each can be given to another process's `learn`."""
+        return shared_facts(self._pool, self._now if now is None else now)
 
     # ------------------------------------------------------------------ queries
 
@@ -425,93 +368,21 @@ class Scheduler:
         at = self._now if now is None else now
         book = self._requests
         return PoolSnapshot(
-            now=at, lanes=tuple(self._pool.lanes(at)), groups=tuple(self._pool.group_snapshots(at)),
+            now=at, lanes=tuple(lane_snapshots(self._pool, at)),
+            groups=tuple(group_snapshots(self._pool, at)),
             waiting=book.waiting, in_flight=len(self._attempts),
             requests_submitted=book.submitted, requests_finished=book.finished,
             requests_failed=book.failed, requests_cancelled=book.cancelled)
 
-    # ------------------------------------------------------------------ checking input
-
-    def _check_time(self, now: float) -> None:
-        if not isinstance(now, int | float) or math.isnan(now) or now < self._now:
-            raise UsageError(f"time must not run backwards: now={now!r} after {self._now!r}")
-
-    def _model_indices(self, models: Sequence[str] | None) -> tuple[int, ...]:
-        """The indices of `models` (best first, without repeats), checked."""
-        if models is None:
-            return self._all_models
-        if isinstance(models, tuple):
-            try:
-                cached = self._model_lists.get(models)
-            except TypeError:  # unhashable: not a tuple of names; `_resolve` says what is wrong
-                return self._resolve(models)
-            if cached is None:
-                cached = self._resolve(models)
-                if len(self._model_lists) < _MODEL_LISTS_CACHED:
-                    self._model_lists[models] = cached
-            return cached
-        return self._resolve(models)
-
-    def _resolve(self, models: Sequence[str]) -> tuple[int, ...]:
-        if isinstance(models, str):
-            models = [models]
-        try:
-            names = list(models)
-        except TypeError:  # not a list of names at all (a number, say)
-            raise UsageError(f"models must be a best-first list of model names, got "
-                             f"{type(models).__name__}") from None
-        indices = []
-        for name in names:
-            index = self._model_index.get(name.removeprefix("models/")) if isinstance(
-                name, str) else None
-            if index is None:
-                raise UsageError(f"unknown model {name!r}; the pool's models are "
-                                 f"{list(self.config.models)}")
-            if index not in indices:
-                indices.append(index)
-        if not indices:
-            raise UsageError("models must name at least one model")
-        return tuple(indices)
-
-    def _project(self, name: str) -> str:
-        if name not in self._pool.project_names:
-            raise UsageError(f"unknown project {name!r}")
-        return name
-
-    def _model(self, name: str) -> str:
-        if name not in self._model_index:
-            raise UsageError(f"unknown model {name!r}; the pool's models are "
-                             f"{list(self.config.models)}")
-        return name
-
-    def _key(self, label: str) -> str:
-        if not self._pool.has_key(label):
-            raise UsageError(f"unknown key label {label!r}")
-        return label
-
-    def _learned(self, now: float, learn: Callable[[], Changes]) -> None:
-        """Apply a fact from another process (checked first: nothing changes on bad input)."""
-        self._check_time(now)
-        changes = learn()
-        self._now = now
-        self._take(changes)
 
     # ------------------------------------------------------------------ timers
 
-    def _timer(self, at: float, kind: TimerKind, ref: int = 0, order: int | None = None) -> None:
+    def _timer(self, at: float, kind: TimerKind, ref: int = 0, extra: int = 0,
+               order: int | None = None) -> None:
         """Have `poll` act at `at`; timers due at one time fire by `order` (default: as pushed)."""
-        self._timers.push(at, kind, ref, 0, order)
+        self._timers.push(at, kind, ref, extra, order)
         if self._timers.oversized:
-            self._timers.compact(self._live)
-
-    def _live(self, timer: Timer) -> bool:
-        """Whether a timer still has work to do: a request's timer once the request ended (or
-        left backoff) has none.  Capacity wake-ups and parked lanes always do."""
-        if timer.kind is TimerKind.LANE or timer.kind is TimerKind.WAKE:
-            return True
-        request = self._requests.open.get(timer.ref)
-        return request is not None and (timer.kind is TimerKind.DEADLINE
-                                        or request.state is RequestState.BACKOFF)
+            self._timers.compact(self._requests.timer_live)
 
     def _fire_timers(self, now: float) -> None:
         while (timer := self._timers.pop_due(now)) is not None:
@@ -527,14 +398,9 @@ class Scheduler:
                 self._fail(request, FailReason.DEADLINE, now)
 
     def _arm_deadline(self, request: Request) -> None:
-        """Put the request's deadline timer in the heap, once.
-
-        Only a waiting or backing-off request needs one (the core never fails a request in
-        flight), and most requests are dispatched by the poll that follows their submission: so
-        the timer is armed only when a request is still waiting after a poll, or backs off.  A
-        timer armed at every submission would be dropped unused almost always, and its heap
-        push and later compaction cost a twentieth of a scheduling cycle.
-        """
+        """Put the request's deadline timer in the heap, once: only when it still waits after a
+        poll, or backs off.  Most requests are dispatched by the poll after their submission,
+        and a timer armed for each would almost always be dropped unused."""
         if not request.timed:
             request.timed = True
             if math.isfinite(request.deadline):
@@ -548,31 +414,13 @@ class Scheduler:
         if self._record:
             self._events.extend(changes.events)
 
-    def _take_parked(self, query: LaneQuery) -> None:
-        """Arm a timer for each lane the selector parked while placing a request."""
-        for key, model, until in query.parked:
-            self._timers.push(until, TimerKind.LANE, key, model)
-            if self._timers.oversized:
-                self._timers.compact(self._live)
-        query.parked.clear()
-
     # ------------------------------------------------------------------ requests
 
     def _enqueue(self, request: Request, event: RequestInput) -> None:
         self._requests.move(request, event)
-        heapq.heappush(self._queues.setdefault(self._effective_models(request), []), request.id)
+        self._queues.push(request)
         if not request.timed:
             self._fresh.append(request)
-
-    def _effective_models(self, request: Request) -> tuple[int, ...]:
-        """The request's models, less those it spent its server-error budget on (the last model
-        always stays)."""
-        errors = request.server_errors
-        if not errors:
-            return request.models
-        limit = self._retry.server_errors_per_model
-        models = tuple(m for m in request.models if errors.get(m, 0) < limit)
-        return models or request.models[-1:]
 
     def _fail(self, request: Request, reason: FailReason, now: float) -> None:
         retry_at = self._capacity_returns(request, now) if reason in (
@@ -582,7 +430,8 @@ class Scheduler:
         self._requests.move(request, RequestInput.FAIL)
 
     def _capacity_returns(self, request: Request, now: float) -> float | None:
-        return self._pool.capacity_returns(self._effective_models(request), request.tokens, now)
+        return self._pool.capacity_returns(request.models_left(
+            self._retry.server_errors_per_model), request.tokens, now)
 
     def _advance(self, request: Request, action: Action, meaning: Meaning, record: Attempt,
                  now: float) -> None:
@@ -590,8 +439,8 @@ class Scheduler:
         if action.next is Next.FAIL:
             self._fail(request, FailReason.REQUEST_ERROR, now)
             return
-        reason = self._spend_retry_budget(request, action, meaning, record.model)
-        if reason is None and self._attempts_spent(request):
+        reason = request.spend_retry_budget(action, meaning, record.model, self._retry)
+        if reason is None and request.attempts_spent(self._retry.max_attempts):
             reason = FailReason.ATTEMPTS_EXHAUSTED
         if reason is None and now >= request.deadline:
             reason = FailReason.DEADLINE
@@ -603,100 +452,44 @@ class Scheduler:
         request.avoid.add(record.key)
         if action.next is Next.RETRY_LATER:
             self._requests.move(request, RequestInput.BACK_OFF)
-            self._timer(now + self._backoff(request), TimerKind.READY, request.id)
+            self._timer(now + request.backoff(self._retry, self._rng), TimerKind.READY, request.id)
             self._arm_deadline(request)
         else:
             self._enqueue(request, RequestInput.QUEUE)
 
-    def _spend_retry_budget(self, request: Request, action: Action, meaning: Meaning,
-                            model: int) -> FailReason | None:
-        """Count the outcome against the retry budget its row names (`Meaning.budget`); returns
-        the row's ``exhausted`` reason when the budget, or the request's models, ran out."""
-        if meaning.budget is RetryBudget.EMPTY:
-            request.empties += 1
-            if request.empties > self._retry.empty_retries:
-                return meaning.exhausted
-        if meaning.budget is RetryBudget.PER_MODEL or action.next is Next.RETRY_OTHER_MODEL:
-            if request.server_errors is None:
-                request.server_errors = {}
-            errors = request.server_errors
-            limit = self._retry.server_errors_per_model
-            if action.next is Next.RETRY_OTHER_MODEL:  # the whole budget of this model
-                errors[model] = limit
-                if all(errors.get(m, 0) >= limit for m in request.models):
-                    return meaning.exhausted
-            else:
-                errors[model] = errors.get(model, 0) + 1
-        return None
-
-    def _attempts_spent(self, request: Request) -> bool:
-        """Whether the request made its last attempt (quota refusals aside, up to a cap)."""
-        max_attempts = self._retry.max_attempts
-        return (request.number - request.quota_waits >= max_attempts
-                or request.number >= max_attempts * _QUOTA_ATTEMPT_FACTOR)
-
-    def _backoff(self, request: Request) -> float:
-        retry = self._retry
-        delay = min(retry.backoff_cap, retry.backoff_base * 2.0**request.later)
-        request.later += 1
-        return delay * (1 - retry.jitter * self._rng.random())
-
     # ------------------------------------------------------------------ the dispatch loop
 
     def _dispatch_waiting(self, now: float) -> None:
-        """Place waiting requests, oldest first, until every queue is empty or blocked."""
-        queues = self._queues
+        """Settle the heads of the queues, oldest first, until every queue is empty or blocked."""
         blocked: set[tuple[int, ...]] = set()
-        while True:
-            best = self._oldest_head(blocked)
-            if best is None:
-                break
-            queue = queues[best]
-            request = self._requests.open[queue[0]]
-            if now > request.start_by:  # too late to start: let the requests behind it go
-                heapq.heappop(queue)
-                if math.isinf(request.deadline):  # no deadline would ever end it
-                    self._fail(request, FailReason.DEADLINE, now)
-                else:
-                    self._requests.move(request, RequestInput.TOO_LATE)
-                    self._arm_deadline(request)
-            elif self._place(request, best, now):
-                heapq.heappop(queue)
-            elif not self.policy.waits_for_capacity or self._pool.hopeless(best):
-                heapq.heappop(queue)
-                reason = (FailReason.NO_USABLE_LANE if self._pool.hopeless(best)
-                          else FailReason.NO_CAPACITY)
-                self._fail(request, reason, now)
-            elif self._returns_too_late(request, now):
-                heapq.heappop(queue)
+        while (models := self._queues.oldest(blocked)) is not None:
+            if self._settle_head(self._queues.head(models), models, now):
+                self._queues.pop(models)
+            else:
+                blocked.add(models)
+        self._queues.drop_empty(blocked)
+
+    def _settle_head(self, request: Request, models: tuple[int, ...], now: float) -> bool:
+        """Dispatch or fail the head of a queue; returns whether it left the queue (False: it
+        waits, and holds back the requests behind it)."""
+        if now > request.start_by:  # too late to start: let the requests behind it go
+            if math.isinf(request.deadline):  # no deadline would ever end it
                 self._fail(request, FailReason.DEADLINE, now)
             else:
-                blocked.add(best)
-                continue
-            if not queue:
-                del queues[best]
-        # Stale entries may have emptied a queue that nothing placed from.
-        if len(queues) > len(blocked):
-            for models in [models for models, queue in queues.items() if not queue]:
-                del queues[models]
-
-    def _oldest_head(self, blocked: set[tuple[int, ...]]) -> tuple[int, ...] | None:
-        """The queue, among those not blocked, whose head is the oldest request (request ids
-        grow with time); entries of requests that ended or moved are dropped on the way."""
-        best: tuple[int, ...] | None = None
-        head = 0
-        for models, queue in self._queues.items():
-            while queue and not self._queued_in(queue[0], models):
-                heapq.heappop(queue)
-            if queue and models not in blocked and (best is None or queue[0] < head):
-                best, head = models, queue[0]
-        return best
-
-    def _queued_in(self, rid: int, models: tuple[int, ...]) -> bool:
-        """Whether request `rid` still waits in the queue of `models`."""
-        request = self._requests.open.get(rid)
-        return (request is not None and request.state is RequestState.WAITING
-                and self._effective_models(request) == models)
+                self._requests.move(request, RequestInput.TOO_LATE)
+                self._arm_deadline(request)
+            return True
+        if self._place(request, models, now):
+            return True
+        hopeless = self._pool.hopeless(models)
+        if hopeless or not self.policy.waits_for_capacity:
+            self._fail(request, FailReason.NO_USABLE_LANE if hopeless
+                       else FailReason.NO_CAPACITY, now)
+            return True
+        if self._returns_too_late(request, now):
+            self._fail(request, FailReason.DEADLINE, now)
+            return True
+        return False
 
     def _returns_too_late(self, request: Request, now: float) -> bool:
         """Whether nothing can serve the request before its deadline, as far as the core knows
@@ -710,35 +503,18 @@ class Scheduler:
         return returns is not None and returns > request.deadline
 
     def _place(self, request: Request, models: tuple[int, ...], now: float) -> bool:
-        """Dispatch the request on the best model that can serve it now, if any."""
-        query = self._pool.query(request.tokens, request.quota)
-        avoid = request.avoid or ()
-        for model in models:
-            if not self._pool.model_open(model, now):
-                continue
-            key = self._pool.select(query, model, now, avoid)
-            self._take_parked(query)
-            if key is not None:
-                self._dispatch(request, key, model, now)
-                return True
-        if self._probe_cooling_model(request, query, models, now):
+        """Dispatch the request on the best lane that can serve it now, if any."""
+        lane, placement = self._pool.place(request.tokens, request.quota, models,
+                                           request.avoid or (), now)
+        for key, model, until in placement.parked:
+            self._timer(until, TimerKind.LANE, key, model)
+        if lane is not None:
+            if placement.probe_at is not None:
+                self._timer(placement.probe_at, TimerKind.WAKE)
+            self._dispatch(request, *lane, now)
             return True
-        if math.isfinite(query.wake_at):  # a token budget too full for it frees up then
-            self._timer(query.wake_at, TimerKind.WAKE)
-        return False
-
-    def _probe_cooling_model(self, request: Request, query: LaneQuery,
-                             models: tuple[int, ...], now: float) -> bool:
-        """Nothing else can serve the request: probe a cooling model, if one is due."""
-        for model in models:
-            if not self._pool.probe_due(model, now):
-                continue
-            key = self._pool.select(query, model, now, request.avoid or ())
-            self._take_parked(query)
-            if key is not None:
-                self._timer(self._pool.probed(model, now), TimerKind.WAKE)
-                self._dispatch(request, key, model, now)
-                return True
+        if math.isfinite(placement.wake_at):  # a token budget too full for it frees up then
+            self._timer(placement.wake_at, TimerKind.WAKE)
         return False
 
     def _dispatch(self, request: Request, key: int, model: int, now: float) -> None:
@@ -751,23 +527,9 @@ class Scheduler:
         self._requests.move(request, RequestInput.DISPATCH)
         request.number += 1
         request.last_attempt = aid
-        if model != self._tier[request.models[0]]:
-            self._note_tier(request, model, now)
+        self._take(self._pool.served(request.models[0], model, now))
         self._decisions.append(Dispatch(request.id, aid, request.number,
                                         self._pool.keys[key].key, self._pool.models[model].name))
-
-    def _note_tier(self, request: Request, model: int, now: float) -> None:
-        """Record and announce a change of the tier serving the request's best model (the
-        caller has seen that `model` differs from the tier last used)."""
-        best = request.models[0]
-        previous = self._tier[best]
-        self._tier[best] = model
-        kind = "recovered" if model == best else "fallback"
-        if self._record:
-            names = self._pool.models
-            self._events.append(PoolEvent(time=now, kind=kind,
-                                          reason=f"{names[previous].name} -> {names[model].name}",
-                                          model=names[model].name))
 
 
 def _duration(name: str, value: object, *, minimum_excluded: bool) -> float:
@@ -777,3 +539,13 @@ def _duration(name: str, value: object, *, minimum_excluded: bool) -> float:
         bound = "> 0" if minimum_excluded else ">= 0"
         raise UsageError(f"{name} must be a duration {bound} seconds, got {value!r}")
     return float(value)
+
+
+def _check_time(now: float, last: float) -> None:
+    if not isinstance(now, int | float) or math.isnan(now) or now < last:
+        raise UsageError(f"time must not run backwards: now={now!r} after {last!r}")
+
+
+def _check_tokens(tokens: object) -> None:
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+        raise UsageError(f"input_tokens must be an integer >= 0, got {tokens!r}")

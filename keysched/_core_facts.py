@@ -5,9 +5,9 @@ Theory of operation
 A process's core learns facts (a key disabled, a group, model or lane cooled, a limit learned)
 and reports them as `PoolEvent`s.  `CoreFacts` turns those events into the store's records
 (`keysched._store.SharedFact`: wall-clock times, labels), and feeds facts that other processes
-learned back through the scheduler's inputs for them (`Scheduler.cool_group`, `cool_lane`,
-`cool_model`, `disable_key`, `learn_limit`), which merge as local facts do: a cooldown by the
-later end, never shortened.  Nothing here does I/O or reads a clock: `now` is core time and
+learned back through the scheduler's input for them (`Scheduler.learn`, with the records of
+`keysched._facts`), which merges them as local facts: a cooldown by the later end, never
+shortened.  Nothing here does I/O or reads a clock: `now` is core time and
 ``wall_epoch`` converts (wall = core + epoch), so the simulator drives it as well.
 
 It uses the scheduler's public inputs and its events only: the limits a group is held to in the
@@ -40,8 +40,8 @@ from typing import ClassVar
 from keysched._core import Scheduler
 from keysched._decisions import Dispatch
 from keysched._errors import UsageError
+from keysched._facts import Cooldown, DisabledKey, LearnedLimit
 from keysched._outcomes import OutcomeKind, QuotaDimension
-from keysched._pool import Cooldown, DisabledKey, LearnedLimit
 from keysched._snapshot import PoolEvent
 from keysched._store import FOREVER, SCOPES, Claim, Grant, SharedFact
 
@@ -263,25 +263,27 @@ class CoreFacts:
             if fact.key in self._labels and fact.key not in self._disabled:
                 self._disabled.add(fact.key)
                 self._echo[fact.field] = FOREVER
-                core.disable_key(now, key=fact.key, reason=fact.reason or "disabled elsewhere")
+                core.learn(now, DisabledKey(key=fact.key,
+                                            reason=fact.reason or "disabled elsewhere"))
         elif scope == "limit":
             dimension = _DIMENSIONS.get(fact.dimension)
             if (fact.project in self._projects and dimension is not None
                     and fact.dimension in _BUDGETED and fact.value >= 1):
                 self._echo[fact.field] = float(fact.value)
-                core.learn_limit(now, project=fact.project, model=fact.model,
-                                 dimension=dimension, value=fact.value, quota_id="shared")
+                core.learn(now, LearnedLimit(project=fact.project, model=fact.model,
+                                             dimension=dimension, value=fact.value,
+                                             quota_id="shared", learned_at=now))
         elif until <= now:
             return
         elif scope == "model":
             self._echo[fact.field] = fact.until
-            core.cool_model(now, model=fact.model, until=until, reason=fact.reason)
+            core.learn(now, Cooldown(model=fact.model, until=until, reason=fact.reason))
         elif scope == "lane":
             if fact.key in self._labels:
                 self._echo[fact.field] = fact.until
-                core.cool_lane(now, key=fact.key, model=fact.model, until=until,
-                               reason=fact.reason)
+                core.learn(now, Cooldown(model=fact.model, key=fact.key, until=until,
+                                         reason=fact.reason))
         elif scope == "group" and fact.project in self._projects:
             self._echo[fact.field] = fact.until
-            core.cool_group(now, project=fact.project, model=fact.model, until=until,
-                            reason=fact.reason)
+            core.learn(now, Cooldown(model=fact.model, project=fact.project, until=until,
+                                     reason=fact.reason))

@@ -11,7 +11,6 @@ import enum
 from typing import NamedTuple
 
 from keysched._config import Key
-from keysched._tuples import tuple_builder
 
 __all__ = ["Decision", "Dispatch", "Fail", "FailReason", "Finish"]
 
@@ -64,7 +63,3 @@ class Fail(NamedTuple):
 
 
 Decision = Dispatch | Finish | Fail
-
-# The core builds a Dispatch per attempt and a Finish per answer.
-new_dispatch = tuple_builder(Dispatch)
-new_finish = tuple_builder(Finish)

@@ -46,26 +46,23 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx
 
-from keysched._client import _too_large
-from keysched._decisions import Dispatch, Fail, FailReason, Finish
-from keysched._errors import UsageError
-from keysched._outcomes import Outcome, OutcomeKind
+from keysched._decisions import Dispatch, Fail, FailReason
+from keysched._errors import ServiceError, UsageError
+from keysched._outcomes import OutcomeKind
 from keysched._routes import Route, attempt_headers, redact, response_headers, route
+from keysched._session import Session, failure
 from keysched._snapshot import LaneState
 from keysched._sse import SSEParser, StreamEvent
-from keysched._transport import (
-    HttpxBackend,
-    ResponseTooLarge,
-    StreamResponse,
-    TransportFailure,
-    TransportTimeout,
-)
+from keysched._streaming import answered
+from keysched._transport import HttpxBackend, StreamResponse, TransportFailure, TransportTimeout
 from keysched._wire import SAFETY_FINISH_REASONS, Classified
 
 if TYPE_CHECKING:
-    from keysched._client import KeyedClient, _Session
+    from keysched._client import KeyedClient
 
 __all__ = ["PoolTransport"]
+
+HttpAnswer = tuple[int, Mapping[str, str], bytes]
 
 _SYNTHESIZED = {FailReason.NO_USABLE_LANE: (403, "PERMISSION_DENIED")}
 _CAPACITY = (429, "RESOURCE_EXHAUSTED")
@@ -79,10 +76,6 @@ class _Answer(NamedTuple):
     body: bytes
     dispatch: Dispatch
     kind: OutcomeKind
-
-
-def _failure(kind: OutcomeKind, message: str) -> Classified:
-    return Classified(outcome=Outcome(kind=kind), status=0, message=message)
 
 
 class PoolTransport(httpx.AsyncBaseTransport):
@@ -184,7 +177,7 @@ class _Relay(httpx.AsyncByteStream):
 
 
 class _Call:
-    """One scheduled request: the driver loop around its `_Session`."""
+    """One scheduled request: the driver loop around its `Session`."""
 
     def __init__(self, client: KeyedClient, request: httpx.Request, call: Route,
                  body: bytes) -> None:
@@ -202,22 +195,21 @@ class _Call:
         session = client._open(call.models, call.tokens, None, call.spends_quota)
         handed_over = False
         try:
-            while True:
-                decision = await session.next()
-                if isinstance(decision, Dispatch):
-                    response = await self._attempt(session, decision)
-                    if response is not None:  # a stream has started: it ends the request
-                        handed_over = True
-                        return response
-                elif isinstance(decision, Finish):
-                    return self._answer(session)
-                else:
-                    return self._failed(session, decision)
+            async for dispatch in session:
+                response = await self._attempt(session, dispatch)
+                if response is not None:  # a stream has started: it ends the request
+                    handed_over = True
+                    return response
+        except ServiceError as error:
+            if session.failure is None:
+                raise
+            return self._failed(session, session.failure, error)
         finally:
             if not handed_over:
                 session.close()
+        return self._answer(session)
 
-    async def _attempt(self, session: _Session, dispatch: Dispatch) -> httpx.Response | None:
+    async def _attempt(self, session: Session, dispatch: Dispatch) -> httpx.Response | None:
         """Send one attempt and report it; a started stream is returned instead."""
         client = self.client
         call = self.call
@@ -227,35 +219,28 @@ class _Call:
         payload = call.body(self.body, dispatch.model)
         headers = client._backend.headers(attempt_headers(
             self.caller_headers, dispatch.key.secret, bearer=call.openai))
-        session.task = client._current_task()  # for `aclose` to cancel, as for `generate`
-        try:
-            if call.stream:
-                return await self._stream(session, dispatch, url, headers, payload, bound,
-                                          started)
-            status, answer_headers, raw = await client._backend.post(url, headers, payload, bound)
-        except TransportTimeout:
-            classified = _failure(OutcomeKind.TIMEOUT, f"no answer within {bound:.1f}s")
-            self.last = _Answer(0, [], b"", dispatch, OutcomeKind.TIMEOUT)
-        except TransportFailure as exc:
-            classified = _failure(OutcomeKind.CONNECTION_ERROR, f"{exc} before an answer arrived")
-            self.last = _Answer(0, [], b"", dispatch, OutcomeKind.CONNECTION_ERROR)
-        except ResponseTooLarge as exc:  # the request fails, typed, naming the cap
-            classified = _too_large(session, exc)
-            self.last = _Answer(0, [], b"", dispatch, OutcomeKind.REQUEST_ERROR)
-        except BaseException:
-            if session.take_abort():
-                raise UsageError("the client was closed while the request was open") from None
-            raise
+        if call.stream:
+            started_stream = await session.send(
+                self._stream(session, dispatch, url, headers, payload, bound, started), bound)
+            if not isinstance(started_stream, Classified):
+                return started_stream  # a started stream, or None: the attempt was reported
+            answer: HttpAnswer | Classified = started_stream
         else:
-            classified = call.classify(status, raw, answer_headers)
-            self.last = _Answer(status, list(_items(answer_headers)), raw, dispatch,
-                                classified.outcome.kind)
-        finally:
-            session.io_ended()
-        session.report(dispatch, classified, started)
+            answer = await session.send(client._backend.post(url, headers, payload, bound), bound)
+        session.report(dispatch, self._classified(dispatch, answer), started)
         return None
 
-    async def _stream(self, session: _Session, dispatch: Dispatch, url: str,
+    def _classified(self, dispatch: Dispatch, answer: HttpAnswer | Classified) -> Classified:
+        """Classify an answer (a failure to get one comes classified); keep it as the last."""
+        if isinstance(answer, Classified):
+            self.last = _Answer(0, [], b"", dispatch, answer.outcome.kind)
+            return answer
+        status, headers, raw = answer
+        classified = self.call.classify(status, raw, headers)
+        self.last = _Answer(status, list(_items(headers)), raw, dispatch, classified.outcome.kind)
+        return classified
+
+    async def _stream(self, session: Session, dispatch: Dispatch, url: str,
                       headers: Mapping[str, str], payload: bytes, bound: float,
                       started: float) -> httpx.Response | None:
         """Start a stream attempt: a response once its first event is a chunk, else None."""
@@ -275,7 +260,7 @@ class _Call:
             relay = _StreamRelay(self, session, dispatch, started, response, exits)
             first = await relay.first_event()
             if first is None or first.classified is not None:
-                classified = _failure(OutcomeKind.EMPTY, "the stream ended without a chunk")
+                classified = failure(OutcomeKind.EMPTY, "the stream ended without a chunk")
                 if first is not None and first.classified is not None:
                     classified = first.classified
                 self.last = _Answer(200, answer_headers, relay.prefix(), dispatch,
@@ -297,7 +282,7 @@ class _Call:
         return {"x-keysched-model": dispatch.model, "x-keysched-key": dispatch.key.label or "",
                 "x-keysched-attempts": str(attempts)}
 
-    def _answer(self, session: _Session) -> httpx.Response:
+    def _answer(self, session: Session) -> httpx.Response:
         """The answer that ended the request, for the SDK (with the key that sent it redacted)."""
         last = self.last
         assert last is not None
@@ -308,8 +293,7 @@ class _Call:
             last.headers, key.secret, label, self._marks(last.dispatch, len(session.records))),
             content=self.client._redact_bytes(redact(last.body, key.secret, label)))
 
-    def _failed(self, session: _Session, fail: Fail) -> httpx.Response:
-        error = session.error(fail)
+    def _failed(self, session: Session, fail: Fail, error: ServiceError) -> httpx.Response:
         if session.oversized:  # no answer to hand over: the typed error names the cap
             raise error
         last = self.last
@@ -339,7 +323,7 @@ class _StreamRelay(httpx.AsyncByteStream):
     (an error event, a safety stop, a break) and report that to the core when it closes.
     """
 
-    def __init__(self, call: _Call, session: _Session, dispatch: Dispatch, started: float,
+    def __init__(self, call: _Call, session: Session, dispatch: Dispatch, started: float,
                  response: StreamResponse, exits: contextlib.AsyncExitStack) -> None:
         self._call = call
         self._session = session
@@ -418,10 +402,10 @@ class _StreamRelay(httpx.AsyncByteStream):
                 yield redact(pending)
                 pending = b""
         except TransportTimeout:
-            self._error = _failure(OutcomeKind.TIMEOUT, "no more data within the timeout")
+            self._error = failure(OutcomeKind.TIMEOUT, "no more data within the timeout")
             raise httpx.ReadTimeout(self._broke(), request=request) from None
         except TransportFailure as exc:
-            self._error = _failure(OutcomeKind.CONNECTION_ERROR, f"{exc} while streaming")
+            self._error = failure(OutcomeKind.CONNECTION_ERROR, f"{exc} while streaming")
             raise httpx.ReadError(self._broke(), request=request) from None
         self._note(self._parser.close())
         self._ended = True
@@ -446,23 +430,13 @@ class _StreamRelay(httpx.AsyncByteStream):
         if self._error is None and not self._ended:
             session.close()  # the SDK stopped reading: the request is cancelled
             return
-        if self._error is not None:
-            classified = self._error
-        elif self._blocked is not None:
-            classified = Classified(outcome=Outcome(kind=OutcomeKind.BLOCKED), status=200,
-                                    finish_reason=self._blocked)
-        else:
-            usage = self._usage
-            classified = Classified(
-                outcome=Outcome(kind=OutcomeKind.SUCCESS,
-                                input_tokens=usage.prompt_tokens if usage else None,
-                                output_tokens=usage.output_tokens if usage else None),
-                status=200, usage=usage)
+        classified = (self._error if self._error is not None
+                      else answered(self._blocked, self._usage))
         kind = classified.outcome.kind
         try:
             session.report(self._dispatch, classified, self._started,
                            final=kind not in (OutcomeKind.SUCCESS, OutcomeKind.BLOCKED),
-                           timed=False)
+                           stream=True)
         except UsageError:
             pass  # the client was closed meanwhile: the request has ended already
         finally:

@@ -37,10 +37,16 @@ Decisions where the issue was silent:
 from __future__ import annotations
 
 import enum
+import random
 
+from keysched._config import RetryPolicy
+from keysched._decisions import FailReason
 from keysched._errors import UsageError
+from keysched._table import Action, Meaning, Next, RetryBudget
+from keysched._timers import Timer, TimerKind
 
-__all__ = ["TRANSITIONS", "WAITS", "Attempt", "Request", "RequestInput", "RequestState", "Requests"]
+__all__ = ["QUOTA_ATTEMPT_FACTOR", "TRANSITIONS", "WAITS", "Attempt", "Request", "RequestInput",
+           "RequestState", "Requests"]
 
 
 class RequestState(enum.IntEnum):
@@ -98,6 +104,9 @@ TRANSITIONS: dict[tuple[RequestState, RequestInput], RequestState] = {
 }
 """Every legal (state, input) pair and the state it leads to; any other pair is a `UsageError`."""
 
+QUOTA_ATTEMPT_FACTOR = 4
+"""Quota 429s do not count against ``max_attempts``; this many times it still ends a request."""
+
 WAITS = frozenset({_S.WAITING, _S.BACKOFF, _S.LATE})
 """States counted as waiting (`Requests.waiting`, the snapshot's ``waiting``)."""
 
@@ -152,6 +161,48 @@ class Request:
         self.last_attempt: int | None = None
         self.timed = False
 
+    def models_left(self, per_model: int) -> tuple[int, ...]:
+        """Its models, less those it had `per_model` server errors on (the last one stays)."""
+        errors = self.server_errors
+        if not errors:
+            return self.models
+        models = tuple(m for m in self.models if errors.get(m, 0) < per_model)
+        return models or self.models[-1:]
+
+    def spend_retry_budget(self, action: Action, meaning: Meaning, model: int,
+                           retry: RetryPolicy) -> FailReason | None:
+        """Count an outcome on `model` against the retry budget its row names
+        (`keysched._table.Meaning.budget`); returns the row's ``exhausted`` reason when the
+        budget, or its models, ran out."""
+        if meaning.budget is RetryBudget.EMPTY:
+            self.empties += 1
+            if self.empties > retry.empty_retries:
+                return meaning.exhausted
+        if meaning.budget is RetryBudget.PER_MODEL or action.next is Next.RETRY_OTHER_MODEL:
+            if self.server_errors is None:
+                self.server_errors = {}
+            errors = self.server_errors
+            limit = retry.server_errors_per_model
+            if action.next is Next.RETRY_OTHER_MODEL:  # the whole budget of this model
+                errors[model] = limit
+                if all(errors.get(m, 0) >= limit for m in self.models):
+                    return meaning.exhausted
+            else:
+                errors[model] = errors.get(model, 0) + 1
+        return None
+
+    def attempts_spent(self, max_attempts: int) -> bool:
+        """Whether it made its last attempt: `max_attempts`, quota refusals aside, and at
+        most `QUOTA_ATTEMPT_FACTOR` times as many in all."""
+        return (self.number - self.quota_waits >= max_attempts
+                or self.number >= max_attempts * QUOTA_ATTEMPT_FACTOR)
+
+    def backoff(self, retry: RetryPolicy, rng: random.Random) -> float:
+        """The delay before its next retry: exponential, capped, with jitter."""
+        delay = min(retry.backoff_cap, retry.backoff_base * 2.0**self.later)
+        self.later += 1
+        return delay * (1 - retry.jitter * rng.random())
+
 
 class Attempt:
     """One attempt in flight: which request, on which lane, sent when.
@@ -202,6 +253,15 @@ class Requests:
         self.open[request.id] = request
         self.submitted += 1
         return request
+
+    def timer_live(self, timer: Timer) -> bool:
+        """Whether a timer still has work to do: a request's timer once the request ended (or
+        left backoff) has none.  Capacity wake-ups and parked lanes always do."""
+        if timer.kind is TimerKind.LANE or timer.kind is TimerKind.WAKE:
+            return True
+        request = self.open.get(timer.ref)
+        return request is not None and (timer.kind is TimerKind.DEADLINE
+                                        or request.state is RequestState.BACKOFF)
 
     def issued(self, rid: int) -> bool:
         """Whether `rid` was ever given to a request."""

@@ -159,6 +159,52 @@ def _query_without_key(query: str) -> str:
     return urllib.parse.urlencode([(k, v) for k, v in pairs if k != "key"])
 
 
+class _Target(NamedTuple):
+    """The scheduled call a request's path names."""
+
+    openai: bool
+    rpc: str
+    model: str
+    """The model of a native call; "" for an OpenAI-compatible one, which names it in the body."""
+    head: str
+    tail: str
+
+
+def _target(path: str) -> _Target | None:
+    """Which scheduled call `path` names, if any."""
+    native = _NATIVE.search(path)
+    if native is not None:
+        collection, name, rpc = native.groups()
+        if rpc not in _SCHEDULED:
+            return None
+        model = urllib.parse.unquote(name)
+        if collection == "tunedModels":
+            model = f"tunedModels/{model}"
+        return _Target(openai=False, rpc=rpc, model=model, head=path[:native.start(1)], tail="")
+    openai = _OPENAI.search(path)
+    if openai is None:
+        return None
+    rpc = openai.group(1)
+    return _Target(openai=True, rpc=rpc, model="", head=path[:openai.start(1)], tail=rpc)
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(body) if body else {}
+    except (ValueError, RecursionError):
+        return None  # not ours to judge: the server's 400 reaches the caller as it is
+    return value if isinstance(value, dict) else None
+
+
+def _allowed_models(rpc: str, model: str, generation: Sequence[str], headers: Mapping[str, str],
+                    *, fallback: bool) -> tuple[str, ...]:
+    """`model` and, for a generation call that may fall back, every model after it."""
+    if (rpc in _GENERATION and fallback and model in generation
+            and headers.get(FALLBACK_HEADER, "").strip().lower() not in _OFF):
+        return tuple(generation[list(generation).index(model):])
+    return (model,)
+
+
 def route(method: str, path: str, query: str, body: bytes, headers: Mapping[str, str],
           generation: Sequence[str], pool: Sequence[str], *, fallback: bool) -> Route | None:
     """The call the pool should schedule, or None to pass the request through.
@@ -169,48 +215,27 @@ def route(method: str, path: str, query: str, body: bytes, headers: Mapping[str,
         pool: every model the pool schedules (the generation models and the embedding model).
         fallback: whether a generation call may fall back along `generation`.
     """
-    if method != "POST":
+    target = _target(path) if method == "POST" else None
+    json_value = _json_object(body) if target is not None else None
+    if target is None or json_value is None:
         return None
-    native = _NATIVE.search(path)
-    openai = None if native else _OPENAI.search(path)
-    if native is not None:
-        collection, name, rpc = native.groups()
-        if rpc not in _SCHEDULED:
-            return None
-        model = urllib.parse.unquote(name)
-        if collection == "tunedModels":
-            model = f"tunedModels/{model}"
-        head, tail = path[:native.start(1)], ""
-    elif openai is not None:
-        rpc = openai.group(1)
-        head, tail = path[:openai.start(1)], rpc
-        model = ""
-    else:
-        return None
-    try:
-        json_value = json.loads(body) if body else {}
-    except (ValueError, RecursionError):
-        return None  # not ours to judge: the server's 400 reaches the caller as it is
-    if not isinstance(json_value, dict):
-        return None
-    if openai is not None:
+    model = target.model
+    if target.openai:
         named = json_value.get("model")
         if not isinstance(named, str):
             return None
         model = named.removeprefix("models/")
     if model not in pool:
         return None
-    if (rpc in _GENERATION and fallback and model in generation
-            and headers.get(FALLBACK_HEADER, "").strip().lower() not in _OFF):
-        models = tuple(generation[list(generation).index(model):])
-    else:
-        models = (model,)
-    stream = rpc == "streamGenerateContent" or (openai is not None and
-                                                json_value.get("stream") is True)
-    tokens = openai_tokens(json_value) if openai is not None else estimate_tokens(json_value)
-    return Route(openai=openai is not None, method=rpc, models=models, stream=stream,
-                 tokens=tokens, spends_quota=rpc != "countTokens", path_head=head,
-                 path_tail=tail, query=_query_without_key(query), json=json_value)
+    stream = target.rpc == "streamGenerateContent" or (target.openai and
+                                                       json_value.get("stream") is True)
+    tokens = openai_tokens(json_value) if target.openai else estimate_tokens(json_value)
+    return Route(openai=target.openai, method=target.rpc,
+                 models=_allowed_models(target.rpc, model, generation, headers,
+                                        fallback=fallback),
+                 stream=stream, tokens=tokens, spends_quota=target.rpc != "countTokens",
+                 path_head=target.head, path_tail=target.tail, query=_query_without_key(query),
+                 json=json_value)
 
 
 def attempt_headers(caller: Sequence[tuple[str, str]], secret: str, *,

@@ -25,8 +25,8 @@ No key is ever disabled because the store failed: a store error never becomes an
 
 Decisions where the issue was silent:
 
-- A lease lives the attempt's timeout plus `LEASE_SLACK` seconds (a worker that dies frees its
-  share then).  A stream may outlive its lease; the cap then undercounts it, which is the safe
+- A lease lives the client's ``timeout`` plus `LEASE_SLACK` seconds (a worker that dies frees
+  its share then).  A stream may outlive its lease; the cap then undercounts it, which is the safe
   side for liveness.
 - An attempt cancelled while its `admit` is in flight is settled as refunded: it was never
   sent.
@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 
 from keysched._core_facts import REFUNDED, CoreFacts
 from keysched._decisions import Dispatch
+from keysched._errors import ConfigurationError
 from keysched._outcomes import OutcomeKind
 from keysched._pacific import next_pacific_midnight
 from keysched._snapshot import PoolEvent
@@ -61,6 +62,31 @@ logger = logging.getLogger("keysched")
 RETRY_AFTER = 1.0
 """Seconds between tries of a store that failed."""
 LEASE_SLACK = 1.0
+"""Seconds a lease outlives its attempt's timeout."""
+STORE_TIMEOUT = 0.25
+"""Seconds a store's call may take before the client goes on without it (a `RedisStore`
+carries its own ``timeout``)."""
+
+
+def open_store(store: str | Store, pool_name: str) -> Store:
+    """The `Store` that `KeyedClient`'s ``store`` argument names.
+
+    Raises:
+        ConfigurationError: neither a redis URL nor a store object, or a bad pool name.
+    """
+    from keysched._redis_store import RedisStore, check_pool_name
+
+    check_pool_name(pool_name)
+    if isinstance(store, str):
+        if not store.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigurationError("store", "expected a redis:// URL or a Store object (the "
+                                     "value is not shown: it may hold a password)")
+        return RedisStore(store, pool_name=pool_name, timeout=STORE_TIMEOUT)
+    if not all(callable(getattr(store, name, None))
+               for name in ("admit", "settle", "facts", "aclose")):
+        raise ConfigurationError("store", f"expected a redis:// URL or a Store object, got "
+                                 f"{type(store).__name__}")
+    return store
 
 
 class StoreLink:
@@ -73,12 +99,13 @@ class StoreLink:
         wall_clock: Unix seconds.
         wall_epoch: Unix time at core time 0.
         timeout: the longest a store call may take before it counts as failed.
+        lease_ttl: how long an attempt's lease lives if it is never released.
         key_cap: the most attempts in flight per key across processes (0: no cap).
     """
 
     def __init__(self, store: Store, core: Scheduler, *, clock: Callable[[], float],
                  wall_clock: Callable[[], float], wall_epoch: float, timeout: float,
-                 key_cap: int = 0) -> None:
+                 lease_ttl: float, key_cap: int = 0) -> None:
         self.store = store
         self.facts = CoreFacts(core, wall_epoch)
         self.core = core
@@ -87,6 +114,7 @@ class StoreLink:
         self._wall_clock = wall_clock
         self._timeout = timeout
         self._key_cap = key_cap
+        self._lease_ttl = lease_ttl
         self.degraded = False
         self.degradations = 0  # times the store went away (for tests and dashboards)
         self._retry_at = -math.inf
@@ -98,8 +126,8 @@ class StoreLink:
 
     # -- dispatch ------------------------------------------------------------------------------
 
-    async def admit(self, dispatch: Dispatch, tokens: int, spends_quota: bool,
-                    attempt_timeout: float) -> Claim | bool | None:
+    async def admit(self, dispatch: Dispatch, tokens: int,
+                    spends_quota: bool) -> Claim | bool | None:
         """Ask the store for the attempt's units and lease.
 
         Returns:
@@ -117,7 +145,7 @@ class StoreLink:
         self._next_attempt += 1
         claim = self.facts.claim(self.owner, str(self._next_attempt), dispatch, tokens,
                                  spends_quota, now=self._clock(), day_end=self._day_end,
-                                 lease_ttl=attempt_timeout + LEASE_SLACK, key_cap=self._key_cap)
+                                 lease_ttl=self._lease_ttl, key_cap=self._key_cap)
         import asyncio
 
         try:

@@ -57,6 +57,9 @@ reference is silent:
   (`parse_count_tokens`, `parse_embeddings`). Parsers return ``None`` for a body of the wrong
   shape and `classify_json_response` turns that into ``BAD_RESPONSE``: no exception crosses
   this layer for anything the server sends.
+- One speed trick stays, fenced (section "The fast path" below): a 200 answer of plain text
+  is scanned and read in one pass.  The rules (`_classify`) are its readable reference, and
+  property tests hold the two equal.
 - ``estimate_tokens`` counts the characters of every ``"text"`` string in the body (whatever
   its nesting, so it also covers ``systemInstruction`` and embedding requests); inline images
   and files are not counted.
@@ -73,7 +76,6 @@ from typing import Any, NamedTuple, TypeVar
 
 from keysched._errors import UsageError
 from keysched._outcomes import Outcome, OutcomeKind, Violation, violation_of
-from keysched._tuples import tuple_builder
 
 __all__ = [
     "API_BASE",
@@ -352,38 +354,10 @@ def _int(value: object) -> int | None:
     return None
 
 
-# The C scanner under `json.loads` (JSONDecoder.__init__ sets it; typeshed leaves it out).
-_SCAN: Callable[[str, int], tuple[Any, int]] = _json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-
-
-def _scan_object(body: bytes) -> dict[str, Any] | None:
-    """The JSON object `body` holds, if it starts with ``{``; None otherwise; never raises.
-
-    What json.loads does with bytes that start so (UTF-8 by its detection rules, no leading
-    whitespace), without the detection, the decoder's two regex matches and its two
-    Python-level calls: scan the object, then allow only JSON whitespace after it.
-    """
-    if body[:1] != b"{" or body[1:2] == b"\0":  # a NUL second byte means UTF-16 or -32
-        return None
-    try:
-        text = body.decode("utf-8", "surrogatepass")
-        value: dict[str, Any]
-        value, end = _SCAN(text, 0)
-    except (ValueError, RecursionError, StopIteration):
-        # ValueError covers decode errors too; StopIteration is the scanner's "no value here".
-        return None
-    if end != len(text) and len(text.rstrip(" \t\n\r")) != end:
-        return None  # data after the object
-    return value
-
-
 def _parse_json(body: bytes) -> tuple[bool, Any]:
     """``(True, value)`` for a JSON body, ``(False, None)`` otherwise; never raises."""
-    if body[:1] == b"{" and body[1:2] != b"\0":
-        value: Any = _scan_object(body)
-        if value is None:
-            return False, None
-        return True, value
+    if not isinstance(body, bytes | bytearray):
+        return False, None
     try:
         value = _json.loads(body)
     except (ValueError, RecursionError, TypeError):  # ValueError covers decode errors too
@@ -401,13 +375,23 @@ def _usage(response: dict[str, Any]) -> Usage | None:
                  _int(meta.get("thoughtsTokenCount")), _int(meta.get("totalTokenCount")))
 
 
+def _first_candidate(response: dict[str, Any]) -> dict[str, Any]:
+    """The first candidate of an answer; empty if it has none (or not an object)."""
+    candidates = response.get("candidates")
+    return _dict(candidates[0] if isinstance(candidates, list) and candidates else None) or {}
+
+
+def _parts(candidate: dict[str, Any]) -> list[Any] | None:
+    """A candidate's ``content.parts``, if it is a list."""
+    content = candidate.get("content")
+    parts = content.get("parts") if isinstance(content, dict) else None
+    return parts if isinstance(parts, list) else None
+
+
 def _answer_parts(response: dict[str, Any]) -> list[dict[str, Any]]:
     """The non-thought parts of the first candidate."""
-    candidates = response.get("candidates")
-    candidate = candidates[0] if isinstance(candidates, list) and candidates else None
-    content = candidate.get("content") if isinstance(candidate, dict) else None
-    parts = content.get("parts") if isinstance(content, dict) else None
-    if not isinstance(parts, list):
+    parts = _parts(_first_candidate(response))
+    if parts is None:
         return []
     return [part for part in parts if isinstance(part, dict) and part.get("thought") is not True]
 
@@ -422,8 +406,7 @@ def _has_content(parts: list[dict[str, Any]]) -> bool:
 
 
 def _finish_reason(response: dict[str, Any]) -> str | None:
-    candidate = _dict(next(iter(_list(response.get("candidates"))), None)) or {}
-    return _str(candidate.get("finishReason"))
+    return _str(_first_candidate(response).get("finishReason"))
 
 
 def _retry_delay(value: object) -> float | None:
@@ -501,6 +484,33 @@ def _learnable(violations: list[_Violation]) -> tuple[Violation, ...]:
     return tuple(v for v in found if v is not None)
 
 
+def _is_day(violation: _Violation, input_tokens: int | None) -> bool:
+    return "PerDay" in violation.quota_id
+
+
+def _is_too_large(violation: _Violation, input_tokens: int | None) -> bool:
+    return ("InputTokens" in violation.quota_id and violation.value is not None
+            and input_tokens is not None and input_tokens > violation.value)
+
+
+def _is_spend(violation: _Violation, input_tokens: int | None) -> bool:
+    return "spend" in violation.quota_id.lower()
+
+
+def _is_minute(violation: _Violation, input_tokens: int | None) -> bool:
+    return "PerMinute" in violation.quota_id
+
+
+# How a 429 with violations reads, first match wins (the order of the module docstring): the
+# kind, and which violation decides it.  None matching is per-minute, decided by the first.
+_RULES_429: tuple[tuple[OutcomeKind, Callable[[_Violation, int | None], bool]], ...] = (
+    (_K.RATE_LIMITED_DAY, _is_day),
+    (_K.TOO_LARGE_FOR_QUOTA, _is_too_large),
+    (_K.SPEND_LIMITED, _is_spend),
+    (_K.RATE_LIMITED_MINUTE, _is_minute),
+)
+
+
 def _classify_429(message: str, violations: list[_Violation],
                   input_tokens: int | None) -> _Verdict:
     zero = next((v for v in violations if v.value == 0), None)
@@ -509,54 +519,61 @@ def _classify_429(message: str, violations: list[_Violation],
         return _Verdict(kind=_K.QUOTA_ZERO, violation=zero)
     if not violations:
         return _Verdict(kind=_K.SHARED_CAPACITY)
-    day = next((v for v in violations if "PerDay" in v.quota_id), None)
-    if day:
-        return _Verdict(kind=_K.RATE_LIMITED_DAY, violation=day)
-    too_large = next((v for v in violations if "InputTokens" in v.quota_id
-                      and v.value is not None and input_tokens is not None
-                      and input_tokens > v.value), None)
-    if too_large:
-        return _Verdict(kind=_K.TOO_LARGE_FOR_QUOTA, violation=too_large)
-    spend = next((v for v in violations if "spend" in v.quota_id.lower()), None)
-    if spend:
-        return _Verdict(kind=_K.SPEND_LIMITED, violation=spend)
-    minute = next((v for v in violations if "PerMinute" in v.quota_id), violations[0])
-    return _Verdict(kind=_K.RATE_LIMITED_MINUTE, violation=minute)
+    for kind, matches in _RULES_429:
+        found = next((v for v in violations if matches(v, input_tokens)), None)
+        if found:
+            return _Verdict(kind=kind, violation=found)
+    return _Verdict(kind=_K.RATE_LIMITED_MINUTE, violation=violations[0])
+
+
+def _kind_of_400(google_status: str, lowered: str, reason: str) -> OutcomeKind:
+    if reason.startswith("API_KEY_") or "api key not valid" in lowered or (
+            "api key not found" in lowered):
+        return _K.KEY_INVALID
+    if google_status == "FAILED_PRECONDITION" or "location is not supported" in lowered:
+        return _K.KEY_FORBIDDEN
+    return _K.REQUEST_ERROR
+
+
+def _kind_of_refusal(status: int, google_status: str, message: str,
+                     reason: str) -> OutcomeKind:
+    """A 401 or a 403."""
+    lowered = message.lower()
+    if not google_status:
+        # No Google error object (or one without its status): a proxy or load balancer refused
+        # the call.  Only Google's own reasons may disable a key for good.
+        return _K.ACCESS_REFUSED
+    if status == 401:
+        unsupported = reason == "ACCESS_TOKEN_TYPE_UNSUPPORTED" or (
+            not reason and "expected oauth 2 access token" in lowered)
+        return _K.KEY_TYPE_UNSUPPORTED if unsupported else _K.KEY_FORBIDDEN
+    if "reported as leaked" in lowered:
+        return _K.KEY_LEAKED
+    if reason == "SERVICE_DISABLED" or "project has been denied access" in lowered:
+        return _K.PROJECT_DISABLED
+    if _NAMES_A_RESOURCE.search(message) or "permission to access the file" in lowered or (
+            "permission to access the cached" in lowered):
+        return _K.REQUEST_ERROR  # the caller's file, not the key
+    return _K.KEY_FORBIDDEN
+
+
+_KIND_OF_STATUS = {404: _K.MODEL_NOT_FOUND, 408: _K.TIMEOUT, 499: _K.TIMEOUT,
+                   503: _K.OVERLOADED, 504: _K.TIMEOUT}
+"""The statuses whose kind the status alone decides (after the 4xx rules above)."""
 
 
 def _classify_status(status: int, google_status: str, message: str, reason: str,
                      violations: list[_Violation], input_tokens: int | None) -> _Verdict:
     """The kind of a non-2xx answer (or an error inside a 2xx), from section 2.4."""
-    lowered = message.lower()
     if status == 429:
         return _classify_429(message, violations, input_tokens)
     if status == 400:
-        if reason.startswith("API_KEY_") or "api key not valid" in lowered or (
-                "api key not found" in lowered):
-            return _Verdict(kind=_K.KEY_INVALID)
-        if google_status == "FAILED_PRECONDITION" or "location is not supported" in lowered:
-            return _Verdict(kind=_K.KEY_FORBIDDEN)
-        return _Verdict(kind=_K.REQUEST_ERROR)
-    if status in (401, 403) and not google_status:
-        # No Google error object (or one without its status): a proxy or load balancer refused
-        # the call.  Only Google's own reasons may disable a key for good.
-        return _Verdict(kind=_K.ACCESS_REFUSED)
-    if status == 401 and (reason == "ACCESS_TOKEN_TYPE_UNSUPPORTED" or (
-            not reason and "expected oauth 2 access token" in lowered)):
-        return _Verdict(kind=_K.KEY_TYPE_UNSUPPORTED)
-    if status == 403:
-        if "reported as leaked" in lowered:
-            return _Verdict(kind=_K.KEY_LEAKED)
-        if reason == "SERVICE_DISABLED" or "project has been denied access" in lowered:
-            return _Verdict(kind=_K.PROJECT_DISABLED)
-        if _NAMES_A_RESOURCE.search(message) or "permission to access the file" in lowered or (
-                "permission to access the cached" in lowered):
-            return _Verdict(kind=_K.REQUEST_ERROR)  # the caller's file, not the key
-        return _Verdict(kind=_K.KEY_FORBIDDEN)
+        return _Verdict(kind=_kind_of_400(google_status, message.lower(), reason))
+    if status in (401, 403):
+        return _Verdict(kind=_kind_of_refusal(status, google_status, message, reason))
     if status == 404 and _NAMES_A_RESOURCE.search(message):
         return _Verdict(kind=_K.REQUEST_ERROR)
-    kind = {401: _K.KEY_FORBIDDEN, 404: _K.MODEL_NOT_FOUND, 408: _K.TIMEOUT, 499: _K.TIMEOUT,
-            503: _K.OVERLOADED, 504: _K.TIMEOUT}.get(status)
+    kind = _KIND_OF_STATUS.get(status)
     if kind is None:
         kind = _K.SERVER_ERROR if status >= 500 else _K.REQUEST_ERROR
     return _Verdict(kind=kind)
@@ -635,12 +652,70 @@ def _classify_answer(status: int, response: dict[str, Any], *, empty_is_error: b
                       usage=usage)
 
 
-# `_plain_answer` builds its records in C: it runs once per answer, and its values need no
-# checks (an Outcome's one check is on `retry_after`, None here).
-_new_outcome = tuple_builder(Outcome)
-_new_classified = tuple_builder(Classified)
-_new_usage = tuple_builder(Usage)
-_NO_TOKENS = Outcome(kind=OutcomeKind.SUCCESS)
+# The fast path: the one speed trick of this module, fenced.
+#
+# Target: `benchmarks/bench_client.py`, default `KeyedClient` >= 0.9x raw aiohttp at c=16 and
+# c=64, with the 5 ms server that makes the client's own CPU per request decide (it misses
+# there, 0.59-0.91x at c=64: see the README's benchmark notes).  Nearly every answer is a 200
+# whose body is one JSON object of plain text.  `classify` scans such a body straight into
+# its object (`_scan_object`) and reads it in one pass (`_plain_answer`).  Measured with
+# `python -m benchmarks.profile_client --mode fake` (three interleaved runs each), keysched's
+# own CPU per request was 51-56 us with this path and 64-80 us with the rules alone
+# (`_parse_json`, then `_classify_answer`), on a client whose aiohttp costs a few hundred.
+# The rules are the readable reference and decide everything else; property tests in
+# tests/test_wire.py hold the two equal over generated bodies:
+# `test_classify_with_its_fast_path_gives_what_the_rules_give`,
+# `test_the_plain_answer_shortcut_agrees_with_the_full_rules` and
+# `test_the_object_scan_reads_what_json_loads_reads`.
+
+# The C scanner under `json.loads` (JSONDecoder.__init__ sets it; typeshed leaves it out).
+_SCAN: Callable[[str, int], tuple[Any, int]] = _json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _scan_object(body: bytes) -> dict[str, Any] | None:
+    """The JSON object `body` holds, if it starts with ``{``; None otherwise; never raises.
+
+    What json.loads does with bytes that start so (UTF-8 by its detection rules, no leading
+    whitespace), without the detection, the decoder's two regex matches and its two
+    Python-level calls: scan the object, then allow only JSON whitespace after it.
+    """
+    if body[:1] != b"{" or body[1:2] == b"\0":  # a NUL second byte means UTF-16 or -32
+        return None
+    try:
+        text = body.decode("utf-8", "surrogatepass")
+        value: dict[str, Any]
+        value, end = _SCAN(text, 0)
+    except (ValueError, RecursionError, StopIteration):
+        # ValueError covers decode errors too; StopIteration is the scanner's "no value here".
+        return None
+    if end != len(text) and len(text.rstrip(" \t\n\r")) != end:
+        return None  # data after the object
+    return value
+
+
+def _plain_text(parts: Any) -> str:
+    """The text of an answer's non-thought parts, "" if none; raises (KeyError, TypeError,
+    AttributeError ...) where a part is not an object, which `_plain_answer` catches."""
+    if len(parts) == 1:  # most answers: one part, its text
+        part = parts[0]
+        text = part["text"] if part.get("thought") is not True else None
+        return text if text.__class__ is str else ""
+    return "".join(text for part in parts
+                   if part.get("thought") is not True and (text := part.get("text")).__class__ is str)
+
+
+def _count(value: Any) -> int | None:
+    """What `_int` gives, with the usual count (an int >= 0, or none) taken as it is."""
+    return value if value is None or (value.__class__ is int and value >= 0) else _int(value)
+
+
+def _plain_usage(response: dict[str, Any]) -> Usage | None:
+    """What `_usage` gives, read with `_count`."""
+    meta = response.get("usageMetadata")
+    if meta.__class__ is not dict:
+        return None
+    return Usage(_count(meta.get("promptTokenCount")), _count(meta.get("candidatesTokenCount")),
+                 _count(meta.get("thoughtsTokenCount")), _count(meta.get("totalTokenCount")))
 
 
 def _plain_answer(status: int, response: Any) -> Classified | None:
@@ -648,8 +723,7 @@ def _plain_answer(status: int, response: Any) -> Classified | None:
 
     "Common" is a JSON object without ``error`` or ``promptFeedback`` whose first candidate has
     a content with a list of part objects that yields some text, and no safety finish reason:
-    always a ``SUCCESS``.  The result is exactly what `_classify_answer` gives for it (a test
-    holds them equal over generated bodies); every other body goes through the full rules.
+    always a ``SUCCESS``.  The result is exactly what `_classify_answer` gives for it.
     """
     if response.__class__ is not dict or "error" in response or "promptFeedback" in response:
         return None
@@ -658,53 +732,21 @@ def _plain_answer(status: int, response: Any) -> Classified | None:
     # and .get raise too), and the full rules take over.
     try:
         candidate = response["candidates"][0]
-        parts = candidate["content"]["parts"]
-        if len(parts) == 1:  # most answers: one part, its text
-            part = parts[0]
-            if part.get("thought") is True:
-                return None
-            text = part["text"]
-            if text.__class__ is not str:
-                return None
-        else:
-            texts = []
-            for part in parts:
-                if part.get("thought") is not True:
-                    text = part.get("text")
-                    if text.__class__ is str:
-                        texts.append(text)
-            text = "".join(texts)
+        text = _plain_text(candidate["content"]["parts"])
         finish = candidate.get("finishReason")
     except (KeyError, IndexError, TypeError, AttributeError):
         return None
-    if not text:
-        return None
     if finish.__class__ is not str:
         finish = None
-    elif finish in SAFETY_FINISH_REASONS:
+    if not text or finish in SAFETY_FINISH_REASONS:
         return None
-    meta = response.get("usageMetadata")
-    if meta is None:
-        return _new_classified((_NO_TOKENS, status, None, None, None, None, None, None,
-                                response, text, finish, None, None))
-    if meta.__class__ is not dict:
-        return None
-    # `_int`, inlined for the usual non-negative ints and for an absent count.
-    prompt = meta.get("promptTokenCount")
-    if prompt.__class__ is not int or prompt < 0:
-        prompt = None if prompt is None else _int(prompt)
-    output = meta.get("candidatesTokenCount")
-    if output.__class__ is not int or output < 0:
-        output = None if output is None else _int(output)
-    thoughts = meta.get("thoughtsTokenCount")
-    if thoughts.__class__ is not int or thoughts < 0:
-        thoughts = None if thoughts is None else _int(thoughts)
-    total = meta.get("totalTokenCount")
-    if total.__class__ is not int or total < 0:
-        total = None if total is None else _int(total)
-    return _new_classified((
-        _new_outcome((_K.SUCCESS, None, prompt, output, ())), status, None, None, None, None, None,
-        None, response, text, finish, None, _new_usage((prompt, output, thoughts, total))))
+    usage = _plain_usage(response)
+    outcome = Outcome(_K.SUCCESS, None, usage.prompt_tokens if usage else None,
+                      usage.output_tokens if usage else None)
+    # Positionally: outcome, status, then google_status .. project (none on an answer), json,
+    # text, finish_reason, block_reason (none without promptFeedback), usage.
+    return Classified(outcome, status, None, None, None, None, None, None, response, text,
+                      finish, None, usage)
 
 
 def _bad_response(status: int, why: str, parsed: Any = None) -> Classified:
@@ -712,34 +754,34 @@ def _bad_response(status: int, why: str, parsed: Any = None) -> Classified:
                       json=parsed)
 
 
+def _classify_2xx(status: int, is_json: bool, parsed: Any, headers: Mapping[str, str] | None, *,
+                  input_tokens: int | None, empty_is_error: bool, answer: bool) -> Classified:
+    """A 2xx body: an answer (`answer`; else any JSON object is a success), or an error."""
+    response = _dict(parsed)
+    if response is None:
+        what = "not JSON" if not is_json else f"a JSON {type(parsed).__name__}"
+        return _bad_response(status, f"HTTP {status} body is {what}, not an object", parsed)
+    if "error" in response:
+        error = _dict(response["error"])
+        if error is None:
+            return _bad_response(status, f"HTTP {status} body has a malformed error", parsed)
+        return _classify_error(_inner_code(error), error, parsed, headers, input_tokens)
+    if not answer:
+        return Classified(outcome=Outcome(kind=_K.SUCCESS), status=status, json=parsed)
+    return _classify_answer(status, response, empty_is_error=empty_is_error)
+
+
 def _classify(status: int, body: bytes, headers: Mapping[str, str] | None, *,
               input_tokens: int | None, empty_is_error: bool, answer: bool,
               scanned: dict[str, Any] | None = None) -> Classified:
-    """The rules; `scanned` is the body's object when the caller has parsed it already (and
+    """The rules (the readable reference of the fast path), for an answer (`answer`) or another
+    JSON response; `scanned` is the body's object when the fast path has read it already (and
     found it is not a plain answer)."""
-    if scanned is not None:
-        is_json, parsed = True, scanned
-    else:
-        is_json, parsed = (_parse_json(body) if body.__class__ is bytes
-                           or isinstance(body, bytes | bytearray) else (False, None))
-        if answer and 200 <= status <= 299:
-            plain = _plain_answer(status, parsed)
-            if plain is not None:
-                return plain
-    response = _dict(parsed)
+    is_json, parsed = (True, scanned) if scanned is not None else _parse_json(body)
     if 200 <= status <= 299:
-        if response is None:
-            what = "not JSON" if not is_json else f"a JSON {type(parsed).__name__}"
-            return _bad_response(status, f"HTTP {status} body is {what}, not an object", parsed)
-        if "error" in response:
-            error = _dict(response["error"])
-            if error is None:
-                return _bad_response(status, f"HTTP {status} body has a malformed error", parsed)
-            return _classify_error(_inner_code(error), error, parsed, headers, input_tokens)
-        if not answer:
-            return Classified(outcome=Outcome(kind=_K.SUCCESS), status=status, json=parsed)
-        return _classify_answer(status, response, empty_is_error=empty_is_error)
-    error = _dict((response or {}).get("error"))
+        return _classify_2xx(status, is_json, parsed, headers, input_tokens=input_tokens,
+                             empty_is_error=empty_is_error, answer=answer)
+    error = _dict((_dict(parsed) or {}).get("error"))
     if error is None:  # an HTML page from a proxy, an empty body: the status alone decides
         size = len(body) if isinstance(body, bytes | bytearray) else 0
         error = {"message": f"HTTP {status} without a Google error object ({size} bytes)"}
@@ -761,12 +803,10 @@ def classify(status: int, body: bytes, headers: Mapping[str, str] | None = None,
     Returns:
         The classification; see the module docstring for the rules.
     """
-    scanned = None
-    if status == 200 and body.__class__ is bytes:  # the common answer, at its shortest
-        scanned = _scan_object(body)
-        plain = _plain_answer(200, scanned)
-        if plain is not None:
-            return plain
+    scanned = _scan_object(body) if status == 200 and isinstance(body, bytes) else None
+    plain = _plain_answer(200, scanned) if scanned is not None else None
+    if plain is not None:
+        return plain
     return _classify(status, body, headers, input_tokens=input_tokens,
                      empty_is_error=empty_is_error, answer=True, scanned=scanned)
 

@@ -81,7 +81,7 @@ async def test_a_proxys_bare_refusal_cools_the_key_and_never_disables_it(fast: b
 async def test_a_403_about_the_callers_file_fails_the_call_and_keeps_the_key(fast: bool) -> None:
     """"You do not have permission to access the File ..." is the request's fault: one attempt,
     a RequestError, no key disabled or cooled."""
-    sc = scenario({"kind": "file_denied", "end": 100.0})
+    sc = scenario({"kind": "file_denied"})
     async with serve(make_app(World(sc))) as server, client_for(
             sc, server.base_url, fast) as client:
         with pytest.raises(RequestError) as caught:

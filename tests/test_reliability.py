@@ -160,10 +160,10 @@ def test_load_with_faults_full_size(fast: bool, calls: int, concurrency: int) ->
 def retained(client: KeyedClient) -> dict[str, int]:
     """What the client and its core hold between calls (all of it should stay bounded)."""
     core = client._core
-    return {"mailboxes": len(client._mailboxes), "requests": core.open_requests,
+    return {"mailboxes": len(client._pump.mailboxes), "requests": core.open_requests,
             "attempts": len(core._attempts), "timers": len(core._timers),
             "queues": len(core._queues), "events": len(core._events),
-            "stale_timer_tasks": len(client._stale_timers)}
+            "stale_timer_tasks": len(client._pump.timer.stale)}
 
 
 async def soak(calls: int, concurrency: int = 50) -> None:
@@ -370,7 +370,7 @@ async def test_callers_cancelled_at_random_points_leave_nothing_behind(no_task_l
         assert snap.requests_cancelled > 0
         after = await client.generate("still serving")
         assert after.text
-        assert not client._mailboxes
+        assert not client._pump.mailboxes
     assert seen["queued"] > 0
     assert seen["in flight"] > 0
     assert seen["mid-stream"] > 0

@@ -60,7 +60,7 @@ async def test_canary_key_never_reaches_redis(shared_redis: str, pool_name: str,
                                            retry=RetryPolicy(max_attempts=2,
                                                              deadline=2_000.0)) as client:
                         await exercise(client, evidence)
-                        evidence.value(client._link.store if client._link else None)
+                        evidence.value(client._pump.link.store if client._pump.link else None)
         await asyncio.sleep(0.2)  # the last published events
     finally:
         listening.cancel()

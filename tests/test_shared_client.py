@@ -121,7 +121,7 @@ async def test_a_failing_store_fails_no_call_and_disables_nothing(
         async with scenario_client(server, store=store, timeout=30.0) as client:
             results = await calls(client, 30)
             lanes = client.snapshot().lanes
-            link = client._link
+            link = client._pump.link
     assert all(not isinstance(r, BaseException) for r in results), results
     assert store.calls >= 1
     assert link is not None

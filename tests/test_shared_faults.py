@@ -110,7 +110,7 @@ async def test_redis_stopped_and_restarted_mid_run(own_redis: OwnRedis,
     async with running_server(restart_scenario()) as (server, _):
         client = scenario_client(server, limits_known=True, timeout=30.0, store=own_redis.url,
                                  pool_name="restart", retry=RetryPolicy(deadline=600.0))
-        link = client._link
+        link = client._pump.link
         assert link is not None
         async with client:
             async def batch(n: int) -> list[object]:

@@ -756,16 +756,73 @@ def _parse_with_loads(raw: bytes) -> tuple[bool, Any]:
     return True, value[0] if isinstance(value, list) and len(value) == 1 else value
 
 
-@given(raw=st.one_of(
+object_bodies = st.one_of(
     st.binary().map(lambda b: b"{" + b),
     json_values.map(lambda v: json.dumps({"v": v}, ensure_ascii=False).encode()),
     # what may follow an object: JSON whitespace, other whitespace, more data
     st.tuples(json_values, st.one_of(st.text(alphabet=" \t\n\r\x0b\x0c\xa0\u2028"),
                                      st.text(alphabet=" \nx}{0\""))).map(
         lambda pair: (json.dumps({"v": pair[0]}) + pair[1]).encode()),
-    st.binary()))
+    st.binary())
+
+
+@given(raw=object_bodies)
 def test_json_bodies_parse_as_json_loads_parses_them(raw: bytes) -> None:
-    """The parser's shortcut for an object body reads exactly what `json.loads` reads."""
+    """The rules' parser reads exactly what `json.loads` reads, a one-element list unwrapped."""
     from keysched import _wire
 
     assert repr(_wire._parse_json(raw)) == repr(_parse_with_loads(raw))
+
+
+@given(raw=object_bodies)
+def test_the_object_scan_reads_what_json_loads_reads(raw: bytes) -> None:
+    """The fast path's scan of an object body (a speed trick) reads what `json.loads` reads,
+    and reads nothing when `json.loads` would not give an object."""
+    from keysched import _wire
+
+    scanned = _wire._scan_object(raw)
+    if scanned is not None:
+        assert repr((True, scanned)) == repr(_parse_with_loads(raw))
+
+
+def test_the_object_scan_reads_the_benchmark_answer() -> None:
+    """The benchmark's body (indented, so whitespace inside and none after) takes the scan."""
+    from benchmarks.bench_client import BODY
+    from keysched import _wire
+
+    assert _wire._scan_object(BODY) == json.loads(BODY)
+    assert _wire._scan_object(BODY + b"\n ") == json.loads(BODY)
+    assert _wire._scan_object(BODY + b"x") is None
+
+
+answer_bodies = st.one_of(
+    bodies,
+    (plain_answers | answers).map(lambda answer: json.dumps(answer).encode()),
+    (plain_answers | answers).map(lambda answer: json.dumps(answer, indent=2).encode()),
+    (plain_answers | answers).map(lambda answer: json.dumps([answer]).encode()),
+)
+
+
+@given(status=st.sampled_from([200, 200, 204, 429, 500]) | st.integers(100, 599),
+       raw=answer_bodies, headers=header_maps, input_tokens=st.none() | st.integers(0, 10**7),
+       empty_is_error=st.booleans())
+def test_classify_with_its_fast_path_gives_what_the_rules_give(
+        status: int, raw: bytes, headers: dict[str, str] | None, input_tokens: int | None,
+        empty_is_error: bool) -> None:
+    """`classify` (the scan and the plain-answer fast path first) equals the readable rules
+    alone (`_classify`: `json.loads`, then the full classification), for any body."""
+    from keysched import _wire
+
+    fast = classify(status, raw, headers, input_tokens=input_tokens,
+                    empty_is_error=empty_is_error)
+    rules = _wire._classify(status, raw, headers, input_tokens=input_tokens,
+                            empty_is_error=empty_is_error, answer=True)
+    assert repr(fast) == repr(rules)
+
+
+@given(value=json_values | st.integers() | st.booleans())
+def test_the_fast_count_reads_what_the_rules_read(value: Any) -> None:
+    """The fast path's `_count` gives `_int`'s answer for any JSON value."""
+    from keysched import _wire
+
+    assert _wire._count(value) == _wire._int(value)

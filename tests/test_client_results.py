@@ -1,5 +1,5 @@
-"""The shortcuts of `KeyedClient`'s hot path give exactly what the general code gives; results
-are immutable values."""
+"""A bare prompt goes on the wire as its contents list would (its shortcut, kept for the client's
+speed target, gives what the general path gives); results are immutable values."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from virtual_clock import VirtualClock
 
-from keysched._client import _encode, _prompt_payload
+from keysched._client import _encoded, _generation
 from keysched._wire import generate_body
 
 any_text = st.text(st.characters(blacklist_categories=()))  # surrogates and controls too
 
 
 @given(prompt=any_text)
-def test_a_bare_prompt_is_encoded_like_its_body(prompt: str) -> None:
-    """The bare prompt's payload is the generic encoding of its body, byte for byte."""
-    assert _prompt_payload(prompt) == _encode(generate_body(prompt))
+def test_a_bare_prompt_is_encoded_and_estimated_like_its_body(prompt: str) -> None:
+    """The bare prompt's payload and token estimate are the general path's, byte for byte."""
+    assert _generation(prompt, None, None, None, None) == _encoded(generate_body(prompt))
 
 
 async def test_a_bare_prompt_sends_the_usual_body() -> None:

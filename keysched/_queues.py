@@ -1,0 +1,84 @@
+"""The waiting requests: one FIFO queue per list of allowed models.
+
+Theory of operation
+-------------------
+Requests that allow the same models, best first, wait in one queue, a heap of request ids (ids
+grow with submission time, so the heap is FIFO and a retry goes back to its place by age).  The
+dispatch loop takes the oldest head among the queues it has not found blocked (`oldest`).
+
+Entries are never removed from the middle: a request that ended, was dispatched, or moved to
+another queue (its server errors took a model off its list) leaves a stale entry, dropped when
+it reaches the head.  A request may have two entries in one queue (it left and came back); the
+first to surface serves, the other is stale by then.
+
+Decisions where the issue was silent: a head that cannot be served holds back the requests
+behind it that allow the same models (that is what FIFO means) and nothing else.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from keysched._requests import Request, Requests, RequestState
+
+__all__ = ["Queues"]
+
+
+class Queues:
+    """FIFO queues of waiting requests, one per list of allowed models.
+
+    Args:
+        requests: the open requests (to tell stale entries).
+        per_model: server errors a request takes on one model before it leaves that model's
+            lists (`RetryPolicy.server_errors_per_model`).
+    """
+
+    __slots__ = ("_per_model", "_queues", "_requests")
+
+    def __init__(self, requests: Requests, per_model: int) -> None:
+        self._requests = requests
+        self._per_model = per_model
+        self._queues: dict[tuple[int, ...], list[int]] = {}
+
+    def __len__(self) -> int:
+        """How many queues there are (some may hold only stale entries)."""
+        return len(self._queues)
+
+    def push(self, request: Request) -> None:
+        """Queue a waiting request under the models it may still use."""
+        models = request.models_left(self._per_model)
+        heapq.heappush(self._queues.setdefault(models, []), request.id)
+
+    def oldest(self, blocked: set[tuple[int, ...]]) -> tuple[int, ...] | None:
+        """The queue, among those not `blocked`, whose head is the oldest request; stale
+        entries are dropped on the way."""
+        best: tuple[int, ...] | None = None
+        head = 0
+        for models, queue in self._queues.items():
+            while queue and not self._waits_in(queue[0], models):
+                heapq.heappop(queue)
+            if queue and models not in blocked and (best is None or queue[0] < head):
+                best, head = models, queue[0]
+        return best
+
+    def head(self, models: tuple[int, ...]) -> Request:
+        """The request at the head of the queue of `models` (after `oldest` chose it)."""
+        return self._requests.open[self._queues[models][0]]
+
+    def pop(self, models: tuple[int, ...]) -> None:
+        """Take the head off the queue of `models`; an emptied queue goes."""
+        queue = self._queues[models]
+        heapq.heappop(queue)
+        if not queue:
+            del self._queues[models]
+
+    def drop_empty(self, blocked: set[tuple[int, ...]]) -> None:
+        """Drop queues that stale entries emptied (only `blocked` ones can hold requests)."""
+        if len(self._queues) > len(blocked):
+            for models in [models for models, queue in self._queues.items() if not queue]:
+                del self._queues[models]
+
+    def _waits_in(self, rid: int, models: tuple[int, ...]) -> bool:
+        request = self._requests.open.get(rid)
+        return (request is not None and request.state is RequestState.WAITING
+                and request.models_left(self._per_model) == models)
