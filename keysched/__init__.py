@@ -1,17 +1,20 @@
 """keysched: spread Gemini API calls over a pool of API keys and models.
 
-Three public modules, one per audience:
+Three public modules, one per audience, and two for what a client records and shows:
 
 - `keysched` (this one), for client users: `KeyedClient`, its configuration (`PoolConfig`,
-  `Key`, `Limit`, `RetryPolicy`, `Policy`), its results, errors, snapshots and events, and the
-  integrations that put the pool under an SDK (`PoolTransport`, `PoolThread`, `genai_client`).
+  `Key`, `Limit`, `RetryPolicy`, `Policy`), its results, errors, snapshots and events, the
+  integrations that put the pool under an SDK (`PoolTransport`, `PoolThread`, `genai_client`),
+  and the `Recorder` of the outcome trace.
 - `keysched.driver`, for code that drives the scheduling core itself (the simulator, another
   event loop): `Scheduler`, its decisions and outcomes, the outcome table and the selectors.
 - `keysched.wire`, for code that speaks the Gemini wire format: request building,
   classification, the SSE parser and the token estimates.
+- `keysched.trace`, the outcome trace's format (the client and the simulator write it, replay
+  reads it); `keysched.metrics`, the pool as a Prometheus collector (the ``metrics`` extra).
 
 Everything else (`keysched._*`) is private and may change without notice; a test locks the
-three `__all__` lists.
+five `__all__` lists.
 
 Decisions where the issue was silent:
 
@@ -57,6 +60,7 @@ from keysched._wire import Usage
 if TYPE_CHECKING:
     from keysched._client import KeyedClient
     from keysched._integrations import PoolTransport
+    from keysched._recorder import Recorder
     from keysched._redis_store import RedisStore
     from keysched._store import MemoryStore, Store
     from keysched._threaded import PoolThread, genai_client
@@ -91,9 +95,9 @@ __version__ = "0.1.0"
 # Loading it on first use keeps `import keysched` cheap for code that only needs the pure parts
 # (the simulator, a dashboard reading snapshots).
 _LAZY = {"KeyedClient": "keysched._client", "PoolThread": "keysched._threaded",
-         "PoolTransport": "keysched._integrations", "genai_client": "keysched._threaded",
-         "MemoryStore": "keysched._store", "Store": "keysched._store",
-         "RedisStore": "keysched._redis_store"}
+         "PoolTransport": "keysched._integrations", "Recorder": "keysched._recorder",
+         "genai_client": "keysched._threaded", "MemoryStore": "keysched._store",
+         "Store": "keysched._store", "RedisStore": "keysched._redis_store"}
 _LAZY.update(dict.fromkeys(
     ["DEFAULT_ACTIONS", "Action", "Decision", "Dispatch", "Effect", "Fail", "FailReason",
      "Finish", "LeastLoaded", "Next", "Outcome", "QuotaDimension", "RandomChoice", "RoundRobin",
@@ -139,6 +143,7 @@ __all__ = [
     "PoolSnapshot",
     "PoolThread",
     "PoolTransport",
+    "Recorder",
     "RedisStore",
     "RequestError",
     "ResponseTooLargeError",

@@ -1,5 +1,7 @@
 """The model breaker: is a model overloaded, or did one 503 just happen?
 
+Theory of operation
+-------------------
 One 503 among twenty answers is noise, and the answer to noise is to retry at once on another
 key; a model is taken out of rotation only when the recent evidence says it is overloaded.
 `OverloadEvidence` keeps the model's answers and 503s of the last `window` seconds and trips

@@ -1,5 +1,7 @@
 """Budgets for the quotas of one (project, model) group: configured, learned, or not known yet.
 
+Theory of operation
+-------------------
 The core never sends a request that a known limit would refuse.  Per-minute limits are kept over
 a *sliding* window of dispatch times: at most R dispatches in any window also means at most R in
 whichever fixed minute window the server counts, so the budget is safe whatever the server's

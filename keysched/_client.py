@@ -76,6 +76,7 @@ from keysched._core import Scheduler
 from keysched._decisions import Dispatch
 from keysched._errors import ConfigurationError, ServiceError, UsageError
 from keysched._outcomes import OutcomeKind
+from keysched._recorder import Recorder, RecordTarget
 from keysched._redact import Redactor
 from keysched._results import GenerateResult, StreamChunk
 from keysched._selection import Policy
@@ -303,6 +304,7 @@ class KeyedClient:
         pool_name: with a ``redis://`` URL, the shared pool's name (the namespace of its
             keys in Redis); clients that share a pool use the same name and the same key
             labels.  A store object carries its own.
+        record: where to write the outcome trace (`keysched.trace`): a path, file, callable or `Recorder`.
 
     Raises:
         ConfigurationError: a field is invalid (the message names it, never a secret).
@@ -330,6 +332,7 @@ class KeyedClient:
         rng: random.Random | None = None,
         store: str | Store | None = None,
         pool_name: str = "keysched",
+        record: RecordTarget | Recorder | None = None,
     ) -> None:
         _check_base_url(base_url)
         _check_embedding_model(embedding_model)
@@ -362,6 +365,8 @@ class KeyedClient:
         self._redactor = Redactor(config.keys)
         self._pump = Pump(self._core, clock, sleep, deadline=config.retry.deadline,
                           redactor=self._redactor, history=EVENT_HISTORY)
+        if record is not None:  # the outcome trace
+            self._pump.watch(Recorder.bound(record, config, now, wall_clock(), self._redactor))
         self._transports: list[httpx.AsyncBaseTransport] = []  # handed out by `transport()`
         self._backend = _make_backend(http_client, transport, fast, max_response_bytes)
         self._headers = {label: self._backend.headers(each) for label, each in headers.items()}
@@ -433,6 +438,7 @@ class KeyedClient:
         await self._backend.aclose()
         if self._pump.link is not None:
             await self._pump.link.aclose()
+        await self._pump.stop_recording()  # the trace's last lines written, its file closed
 
     @property
     def _closed(self) -> bool:

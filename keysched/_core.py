@@ -117,6 +117,7 @@ from keysched._errors import UsageError
 from keysched._facts import SharedFact, learn
 from keysched._names import Names
 from keysched._outcomes import Outcome, OutcomeKind
+from keysched._placement import Placement
 from keysched._pool import Changes, Pool
 from keysched._queues import Queues
 from keysched._requests import WAITS, Attempt, Request, RequestInput, Requests, RequestState
@@ -150,7 +151,7 @@ class Scheduler:
         self._retry = config.retry
         self._pool = Pool(config, self.policy, rng, wall_epoch=wall_epoch,
                           record_events=record_events)
-        self._names = Names(config)
+        self._names = Names(config, self._pool.keys)
         # The outcome table, both halves, one lookup per outcome.
         self._rules: dict[OutcomeKind, tuple[Action, Meaning]] = {
             kind: (self.policy.actions[kind], OUTCOMES[kind]) for kind in OutcomeKind}
@@ -190,7 +191,9 @@ class Scheduler:
         """
         _check_time(now, self._now)
         indices = self._names.model_list(models)
-        _check_tokens(input_tokens)
+        if isinstance(input_tokens, bool) or not isinstance(input_tokens, int) or (
+                input_tokens < 0):
+            raise UsageError(f"input_tokens must be an integer >= 0, got {input_tokens!r}")
         seconds = self._retry.deadline if deadline is None else _duration(
             "deadline", deadline, minimum_excluded=True)
         start = seconds if start_within is None else min(
@@ -299,7 +302,8 @@ class Scheduler:
         for request in self._fresh:  # a deadline already passed fails in timer order
             if request.deadline <= now:
                 self._arm_deadline(request)
-        self._fire_timers(now)
+        if self._timers.next_at() <= now:
+            self._fire_timers(now)
         if self._queues:
             self._dispatch_waiting(now)
         for request in self._fresh:
@@ -462,8 +466,9 @@ class Scheduler:
     def _dispatch_waiting(self, now: float) -> None:
         """Settle the heads of the queues, oldest first, until every queue is empty or blocked."""
         blocked: set[tuple[int, ...]] = set()
-        while (models := self._queues.oldest(blocked)) is not None:
-            if self._settle_head(self._queues.head(models), models, now):
+        while (oldest := self._queues.oldest(blocked)) is not None:
+            models, request = oldest
+            if self._settle_head(request, models, now):
                 self._queues.pop(models)
             else:
                 blocked.add(models)
@@ -504,8 +509,8 @@ class Scheduler:
 
     def _place(self, request: Request, models: tuple[int, ...], now: float) -> bool:
         """Dispatch the request on the best lane that can serve it now, if any."""
-        lane, placement = self._pool.place(request.tokens, request.quota, models,
-                                           request.avoid or (), now)
+        placement = Placement(self._pool, request.tokens, request.quota)
+        lane = placement.find(models, request.avoid or (), now)
         for key, model, until in placement.parked:
             self._timer(until, TimerKind.LANE, key, model)
         if lane is not None:
@@ -527,9 +532,11 @@ class Scheduler:
         self._requests.move(request, RequestInput.DISPATCH)
         request.number += 1
         request.last_attempt = aid
-        self._take(self._pool.served(request.models[0], model, now))
+        if (changes := self._pool.served(request.models[0], model, now)) is not None:
+            self._take(changes)
         self._decisions.append(Dispatch(request.id, aid, request.number,
-                                        self._pool.keys[key].key, self._pool.models[model].name))
+                                        self._pool.keys.states[key].key,
+                                        self._pool.models[model].name))
 
 
 def _duration(name: str, value: object, *, minimum_excluded: bool) -> float:
@@ -542,10 +549,6 @@ def _duration(name: str, value: object, *, minimum_excluded: bool) -> float:
 
 
 def _check_time(now: float, last: float) -> None:
-    if not isinstance(now, int | float) or math.isnan(now) or now < last:
+    if not (isinstance(now, (int, float)) and now >= last):  # NaN fails `>=` too
         raise UsageError(f"time must not run backwards: now={now!r} after {last!r}")
 
-
-def _check_tokens(tokens: object) -> None:
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-        raise UsageError(f"input_tokens must be an integer >= 0, got {tokens!r}")

@@ -1,8 +1,10 @@
 """One (project, model) quota group: its cooldown, its budget, and how carefully it is used.
 
-Keys of one Google Cloud project share its quotas, counted per model, so the scheduler keeps one
+Theory of operation
+-------------------
+Keys of one Google Cloud project share its quotas, counted per model, so the pool keeps one
 `QuotaGroup` per (project, model).  The group owns what it knows and how far it trusts it; the
-scheduler asks it questions (`full`, `may_test_learned_limit`) and tells it what happened
+pool asks it questions (`full`, `may_test_learned_limit`) and tells it what happened
 (`sent`, `released`, `answered`, `refused`, `bare_429`).  The group answers with values: the
 limits it learned, whether its parked lanes may come back.  It never reaches back into the
 scheduler; the model-wide *priors* (limits learned on sibling groups) are handed in.

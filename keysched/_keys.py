@@ -53,14 +53,19 @@ class Keys:
         of_project: per project, the indices of its keys.
     """
 
-    __slots__ = ("_accounts", "_active", "_by_label", "of_project", "projects", "states")
+    __slots__ = ("_accounts", "_active", "_by_label", "_project_index", "of_project", "projects",
+                 "states")
 
     def __init__(self, config: PoolConfig) -> None:
         self.projects = list(config.projects)
         index_of = {name: index for index, name in enumerate(self.projects)}
         self.states = [KeyState(index, key, index_of[key.project or ""])
                        for index, key in enumerate(config.keys)]
-        self._by_label = {state.key.label: state for state in self.states}
+        # Indexes by name, for facts from other processes: built on first use (two dicts of
+        # 10,000 names cost over a MB of the core's memory target, and most pools never need
+        # them; see benchmarks/bench_core.py).
+        self._by_label: dict[str, KeyState] | None = None
+        self._project_index: dict[str, int] | None = None
         self.of_project: list[list[int]] = [[] for _ in self.projects]
         for state in self.states:
             self.of_project[state.project].append(state.index)
@@ -76,13 +81,31 @@ class Keys:
     def __len__(self) -> int:
         return len(self.states)
 
+    def has_label(self, label: str) -> bool:
+        """Whether a key has this label."""
+        return label in self._labels()
+
     def labelled(self, label: str) -> KeyState:
         """The key with this label (`KeyError` if none)."""
-        return self._by_label[label]
+        return self._labels()[label]
+
+    def _labels(self) -> dict[str, KeyState]:
+        if self._by_label is None:
+            self._by_label = {state.key.label or "": state for state in self.states}
+        return self._by_label
+
+    def has_project(self, name: str) -> bool:
+        """Whether the pool has the project `name`."""
+        return name in self._projects()
 
     def project_index(self, name: str) -> int:
-        """The index of the project `name` (`ValueError` if none)."""
-        return self.projects.index(name)
+        """The index of the project `name` (`KeyError` if none)."""
+        return self._projects()[name]
+
+    def _projects(self) -> dict[str, int]:
+        if self._project_index is None:
+            self._project_index = {name: index for index, name in enumerate(self.projects)}
+        return self._project_index
 
     def project_active(self, project: int) -> bool:
         """Whether the project has a key that is not disabled."""

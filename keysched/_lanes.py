@@ -23,12 +23,13 @@ __all__ = ["Lanes"]
 class Lanes:
     """Every (key, model) lane of the pool (see the module docstring)."""
 
-    __slots__ = ("_answered", "_cool", "_dispatched", "_errored", "_errors", "_models",
-                 "_reasons")
+    __slots__ = ("_answered", "_dispatched", "_errored", "_errors", "_models", "_reasons",
+                 "cool_ends")
 
     def __init__(self, n_keys: int, n_models: int) -> None:
         self._models = n_models
-        self._cool: dict[tuple[int, int], float] = {}
+        # When each lane that ever cooled stops cooling (read per lane considered: a dict).
+        self.cool_ends: dict[tuple[int, int], float] = {}
         self._reasons: dict[tuple[int, int], str] = {}
         self._errors: dict[tuple[int, int], int] = {}  # 500s in a row, for the lane breaker
         self._dispatched = [0] * (n_keys * n_models)
@@ -37,19 +38,19 @@ class Lanes:
 
     def cool_until(self, key: int, model: int) -> float:
         """When the lane's own cooldown ends (``-inf``: it never cooled)."""
-        return self._cool.get((key, model), -math.inf)
+        return self.cool_ends.get((key, model), -math.inf)
 
     def cool(self, key: int, model: int, until: float, reason: str) -> bool:
         """Cool the lane until `until` unless it already cools longer; returns whether it did."""
         if until <= self.cool_until(key, model):
             return False
-        self._cool[key, model] = until
+        self.cool_ends[key, model] = until
         self._reasons[key, model] = reason
         return True
 
     def cooling(self, now: float) -> Iterator[tuple[int, int, float, str]]:
         """(key, model, until, reason) of every lane cooling at `now`."""
-        for (key, model), until in self._cool.items():
+        for (key, model), until in self.cool_ends.items():
             if until > now:
                 yield key, model, until, self._reasons[key, model]
 

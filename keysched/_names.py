@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from keysched._config import PoolConfig
 from keysched._errors import UsageError
+from keysched._keys import Keys
 
 __all__ = ["CACHED", "Names"]
 
@@ -26,16 +27,20 @@ CACHED = 256
 
 
 class Names:
-    """The pool's model, project and key names (see the module docstring)."""
+    """The pool's model, project and key names (see the module docstring).
 
-    __slots__ = ("_all", "_cache", "_labels", "_model_index", "_models", "_projects")
+    Args:
+        config: the pool.
+        keys: the pool's keys, for their projects and labels.
+    """
 
-    def __init__(self, config: PoolConfig) -> None:
+    __slots__ = ("_all", "_cache", "_keys", "_model_index", "_models")
+
+    def __init__(self, config: PoolConfig, keys: Keys) -> None:
         self._models = list(config.models)
         self._model_index = {name: index for index, name in enumerate(config.models)}
         self._all = tuple(range(len(self._models)))
-        self._projects = frozenset(config.projects)
-        self._labels = frozenset(key.label for key in config.keys)
+        self._keys = keys  # its projects and labels (the pool's own index: no second copy)
         self._cache: dict[tuple[str, ...], tuple[int, ...]] = {}
 
     def model_list(self, models: Sequence[str] | None) -> tuple[int, ...]:
@@ -86,12 +91,12 @@ class Names:
 
     def project(self, name: str) -> str:
         """`name`, checked to be one of the pool's projects."""
-        if name not in self._projects:
+        if not self._keys.has_project(name):
             raise UsageError(f"unknown project {name!r}")
         return name
 
     def key(self, label: str) -> str:
         """`label`, checked to be the label of one of the pool's keys."""
-        if label not in self._labels:
+        if not self._keys.has_label(label):
             raise UsageError(f"unknown key label {label!r}")
         return label

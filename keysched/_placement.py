@@ -77,13 +77,16 @@ class Placement:
     def verdict(self, key: int, model: int, now: float) -> Verdict:
         """See `keysched._selection.LaneOracle.verdict`."""
         pool = self._pool
-        state = pool.keys[key]
+        state = pool.keys.states[key]
         if state.disabled is not None or state.in_flight >= pool.cap:
             return BLOCKED
         group = pool.groups[state.project][model]
         if group.unavailable:
             return BLOCKED
-        until = max(group.cool_until, pool.lanes.cool_until(key, model))
+        until = group.cool_until
+        lane_until = pool.lanes.cool_ends.get((key, model), -math.inf)
+        if lane_until > until:
+            until = lane_until
         if until > now:
             return Verdict.blocked_until(until)
         if group.in_flight and group.full(pool.priors[model], self.tokens, now):

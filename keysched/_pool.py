@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 The pool owns every fact about capacity and nothing about requests.  The scheduler asks it
-questions (which lane serves a request: `place`, with a `keysched._placement.Placement`; when
+questions (which lane serves a request: a `keysched._placement.Placement` reads it; when
 capacity returns; whether a list of models is hopeless) and tells it what happened (an attempt
 was dispatched, released, or ended with an outcome).  What follows from an input comes back as
 a value, `Changes`: the times at which capacity may return (the scheduler arms a wake-up timer
@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Container, Sequence
+from collections.abc import Sequence
 
 from keysched._breaker import ModelState, OverloadEvidence, escalated
 from keysched._budget import Budget
@@ -56,7 +56,6 @@ from keysched._keys import Keys, KeyState
 from keysched._lanes import Lanes
 from keysched._outcomes import Outcome, QuotaDimension, Violation
 from keysched._pacific import next_pacific_midnight
-from keysched._placement import Placement
 from keysched._requests import Attempt
 from keysched._selection import Policy, Selector
 from keysched._snapshot import PoolEvent
@@ -91,9 +90,6 @@ class Changes:
         """Announce a `PoolEvent`."""
         if self._record:
             self.events.append(PoolEvent(now, kind, reason, key, project, model, until))
-
-
-_NO_CHANGES = Changes(record=False)  # (never added to: returned when nothing changed)
 
 
 class Pool:
@@ -140,13 +136,6 @@ class Pool:
 
     # ------------------------------------------------------------------ questions
 
-    def place(self, tokens: int, quota: bool, models: Sequence[int], avoid: Container[int],
-              now: float) -> tuple[tuple[int, int] | None, Placement]:
-        """Find the lane to serve a request of `tokens` (`quota`: it spends quota) now.
-        Returns ((key, model) or None, the placement with what it learned)."""
-        placement = Placement(self, tokens, quota)
-        return placement.find(models, avoid, now), placement
-
     def hopeless(self, models: Sequence[int]) -> bool:
         """Whether no model of `models` can ever serve again (unavailable, or no group left)."""
         return all(self.models[m].unavailable or self.models[m].usable_groups <= 0
@@ -185,12 +174,12 @@ class Pool:
         """An attempt of `tokens` (`quota`: it spends quota) was dispatched on the lane; `seq`
         orders the key by last use.  Returns (budgeted, relearn): whether it was recorded in its
         group's budget, and whether it goes past a learned limit as its test."""
-        state = self.keys[key]
+        state = self.keys.states[key]
         state.in_flight += 1
         state.seq = seq
         self.selector.update(key, (state.in_flight, seq))
         group = self.groups[state.project][model]
-        budget = self._budget(group)
+        budget = group.budget if group.budget is not None else self._budget(group)
         budgeted = budget is not None and quota
         relearn = False
         if budget is not None and budgeted:
@@ -201,10 +190,11 @@ class Pool:
         self.lanes.dispatched(key, model)
         return budgeted, relearn
 
-    def served(self, best: int, model: int, now: float) -> Changes:
+    def served(self, best: int, model: int, now: float) -> Changes | None:
         """A request whose best model is `best` was dispatched on `model`: a change of the tier
-        serving `best` is announced (``fallback``, or ``recovered`` when back to `best`)."""
-        changes = _NO_CHANGES
+        serving `best` is announced (``fallback``, or ``recovered`` when back to `best`).
+        Returns None when the tier did not change."""
+        changes = None
         if model != self._tier[best]:
             changes = Changes(self._record)
             changes.emit("recovered" if model == best else "fallback",
@@ -215,7 +205,7 @@ class Pool:
 
     def release(self, attempt: Attempt, now: float) -> None:
         """Free the key and the quota group an attempt held."""
-        state = self.keys[attempt.key]
+        state = self.keys.states[attempt.key]
         state.in_flight -= 1
         self.selector.update(attempt.key, (state.in_flight, state.seq))
         group = self.groups[state.project][attempt.model]
@@ -253,7 +243,7 @@ class Pool:
         """An attempt (released already) ended with `outcome`; the policy's row is `action`
         and the outcome's is `meaning` (`keysched._table`).  Returns what changed."""
         changes = Changes(self._record)
-        group = self.groups[self.keys[attempt.key].project][attempt.model]
+        group = self.groups[self.keys.states[attempt.key].project][attempt.model]
         if meaning.answers:
             self._answered_on(group, attempt, now, changes)
         elif meaning.is_429:
@@ -323,7 +313,7 @@ class Pool:
                now: float, changes: Changes) -> None:
         """Apply the row's effect on the pool (`keysched._table.Effect`)."""
         effect = action.effect
-        state = self.keys[attempt.key]
+        state = self.keys.states[attempt.key]
         reason = outcome.kind.value
         if effect is Effect.COOL_GROUP:
             self._cool_group(group, now + self._quota_delay(outcome), reason, now, changes)
@@ -408,7 +398,7 @@ class Pool:
     def _cool_lane(self, key: int, model: int, until: float, reason: str, now: float,
                    changes: Changes) -> None:
         if self.lanes.cool(key, model, until, reason):
-            state = self.keys[key]
+            state = self.keys.states[key]
             changes.emit("lane_cooled", reason, now, key=state.key.label,
                          project=self.keys.projects[state.project],
                          model=self.models[model].name, until=until)

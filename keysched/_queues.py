@@ -8,8 +8,9 @@ dispatch loop takes the oldest head among the queues it has not found blocked (`
 
 Entries are never removed from the middle: a request that ended, was dispatched, or moved to
 another queue (its server errors took a model off its list) leaves a stale entry, dropped when
-it reaches the head.  A request may have two entries in one queue (it left and came back); the
-first to surface serves, the other is stale by then.
+it reaches the head.  A request remembers the queue it was last put in (`Request.queued_in`):
+an entry in any other queue is stale.  A request may have two entries in one queue (it left
+and came back); the first to surface serves, the other is stale by then.
 
 Decisions where the issue was silent: a head that cannot be served holds back the requests
 behind it that allow the same models (that is what FIFO means) and nothing else.
@@ -46,12 +47,12 @@ class Queues:
 
     def push(self, request: Request) -> None:
         """Queue a waiting request under the models it may still use."""
-        models = request.models_left(self._per_model)
-        heapq.heappush(self._queues.setdefault(models, []), request.id)
+        request.queued_in = request.models_left(self._per_model)
+        heapq.heappush(self._queues.setdefault(request.queued_in, []), request.id)
 
-    def oldest(self, blocked: set[tuple[int, ...]]) -> tuple[int, ...] | None:
-        """The queue, among those not `blocked`, whose head is the oldest request; stale
-        entries are dropped on the way."""
+    def oldest(self, blocked: set[tuple[int, ...]]) -> tuple[tuple[int, ...], Request] | None:
+        """The queue, among those not `blocked`, whose head is the oldest request, and that
+        request; stale entries are dropped on the way."""
         best: tuple[int, ...] | None = None
         head = 0
         for models, queue in self._queues.items():
@@ -59,11 +60,7 @@ class Queues:
                 heapq.heappop(queue)
             if queue and models not in blocked and (best is None or queue[0] < head):
                 best, head = models, queue[0]
-        return best
-
-    def head(self, models: tuple[int, ...]) -> Request:
-        """The request at the head of the queue of `models` (after `oldest` chose it)."""
-        return self._requests.open[self._queues[models][0]]
+        return None if best is None else (best, self._requests.open[head])
 
     def pop(self, models: tuple[int, ...]) -> None:
         """Take the head off the queue of `models`; an emptied queue goes."""
@@ -81,4 +78,4 @@ class Queues:
     def _waits_in(self, rid: int, models: tuple[int, ...]) -> bool:
         request = self._requests.open.get(rid)
         return (request is not None and request.state is RequestState.WAITING
-                and request.models_left(self._per_model) == models)
+                and request.queued_in == models)

@@ -135,12 +135,13 @@ class Request:
         server_errors: per model, its server errors there (made on its first).
         last_attempt: its last attempt's id.
         timed: its deadline timer is in the heap (see `Scheduler._arm_deadline`).
+        queued_in: the models of the queue it was last put in (`keysched._queues.Queues`).
         weighed: the pool's ``benched`` count when its return time was last weighed.
     """
 
     __slots__ = ("avoid", "deadline", "empties", "id", "last_attempt", "later", "models",
-                 "number", "quota", "quota_waits", "server_errors", "start_by", "state", "timed",
-                 "tokens", "weighed")
+                 "number", "queued_in", "quota", "quota_waits", "server_errors", "start_by",
+                 "state", "timed", "tokens", "weighed")
 
     def __init__(self, rid: int, models: tuple[int, ...], tokens: int, deadline: float,
                  quota: bool, start_by: float) -> None:
@@ -160,6 +161,7 @@ class Request:
         self.server_errors: dict[int, int] | None = None
         self.last_attempt: int | None = None
         self.timed = False
+        self.queued_in: tuple[int, ...] | None = None
 
     def models_left(self, per_model: int) -> tuple[int, ...]:
         """Its models, less those it had `per_model` server errors on (the last one stays)."""

@@ -1,5 +1,7 @@
 """Which key serves a request: selectors, and the `Policy` object the core takes.
 
+Theory of operation
+-------------------
 A selector answers one question: "which key should serve this request on this model now?".  It
 asks an oracle bound to the request whether a lane can serve (`LaneOracle.verdict`, answered with
 a `Verdict`) and gets told when a key's load changed (`update`) or when a parked lane may serve

@@ -5,14 +5,16 @@ session is the request's mailbox and, as an async iterator, the one driver loop 
 call shares (`generate`, `count_tokens`, `embed`, `stream`, and the SDK transport of
 `keysched._integrations`)::
 
-    with client._open(request) as session:      # submit; `close` ends it exactly once
+    with client._open(...) as session:          # submit; `close` ends it exactly once
         async for dispatch in session:          # each attempt the core dispatches
             ... send it, classify the answer ...
             session.report(dispatch, classified, started)
         # the loop ended: the request is answered (`session.last`); a Fail was raised
 
 What differs between kinds is only the attempt in the loop's body: a POST read whole
-(`Session.send`), or a stream relayed chunk by chunk.  The session's iteration takes the core's
+(`KeyedClient._post`), a stream relayed chunk by chunk (`keysched._streaming`), or the SDK
+transport's attempt; `Session.send` awaits an attempt's I/O where `aclose` can cancel it and
+turns a transport failure into its outcome.  The session's iteration takes the core's
 next decision: a `Dispatch` is returned to send, a `Finish` ends the loop, a `Fail` raises the
 typed error (`Session.error`).  `Session.report` records an attempt, tells the core its outcome
 and pumps; it is the one place where every attempt of every kind ends.
@@ -31,6 +33,9 @@ Hooks for what later issues add (each is one place):
   the attempt's claim on a shared store, and then hands an `AttemptReport` to every callable in
   `Pump.observers` (the time, key label, project,
   model, outcome, HTTP status, retry delay, quota violations, tokens, latency, stream or not).
+- The outcome trace (`keysched._recorder`): `Pump.watch` adds the recorder as an observer and
+  keeps it for the request's start (`Session.__init__`) and end (`Session.close`, and
+  `Pump.close` for the requests the client's closing ends).
 
 Decisions where the issue was silent:
 
@@ -79,11 +84,13 @@ from keysched._transport import (
     TransportTimeout,
 )
 from keysched._wire import Classified
+from keysched.trace import CANCELLED, INTERRUPTED
 
 if TYPE_CHECKING:
     import asyncio
     from types import TracebackType
 
+    from keysched._recorder import Recorder
     from keysched._sharing import StoreLink
 
 __all__ = ["CLOSED", "AttemptReport", "Pump", "Session", "Timer", "failure"]
@@ -131,6 +138,7 @@ class AttemptReport:
     Attributes:
         started: client clock time when it was sent.
         ended: client clock time when it ended.
+        request: the request's id (the core's).
         number: 1 for the first attempt of its request, 2 for the first retry, ...
         key: the label of the key used.
         project: the key's project, if known.
@@ -146,6 +154,7 @@ class AttemptReport:
 
     started: float
     ended: float
+    request: int
     number: int
     key: str
     project: str | None
@@ -248,6 +257,7 @@ class Pump:
         self.history: deque[PoolEvent] = deque(maxlen=history)
         self.observers: list[Callable[[AttemptReport], None]] = []
         self.link: StoreLink | None = None  # the shared store, if the pool is shared
+        self.recorder: Recorder | None = None  # the outcome trace, if one is recorded
         self.timer = Timer(clock, sleep, self.pump)
         self.closed = False
 
@@ -275,6 +285,17 @@ class Pump:
                 _log(event, level)
         self.timer.arm(core.next_deadline())
 
+    def watch(self, recorder: Recorder) -> None:
+        """Record the outcome trace with `recorder`: every attempt (as an observer) and every
+        request's start and end (`Session`)."""
+        self.recorder = recorder
+        self.observers.append(recorder.attempt)
+
+    async def stop_recording(self) -> None:
+        """Close the recorder, if any: it writes what it holds and closes its file."""
+        if self.recorder is not None:
+            await self.recorder.aclose()
+
     def close(self) -> list[asyncio.Future[None]]:
         """End every open request: callers waiting get `UsageError`, attempts are cancelled.
 
@@ -288,6 +309,8 @@ class Pump:
         me = asyncio.current_task()
         unwinding = []
         for rid, session in list(self.mailboxes.items()):
+            if self.recorder is not None:
+                self.recorder.request_ended(rid, now, ok=False, reason=CANCELLED)
             self.core.cancel(rid, now)  # frees its lane; nothing will be dispatched for it
             if session.task is not None and session.task is not me:
                 unwinding.append(session.abort(session.task))
@@ -301,7 +324,8 @@ class Pump:
             return
         outcome = classified.outcome
         report = AttemptReport(
-            started=started, ended=ended, number=dispatch.number, key=dispatch.key.label or "",
+            started=started, ended=ended, request=dispatch.request, number=dispatch.number,
+            key=dispatch.key.label or "",
             project=dispatch.key.project, model=dispatch.model, kind=outcome.kind,
             status=classified.status, retry_after=outcome.retry_after,
             violations=outcome.violations, input_tokens=outcome.input_tokens,
@@ -358,6 +382,8 @@ class Session:
         self.spends_quota = spends_quota
         self.claim: Claim | None = None  # what the shared store granted the attempt in flight
         pump.mailboxes[self.rid] = self
+        if pump.recorder is not None:
+            pump.recorder.request_started(self.rid, now)
         pump.pump(now)
 
     # ------------------------------------------------------------------ the driver loop
@@ -372,31 +398,6 @@ class Session:
             ServiceError: the request failed (the subclass says why).
             UsageError: the client was closed.
         """
-        decision = await self._next()
-        link = self.pump.link
-        while link is not None and isinstance(decision, Dispatch):
-            # The shared store's word on the attempt (one call; see `keysched._sharing`).
-            claim = await link.admit(decision, self.tokens, self.spends_quota)
-            if claim is not False:
-                self.claim = claim if isinstance(claim, Claim) else None
-                return decision
-            self.pump.pump()  # withdrawn, not sent: the request's next decision follows
-            decision = await self._next()
-        if isinstance(decision, Dispatch):
-            return decision
-        if isinstance(decision, Finish):
-            raise StopAsyncIteration
-        self.failure = decision
-        raise self.error(decision)
-
-    def __enter__(self) -> Session:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.close()
-
-    async def _next(self) -> Decision:
         waited = False
         while True:
             while not self.items:
@@ -405,9 +406,13 @@ class Session:
                 await self._wait()
                 waited = True
             decision = self.items.popleft()
-            if not isinstance(decision, Dispatch):
+            if isinstance(decision, Finish):
                 self.open = False
-                return decision
+                raise StopAsyncIteration
+            if isinstance(decision, Fail):
+                self.open = False
+                self.failure = decision
+                raise self.error(decision)
             if self.closed:
                 # The client closed after this dispatch was posted, before this task ran: the
                 # attempt it names was cancelled with the request.  (A Finish or Fail posted
@@ -415,9 +420,26 @@ class Session:
                 raise UsageError(CLOSED)
             # Never send on a key disabled while this dispatch waited: hand it back and wait
             # for the next decision.
-            if not (waited and self.pump.core.withdraw(decision.attempt, self.pump.clock())):
+            if waited and self.pump.core.withdraw(decision.attempt, self.pump.clock()):
+                self.pump.pump()
+                continue
+            link = self.pump.link
+            if link is None:
                 return decision
-            self.pump.pump()
+            # The shared store's word on the attempt (one call; see `keysched._sharing`).
+            claim = await link.admit(decision, self.tokens, self.spends_quota)
+            if claim is not False:
+                self.claim = claim if isinstance(claim, Claim) else None
+                return decision
+            self.pump.pump()  # withdrawn, not sent: the request's next decision follows
+            waited = True  # other tasks ran meanwhile: a dispatch posted since is checked
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
 
     async def _wait(self) -> None:
         import asyncio
@@ -597,10 +619,19 @@ class Session:
         self._settle(OutcomeKind.CONNECTION_ERROR)
         pump = self.pump
         pump.mailboxes.pop(self.rid, None)
+        recorder = pump.recorder
         if self.open:
             self.open = False
-            pump.core.cancel(self.rid, pump.clock(), failed=failed)
+            now = pump.clock()
+            if recorder is not None:
+                recorder.request_ended(self.rid, now, ok=False,
+                                       reason=INTERRUPTED if failed else CANCELLED)
+            pump.core.cancel(self.rid, now, failed=failed)
             pump.pump()
+        elif recorder is not None:  # answered, or failed (the loop raised `self.failure`)
+            failure = self.failure
+            recorder.request_ended(self.rid, pump.clock(), ok=failure is None,
+                                   reason=None if failure is None else failure.reason.value)
 
 
 def _last_attempt(dispatch: Dispatch, classified: Classified) -> str:

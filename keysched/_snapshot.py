@@ -1,5 +1,7 @@
 """Read-only views of the pool: snapshots for dashboards and notebooks, and pool events.
 
+Theory of operation
+-------------------
 Everything here names keys by label; no secret ever reaches a snapshot or an event.  The values
 are `typing.NamedTuple`s: immutable, and cheap to build (a snapshot of 10,000 keys x 3 models
 holds 30,000 lanes) and to define (`import keysched` stays fast).

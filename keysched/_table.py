@@ -1,5 +1,7 @@
 """The one table from an attempt's outcome to the core's action.
 
+Theory of operation
+-------------------
 Rules in plain words (reference section 2.4):
 
 - success and blocked content are answers: return them; a blocked prompt would be blocked on any

@@ -28,6 +28,7 @@ encoding other than gzip or deflate (which keysched does not ask for) is a `Tran
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
@@ -363,6 +364,20 @@ async def _read_aiohttp(response: Any, cap: int) -> bytes:
     return b"".join(parts)
 
 
+# A speed trick, kept for bench_client's target (default KeyedClient >= 0.9x raw aiohttp) and
+# its measure of keysched's own CPU per request (benchmarks/profile_client.py): building
+# aiohttp's ClientTimeout (a frozen class) for every attempt was a sizeable part of what keysched
+# adds to a request, and an attempt's bound is the client's timeout until a deadline nears.  The
+# reference is ``ClientTimeout(total=seconds)``; tests/test_transport.py holds the two equal.
+@functools.lru_cache(maxsize=64)
+def _total_timeout(seconds: float) -> Any:
+    """aiohttp's timeout bounding a whole exchange by `seconds`: one timer, as for httpx (see
+    `HttpxBackend.post`), not aiohttp's timer per read."""
+    import aiohttp
+
+    return aiohttp.ClientTimeout(total=seconds)
+
+
 @contextlib.contextmanager
 def _aiohttp_errors() -> Any:
     import aiohttp
@@ -414,13 +429,16 @@ class AiohttpBackend:
     async def post(self, url: str, headers: Mapping[str, str], payload: bytes,
                    timeout: float) -> tuple[int, Mapping[str, str], bytes]:
         session = self._get_session()
-        # One timer for the whole exchange, as for httpx (see `HttpxBackend.post`).
-        limits = self._aiohttp.ClientTimeout(total=timeout)
-        with _aiohttp_errors():
+        aiohttp = self._aiohttp
+        try:
             async with session.post(url, data=payload, headers=headers, allow_redirects=False,
-                                    timeout=limits) as response:
+                                    timeout=_total_timeout(timeout)) as response:
                 body = await _read_aiohttp(response, self._cap)
                 return response.status, response.headers, body
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise TransportTimeout(type(exc).__name__) from None
+        except aiohttp.ClientError as exc:
+            raise TransportFailure(type(exc).__name__) from None
 
     @contextlib.asynccontextmanager
     async def stream(self, url: str, headers: Mapping[str, str], payload: bytes,

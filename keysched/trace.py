@@ -48,7 +48,8 @@ every project; a null rpm/tpm/rpd means not configured).
 ``request`` lines, one per request when it ends: ``t`` (when it ended), ``submitted`` (when the
 caller submitted it: the arrival process a replay needs, which attempt times alone cannot give,
 as a queued request is sent late), ``ok``, ``reason`` (null when ok, else a `FailReason` value,
-or ``"cancelled"`` when the caller gave up), ``attempts`` (how many it made; 0 if none).
+``"cancelled"`` when the caller gave up or the client closed, ``"stream_interrupted"`` when a
+stream broke after chunks reached the caller), ``attempts`` (how many it made; 0 if none).
 
 ``dropped`` lines: the writer lost ``lines`` lines before ``t`` (its disk was full or slow; the
 calls went on).  A trace with such a line is incomplete, and a replay should say so.
@@ -77,7 +78,8 @@ import hmac
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from json.encoder import encode_basestring_ascii
 from typing import IO, Any, ClassVar, Literal
 
 import attrs
@@ -87,7 +89,9 @@ from keysched._errors import KeyschedError
 from keysched._outcomes import OutcomeKind, QuotaDimension
 
 __all__ = [
+    "CANCELLED",
     "FORMAT",
+    "INTERRUPTED",
     "VERSION",
     "AttemptLine",
     "DroppedLine",
@@ -113,7 +117,9 @@ VERSION = 1
 
 CANCELLED = "cancelled"
 """The request line's ``reason`` when the caller gave up (cancelled, or the client closed)."""
-_REASONS = frozenset({reason.value for reason in FailReason} | {CANCELLED})
+INTERRUPTED = "stream_interrupted"
+"""The request line's ``reason`` when a stream broke after chunks reached the caller."""
+_REASONS = frozenset({reason.value for reason in FailReason} | {CANCELLED, INTERRUPTED})
 _OUTCOMES = frozenset(kind.value for kind in OutcomeKind)
 _DIMENSIONS = frozenset(dimension.value for dimension in QuotaDimension)
 
@@ -154,21 +160,6 @@ def _bad(field: str, expected: str, value: object) -> TraceFormatError:
     return TraceFormatError(field, f"expected {expected}, got {_show(value)}")
 
 
-def _check_number(field: str, value: object, *, nullable: bool = False) -> None:
-    if value is None and nullable:
-        return
-    if (isinstance(value, bool) or not isinstance(value, int | float)
-            or not math.isfinite(value) or value < 0):
-        raise _bad(field, "a finite number >= 0" + (" or null" if nullable else ""), value)
-
-
-def _check_int(field: str, value: object, *, minimum: int = 0, nullable: bool = False) -> None:
-    if value is None and nullable:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _bad(field, f"an integer >= {minimum}" + (" or null" if nullable else ""), value)
-
-
 def _check_text(field: str, value: object, *, nullable: bool = False) -> None:
     if value is None and nullable:
         return
@@ -183,33 +174,59 @@ def _check_in(field: str, value: object, allowed: frozenset[str], *, nullable: b
         raise _bad(field, "one of " + ", ".join(sorted(allowed)), value)
 
 
-def _validator(check: Callable[..., None], **options: Any) -> Any:
-    def validate(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        check(attribute.name, value, **options)
-    return validate
+# The validators: one closure per field kind, accepting a good value in one test (they run on
+# every record a writer makes; benchmarks/bench_record.py measures them).  `type(...) in` refuses
+# a bool where a number is expected; a NaN fails every comparison.
+
+_NUMBER_TYPES = (int, float)
 
 
 def _number(*, nullable: bool = False) -> Any:
-    return _validator(_check_number, nullable=nullable)
+    expected = "a finite number >= 0" + (" or null" if nullable else "")
+
+    def validate(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if (type(value) in _NUMBER_TYPES and 0 <= value < math.inf) or (
+                value is None and nullable):
+            return
+        raise _bad(attribute.name, expected, value)
+    return validate
 
 
 def _integer(*, minimum: int = 0, nullable: bool = False) -> Any:
-    return _validator(_check_int, minimum=minimum, nullable=nullable)
+    expected = f"an integer >= {minimum}" + (" or null" if nullable else "")
+
+    def validate(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if (type(value) is int and value >= minimum) or (value is None and nullable):
+            return
+        raise _bad(attribute.name, expected, value)
+    return validate
 
 
 def _text(*, nullable: bool = False) -> Any:
-    return _validator(_check_text, nullable=nullable)
+    def validate(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if (type(value) is str and value) or (value is None and nullable):
+            return
+        _check_text(attribute.name, value, nullable=nullable)
+    return validate
+
+
+def _one_of(allowed: frozenset[str], *, nullable: bool = False) -> Any:
+    def validate(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if (type(value) is str and value in allowed) or (value is None and nullable):
+            return
+        _check_in(attribute.name, value, allowed, nullable=nullable)
+    return validate
 
 
 def _bool(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, bool):
+    if value is not True and value is not False:
         raise _bad(attribute.name, "true or false", value)
 
 
 def _status(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
+    if type(value) is not int or not 100 <= value <= 599:
         raise _bad(attribute.name, "an HTTP status (100-599) or null", value)
 
 
@@ -312,7 +329,7 @@ class TraceHeader:
     """The first line of a trace: format, version, who wrote it, when t = 0 is, the pool."""
 
     source: Literal["client", "sim"] = attrs.field(
-        validator=_validator(_check_in, allowed=frozenset({"client", "sim"})))
+        validator=_one_of(frozenset({"client", "sim"})))
     start: float = attrs.field(validator=_number())
     pool: PoolInfo | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.instance_of(PoolInfo)))
@@ -362,7 +379,7 @@ class ViolationInfo:
 
     quota_id: str = attrs.field(validator=_text())
     dimension: str | None = attrs.field(
-        validator=_validator(_check_in, allowed=_DIMENSIONS, nullable=True))
+        validator=_one_of(_DIMENSIONS, nullable=True))
     value: int | None = attrs.field(validator=_integer(nullable=True))
 
 
@@ -382,8 +399,34 @@ class _Line:
         return {"kind": self.KIND, **attrs.asdict(self)}  # type: ignore[arg-type]
 
     def to_json(self) -> str:
-        """This line as one JSON line (without the newline)."""
-        return _json(self.to_dict())
+        """This line as one JSON line (without the newline): the text of the generic
+        ``_json(self.to_dict())``, written value by value (flat lines; `AttemptLine` has its
+        own).  Speed trick for `benchmarks/bench_record.py`, held equal by `test_trace`."""
+        fields = "".join(f',"{name}":{_scalar(getattr(self, name))}'
+                         for name in _names(type(self)))
+        return f'{{"kind":"{self.KIND}"{fields}}}'
+
+
+_NAMES: dict[type[Any], tuple[str, ...]] = {}
+
+
+def _names(cls: type[Any]) -> tuple[str, ...]:
+    """The field names of the attrs class `cls`, in order (looked up once)."""
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(attribute.name for attribute in attrs.fields(cls))
+    return names
+
+
+def _scalar(value: str | float | bool | None) -> str:
+    """A JSON scalar as json.dumps writes it (a bool before the int it also is)."""
+    if value is None:
+        return "null"
+    if value is True or value is False:
+        return "true" if value else "false"
+    if type(value) is str:
+        return _str(value)
+    return repr(value)
 
 
 @attrs.frozen(kw_only=True)
@@ -398,7 +441,7 @@ class AttemptLine(_Line):
     key: str = attrs.field(validator=_text())
     project: str = attrs.field(validator=_text())
     model: str = attrs.field(validator=_text())
-    outcome: str = attrs.field(validator=_validator(_check_in, allowed=_OUTCOMES))
+    outcome: str = attrs.field(validator=_one_of(_OUTCOMES))
     status: int | None = attrs.field(validator=_status)
     retry_delay: float | None = attrs.field(validator=_number(nullable=True))
     violations: tuple[ViolationInfo, ...] = attrs.field(validator=_violations)
@@ -406,6 +449,25 @@ class AttemptLine(_Line):
     tokens_out: int | None = attrs.field(validator=_integer(nullable=True))
     latency: float = attrs.field(validator=_number())
     stream: bool = attrs.field(validator=_bool)
+
+    def to_json(self) -> str:
+        """This line as one JSON line (without the newline): the same text as the generic
+        ``_json(self.to_dict())``, written out field by field.
+
+        Speed trick for `benchmarks/bench_record.py` (a line per attempt; the generic path,
+        through `attrs.asdict` and `json.dumps`, costs several times more); `test_trace` holds
+        the two equal on every line Hypothesis makes.
+        """
+        violations = ",".join(
+            f'{{"quota_id":{_str(v.quota_id)},"dimension":{_opt_str(v.dimension)},'
+            f'"value":{_opt_num(v.value)}}}' for v in self.violations)
+        return (f'{{"kind":"attempt","t":{self.t!r},"request":{self.request!r},'
+                f'"attempt":{self.attempt!r},"key":{_str(self.key)},'
+                f'"project":{_str(self.project)},"model":{_str(self.model)},'
+                f'"outcome":{_str(self.outcome)},"status":{_opt_num(self.status)},'
+                f'"retry_delay":{_opt_num(self.retry_delay)},"violations":[{violations}],'
+                f'"tokens_in":{_opt_num(self.tokens_in)},"tokens_out":{_opt_num(self.tokens_out)},'
+                f'"latency":{self.latency!r},"stream":{"true" if self.stream else "false"}}}')
 
     @property
     def kind(self) -> OutcomeKind:
@@ -467,6 +529,19 @@ TraceLine = AttemptLine | RequestLine | DroppedLine
 
 _KINDS: dict[str, type[AttemptLine] | type[RequestLine] | type[DroppedLine]] = {
     cls.KIND: cls for cls in (AttemptLine, RequestLine, DroppedLine)}
+
+
+_str = encode_basestring_ascii  # json.dumps's own encoder of a string (ensure_ascii)
+
+
+def _opt_str(value: str | None) -> str:
+    return "null" if value is None else _str(value)
+
+
+def _opt_num(value: float | None) -> str:
+    # repr is what json.dumps writes for an int or a finite float (the validators refuse the
+    # others; a bool is refused where a number is expected).
+    return "null" if value is None else repr(value)
 
 
 def _json(data: dict[str, Any]) -> str:

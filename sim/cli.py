@@ -78,12 +78,18 @@ def _add_processes(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     from sim.processes import add_command
 
     add_command(subparsers)
+def _add_replay(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # `fit` and `replay`: rebuild a scenario from an outcome trace (sim.replay).
+    from sim.replay import add_commands
+
+    add_commands(subparsers)
 
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_simulation,
     _add_serve,
     _add_processes,
+    _add_replay,
 ]
 
 
@@ -97,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot-dir", metavar="DIR", default=DEFAULT_PLOT_DIR,
                         help=f"with no command: where the figures go (default: "
                              f"{DEFAULT_PLOT_DIR}/)")
+    parser.add_argument("--trace", metavar="FILE", default=None,
+                        help="with no command: write every run's attempts as JSON lines, one "
+                             "file per run (FILE's name with -SCENARIO-POLICY added)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _COMMANDS:
         add(subparsers)
@@ -115,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             from sim.commands import main_default
 
-            return main_default(args.plot, args.plot_dir)
+            return main_default(args.plot, args.plot_dir, args.trace)
         handler: Handler = args.handler
         return handler(args)
     except ScenarioError as exc:

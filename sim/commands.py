@@ -27,19 +27,22 @@ The definitions are in `sim.metrics`.  Times are virtual seconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from sim.cli import DEFAULT_PLOT_DIR
-from sim.engine import RunResult, simulate
-from sim.metrics import Metrics, compute
-from sim.policies import POLICY_NAMES
+from sim.engine import RunResult, pool_config, run
+from sim.metrics import Metrics, MetricsRecorder
+from sim.policies import POLICY_NAMES, get_policy
+from sim.records import FullRecorder, Observer
 from sim.report import LEGEND, format_table
 from sim.scenario import builtin_scenarios, load_scenario
+from sim.tracefile import TraceWriter
 
 __all__ = ["DEFAULT_PLOT_DIR", "DEFAULT_SCENARIOS", "Progress", "add_commands", "main",
            "main_default"]
@@ -51,6 +54,10 @@ DEFAULT_SCENARIOS = ("steady", "saturation", "daily-exhaustion", "overload-storm
 """The scenarios of the default comparison, in the order the table shows them."""
 
 JSON_FORMAT = 1
+
+TRACE_HELP = ("write the run's trace to FILE: JSON lines, one per attempt and per request, in "
+              "keysched.trace's format (with several runs, one file per run: FILE's name with "
+              "-SCENARIO-POLICY added)")
 
 
 class Progress:
@@ -80,12 +87,19 @@ class Progress:
               flush=True)
 
 
+Keep = Callable[[str, str], bool]
+"""Which runs, by (scenario name, policy), keep every record for figures."""
+
+
 def _runs(scenarios: Sequence[str], policies: Sequence[str], seed: int | None,
-          quiet: bool = False, progress: Progress | None = None,
-          ) -> tuple[list[RunResult], list[Metrics]]:
-    """Every policy through every scenario.  Each run is announced on stderr as it starts and
-    ends, unless `quiet`; with `progress`, only counted there."""
+          quiet: bool = False, progress: Progress | None = None, keep: Keep = lambda s, p: False,
+          trace: str | None = None) -> tuple[list[RunResult], list[Metrics]]:
+    """Every policy through every scenario: the metrics of each run, computed as it goes, and
+    the full records of the runs `keep` names (the ones drawn).  Each run is announced on
+    stderr as it starts and ends, unless `quiet`; with `progress`, only counted there.  With
+    `trace`, each run goes to that file as a `keysched.trace` (see `sim.tracefile`)."""
     results, metrics = [], []
+    many = len(scenarios) * len(policies) > 1
     for name in scenarios:
         scenario = load_scenario(name)
         for policy in policies:
@@ -94,15 +108,33 @@ def _runs(scenarios: Sequence[str], policies: Sequence[str], seed: int | None,
             if loud:
                 print(f"running {scenario.name} / {policy} ...", end="", file=sys.stderr,
                       flush=True)
-            result = simulate(scenario, policy, seed)
-            results.append(result)
-            metrics.append(compute(result))
+            recorder = MetricsRecorder(scenario)
+            full = FullRecorder() if keep(scenario.name, policy) else None
+            with contextlib.ExitStack() as stack:
+                observers: list[Observer] = [recorder] if full is None else [recorder, full]
+                if trace is not None:
+                    path = _trace_path(trace, scenario.name, policy) if many else Path(trace)
+                    writer = TraceWriter(stack.enter_context(path.open("w", encoding="utf-8")),
+                                         scenario, pool_config(scenario, get_policy(policy)))
+                    stack.callback(writer.close)  # runs before the file closes
+                    observers.append(writer)
+                summary = run(scenario, policy, seed, observers=observers,
+                              record_events=full is not None)
+            metrics.append(recorder.metrics(summary))
+            if full is not None:
+                results.append(full.result(summary))
             if loud:
-                print(f" {len(result.requests)} requests in "
+                print(f" {summary.submitted} requests in "
                       f"{time.perf_counter() - started:.2f} s", file=sys.stderr)
             if progress is not None:
                 progress.step(f"{scenario.name} / {policy}")
     return results, metrics
+
+
+def _trace_path(trace: str, scenario: str, policy: str) -> Path:
+    """Where one of several runs writes its trace: `trace` with ``-scenario-policy`` added."""
+    path = Path(trace)
+    return path.with_name(f"{path.stem}-{scenario}-{policy}{path.suffix}")
 
 
 def _emit(results: list[RunResult], metrics: list[Metrics], args: argparse.Namespace) -> int:
@@ -146,12 +178,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    results, metrics = _runs([args.scenario], [args.policy], args.seed, quiet=args.json)
+    results, metrics = _runs([args.scenario], [args.policy], args.seed, quiet=args.json,
+                             keep=lambda s, p: bool(args.plot), trace=args.trace)
     return _emit(results, metrics, args)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    results, metrics = _runs([args.scenario], args.policies, args.seed, quiet=args.json)
+    results, metrics = _runs([args.scenario], args.policies, args.seed, quiet=args.json,
+                             keep=lambda s, p: bool(args.plot), trace=args.trace)
     return _emit(results, metrics, args)
 
 
@@ -161,6 +195,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="the run's seed (default: the scenario's)")
     parser.add_argument("--json", action="store_true", help="print metrics as JSON")
     parser.add_argument("--plot", metavar="DIR", default=None, help="write figures to DIR")
+    parser.add_argument("--trace", metavar="FILE", default=None, help=TRACE_HELP)
 
 
 def add_commands(subparsers: Any) -> None:
@@ -179,18 +214,22 @@ def add_commands(subparsers: Any) -> None:
     compare.set_defaults(handler=_cmd_compare)
 
 
-def main_default(plot: str = "summary", plot_dir: str = DEFAULT_PLOT_DIR) -> int:
+def main_default(plot: str = "summary", plot_dir: str = DEFAULT_PLOT_DIR,
+                 trace: str | None = None) -> int:
     """Every policy on the default scenarios: print the table and write figures to `plot_dir`.
 
     `plot` is ``"summary"`` (an overview of every run and three figures of the default policy,
     a few seconds), ``"all"`` (also three figures per run of the default policy and
-    ``router-like``, and one comparison per scenario: a minute or more) or ``"none"``.
+    ``router-like``, and one comparison per scenario: a minute or more) or ``"none"``.  Only
+    the runs drawn keep every record; with `trace`, every run writes its attempts (see
+    `TRACE_HELP`).
     """
     runs = len(DEFAULT_SCENARIOS) * len(POLICY_NAMES)
     progress = Progress(f"simulating {runs} runs ({len(DEFAULT_SCENARIOS)} scenarios x "
                         f"{len(POLICY_NAMES)} policies)", runs)
-    results, metrics = _runs(DEFAULT_SCENARIOS, POLICY_NAMES, None, progress=progress)
-    progress.finish(f"{sum(len(r.requests) for r in results):,} simulated requests")
+    results, metrics = _runs(DEFAULT_SCENARIOS, POLICY_NAMES, None, progress=progress,
+                             keep=_drawn(plot), trace=trace)
+    progress.finish(f"{sum(m.requests for m in metrics):,} simulated requests")
     print(format_table(metrics))
     print(LEGEND)
     if plot == "summary":
@@ -199,10 +238,21 @@ def main_default(plot: str = "summary", plot_dir: str = DEFAULT_PLOT_DIR) -> int
     elif plot == "all":
         # Per-run figures for the default policy and router-like: the others would be dozens
         # of near-identical images; the comparisons cover every policy.
-        shown = [r for r in results if r.policy in ("least-loaded", "router-like")]
         _draw("summary", results, metrics, plot_dir)
-        _draw("all", shown, metrics, plot_dir)
+        _draw("all", results, metrics, plot_dir)
     return 0
+
+
+def _drawn(plot: str) -> Keep:
+    """The runs whose figures `main_default` draws with `plot`."""
+    if plot == "all":
+        return lambda scenario, policy: policy in ("least-loaded", "router-like")
+    if plot == "summary":
+        from sim.plots import SUMMARY  # matplotlib itself loads only when drawing
+
+        drawn = {(name, "least-loaded") for name, _ in SUMMARY}
+        return lambda scenario, policy: (scenario, policy) in drawn
+    return lambda scenario, policy: False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,23 +1,32 @@
-"""The simulator's engine: a discrete-event loop in virtual time around the real keysched core.
+"""The simulator's engine: timed events in virtual time, and the driver of the real keysched core.
 
 Theory of operation
 -------------------
-`simulate` drives the very `keysched.Scheduler` that `KeyedClient` drives.  Arrivals (from
-`sim.workload`, already sorted by time) are read in order; each is submitted to the core.
-Attempts in flight sit in a heap of ``(end, sent, ...)`` entries, where ``sent`` numbers them
-in dispatch order, so completions at one time come out in the order they were sent and a run
-never depends on comparing events.  After every batch of events at one time the driver polls
-the core and acts on its decisions: a `Dispatch` asks the scenario's `World` what Google
-answers and schedules the completion at ``t + reply.latency``; a `Finish` or a `Fail` ends the
-request.  Between events the clock jumps to ``min(next event, core.next_deadline())``; nothing
-ticks.
+`Engine` is SimPy's Environment reduced to what the simulator needs: a heap of
+``(time, priority, sequence, event)``, an event being a function of the time it happens at.
+`Engine.schedule` adds one, `Engine.peek` says when the next one is due (``math.inf`` when
+none is), `Engine.step` pops it, moves the clock there and fires it (`Engine.step_all`: every
+event due at that time).  The sequence number breaks ties, so events at one time and priority
+fire in the order they were scheduled and a run never compares two events.  There are two
+kinds of event: an attempt's answer (`_Client._answered`, priority `ANSWER`) and the workload
+(`_Workload.fire`, priority `ARRIVAL`), which submits every arrival due at its time and then
+schedules itself at the next arrival's time, so the heap holds the attempts in flight and one
+more entry.
 
-This is SimPy's scheme (a heap of timed events) reduced to what the simulator needs: with one
-kind of event in the heap and the arrivals already in order, a bare list and `heapq` save a
-method call and a heap push per request over a general event loop.
+`simulate` drives the very `keysched.Scheduler` that `KeyedClient` drives (`_Client` below),
+on the engine: it fires every event due at the next time (answers before arrivals, answers in
+the order their attempts were sent), then polls the core once and acts on its decisions.  A
+`Dispatch` asks the scenario's `World` what Google answers and schedules the answer at
+``now + reply.latency``; a `Finish` or a `Fail` ends the request.  When the core's own next
+deadline (a cooldown's end, a request's deadline) comes before the next event, the engine's
+clock jumps there and the core is polled; nothing ticks.
 
-The hot loop (a few iterations per simulated request) builds records without Python-level
-constructors and takes the core's pool events once at the end.
+The driver tells its observers (`sim.records`) about every attempt and every request end; it
+keeps nothing per request once it has ended.  ``simulate()`` observes with a `FullRecorder`
+and returns every record; `run` takes any observers and returns a `RunSummary`.
+
+One `_Client` owns one core; the loop in `_drive` is the only place that knows there is one.
+A model of several processes sharing a world would give each its own `_Client` on one engine.
 
 Decisions where the issue was silent:
 
@@ -32,8 +41,8 @@ Decisions where the issue was silent:
   queue under saturation sends its oldest requests with a fraction of a second left, and they
   time out after spending quota (a driver of the real client needs the same margin).  Every
   policy gets the same allowance.
-- Completions at time t are handled before arrivals at t, and the core is polled once per
-  batch of events at one time, which is what a client would see too.
+- Answers at time t are handled before arrivals at t, and the core is polled once per batch of
+  events at one time, which is what a client would see too.
 - The run ends when every arrival has been submitted and every request has ended (which can be
   after the scenario's ``duration``: requests admitted late finish or reach their deadline).
 - Seeds: the workload, the world and the core each get their own `random.Random`, derived from
@@ -44,108 +53,107 @@ Decisions where the issue was silent:
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import random
 import sys
-from collections.abc import Callable
-from operator import itemgetter
-from typing import NamedTuple
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 
-import attrs
-
-from keysched import PoolConfig, PoolEvent
-from keysched._tuples import tuple_builder
+from keysched import PoolConfig
 from keysched.driver import Dispatch, Fail, Finish, Outcome, OutcomeKind, Policy, Scheduler
+from sim.records import (
+    AttemptRecord,
+    FullRecorder,
+    Observer,
+    RequestRecord,
+    RunResult,
+    RunSummary,
+)
 from sim.scenario import Scenario
-from sim.workload import Arrival, generate_arrivals
+from sim.workload import Arrival, stream_arrivals
+from sim.world import World
 
-__all__ = ["AttemptRecord", "RequestRecord", "RunResult", "simulate"]
+__all__ = ["ANSWER", "ARRIVAL", "AttemptRecord", "Engine", "Event", "RequestRecord",
+           "RunResult", "RunSummary", "pool_config", "run", "simulate"]
 
-
-class AttemptRecord(NamedTuple):
-    """One attempt: sent at `time`, answered at `end` with `outcome` (an `OutcomeKind` value)."""
-
-    time: float
-    end: float
-    request: int
-    number: int
-    key: str
-    project: str
-    model: str
-    outcome: str
+ANSWER = 0
+"""The priority of an attempt's answer: before arrivals at the same time."""
+ARRIVAL = 1
+"""The priority of arrivals."""
 
 
-class RequestRecord(NamedTuple):
-    """One request from arrival to end.
+Event = Callable[[float], None]
+"""Something that happens at a time: the engine calls it with that time."""
 
-    Attributes:
-        id: the core's request id.
-        arrival: when it arrived (virtual seconds).
-        models: the models it allowed, best first.
-        input_tokens: its size.
-        first_dispatch: when its first attempt was sent (``None``: never sent).
-        end: when it ended.
-        ok: whether it got an answer.
-        reason: the `FailReason` value when it failed, ``None`` when it succeeded.
-        model: the model that answered (``None`` when it failed).
-        attempts: how many attempts it made.
+
+class Engine:
+    """A heap of timed events, as SimPy's Environment: `schedule`, `peek`, `step`.
+
+    Args:
+        now: the clock's start (virtual seconds).
     """
 
-    id: int
-    arrival: float
-    models: tuple[str, ...]
-    input_tokens: int
-    first_dispatch: float | None
-    end: float
-    ok: bool
-    reason: str | None
-    model: str | None
-    attempts: int
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+        self._queue: list[tuple[float, int, int, Event]] = []
+        self._sequence = itertools.count()
 
+    def schedule(self, at: float, event: Event, priority: int = ANSWER) -> None:
+        """Fire `event` at time `at`; among events at one time, lower `priority` first.
 
-@attrs.frozen(kw_only=True)
-class RunResult:
-    """Everything one run produced; `sim.metrics.compute` turns it into numbers.
+        Raises:
+            ValueError: `at` is before the clock.
+        """
+        if at < self.now:
+            raise ValueError(f"cannot schedule an event at {at!r}, before now ({self.now!r})")
+        heapq.heappush(self._queue, (at, priority, next(self._sequence), event))
 
-    Attributes:
-        scenario: the scenario run.
-        policy: the policy's name.
-        seed: the seed of the run.
-        end_time: virtual time when the last request ended.
-        requests: every request, in submission order.
-        attempts: every attempt, in dispatch order.
-        events: the core's pool events (cooldowns, disabled keys, fallbacks), in order.
-        counters: the world's counters (`World.counters`) at the end.
-        lost: requests submitted that never ended (always 0 unless the core has a bug).
-    """
+    def peek(self) -> float:
+        """When the next event is due (``math.inf`` when none is)."""
+        return self._queue[0][0] if self._queue else math.inf
 
-    scenario: Scenario
-    policy: str
-    seed: int
-    end_time: float
-    requests: tuple[RequestRecord, ...]
-    attempts: tuple[AttemptRecord, ...]
-    events: tuple[PoolEvent, ...]
-    counters: dict[str, dict[str, dict[str, int]]]
-    lost: int = 0
+    def step(self) -> None:
+        """Move the clock to the next event and fire it.
 
-    def trace(self) -> list[tuple[object, ...]]:
-        """The run as comparable tuples (attempts, then request ends, then events)."""
-        return ([tuple(a) for a in self.attempts] + [tuple(r) for r in self.requests]
-                + [tuple(e) for e in self.events])
+        Raises:
+            IndexError: no event is scheduled.
+        """
+        at, _, _, event = heapq.heappop(self._queue)
+        self.now = at
+        event(at)
+
+    def step_all(self) -> float:
+        """`step` until every event due at the next event's time has fired; returns that time.
+
+        Events scheduled for that same time while they fire are fired too.
+
+        Raises:
+            IndexError: no event is scheduled.
+        """
+        at = self._queue[0][0]
+        while self._queue and self._queue[0][0] == at:
+            self.step()
+        return at
+
+    def advance(self, to: float) -> None:
+        """Move the clock to `to` with no event (the core asked to be woken then).
+
+        Raises:
+            ValueError: `to` is before the clock or after the next event.
+        """
+        if not self.now <= to <= self.peek():
+            raise ValueError(f"cannot advance the clock from {self.now!r} to {to!r}")
+        self.now = to
 
 
 _TIMEOUT = Outcome(kind=OutcomeKind.TIMEOUT)
-_SUCCESS, _BLOCKED = OutcomeKind.SUCCESS, OutcomeKind.BLOCKED
+_ANSWERED = (OutcomeKind.SUCCESS, OutcomeKind.BLOCKED)  # the model that answered is recorded
 _MASK = 0xFFFFFFFF
 
-_attempt_record = tuple_builder(AttemptRecord)  # one per simulated attempt
-_request_record = tuple_builder(RequestRecord)
-_DISPATCH_ORDER = itemgetter(0, 2, 3)  # an attempt's (time, request, number)
 
-
-class _Open:
-    """A request the driver is following."""
+class _Request:
+    """A request the driver is following, from its arrival to its end."""
 
     __slots__ = ("arrival", "attempts", "first", "limit", "model")
 
@@ -157,7 +165,121 @@ class _Open:
         self.model: str | None = None  # the model of its last answer
 
 
-def _config(scenario: Scenario, policy: Policy) -> PoolConfig:
+class _Client:
+    """One core and the requests it serves: submits arrivals, sends its attempts to the world,
+    feeds the answers back and ends requests."""
+
+    def __init__(self, engine: Engine, core: Scheduler, world: World, scenario: Scenario,
+                 observers: Sequence[Observer]) -> None:
+        self.engine = engine
+        self.core = core
+        self.world = world
+        self.observers = tuple(observers)
+        self.open: dict[int, _Request] = {}
+        self.submitted = 0
+        self._allowance = max(m.latency_median * math.exp(3 * m.latency_sigma)
+                              for m in scenario.models)
+        self._labels = {k.secret: (k.label, k.project) for k in scenario.keys}
+
+    def submit(self, arrival: Arrival, now: float) -> None:
+        """Hand `arrival` to the core (deadline less the allowance for one attempt)."""
+        start_by = arrival.deadline - min(self._allowance, arrival.deadline / 2)
+        rid = self.core.submit(now, models=arrival.models, input_tokens=arrival.input_tokens,
+                               deadline=start_by)
+        self.open[rid] = _Request(arrival, now + arrival.deadline)
+        self.submitted += 1
+
+    def poll(self, now: float) -> None:
+        """Poll the core at `now` and act on each decision."""
+        for decision in self.core.poll(now):
+            if type(decision) is Dispatch:
+                self._send(decision, now)
+            elif type(decision) is Finish:
+                self._end(decision.request, now, None)
+            else:
+                assert type(decision) is Fail
+                self._end(decision.request, now, decision.reason.value)
+
+    def _send(self, decision: Dispatch, now: float) -> None:
+        request = self.open[decision.request]
+        if request.first is None:
+            request.first = now
+        request.attempts += 1
+        arrival = request.arrival
+        secret, model = decision.key.secret, decision.model
+        reply = self.world.attempt(now, secret, model, arrival.input_tokens,
+                                   stream=arrival.stream)
+        end, outcome = now + reply.latency, reply.outcome
+        if end > request.limit:
+            end, outcome = max(request.limit, now), _TIMEOUT
+        label, project = self._labels[secret]
+        record = AttemptRecord(now, end, decision.request, decision.number, label, project,
+                               model, outcome.kind.value)
+        for observer in self.observers:
+            observer.attempt(record, reply)
+        self.engine.schedule(end, partial(self._answered, decision.attempt, outcome, request,
+                                          model))
+
+    def _answered(self, attempt: int, outcome: Outcome, request: _Request, model: str,
+                  now: float) -> None:
+        """An event: the answer to `attempt` arrives."""
+        if outcome.kind in _ANSWERED:
+            request.model = model
+        self.core.complete(attempt, outcome, now)
+
+    def _end(self, rid: int, now: float, reason: str | None) -> None:
+        request = self.open.pop(rid)
+        arrival = request.arrival
+        record = RequestRecord(rid, arrival.time, arrival.models, arrival.input_tokens,
+                               request.first, now, reason is None, reason,
+                               request.model if reason is None else None, request.attempts)
+        for observer in self.observers:
+            observer.request_ended(record)
+
+
+class _Workload:
+    """An event: the arrivals due now are submitted; it then schedules itself for the next."""
+
+    def __init__(self, engine: Engine, client: _Client, arrivals: Iterator[Arrival],
+                 total: int, progress: Callable[[float], None] | None) -> None:
+        self.engine = engine
+        self.client = client
+        self.arrivals = arrivals
+        self.next = next(arrivals, None)
+        self.total = max(1, total)
+        self.progress = progress
+        self._report_at = 0  # the submitted count at which progress is next reported
+        if self.next is not None:
+            engine.schedule(self.next.time, self.fire, ARRIVAL)
+
+    def fire(self, now: float) -> None:
+        while self.next is not None and self.next.time == now:
+            if self.progress is not None and self.client.submitted >= self._report_at:
+                self.progress(self.client.submitted / self.total)
+                self._report_at = self.client.submitted + max(1, self.total // 20)
+            self.client.submit(self.next, now)
+            self.next = next(self.arrivals, None)
+        if self.next is not None:
+            self.engine.schedule(self.next.time, self.fire, ARRIVAL)
+
+
+def _drive(engine: Engine, client: _Client) -> None:
+    """Fire events and poll the core until every arrival is in and every request has ended."""
+    while True:
+        at = engine.peek()
+        wake = client.core.next_deadline()
+        if at == math.inf and (wake == math.inf or not client.open):
+            return
+        if wake < at:
+            engine.advance(wake)
+        else:
+            engine.step_all()
+        client.poll(engine.now)
+
+
+def pool_config(scenario: Scenario, policy: Policy) -> PoolConfig:
+    """The core's configuration for a run of `policy` on `scenario`: the scenario's keys and
+    models, and its quotas as limits when the scenario or the policy says they are known."""
     from sim.policies import GIVEN_LIMITS
 
     told = scenario.limits_known or policy.name in GIVEN_LIMITS
@@ -165,134 +287,59 @@ def _config(scenario: Scenario, policy: Policy) -> PoolConfig:
     return PoolConfig(keys=scenario.pool_keys(), models=scenario.models_best_first, limits=limits)
 
 
-def simulate(scenario: Scenario, policy: str | Policy = "least-loaded", seed: int | None = None,
-             *, record_events: bool = True,
-             progress: Callable[[float], None] | None = None) -> RunResult:
-    """Run `policy` through `scenario` in virtual time.
+def run(scenario: Scenario, policy: str | Policy = "least-loaded", seed: int | None = None,
+        *, observers: Sequence[Observer] = (), record_events: bool = True,
+        progress: Callable[[float], None] | None = None) -> RunSummary:
+    """Run `policy` through `scenario` in virtual time, telling `observers` what happens.
 
     Args:
         scenario: the scenario (see `sim.scenario.load_scenario`).
         policy: a `keysched.Policy`, or the name of one in `sim.policies.POLICIES`.
         seed: the run's seed (default: the scenario's own); one seed gives one run, event for
             event.
+        observers: told about every attempt and every request end (see `sim.records`).
         record_events: keep the core's pool events (for plots).
         progress: called now and then with the fraction of arrivals submitted (0..1).
 
     Returns:
-        The run's records.
+        The run's summary (its records went to the observers).
 
     Raises:
         KeyError: an unknown policy name.
     """
-    from sim.world import World
-
     if isinstance(policy, str):
         from sim.policies import get_policy
 
         policy = get_policy(policy)
     seed = scenario.seed if seed is None else seed
-    arrivals: list[Arrival] = generate_arrivals(scenario, random.Random(seed))
+    arrivals, total = stream_arrivals(scenario, random.Random(seed))
     world = World(scenario, seed=(seed * 7919 + 1) & _MASK)
-    core = Scheduler(_config(scenario, policy), rng=random.Random((seed * 104729 + 2) & _MASK),
+    core = Scheduler(pool_config(scenario, policy), rng=random.Random((seed * 104729 + 2) & _MASK),
                      policy=policy, wall_epoch=scenario.start_epoch, record_events=record_events)
-    allowance = max(m.latency_median * math.exp(3 * m.latency_sigma) for m in scenario.models)
-    labels: dict[str, tuple[str, str]] = {k.secret: (k.label, k.project) for k in scenario.keys}
-
-    open_requests: dict[int, _Open] = {}
-    # Attempts in flight as (end, sent, attempt, outcome, request, model): `sent` numbers them in
-    # dispatch order, so completions at one time come out in the order they were sent.
-    completions: list[tuple[float, int, int, Outcome, _Open, str]] = []
-    sent = 0
-    attempts_out: list[AttemptRecord] = []
-    ended: list[RequestRecord] = []
-    # Bound methods and globals as locals: this loop runs a few times per simulated request.
-    submit, poll, complete = core.submit, core.poll, core.complete
-    next_deadline = core.next_deadline
-    world_attempt = world.attempt
-    heappush, heappop = heapq.heappush, heapq.heappop
-    inf = math.inf
-    n_arrivals = len(arrivals)
-    index = 0  # the next arrival; arrivals come sorted, so they need no heap
-    next_arrival = arrivals[0].time if arrivals else inf
-    total = n_arrivals or 1
-    next_report = 0
-    now = 0.0
-
-    while True:
-        at = completions[0][0] if completions else inf
-        if next_arrival < at:
-            at = next_arrival
-        wake = next_deadline()
-        if at == inf and (wake == inf or not open_requests):
-            break
-        if wake < at:
-            now = wake
-        else:
-            # Every event at time `at` (completions before arrivals), then one poll.
-            now = at
-            while completions and completions[0][0] == at:
-                _, _, attempt, outcome, state, model = heappop(completions)
-                if outcome.kind is _SUCCESS or outcome.kind is _BLOCKED:
-                    state.model = model
-                complete(attempt, outcome, at)
-            while next_arrival == at:
-                arrival = arrivals[index]
-                rid = submit(at, models=arrival.models, input_tokens=arrival.input_tokens,
-                             deadline=arrival.deadline - min(allowance, arrival.deadline / 2))
-                open_requests[rid] = _Open(arrival, at + arrival.deadline)
-                if progress is not None and index >= next_report:
-                    progress(index / total)
-                    next_report = index + max(1, total // 20)
-                index += 1
-                next_arrival = arrivals[index].time if index < n_arrivals else inf
-        for decision in poll(now):
-            if type(decision) is Dispatch:
-                state = open_requests[decision.request]
-                if state.first is None:
-                    state.first = now
-                state.attempts += 1
-                arrival = state.arrival
-                secret = decision.key.secret
-                model = decision.model
-                reply = world_attempt(now, secret, model, arrival.input_tokens,
-                                      stream=arrival.stream)
-                end = now + reply.latency
-                outcome = reply.outcome
-                if end > state.limit:
-                    end, outcome = max(state.limit, now), _TIMEOUT
-                label, project = labels[secret]
-                # `_value_`: the plain attribute behind `Enum.value`, which is a slower property.
-                attempts_out.append(_attempt_record((now, end, decision.request, decision.number,
-                                                     label, project, model,
-                                                     outcome.kind._value_)))
-                sent += 1
-                heappush(completions, (end, sent, decision.attempt, outcome, state, model))
-            elif type(decision) is Finish:
-                rid = decision.request
-                state = open_requests.pop(rid)
-                arrival = state.arrival
-                ended.append(_request_record((rid, arrival.time, arrival.models,
-                                              arrival.input_tokens, state.first, now, True, None,
-                                              state.model, state.attempts)))
-            else:
-                assert isinstance(decision, Fail)
-                rid = decision.request
-                state = open_requests.pop(rid)
-                arrival = state.arrival
-                ended.append(_request_record((rid, arrival.time, arrival.models,
-                                              arrival.input_tokens, state.first, now, False,
-                                              decision.reason.value, None, state.attempts)))
+    engine = Engine()
+    client = _Client(engine, core, world, scenario, observers)
+    _Workload(engine, client, arrivals, total, progress)
+    _drive(engine, client)
     # The core keeps every event until taken, so one take at the end loses none.
     events = core.take_events() if record_events else []
     if progress is not None:
         progress(1.0)
-    # Attempts were appended as dispatched; the trace orders those sent at one time by request
-    # and number, and requests by id.
-    attempts_out.sort(key=_DISPATCH_ORDER)
-    ended.sort()  # ids are unique, so records order by id alone
-    return RunResult(scenario=scenario, policy=policy.name, seed=seed, end_time=now,
-                     requests=tuple(ended), attempts=tuple(attempts_out), events=tuple(events),
-                     counters=world.counters(), lost=len(open_requests))
+    return RunSummary(scenario=scenario, policy=policy.name, seed=seed, end_time=engine.now,
+                      events=tuple(events), counters=world.counters(), lost=len(client.open),
+                      submitted=client.submitted)
+
+
+def simulate(scenario: Scenario, policy: str | Policy = "least-loaded", seed: int | None = None,
+             *, record_events: bool = True, observers: Sequence[Observer] = (),
+             progress: Callable[[float], None] | None = None) -> RunResult:
+    """`run` keeping every record: the run's `RunResult` (for plots, tests and traces).
+
+    Takes the arguments of `run`; `observers` are told too.
+    """
+    recorder = FullRecorder()
+    summary = run(scenario, policy, seed, observers=(recorder, *observers),
+                  record_events=record_events, progress=progress)
+    return recorder.result(summary)
 
 
 def stderr_progress(label: str) -> Callable[[float], None]:

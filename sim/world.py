@@ -53,7 +53,6 @@ from functools import partial
 from typing import Any, NamedTuple
 
 from keysched import DEFAULT_EMBEDDING_MODEL
-from keysched._tuples import tuple_builder
 from keysched.driver import Outcome, OutcomeKind, next_pacific_midnight
 from sim import bodies
 from sim.bodies import Body
@@ -213,9 +212,6 @@ class Reply(NamedTuple):
         return 200, list(_JSON_HEADERS), body
 
 
-_new_reply = tuple_builder(Reply)  # for the two replies every attempt goes through
-
-
 class _Group:
     """Quota state of one (project, model); unlimited quotas are ``math.inf``."""
 
@@ -254,41 +250,127 @@ class _Group:
         self.minute_requests = len(admitted)
 
 
-class _Faults:
-    """The faults that can hit one key, by kind, in the scenario's order.
+_Check = Callable[["World", float, "_KeyState", str, int, bool], "Reply | None"]
+"""One step of `World.attempt`: ``(world, t, key, model, input tokens, stream)`` to the reply
+that ends the attempt there, or ``None`` to go on to the next step."""
 
-    Filtered by key and project once at construction, so the hot path skips every fault that
-    names other keys without a call (keys with the same faults share one instance).
+_Respond = Callable[["World", FaultSpec, "_KeyState", str, bool], "Reply"]
+"""What a fault that hits answers: ``(world, fault, key, model, stream)`` to the reply."""
+
+
+def _refuse(err: _Err, latency: str = "error") -> _Respond:
+    """A fault's answer: the error `err`, after the scenario's error latency (or its timeout)."""
+
+    def respond(world: World, fault: FaultSpec, key: _KeyState, model: str,
+                stream: bool) -> Reply:
+        wait = world._timeout if latency == "timeout" else world._error_latency
+        return world._error(err, model, key, wait, stream)
+
+    return respond
+
+
+def _reset(world: World, fault: FaultSpec, key: _KeyState, model: str, stream: bool) -> Reply:
+    return world._no_response("reset", _RESET_OUTCOME, model, key, world._error_latency, stream)
+
+
+def _proxy(world: World, fault: FaultSpec, key: _KeyState, model: str, stream: bool) -> Reply:
+    return world._error(_PROXY[fault.code], model, key, world._error_latency, stream)
+
+
+def _hang(world: World, fault: FaultSpec, key: _KeyState, model: str, stream: bool) -> Reply:
+    return world._no_response("timeout", _TIMEOUT_OUTCOME, model, key, world._timeout, stream)
+
+
+class _FaultCheck:
+    """A step of `World.attempt`: when one of `faults` hits the attempt, `respond` answers."""
+
+    __slots__ = ("faults", "respond")
+
+    def __init__(self, faults: tuple[FaultSpec, ...], respond: _Respond) -> None:
+        self.faults = faults
+        self.respond = respond
+
+    def __call__(self, world: World, t: float, key: _KeyState, model: str, input_tokens: int,
+                 stream: bool) -> Reply | None:
+        fault = world._hit(self.faults, t, key.label, key.project, model)
+        return None if fault is None else self.respond(world, fault, key, model, stream)
+
+
+def _model_unknown(world: World, t: float, key: _KeyState, model: str, input_tokens: int,
+                   stream: bool) -> Reply | None:
+    if model in world._models:
+        return None
+    return world._error(_MODEL_NOT_FOUND, model, key, world._error_latency, stream)
+
+
+def _over_quota(world: World, t: float, key: _KeyState, model: str, input_tokens: int,
+                stream: bool) -> Reply | None:
+    if world._changes and world._changes[0].at <= t:
+        world._change_quotas(t)
+    group = key.groups.get(model)
+    return None if group is None else world._admit(group, t, input_tokens, model, key, stream)
+
+
+_KEY_FAULTS: tuple[tuple[FaultKind, _Err], ...] = (
+    (FaultKind.KEY_REVOKED, _KEY_INVALID),
+    (FaultKind.KEY_LEAKED, _KEY_LEAKED),
+    (FaultKind.KEY_TYPE_UNSUPPORTED, _KEY_TYPE_UNSUPPORTED),
+    (FaultKind.PROJECT_DISABLED, _SERVICE_DISABLED),
+    (FaultKind.PROJECT_DENIED, _PROJECT_DENIED),
+)
+"""The faults of the key itself, in the order Google checks them (also `World.check_key`)."""
+
+_STEPS: tuple[tuple[FaultKind, _Respond] | _Check, ...] = (
+    (FaultKind.RESET, _reset),
+    (FaultKind.PROXY_REFUSED, _proxy),
+    *((kind, _refuse(err)) for kind, err in _KEY_FAULTS),
+    _model_unknown,
+    (FaultKind.FILE_DENIED, _refuse(_FILE_DENIED)),
+    (FaultKind.SHARED_429, _refuse(_BARE_429)),
+    _over_quota,  # only an admitted request counts against the quotas
+    (FaultKind.DEADLINE_EXCEEDED, _refuse(_DEADLINE, latency="timeout")),
+    (FaultKind.TIMEOUT, _hang),
+    (FaultKind.OVERLOADED, _refuse(_OVERLOADED)),
+    (FaultKind.SERVER_ERROR, _refuse(_INTERNAL)),
+)
+"""`World.attempt`'s steps before the answer, in order (the module docstring's list): a fault
+kind with its answer, or a check of its own.  The first step that answers ends the attempt."""
+
+_WIRE_FAULTS: tuple[tuple[FaultKind, bool], ...] = (
+    (FaultKind.STREAM_CUT, True), (FaultKind.STREAM_ERROR, True),
+    (FaultKind.TRUNCATED_BODY, False), (FaultKind.GARBAGE_BODY, False))
+"""Faults of an answer on its way back, in order, with whether they hit streams (or plain
+calls); the first that hits spoils the answer."""
+
+
+class _Faults:
+    """The faults that can hit one key, and `World.attempt`'s steps for it.
+
+    Filtered by key and project once at construction, so an attempt only runs the steps of
+    fault kinds that can hit its key (keys with the same faults share one instance).
     """
 
-    __slots__ = ("cut", "deadline", "denied", "disabled", "file_denied", "garbage", "hang",
-                 "key_type", "keyed", "leaked", "overloaded", "proxy", "reset", "revoked",
-                 "server_error", "shared_429", "slow", "stream_error", "truncated")
+    __slots__ = ("checks", "key_errors", "reset", "slow", "wire")
 
     def __init__(self, faults: tuple[FaultSpec, ...]) -> None:
         def of(kind: FaultKind) -> tuple[FaultSpec, ...]:
             return tuple(f for f in faults if f.kind is kind)
 
-        self.reset = of(FaultKind.RESET)
-        self.revoked = of(FaultKind.KEY_REVOKED)
-        self.leaked = of(FaultKind.KEY_LEAKED)
-        self.disabled = of(FaultKind.PROJECT_DISABLED)
-        self.key_type = of(FaultKind.KEY_TYPE_UNSUPPORTED)
-        self.denied = of(FaultKind.PROJECT_DENIED)
-        self.keyed = bool(self.revoked or self.leaked or self.disabled or self.key_type
-                          or self.denied)
-        self.proxy = of(FaultKind.PROXY_REFUSED)
-        self.file_denied = of(FaultKind.FILE_DENIED)
-        self.shared_429 = of(FaultKind.SHARED_429)
-        self.deadline = of(FaultKind.DEADLINE_EXCEEDED)
-        self.hang = of(FaultKind.TIMEOUT)
-        self.overloaded = of(FaultKind.OVERLOADED)
-        self.server_error = of(FaultKind.SERVER_ERROR)
+        def checks(steps: tuple[tuple[FaultKind, _Respond] | _Check, ...]) -> tuple[_Check, ...]:
+            out: list[_Check] = []
+            for step in steps:
+                if not isinstance(step, tuple):
+                    out.append(step)
+                elif of(step[0]):
+                    out.append(_FaultCheck(of(step[0]), step[1]))
+            return tuple(out)
+
+        self.checks = checks(_STEPS)
+        self.key_errors = tuple((of(kind), err) for kind, err in _KEY_FAULTS if of(kind))
         self.slow = of(FaultKind.SLOW)
-        self.cut = of(FaultKind.STREAM_CUT)
-        self.stream_error = of(FaultKind.STREAM_ERROR)
-        self.truncated = of(FaultKind.TRUNCATED_BODY)
-        self.garbage = of(FaultKind.GARBAGE_BODY)
+        self.wire = tuple((kind, of(kind), streams) for kind, streams in _WIRE_FAULTS
+                          if of(kind))
+        self.reset = of(FaultKind.RESET)
 
 
 class _KeyState:
@@ -405,17 +487,9 @@ class World:
     def _key_error(self, t: float, key: _KeyState | None, model: str) -> _Err | None:
         if key is None:
             return _KEY_INVALID
-        f = key.faults
-        if f.revoked and self._hit(f.revoked, t, key.label, key.project, model):
-            return _KEY_INVALID
-        if f.leaked and self._hit(f.leaked, t, key.label, key.project, model):
-            return _KEY_LEAKED
-        if f.key_type and self._hit(f.key_type, t, key.label, key.project, model):
-            return _KEY_TYPE_UNSUPPORTED
-        if f.disabled and self._hit(f.disabled, t, key.label, key.project, model):
-            return _SERVICE_DISABLED
-        if f.denied and self._hit(f.denied, t, key.label, key.project, model):
-            return _PROJECT_DENIED
+        for faults, err in key.faults.key_errors:
+            if self._hit(faults, t, key.label, key.project, model):
+                return err
         return None
 
     def _count(self, key: _KeyState | None, model: str, name: str) -> None:
@@ -441,9 +515,8 @@ class World:
         if key is None:
             return Reply(outcome, latency, err.status, model, None, None, err.body, quota_value,
                          retry_delay, "free", 0, 0, 0, 1, self._serial, self.seed, stream)
-        return _new_reply((outcome, latency, err.status, model, None, None, err.body,
-                           quota_value, retry_delay, key.tier, key.number, 0, 0, 1, self._serial,
-                           self.seed, stream))
+        return Reply(outcome, latency, err.status, model, None, None, err.body, quota_value,
+                     retry_delay, key.tier, key.number, 0, 0, 1, self._serial, self.seed, stream)
 
     def _no_response(self, fault: str, outcome: Outcome, model: str, key: _KeyState | None,
                      latency: float, stream: bool) -> Reply:
@@ -469,33 +542,11 @@ class World:
         key = self._keys.get(secret)
         if key is None or not secret:
             return self._unknown(t, secret, key, model, stream)
-        faults = key.faults
-        if faults.reset and self._hit(faults.reset, t, key.label, key.project, model):
-            return self._no_response("reset", _RESET_OUTCOME, model, key, self._error_latency,
-                                     stream)
-        if faults.proxy:
-            refused = self._hit(faults.proxy, t, key.label, key.project, model)
-            if refused is not None:
-                return self._error(_PROXY[refused.code], model, key, self._error_latency, stream)
-        if faults.keyed:
-            err = self._key_error(t, key, model)
-            if err is not None:
-                return self._error(err, model, key, self._error_latency, stream)
-        spec = self._models.get(model)
-        if spec is None:
-            return self._error(_MODEL_NOT_FOUND, model, key, self._error_latency, stream)
-        if faults.file_denied and self._hit(faults.file_denied, t, key.label, key.project, model):
-            return self._error(_FILE_DENIED, model, key, self._error_latency, stream)
-        if faults.shared_429 and self._hit(faults.shared_429, t, key.label, key.project, model):
-            return self._error(_BARE_429, model, key, self._error_latency, stream)
-        if self._changes and self._changes[0].at <= t:
-            self._change_quotas(t)
-        group = key.groups.get(model)
-        if group is not None:
-            refusal = self._admit(group, t, input_tokens, model, key, stream)
-            if refusal is not None:
-                return refusal
-        return self._serve(t, key, model, input_tokens, stream, spec)
+        for check in key.faults.checks:
+            reply = check(self, t, key, model, input_tokens, stream)
+            if reply is not None:
+                return reply
+        return self._serve(t, key, model, input_tokens, stream)
 
     def _change_quotas(self, t: float) -> None:
         """Apply the quota changes due by `t`."""
@@ -564,61 +615,48 @@ class World:
             return round(g.admitted[0][0] + 60.0 - t, 9)
         return round((minute + 1) * 60.0 - self._phase - t, 9)
 
-    def _serve(self, t: float, key: _KeyState, model: str, input_tokens: int, stream: bool,
-               spec: tuple[Callable[[], float], Callable[[], int], int]) -> Reply:
-        label, project = key.label, key.project
-        f = key.faults
-        if f.deadline and self._hit(f.deadline, t, label, project, model):
-            return self._error(_DEADLINE, model, key, self._timeout, stream)
-        if f.hang and self._hit(f.hang, t, label, project, model):
-            return self._no_response("timeout", _TIMEOUT_OUTCOME, model, key, self._timeout,
-                                     stream)
-        if f.overloaded and self._hit(f.overloaded, t, label, project, model):
-            return self._error(_OVERLOADED, model, key, self._error_latency, stream)
-        if f.server_error and self._hit(f.server_error, t, label, project, model):
-            return self._error(_INTERNAL, model, key, self._error_latency, stream)
-        draw_latency, draw_output_tokens, chunks = spec
+    def _serve(self, t: float, key: _KeyState, model: str, input_tokens: int,
+               stream: bool) -> Reply:
+        """The answer to an admitted attempt that no earlier step refused: its latency and size
+        drawn, slowed by ``slow`` faults, perhaps spoilt on its way back."""
+        draw_latency, draw_output_tokens, chunks = self._models[model]
         latency = draw_latency()
         output_tokens = draw_output_tokens()
-        rng = self._rng
-        for slow in f.slow:
-            if (slow.start <= t < slow.end and (slow.key is None or slow.key == label)
-                    and (slow.project is None or slow.project == project)
-                    and (slow.model is None or slow.model == model)
-                    and (slow.probability >= 1.0 or rng.random() < slow.probability)):
+        faults = key.faults
+        for slow in faults.slow:  # every slow fault that hits multiplies the latency
+            if self._hit((slow,), t, key.label, key.project, model):
                 latency *= slow.factor
-        serial = self._serial
-        if stream:
-            cut = f.cut and self._hit(f.cut, t, label, project, model)
-            broken = None if cut else f.stream_error and self._hit(
-                f.stream_error, t, label, project, model)
-            fault = cut or broken
-            if fault:
-                k = min(fault.after_chunks, chunks - 1)
-                if cut:
-                    outcome, body, name = _RESET_OUTCOME, None, _CONNECTION_ERROR
-                else:
-                    err = _OVERLOADED if fault.code == 503 else _INTERNAL
-                    outcome, body, name = err.outcome, err.body, err.name
-                self._count(key, model, name)
-                return Reply(outcome, latency * (k + 1) / chunks, 200, model,
-                             "cut" if cut else "midstream", k, body, 0, 0.0, key.tier,
-                             key.number, input_tokens, output_tokens, chunks, serial, self.seed,
-                             True)
-        elif f.truncated or f.garbage:
-            bad = None
-            if f.truncated and self._hit(f.truncated, t, label, project, model):
-                bad = "truncated"
-            elif f.garbage and self._hit(f.garbage, t, label, project, model):
-                bad = "garbage"
-            if bad is not None:
-                self._count(key, model, _BAD_RESPONSE)
-                return Reply(_BAD_BODY_OUTCOME, latency, 200, model, bad, None, None, 0, 0.0,
-                             key.tier, key.number, input_tokens, output_tokens, chunks, serial,
-                             self.seed, False)
+        for kind, spoilers, streams in faults.wire:
+            if streams != stream:
+                continue
+            fault = self._hit(spoilers, t, key.label, key.project, model)
+            if fault is not None:
+                return self._spoilt(kind, fault, key, model, input_tokens, latency,
+                                    output_tokens, chunks)
         self._count(key, model, _SUCCESS)
         outcome = Outcome(kind=_K.SUCCESS, input_tokens=input_tokens, output_tokens=output_tokens)
-        # This is the hottest line of the simulator.
-        return _new_reply((outcome, latency, 200, model, None, None, None, 0, 0.0, key.tier,
-                           key.number, input_tokens, output_tokens, chunks, serial, self.seed,
-                           stream))
+        return Reply(outcome, latency, 200, model, None, None, None, 0, 0.0, key.tier, key.number,
+                     input_tokens, output_tokens, chunks, self._serial, self.seed, stream)
+
+    def _spoilt(self, kind: FaultKind, fault: FaultSpec, key: _KeyState, model: str,
+                input_tokens: int, latency: float, output_tokens: int, chunks: int) -> Reply:
+        """A 200 that goes wrong on the wire: a stream cut or broken after some chunks, or a
+        plain answer truncated or replaced by an HTML page."""
+        stream = kind in (FaultKind.STREAM_CUT, FaultKind.STREAM_ERROR)
+        body: Body | None = None
+        cut_after: int | None = None
+        if kind is FaultKind.STREAM_CUT:
+            outcome, name, wire = _RESET_OUTCOME, _CONNECTION_ERROR, "cut"
+        elif kind is FaultKind.STREAM_ERROR:
+            err = _OVERLOADED if fault.code == 503 else _INTERNAL
+            outcome, name, wire, body = err.outcome, err.name, "midstream", err.body
+        else:
+            outcome, name = _BAD_BODY_OUTCOME, _BAD_RESPONSE
+            wire = "truncated" if kind is FaultKind.TRUNCATED_BODY else "garbage"
+        if stream:  # the chunks before the fault arrive; the latency is theirs
+            cut_after = min(fault.after_chunks, chunks - 1)
+            latency = latency * (cut_after + 1) / chunks
+        self._count(key, model, name)
+        return Reply(outcome, latency, 200, model, wire, cut_after, body, 0, 0.0, key.tier,
+                     key.number, input_tokens, output_tokens, chunks, self._serial, self.seed,
+                     stream)

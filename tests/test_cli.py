@@ -6,12 +6,15 @@ import json
 import math
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from keysched.trace import load
 from sim.commands import DEFAULT_SCENARIOS, Progress, main
 from sim.policies import POLICY_NAMES
+from sim.scenario import load_scenario
 
 SCENARIO = """
 description = "tiny"
@@ -139,3 +142,46 @@ def test_list_into_a_closed_pipe_ends_quietly() -> None:
         code = proc.wait(timeout=60)
     assert errors == b""
     assert code in (0, 141)  # 141 = 128 + SIGPIPE, as `yes | head` reports it
+
+
+def test_run_trace_is_a_keysched_trace_of_the_run(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`run --trace FILE` writes the run in `keysched.trace`'s format, read back by its reader:
+    a header of source "sim", one attempt line per attempt and one request line per request,
+    in order of ``t``; keys appear by label, never by secret."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(SCENARIO + '[[faults]]\nkind = "shared_429"\nprobability = 0.3\n')
+    trace_path = tmp_path / "run.jsonl"
+    assert main(["run", str(path), "--seed", "3", "--json", "--trace", str(trace_path)]) == 0
+    (run,) = json.loads(capsys.readouterr().out)["runs"]
+    scenario = load_scenario(str(path))
+    trace = load(trace_path)
+    assert (trace.header.source, trace.header.start) == ("sim", scenario.start_epoch)
+    assert trace.header.pool is not None
+    assert [k.label for k in trace.header.pool.keys] == [k.label for k in scenario.keys]
+    assert len(trace.attempts) == run["attempts"] > run["requests"] == len(trace.requests)
+    assert sum(r.ok for r in trace.requests) == run["successes"]
+    times = [line.t for line in trace.lines]
+    assert times == sorted(times)
+    assert {a.outcome for a in trace.attempts} == {"success", "shared_capacity"}
+    ok = next(a for a in trace.attempts if a.outcome == "success")
+    assert (ok.status, ok.model, ok.project) == (200, "m", "a")
+    assert ok.tokens_in is not None
+    assert ok.latency > 0
+    assert next(a.status for a in trace.attempts if a.outcome == "shared_capacity") == 429
+    by_request = Counter(a.request for a in trace.attempts)
+    assert all(by_request[r.request] == r.attempts for r in trace.requests)
+    assert {a.key for a in trace.attempts} <= {key.label for key in scenario.keys}
+    text = trace_path.read_text()
+    assert not any(key.secret in text for key in scenario.keys)
+
+
+def test_compare_trace_writes_one_file_per_run(tmp_path: Path) -> None:
+    """With several runs, `--trace FILE` writes one file per run, named after FILE."""
+    path = tmp_path / "tiny.toml"
+    path.write_text(SCENARIO)
+    assert main(["compare", str(path), "--policies", "least-loaded", "random", "--json",
+                 "--trace", str(tmp_path / "t.jsonl")]) == 0
+    written = sorted(p.name for p in tmp_path.glob("t-*.jsonl"))
+    assert written == ["t-tiny-least-loaded.jsonl", "t-tiny-random.jsonl"]
+    assert all(len(load(tmp_path / name).attempts) > 5 for name in written)

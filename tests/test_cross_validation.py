@@ -50,27 +50,22 @@ Figures observed on the virtual loop (sim/real), idle or loaded alike: the fast 
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import math
-import random
 from collections import Counter
 
 import attrs
 import pytest
 import virtual_loop
-from e2e_support import ScenarioTime, running_server, scenario_client, server_counters
+from recording import drive
 
-from keysched import KeyedClient, KeyschedError, OutcomeKind, RetryPolicy
+from keysched import OutcomeKind, RetryPolicy
 from sim.engine import simulate
 from sim.metrics import compute
 from sim.scenario import Scenario, parse_scenario
-from sim.server import SimApp
-from sim.workload import Arrival, generate_arrivals
 
 PRO = "gemini-2.5-pro"
 FLASH = "gemini-2.5-flash"
-MASK = 0xFFFFFFFF
 RATE_LIMITED = frozenset(k.value for k in (
     OutcomeKind.RATE_LIMITED_MINUTE, OutcomeKind.RATE_LIMITED_DAY, OutcomeKind.QUOTA_ZERO,
     OutcomeKind.TOO_LARGE_FOR_QUOTA, OutcomeKind.SHARED_CAPACITY))
@@ -134,47 +129,17 @@ def simulated(scenario: Scenario) -> Figures:
                    failures=dict(metrics.failures))
 
 
-async def _one(client: KeyedClient, arrival: Arrival) -> str:
-    """Run one arrival as the simulator would; the model that served it, or the error's name."""
-    prompt = "x" * (4 * arrival.input_tokens)  # `estimate_tokens` reads it as input_tokens
-    try:
-        if arrival.stream:
-            models = {chunk.model async for chunk in client.stream(
-                prompt, models=arrival.models, deadline=arrival.deadline)}
-            assert len(models) == 1
-            return models.pop()
-        result = await client.generate(prompt, models=arrival.models, deadline=arrival.deadline)
-        return result.model
-    except KeyschedError as error:
-        return type(error).__name__
-
-
 async def over_http(scenario: Scenario) -> Figures:
     """The same scenario and arrivals, by `KeyedClient` against the fake server on loopback.
 
-    Run it on a `virtual_loop.VirtualTimeLoop`: the server's and the client's clocks are the
-    loop's virtual time (scale 1), which moves only when both sides wait, so a busy machine
-    delays the run but cannot shift an arrival or a latency in the scenario's time.
+    Run it on a `virtual_loop.VirtualTimeLoop` (`recording.drive`): the server's and the
+    client's clocks are the loop's virtual time (scale 1), which moves only when both sides
+    wait, so a busy machine delays the run but cannot shift an arrival or a latency in the
+    scenario's time.
     """
-    seed = scenario.seed
-    arrivals = generate_arrivals(scenario, random.Random(seed))
-    loop = asyncio.get_running_loop()
-    assert isinstance(loop, virtual_loop.VirtualTimeLoop)
-    # The seeds `simulate` gives its world and its core.
-    async with running_server(scenario, seed=(seed * 7919 + 1) & MASK, time_scale=1.0,
-                              clock=loop.time) as (server, world), \
-            scenario_client(server, seed=(seed * 104729 + 2) & MASK) as client:
-        assert isinstance(server.app, SimApp)
-        time = ScenarioTime(server.app)
-        tasks = []
-        for arrival in arrivals:
-            await time.until(arrival.time)
-            tasks.append(asyncio.create_task(_one(client, arrival)))
-        ends = await asyncio.gather(*tasks)
-        counters = await server_counters(server)
-        assert counters == world.counters()
+    ends, counters = await drive(scenario)
     served = Counter(end for end in ends if end.startswith("gemini-"))
-    return Figures(requests=len(arrivals), successes=sum(served.values()),
+    return Figures(requests=len(ends), successes=sum(served.values()),
                    rate_limited=_count(counters, RATE_LIMITED),
                    overloaded=_count(counters, OVERLOADED), shares=_shares(served),
                    failures=dict(Counter(end for end in ends if not end.startswith("gemini-"))))

@@ -1,11 +1,19 @@
-"""The simulator's driver."""
+"""The simulator's engine and driver."""
 
 from __future__ import annotations
 
-import pytest
+import math
+import random
 
-from sim.engine import simulate
-from sim.scenario import parse_scenario
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sim.draws import uniform_int
+from sim.engine import ANSWER, ARRIVAL, Engine, run, simulate
+from sim.records import FullRecorder
+from sim.scenario import Scenario, parse_scenario
+from sim.workload import Arrival, stream_arrivals
 
 TINY = {
     "description": "two keys, one model, light load",
@@ -59,3 +67,100 @@ def test_unknown_policy_name_lists_the_known_ones() -> None:
     """A typo in a policy name says which names exist."""
     with pytest.raises(KeyError, match="least-loaded"):
         simulate(parse_scenario(TINY), "least-loded")
+
+
+class _Note:
+    """An event that notes its name and the time it fired."""
+
+    def __init__(self, name: str, log: list[tuple[str, float]]) -> None:
+        self.name = name
+        self.log = log
+
+    def __call__(self, now: float) -> None:
+        self.log.append((self.name, now))
+
+
+def test_engine_fires_by_time_then_priority_then_scheduling_order() -> None:
+    """Events fire in time order; at one time, lower priority first, then as scheduled."""
+    engine = Engine(now=5.0)
+    log: list[tuple[str, float]] = []
+    engine.schedule(7.0, _Note("arrival", log), ARRIVAL)
+    engine.schedule(7.0, _Note("answer-1", log), ANSWER)
+    engine.schedule(6.0, _Note("early", log))
+    engine.schedule(7.0, _Note("answer-2", log), ANSWER)
+    assert engine.peek() == 6.0
+    while engine.peek() != math.inf:
+        engine.step()
+    assert log == [("early", 6.0), ("answer-1", 7.0), ("answer-2", 7.0), ("arrival", 7.0)]
+    assert engine.now == 7.0
+
+
+def test_engine_refuses_the_past_and_changes_nothing() -> None:
+    """Scheduling before the clock, or advancing backwards or past the next event, raises a
+    `ValueError` and leaves the engine as it was; stepping an empty engine is an `IndexError`."""
+    engine = Engine(now=10.0)
+    with pytest.raises(ValueError, match="before now"):
+        engine.schedule(9.5, _Note("late", []))
+    assert engine.peek() == math.inf
+    engine.schedule(12.0, _Note("next", []))
+    with pytest.raises(ValueError, match="advance"):
+        engine.advance(9.0)
+    with pytest.raises(ValueError, match="advance"):
+        engine.advance(12.5)
+    assert (engine.now, engine.peek()) == (10.0, 12.0)
+    engine.advance(11.0)
+    engine.step()
+    with pytest.raises(IndexError):
+        engine.step()
+
+
+def test_observers_see_what_the_full_record_keeps() -> None:
+    """An observer given to `run` is told every attempt and every request end that `simulate`
+    records; the `RunSummary` agrees with the `RunResult`."""
+    scenario = parse_scenario({**TINY, "faults": [{"kind": "server_error",
+                                                   "probability": 0.3}]})
+    recorder = FullRecorder()
+    summary = run(scenario, "least-loaded", seed=4, observers=[recorder])
+    result = simulate(scenario, "least-loaded", seed=4)
+    assert recorder.result(summary).trace() == result.trace()
+    assert sorted(recorder.attempts) == list(result.attempts)
+    assert summary.submitted == len(result.requests) > 10
+    assert (summary.end_time, summary.lost, summary.counters) == (
+        result.end_time, result.lost, result.counters)
+    assert any(a.outcome == "server_error" for a in result.attempts)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0.0, 1.5, 3.0, 7.25]), st.integers(1, 3)),
+                max_size=12), st.randoms(use_true_random=False))
+def test_streamed_arrivals_are_the_sorted_list(bursts: list[tuple[float, int]],
+                                               rng: random.Random) -> None:
+    """`stream_arrivals` yields what sorting every phase's arrivals (stably, by time) gives,
+    bursts at equal times included, for any seed."""
+    scenario = parse_scenario({**TINY, "duration": 10, "workload": [
+        {"rate": 2.0, "end": 8, "bursts": [{"at": at, "count": n} for at, n in bursts]},
+        {"rate": 1.0, "start": 3, "stream": 0.5, "bursts": [{"at": 1.5, "count": 2}]}]})
+    seed = rng.randrange(2**32)
+    streamed, total = stream_arrivals(scenario, random.Random(seed))
+    assert list(streamed) == _naive_arrivals(scenario, random.Random(seed))
+    assert total == len(_naive_arrivals(scenario, random.Random(seed)))
+
+
+def _naive_arrivals(scenario: Scenario, rng: random.Random) -> list[Arrival]:
+    """The workload as it was generated before streaming: every arrival in a list, sorted."""
+    arrivals = []
+    for phase in scenario.workload:
+        tokens = uniform_int(rng, *phase.input_tokens)
+        if phase.rate > 0:
+            t = phase.start + rng.expovariate(phase.rate)
+            while t < phase.end:
+                arrivals.append(Arrival(t, phase.models, tokens(), phase.deadline,
+                                        phase.stream > 0 and rng.random() < phase.stream))
+                t += rng.expovariate(phase.rate)
+        for burst in phase.bursts:
+            times = sorted(burst.at + rng.random() * burst.spread for _ in range(burst.count))
+            arrivals.extend(Arrival(t, phase.models, tokens(), phase.deadline,
+                                    phase.stream > 0 and rng.random() < phase.stream)
+                            for t in times)
+    arrivals.sort(key=lambda a: a.time)
+    return arrivals

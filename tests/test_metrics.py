@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from sim.engine import AttemptRecord, RequestRecord, RunResult
-from sim.metrics import capacity, compute, jain, percentile, revocation_times
-from sim.scenario import parse_scenario
+from sim.engine import AttemptRecord, RequestRecord, RunResult, run, simulate
+from sim.metrics import MetricsRecorder, capacity, compute, jain, percentile, revocation_times
+from sim.scenario import load_scenario, parse_scenario
 
 SCENARIO = parse_scenario({
     "description": "hand-checked",
@@ -177,3 +177,32 @@ def test_a_revocation_with_an_end_counts_only_its_window() -> None:
         events=(), counters={}, lost=0)
     metrics = compute(run)
     assert (metrics.after_revocation, metrics.after_revocation_max_per_key) == (1, 1)
+
+
+@pytest.mark.parametrize(("name", "policy"), [("revoked-keys", "round-robin"),
+                                               ("overload-storm", "least-loaded"),
+                                               ("saturation", "router-like")])
+def test_metrics_as_the_run_goes_equal_metrics_of_the_full_record(name: str,
+                                                                   policy: str) -> None:
+    """`MetricsRecorder` told a run as it goes gives the very `Metrics` that `compute` gives
+    from the run's full records (revocations, recoveries and queueing included)."""
+    scenario = load_scenario(name)
+    recorder = MetricsRecorder(scenario)
+    summary = run(scenario, policy, observers=[recorder], record_events=False)
+    live = recorder.metrics(summary)
+    assert live == compute(simulate(scenario, policy))
+    assert live.requests == summary.submitted > 0
+
+
+def test_revocations_learned_from_a_refusal_that_ends_before_an_earlier_sent_one() -> None:
+    """`after_revocation_known` counts attempts sent after the first refusal *came back*, even
+    when an attempt sent later came back sooner."""
+    attempts = (
+        AttemptRecord(60.0, 70.0, 1, 1, "q-2", "q", "best", "key_invalid"),   # back at 70
+        AttemptRecord(61.0, 62.0, 2, 1, "q-2", "q", "best", "key_invalid"),   # back at 62
+        AttemptRecord(62.0, 63.0, 3, 1, "q-2", "q", "best", "key_invalid"),   # sent at 62: known
+        AttemptRecord(64.0, 65.0, 4, 1, "q-2", "q", "best", "key_invalid"))   # known
+    result = RunResult(scenario=SCENARIO, policy="hand", seed=0, end_time=100.0, requests=(),
+                       attempts=attempts, events=(), counters={})
+    m = compute(result)
+    assert (m.after_revocation, m.after_revocation_known) == (4, 2)

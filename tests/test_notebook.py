@@ -77,6 +77,9 @@ def test_notebook_runs_top_to_bottom(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert not [out for out in outputs if out.output_type == "error"]
     text = "".join(out.get("text", "") for out in outputs if out.output_type == "stream")
     assert "demo: Three projects" in text  # the scenario file was loaded
+    # The trace section loaded the built-in trace, fitted it and replayed it.
+    assert "limits the 429s revealed" in text
+    assert "\nrecorded " in text
     figures = [out for out in outputs if "image/png" in out.get("data", {})]
     assert len(figures) >= 12
     assert nb.cells[-1].outputs[0]["text"].strip() == sys.prefix

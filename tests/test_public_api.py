@@ -48,6 +48,7 @@ CLIENT_API = [
     "PoolSnapshot",
     "PoolThread",
     "PoolTransport",
+    "Recorder",
     "RedisStore",
     "RequestError",
     "ResponseTooLargeError",
@@ -120,7 +121,32 @@ FORMER_TOP_LEVEL = [
     "next_pacific_midnight",
 ]
 
-PUBLIC = {"keysched": CLIENT_API, "keysched.driver": DRIVER_API, "keysched.wire": WIRE_API}
+TRACE_API = [
+    "CANCELLED",
+    "FORMAT",
+    "INTERRUPTED",
+    "VERSION",
+    "AttemptLine",
+    "DroppedLine",
+    "KeyInfo",
+    "LimitInfo",
+    "PoolInfo",
+    "RequestLine",
+    "Trace",
+    "TraceFormatError",
+    "TraceHeader",
+    "TraceLine",
+    "ViolationInfo",
+    "dumps",
+    "load",
+    "parse",
+    "pseudonym",
+]
+
+METRICS_API = ["SNAPSHOT_TIMEOUT", "WAIT_BUCKETS", "PoolCollector"]
+
+PUBLIC = {"keysched": CLIENT_API, "keysched.driver": DRIVER_API, "keysched.wire": WIRE_API,
+          "keysched.trace": TRACE_API, "keysched.metrics": METRICS_API}
 
 # sim's `tuple_builder` imports go with the simulator's renovation (issue 15, the sim branch);
 # until it lands they are the one private import allowed, where they are.  Delete this then.

@@ -61,7 +61,8 @@ request_lines = st.one_of(
     st.builds(RequestLine, t=seconds, request=counts, submitted=seconds, ok=st.just(True),
               reason=st.none(), attempts=counts),
     st.builds(RequestLine, t=seconds, request=counts, submitted=seconds, ok=st.just(False),
-              reason=st.sampled_from([r.value for r in FailReason] + ["cancelled"]),
+              reason=st.sampled_from([r.value for r in FailReason]
+                                     + ["cancelled", "stream_interrupted"]),
               attempts=counts))
 dropped_lines = st.builds(DroppedLine, t=seconds, lines=st.integers(min_value=1, max_value=10**6))
 traces = st.builds(Trace, header=headers,
@@ -117,6 +118,9 @@ def attempt_with(**changes: Any) -> dict[str, Any]:
     (attempt_with(status="429"), "status"),
     (attempt_with(status=600), "status"),
     (attempt_with(outcome="rate_limited"), "outcome"),
+    (attempt_with(outcome=["success"]), "outcome"),
+    (attempt_with(status=True), "status"),
+    (attempt_with(request=True), "request"),
     (attempt_with(t=-1.0), "t"),
     (attempt_with(attempt=0), "attempt"),
     (attempt_with(key=""), "key"),
@@ -144,6 +148,13 @@ def test_a_bad_line_is_named_by_file_line_and_field(line: Any, field: str) -> No
     error = caught.value
     assert (error.line, error.field) == (3, field)
     assert str(error).startswith(f"<trace>:3: field {field!r}: ")
+
+
+def test_a_number_beyond_float_range_is_refused() -> None:
+    """JSON's 1e400 reads as infinity, which no duration is."""
+    text = text_with(attempt_with()).replace('"latency": 0.05', '"latency": 1e400')
+    with pytest.raises(TraceFormatError, match=r"<trace>:3: field 'latency'"):
+        load(io.StringIO(text))
 
 
 def test_a_file_is_named_by_its_path(tmp_path: Path) -> None:
@@ -235,3 +246,11 @@ def test_the_format_module_is_pure() -> None:
             imported.add(node.module.split(".")[0])
     assert imported & {"asyncio", "httpx", "time", "datetime", "logging", "threading",
                        "random", "socket", "sim"} == set()
+
+
+@given(attempt_lines | request_lines | dropped_lines)
+def test_the_fast_line_json_is_the_generic_one(line: Any) -> None:
+    """Each line's to_json, written out value by value for speed, equals the generic encoding."""
+    from keysched.trace import _json
+
+    assert line.to_json() == _json(line.to_dict())

@@ -263,3 +263,16 @@ async def test_both_backends_honour_a_proxy_from_the_environment(
                                base_url="http://gemini.invalid") as client:
             assert (await client.generate("hi")).text == "via proxy"
     assert proxy.targets == [f"http://gemini.invalid/v1beta/models/{FLASH}:generateContent"]
+
+
+def test_the_cached_aiohttp_timeout_is_the_one_aiohttp_would_build() -> None:
+    """The aiohttp backend's cached whole-exchange timeout equals ``ClientTimeout(total=s)``,
+    for a bound seen before and for new ones."""
+    import aiohttp
+
+    from keysched._transport import _total_timeout
+
+    for seconds in (60.0, 0.001, 2.5, 60.0, 1e9, 2.5):
+        timeout = _total_timeout(seconds)
+        assert timeout == aiohttp.ClientTimeout(total=seconds)
+        assert (timeout.total, timeout.connect, timeout.sock_read) == (seconds, None, None)
