@@ -232,8 +232,7 @@ class Scheduler:
             self._advance(request, action, meaning, record, now)
 
     def withdraw(self, attempt: int, now: float, *, unsent: bool = False) -> bool:
-        """Take back a dispatch the driver has not sent yet, if its key was disabled meanwhile
-        (or, with `unsent`, in any case: a shared budget refused it).
+        """Take back an unsent dispatch, if its key was disabled meanwhile (`unsent`: anyway).
 
         A driver sends an attempt a moment after `poll` decided it, and a refusal that disables
         the key may come back in between (under load, a whole event-loop turn).  Then the

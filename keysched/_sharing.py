@@ -124,6 +124,17 @@ class StoreLink:
         self._next_attempt = 0
         self._day_end = -math.inf
 
+    @classmethod
+    def open(cls, store: str | Store, pool_name: str, core: Scheduler,
+             clock: Callable[[], float], wall_clock: Callable[[], float],
+             attempt_timeout: float, key_cap: int | None) -> StoreLink:
+        """The link `KeyedClient` makes for its ``store`` argument (see `open_store`)."""
+        shared = open_store(store, pool_name)
+        return cls(shared, core, clock=clock, wall_clock=wall_clock,
+                   wall_epoch=wall_clock() - clock(),
+                   timeout=getattr(shared, "timeout", STORE_TIMEOUT),  # a RedisStore's own
+                   lease_ttl=attempt_timeout + LEASE_SLACK, key_cap=key_cap or 0)
+
     # -- dispatch ------------------------------------------------------------------------------
 
     async def admit(self, dispatch: Dispatch, tokens: int,
