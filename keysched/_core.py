@@ -231,8 +231,8 @@ class Scheduler:
         else:
             self._advance(request, action, meaning, record, now)
 
-    def withdraw(self, attempt: int, now: float) -> bool:
-        """Take back a dispatch the driver has not sent yet, if its key was disabled meanwhile.
+    def withdraw(self, attempt: int, now: float, *, unsent: bool = False) -> bool:
+        """Take back an unsent dispatch, if its key was disabled meanwhile (`unsent`: anyway).
 
         A driver sends an attempt a moment after `poll` decided it, and a refusal that disables
         the key may come back in between (under load, a whole event-loop turn).  Then the
@@ -250,7 +250,7 @@ class Scheduler:
             raise UsageError(f"attempt {attempt!r} is not in flight (unknown, completed or "
                              "cancelled)")
         _check_time(now, self._now)
-        if not self._pool.key_disabled(record.key):
+        if not unsent and not self._pool.key_disabled(record.key):
             return False
         self._now = now
         del self._attempts[attempt]
