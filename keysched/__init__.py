@@ -61,6 +61,8 @@ if TYPE_CHECKING:
     from keysched._client import KeyedClient
     from keysched._integrations import PoolTransport
     from keysched._recorder import Recorder
+    from keysched._redis_store import RedisStore
+    from keysched._store import MemoryStore, Store
     from keysched._threaded import PoolThread, genai_client
 
     # The names kept for code written before keysched.driver and keysched.wire (see above).
@@ -94,7 +96,8 @@ __version__ = "0.1.0"
 # (the simulator, a dashboard reading snapshots).
 _LAZY = {"KeyedClient": "keysched._client", "PoolThread": "keysched._threaded",
          "PoolTransport": "keysched._integrations", "Recorder": "keysched._recorder",
-         "genai_client": "keysched._threaded"}
+         "genai_client": "keysched._threaded", "MemoryStore": "keysched._store",
+         "Store": "keysched._store", "RedisStore": "keysched._redis_store"}
 _LAZY.update(dict.fromkeys(
     ["DEFAULT_ACTIONS", "Action", "Decision", "Dispatch", "Effect", "Fail", "FailReason",
      "Finish", "LeastLoaded", "Next", "Outcome", "QuotaDimension", "RandomChoice", "RoundRobin",
@@ -131,6 +134,7 @@ __all__ = [
     "LaneSnapshot",
     "LaneState",
     "Limit",
+    "MemoryStore",
     "NoUsableKeyError",
     "OutcomeKind",
     "Policy",
@@ -140,10 +144,12 @@ __all__ = [
     "PoolThread",
     "PoolTransport",
     "Recorder",
+    "RedisStore",
     "RequestError",
     "ResponseTooLargeError",
     "RetryPolicy",
     "ServiceError",
+    "Store",
     "StreamChunk",
     "StreamInterruptedError",
     "Usage",

@@ -81,7 +81,9 @@ from keysched._redact import Redactor
 from keysched._results import GenerateResult, StreamChunk
 from keysched._selection import Policy
 from keysched._session import CLOSED, Pump, Session
+from keysched._sharing import StoreLink
 from keysched._snapshot import PoolEvent, PoolSnapshot
+from keysched._store import Store
 from keysched._streaming import StreamAttempt, interrupted
 from keysched._transport import (
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -267,6 +269,25 @@ class _Request:
     spends_quota: bool = True
 
 
+def _keys_from_env(env: Mapping[str, str], kwargs: dict[str, Any]) -> list[str]:
+    """The keys of ``GEMINI_API_KEYS``; ``GEMINI_MODELS``, if set, goes into `kwargs`."""
+    raw = env.get("GEMINI_API_KEYS")
+    if raw is None:
+        raise ConfigurationError("GEMINI_API_KEYS", "not set; expected API keys separated "
+                                 "by commas or newlines")
+    keys = [part.strip() for part in raw.replace("\n", ",").split(",") if part.strip()]
+    if not keys:
+        raise ConfigurationError("GEMINI_API_KEYS", "holds no keys; expected API keys "
+                                 "separated by commas or newlines")
+    models_raw = env.get("GEMINI_MODELS")
+    if models_raw is not None:
+        models = [m.strip() for m in models_raw.replace("\n", ",").split(",") if m.strip()]
+        if not models:
+            raise ConfigurationError("GEMINI_MODELS", "holds no model names")
+        kwargs.setdefault("models", models)
+    return keys
+
+
 class KeyedClient:
     """Spread Gemini calls over a pool of API keys and models.
 
@@ -296,6 +317,8 @@ class KeyedClient:
         sleep: the coroutine used to wait for the core's next deadline (``asyncio.sleep``).
         wall_clock: Unix time, to place per-day quota resets at midnight Pacific.
         rng: the random generator for backoff jitter.
+        store, pool_name: share the pool with other processes: a ``redis://`` URL and the pool's
+            name in it, or a `Store` (see "Many processes, one pool" in the README).
         record: where to write the outcome trace (`keysched.trace`): a path, file, callable or `Recorder`.
 
     Raises:
@@ -322,6 +345,7 @@ class KeyedClient:
         sleep: Callable[[float], Awaitable[Any]] | None = None,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        store: str | Store | None = None, pool_name: str = "keysched",
         record: RecordTarget | Recorder | None = None,
     ) -> None:
         _check_base_url(base_url)
@@ -361,6 +385,8 @@ class KeyedClient:
         self._backend = _make_backend(http_client, transport, fast, max_response_bytes)
         self._headers = {label: self._backend.headers(each) for label, each in headers.items()}
         self._urls: dict[tuple[str, str], str] = {}  # by (method, model), built on first use
+        self._pump.link = None if store is None else StoreLink.open(
+            store, pool_name, self._core, clock, wall_clock, self._timeout, max_in_flight_per_key)
 
     def _url(self, model: str, method: str) -> str:
         url = self._urls.get((method, model))
@@ -375,22 +401,8 @@ class KeyedClient:
         Raises:
             ConfigurationError: the variables are missing or hold no keys.
         """
-        env = os.environ if environ is None else environ
-        raw = env.get("GEMINI_API_KEYS")
-        if raw is None:
-            raise ConfigurationError("GEMINI_API_KEYS", "not set; expected API keys separated "
-                                     "by commas or newlines")
-        keys = [part.strip() for part in raw.replace("\n", ",").split(",") if part.strip()]
-        if not keys:
-            raise ConfigurationError("GEMINI_API_KEYS", "holds no keys; expected API keys "
-                                     "separated by commas or newlines")
-        models_raw = env.get("GEMINI_MODELS")
-        if models_raw is not None:
-            models = [m.strip() for m in models_raw.replace("\n", ",").split(",") if m.strip()]
-            if not models:
-                raise ConfigurationError("GEMINI_MODELS", "holds no model names")
-            kwargs.setdefault("models", models)
-        return cls(keys=keys, **kwargs)
+        return cls(keys=_keys_from_env(os.environ if environ is None else environ, kwargs),
+                   **kwargs)
 
     def __repr__(self) -> str:
         labels = [key.label for key in self._config.keys]
@@ -419,6 +431,8 @@ class KeyedClient:
         for transport in self._transports:  # their own clients for pass-through requests
             await transport.aclose()
         await self._backend.aclose()
+        if self._pump.link is not None:
+            await self._pump.link.aclose()
         await self._pump.stop_recording()  # the trace's last lines written, its file closed
 
     @property

@@ -111,7 +111,7 @@ import math
 import random
 from collections.abc import Sequence
 
-from keysched._config import PoolConfig
+from keysched._config import PoolConfig, RetryPolicy
 from keysched._decisions import Decision, Dispatch, Fail, FailReason, Finish
 from keysched._errors import UsageError
 from keysched._facts import SharedFact, learn
@@ -237,8 +237,8 @@ class Scheduler:
         else:
             self._advance(request, action, meaning, record, now)
 
-    def withdraw(self, attempt: int, now: float) -> bool:
-        """Take back a dispatch the driver has not sent yet, if its key was disabled meanwhile.
+    def withdraw(self, attempt: int, now: float, *, unsent: bool = False) -> bool:
+        """Take back an unsent dispatch, if its key was disabled meanwhile (`unsent`: anyway).
 
         A driver sends an attempt a moment after `poll` decided it, and a refusal that disables
         the key may come back in between (under load, a whole event-loop turn).  Then the
@@ -256,7 +256,7 @@ class Scheduler:
             raise UsageError(f"attempt {attempt!r} is not in flight (unknown, completed or "
                              "cancelled)")
         _check_time(now, self._now)
-        if not self._pool.key_disabled(record.key):
+        if not unsent and not self._pool.key_disabled(record.key):
             return False
         self._now = now
         self._moved += 1
@@ -436,15 +436,11 @@ class Scheduler:
             self._fresh.append(request)
 
     def _fail(self, request: Request, reason: FailReason, now: float) -> None:
-        retry_at = self._capacity_returns(request, now) if reason in (
+        retry_at = _capacity_returns(self._pool, request, self._retry, now) if reason in (
             FailReason.DEADLINE, FailReason.NO_CAPACITY) else None
         self._decisions.append(Fail(request=request.id, reason=reason,
                                     attempt=request.last_attempt, retry_at=retry_at))
         self._requests.move(request, RequestInput.FAIL)
-
-    def _capacity_returns(self, request: Request, now: float) -> float | None:
-        return self._pool.capacity_returns(request.models_left(
-            self._retry.server_errors_per_model), request.tokens, now)
 
     def _advance(self, request: Request, action: Action, meaning: Meaning, record: Attempt,
                  now: float) -> None:
@@ -504,21 +500,10 @@ class Scheduler:
             self._fail(request, FailReason.NO_USABLE_LANE if hopeless
                        else FailReason.NO_CAPACITY, now)
             return True
-        if self._returns_too_late(request, now):
+        if _returns_too_late(self._pool, request, self._retry, now):
             self._fail(request, FailReason.DEADLINE, now)
             return True
         return False
-
-    def _returns_too_late(self, request: Request, now: float) -> bool:
-        """Whether nothing can serve the request before its deadline, as far as the core knows
-        (every lane benched past it: say, a pool benched until midnight).  Then it fails at once,
-        with `retry_at`, instead of waiting out its deadline.  Weighed again only after something
-        was benched (`Pool.benched`): the answer cannot change otherwise."""
-        if request.weighed == self._pool.benched:
-            return False
-        request.weighed = self._pool.benched
-        returns = self._capacity_returns(request, now)
-        return returns is not None and returns > request.deadline
 
     def _place(self, request: Request, models: tuple[int, ...], now: float) -> bool:
         """Dispatch the request on the best lane that can serve it now, if any."""
@@ -565,3 +550,21 @@ def _check_time(now: float, last: float) -> None:
     if not (isinstance(now, (int, float)) and now >= last):  # NaN fails `>=` too
         raise UsageError(f"time must not run backwards: now={now!r} after {last!r}")
 
+
+def _capacity_returns(pool: Pool, request: Request, retry: RetryPolicy,
+                      now: float) -> float | None:
+    """When a lane that could serve the request is back, as far as the pool knows."""
+    return pool.capacity_returns(request.models_left(retry.server_errors_per_model),
+                                 request.tokens, now)
+
+
+def _returns_too_late(pool: Pool, request: Request, retry: RetryPolicy, now: float) -> bool:
+    """Whether nothing can serve the request before its deadline, as far as the core knows
+    (every lane benched past it: say, a pool benched until midnight).  Then it fails at once,
+    with `retry_at`, instead of waiting out its deadline.  Weighed again only after something
+    was benched (`Pool.benched`): the answer cannot change otherwise."""
+    if request.weighed == pool.benched:
+        return False
+    request.weighed = pool.benched
+    returns = _capacity_returns(pool, request, retry, now)
+    return returns is not None and returns > request.deadline

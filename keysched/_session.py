@@ -27,9 +27,11 @@ until then, and pumps.
 Hooks for what later issues add (each is one place):
 
 - Each attempt sent: `Session.__anext__` returning a `Dispatch` (for calls, streams and the SDK
-  transport alike).
-- Each attempt ended: `Session.report`, which tells the core (`Scheduler.complete`) and then
-  hands an `AttemptReport` to every callable in `Pump.observers` (the time, key label, project,
+  transport alike).  With a shared store (`Pump.link`), the store is asked there first, and
+  an attempt it refuses is withdrawn and never returned.
+- Each attempt ended: `Session.report`, which tells the core (`Scheduler.complete`), releases
+  the attempt's claim on a shared store, and then hands an `AttemptReport` to every callable in
+  `Pump.observers` (the time, key label, project,
   model, outcome, HTTP status, retry delay, quota violations, tokens, latency, stream or not).
 - The outcome trace (`keysched._recorder`): `Pump.watch` adds the recorder as an observer and
   keeps it for the request's start (`Session.__init__`) and end (`Session.close`, and
@@ -75,6 +77,7 @@ from keysched._outcomes import Outcome, OutcomeKind, Violation
 from keysched._redact import Redactor
 from keysched._results import AttemptRecord
 from keysched._snapshot import PoolEvent
+from keysched._store import Claim
 from keysched._transport import (
     ResponseTooLarge,
     TransportFailure,
@@ -88,6 +91,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from keysched._recorder import Recorder
+    from keysched._sharing import StoreLink
 
 __all__ = ["CLOSED", "AttemptReport", "Pump", "Session", "Timer", "failure"]
 
@@ -252,6 +256,7 @@ class Pump:
         # Bounded, so that a long-running client keeps a window of history, not all of it.
         self.history: deque[PoolEvent] = deque(maxlen=history)
         self.observers: list[Callable[[AttemptReport], None]] = []
+        self.link: StoreLink | None = None  # the shared store, if the pool is shared
         self.recorder: Recorder | None = None  # the outcome trace, if one is recorded
         self.timer = Timer(clock, sleep, self.pump)
         self.closed = False
@@ -270,6 +275,8 @@ class Pump:
                 # Nobody waits for this request any more (its caller is gone): free the lane.
                 core.cancel(decision.request, self.clock())
         events = core.take_events()
+        if events and self.link is not None:
+            self.link.note(events)  # what this core learned, for the other processes
         self.history.extend(events)
         for event in events:
             # Each event at its own level: a logger set to WARNING must still see disabled keys.
@@ -371,6 +378,9 @@ class Session:
         self.unwound: asyncio.Future[None] | None = None  # set when an aborted attempt let go
         self.oversized = False  # the last answer exceeded max_response_bytes
         self.failure: Fail | None = None  # how the request failed, once it has
+        self.tokens = tokens
+        self.spends_quota = spends_quota
+        self.claim: Claim | None = None  # what the shared store granted the attempt in flight
         pump.mailboxes[self.rid] = self
         if pump.recorder is not None:
             pump.recorder.request_started(self.rid, now)
@@ -410,9 +420,19 @@ class Session:
                 raise UsageError(CLOSED)
             # Never send on a key disabled while this dispatch waited: hand it back and wait
             # for the next decision.
-            if not (waited and self.pump.core.withdraw(decision.attempt, self.pump.clock())):
+            if waited and self.pump.core.withdraw(decision.attempt, self.pump.clock()):
+                self.pump.pump()
+                continue
+            link = self.pump.link
+            if link is None:
                 return decision
-            self.pump.pump()
+            # The shared store's word on the attempt (one call; see `keysched._sharing`).
+            claim = await link.admit(decision, self.tokens, self.spends_quota)
+            if claim is not False:
+                self.claim = claim if isinstance(claim, Claim) else None
+                return decision
+            self.pump.pump()  # withdrawn, not sent: the request's next decision follows
+            waited = True  # other tasks ran meanwhile: a dispatch posted since is checked
 
     def __enter__(self) -> Session:
         return self
@@ -510,6 +530,7 @@ class Session:
             started=started, ended=ended))
         self.last = (dispatch, classified)
         if pump.closed:  # the client closed while this attempt was in flight
+            self._settle(kind)
             self.take_abort()
             raise UsageError(CLOSED)
         if kind is not OutcomeKind.SUCCESS:
@@ -518,6 +539,7 @@ class Session:
         elif not stream:
             pump.durations.add(ended - started)
         pump.core.complete(dispatch.attempt, classified.outcome, ended)
+        self._settle(kind)
         pump.report(dispatch, classified, started, ended, stream=stream)
         if final:
             # End it before any poll can dispatch the retry the outcome may have queued.
@@ -585,8 +607,16 @@ class Session:
             text, status=status, google_status=google_status, service_message=service_message,
             model=model, key=key, attempts=self.records, retry_at=fail.retry_at)
 
+    def _settle(self, kind: OutcomeKind) -> None:
+        """Release the shared store's claim of the attempt that ended with `kind`."""
+        claim, self.claim = self.claim, None
+        if claim is not None and self.pump.link is not None:
+            self.pump.link.settle(claim, kind)
+
     def close(self, *, failed: bool = False) -> None:
         """End the request if it is still open (cancellation, or a broken stream: `failed`)."""
+        # An attempt that never reported (its caller cancelled) still holds its lease.
+        self._settle(OutcomeKind.CONNECTION_ERROR)
         pump = self.pump
         pump.mailboxes.pop(self.rid, None)
         recorder = pump.recorder

@@ -19,10 +19,15 @@ Decisions where the issue was silent:
   because a `Selector` of one's own asks `LaneOracle.verdict` and must read its answer;
   `SelectorFactory` is the type of `Policy.selector`.
 - `dimension_of`, `MAX_QUOTA_VALUE` and the scheduler's private helpers stay private.
+- Sharing one pool among processes: `CoreFacts` (the seam between a core and a store's
+  facts), `SharedPool` (the store's rules in plain Python, with time passed in) and the records
+  a store takes and gives (`Claim`, `Grant`, `Settlement`), for a driver of its own (the
+  simulator's `sim.processes`).  The stores themselves are client API (`keysched`).
 """
 
 from keysched._budget import KnownLimit
 from keysched._core import Scheduler
+from keysched._core_facts import CoreFacts
 from keysched._decisions import Decision, Dispatch, Fail, FailReason, Finish
 from keysched._outcomes import Outcome, OutcomeKind, QuotaDimension, Violation, violation_of
 from keysched._pacific import next_pacific_midnight
@@ -39,6 +44,7 @@ from keysched._selection import (
     SelectorFactory,
     Verdict,
 )
+from keysched._store import Claim, Grant, Settlement, SharedPool
 from keysched._table import DEFAULT_ACTIONS, Action, Effect, Next
 
 __all__ = [
@@ -47,12 +53,15 @@ __all__ = [
     "SERVES",
     "SKIPS",
     "Action",
+    "Claim",
+    "CoreFacts",
     "Decision",
     "Dispatch",
     "Effect",
     "Fail",
     "FailReason",
     "Finish",
+    "Grant",
     "KnownLimit",
     "LaneOracle",
     "LeastLoaded",
@@ -66,6 +75,8 @@ __all__ = [
     "Scheduler",
     "Selector",
     "SelectorFactory",
+    "Settlement",
+    "SharedPool",
     "Verdict",
     "Violation",
     "next_pacific_midnight",

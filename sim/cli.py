@@ -74,6 +74,10 @@ def _add_simulation(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     add_commands(subparsers)
 
 
+def _add_processes(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from sim.processes import add_command
+
+    add_command(subparsers)
 def _add_replay(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     # `fit` and `replay`: rebuild a scenario from an outcome trace (sim.replay).
     from sim.replay import add_commands
@@ -84,6 +88,7 @@ def _add_replay(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
 _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_simulation,
     _add_serve,
+    _add_processes,
     _add_replay,
 ]
 

@@ -17,3 +17,6 @@ settings.register_profile(
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
     suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+# The Redis fixtures (the machine's server, a server of a test's own, a pool per test).
+from redis_support import own_redis, pool_name, shared_redis  # noqa: E402, F401
