@@ -125,7 +125,7 @@ from keysched._selection import Policy
 from keysched._snapshot import PoolEvent, PoolSnapshot
 from keysched._table import OUTCOMES, Action, Meaning, Next
 from keysched._timers import TimerHeap, TimerKind
-from keysched._views import group_snapshots, lane_snapshots, shared_facts
+from keysched._views import pool_snapshot, shared_facts
 
 __all__ = ["Scheduler"]
 
@@ -377,15 +377,8 @@ class Scheduler:
 
     def snapshot(self, now: float | None = None) -> PoolSnapshot:
         """A read-only picture of the pool at `now` (default: the last time the core saw)."""
-        at = self._now if now is None else now
-        book = self._requests
-        return PoolSnapshot(
-            now=at, lanes=tuple(lane_snapshots(self._pool, at)),
-            groups=tuple(group_snapshots(self._pool, at)),
-            waiting=book.waiting, in_flight=len(self._attempts),
-            requests_submitted=book.submitted, requests_finished=book.finished,
-            requests_failed=book.failed, requests_cancelled=book.cancelled)
-
+        return pool_snapshot(self._pool, self._requests, len(self._attempts),
+                             self._now if now is None else now)
 
     # ------------------------------------------------------------------ timers
 

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from keysched._facts import Cooldown, DisabledKey, LearnedLimit, SharedFact
 from keysched._keys import KeyState
 from keysched._pool import Pool
-from keysched._snapshot import GroupSnapshot, LaneSnapshot, LaneState
+from keysched._requests import Requests
+from keysched._snapshot import GroupSnapshot, LaneSnapshot, LaneState, PoolSnapshot
 
 __all__ = ["group_snapshots", "lane_snapshots", "shared_facts"]
 
@@ -74,6 +75,15 @@ def group_snapshots(pool: Pool, at: float) -> Iterator[GroupSnapshot]:
                 tokens_last_minute=usage[1], requests_today=usage[2],
                 limits=() if group.budget is None else group.budget.limits,
                 probing=group.half_open is not None)
+
+
+def pool_snapshot(pool: Pool, book: Requests, in_flight: int, at: float) -> PoolSnapshot:
+    """A read-only picture of the pool and the requests at `at` (`Scheduler.snapshot`)."""
+    return PoolSnapshot(
+        now=at, lanes=tuple(lane_snapshots(pool, at)), groups=tuple(group_snapshots(pool, at)),
+        waiting=book.waiting, in_flight=in_flight, requests_submitted=book.submitted,
+        requests_finished=book.finished, requests_failed=book.failed,
+        requests_cancelled=book.cancelled)
 
 
 def shared_facts(pool: Pool, now: float) -> list[SharedFact]:
