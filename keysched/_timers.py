@@ -14,6 +14,13 @@ stay (a parked lane's) could otherwise sit at the top and keep every later one a
 under steady load the heap would grow with the throughput.  Rebuilding at twice the live size
 is amortised O(1) per push.
 
+A lane parked until a time it is already parked until is not armed twice (`push` drops the
+second LANE timer with the same key, model and time).  Both would fire in one `poll` and offer
+the lane again twice, which is once.  Without this, a pool whose best model ran out of its day
+parked each released key's lane until midnight again at every dispatch: one timer more per
+dispatch, kept alive by `compact`, and a heap that grew with the run (issue 18 item 4: the
+million-request run slowed down as it went).
+
 Decisions where the issue was silent:
 
 - `push` refuses nothing: a timer in the past fires at the next `poll` (a lane parked until a
@@ -60,12 +67,13 @@ class Timer(NamedTuple):
 class TimerHeap:
     """A heap of `Timer`s ordered by time, then by `order`."""
 
-    __slots__ = ("_heap", "_limit", "_seq")
+    __slots__ = ("_heap", "_lanes", "_limit", "_seq")
 
     def __init__(self) -> None:
         self._heap: list[Timer] = []
         self._seq = 0  # the default `order`: push order
         self._limit = _MIN_LIMIT  # `oversized` past this many timers
+        self._lanes: set[tuple[int, int, float]] = set()  # (key, model, at) of LANE timers
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -73,6 +81,11 @@ class TimerHeap:
     def push(self, at: float, kind: TimerKind, ref: int = 0, extra: int = 0,
              order: int | None = None) -> None:
         """Fire a `kind` timer at `at`; timers due together fire by `order` (default: as pushed)."""
+        if kind is TimerKind.LANE:
+            lane = (ref, extra, at)
+            if lane in self._lanes:
+                return  # armed already: it would offer the lane again at the same time
+            self._lanes.add(lane)
         if order is None:
             self._seq += 1
             order = self._seq
@@ -88,6 +101,7 @@ class TimerHeap:
         live = [timer for timer in self._heap if keep(timer)]
         heapq.heapify(live)
         self._heap = live
+        self._lanes = {(t.ref, t.extra, t.at) for t in live if t.kind is TimerKind.LANE}
         self._limit = max(_MIN_LIMIT, 2 * len(live))
 
     def peek(self) -> Timer | None:
@@ -100,11 +114,16 @@ class TimerHeap:
 
     def pop(self) -> Timer:
         """Take the next timer out of the heap."""
-        return heapq.heappop(self._heap)
+        return self._popped(heapq.heappop(self._heap))
 
     def pop_due(self, now: float) -> Timer | None:
         """Take out the next timer due at or before `now`, if any."""
         heap = self._heap
         if heap and heap[0].at <= now:
-            return heapq.heappop(heap)
+            return self._popped(heapq.heappop(heap))
         return None
+
+    def _popped(self, timer: Timer) -> Timer:
+        if timer.kind is TimerKind.LANE:
+            self._lanes.discard((timer.ref, timer.extra, timer.at))
+        return timer

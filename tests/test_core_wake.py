@@ -31,6 +31,7 @@ from keysched import (
 from keysched._decisions import Dispatch
 from keysched._facts import Cooldown
 from keysched._outcomes import Violation
+from keysched._timers import TimerHeap, TimerKind
 
 T0 = 1_000.0
 MODELS = ["best", "cheap"]
@@ -114,3 +115,26 @@ def _completes(core: Scheduler, attempt: int, outcome: Outcome, now: float) -> b
     except UsageError:  # completed or cancelled already
         return False
     return True
+
+
+def test_a_lane_parked_until_the_same_time_is_armed_once() -> None:
+    """The million-request run's heap grew by one timer per dispatch: each released key's lane
+    of a model out of its day was parked until midnight again.  A second LANE timer with the same
+    key, model and time is dropped; another time, or the same after it fired, is armed."""
+    heap = TimerHeap()
+    for _ in range(3):
+        heap.push(50.0, TimerKind.LANE, 4, 1)
+    heap.push(50.0, TimerKind.LANE, 4, 0)  # another model
+    heap.push(60.0, TimerKind.LANE, 4, 1)  # another time
+    heap.push(50.0, TimerKind.WAKE)
+    heap.push(50.0, TimerKind.WAKE)  # only lanes are deduplicated
+    assert len(heap) == 5
+    fired = [heap.pop_due(50.0) for _ in range(4)]
+    assert [(t.kind, t.ref, t.extra) for t in fired if t is not None] == [
+        (TimerKind.LANE, 4, 1), (TimerKind.LANE, 4, 0), (TimerKind.WAKE, 0, 0),
+        (TimerKind.WAKE, 0, 0)]
+    heap.push(50.0, TimerKind.LANE, 4, 1)  # fired: parking it again arms it again
+    assert len(heap) == 2
+    heap.compact(lambda timer: timer.at > 55.0)  # a compaction that drops it forgets it
+    heap.push(50.0, TimerKind.LANE, 4, 1)
+    assert len(heap) == 2
