@@ -164,11 +164,11 @@ class Scheduler:
         self._events: list[PoolEvent] = []
         self._now = -math.inf
         self._next_attempt = 1
-        # Bumped by every input and timer that could free capacity: a queue whose head waited
-        # at the same count is not asked again (`Queues.held`).  `recheck_all` turns the skip
-        # off, for the test that holds both ways to the same decisions.
+        # Bumped by every input and timer (`Queues.held`, `_Returns`); see `recheck_all`.
         self._moved = 0
+        # True: ask every waiting queue and the pool every time (the reference path).
         self.recheck_all = not getattr(self._pool.selector, "wakes_on_change", False)
+        self._returns = _Returns(self._pool, config.retry)
 
     # ------------------------------------------------------------------ inputs
 
@@ -429,7 +429,7 @@ class Scheduler:
             self._fresh.append(request)
 
     def _fail(self, request: Request, reason: FailReason, now: float) -> None:
-        retry_at = _capacity_returns(self._pool, request, self._retry, now) if reason in (
+        retry_at = self._returns.at(request, now, self._stamp()) if reason in (
             FailReason.DEADLINE, FailReason.NO_CAPACITY) else None
         self._decisions.append(Fail(request=request.id, reason=reason,
                                     attempt=request.last_attempt, retry_at=retry_at))
@@ -471,9 +471,7 @@ class Scheduler:
                 queues.pop(models)
             else:
                 blocked.add(models)
-                # Its answer stands until something moves, or until it is too late to start.
-                queues.hold(models, request.id, self._moved, math.nextafter(request.start_by,
-                                                                           math.inf))
+                queues.hold(models, request, self._moved)
         self._queues.drop_empty(blocked)
 
     def _settle_head(self, request: Request, models: tuple[int, ...], now: float) -> bool:
@@ -493,10 +491,13 @@ class Scheduler:
             self._fail(request, FailReason.NO_USABLE_LANE if hopeless
                        else FailReason.NO_CAPACITY, now)
             return True
-        if _returns_too_late(self._pool, request, self._retry, now):
+        if self._returns.too_late(request, now, self._stamp()):
             self._fail(request, FailReason.DEADLINE, now)
             return True
         return False
+
+    def _stamp(self) -> tuple[int, int] | None:
+        return None if self.recheck_all else (self._moved, self._next_attempt)
 
     def _place(self, request: Request, models: tuple[int, ...], now: float) -> bool:
         """Dispatch the request on the best lane that can serve it now, if any."""
@@ -544,20 +545,48 @@ def _check_time(now: float, last: float) -> None:
         raise UsageError(f"time must not run backwards: now={now!r} after {last!r}")
 
 
-def _capacity_returns(pool: Pool, request: Request, retry: RetryPolicy,
-                      now: float) -> float | None:
-    """When a lane that could serve the request is back, as far as the pool knows."""
-    return pool.capacity_returns(request.models_left(retry.server_errors_per_model),
-                                 request.tokens, now)
+class _Returns:
+    """When capacity returns for a request (`Pool.capacity_returns`), remembered.
 
+    Once a pool's day has run out, every request fails at once with its `retry_at`, and each
+    answer walks every quota group of its models (400 on `thousand-keys`): past the day's
+    quota the million-request run spent 2 ms per request there (issue 18 item 4).  The answer
+    for a request's models and tokens stands while nothing moved (the scheduler's change count
+    and its attempt count, both in `stamp`) and while it is still in the future: every term of
+    it is a time that does not depend on `now` until `now` reaches it (cooldown ends, probe
+    times, a budget's window or day end).  An answer of `now` itself (capacity is back) is not
+    remembered.  A `stamp` of None asks the pool every time (the reference).
+    """
 
-def _returns_too_late(pool: Pool, request: Request, retry: RetryPolicy, now: float) -> bool:
-    """Whether nothing can serve the request before its deadline, as far as the core knows
-    (every lane benched past it: say, a pool benched until midnight).  Then it fails at once,
-    with `retry_at`, instead of waiting out its deadline.  Weighed again only after something
-    was benched (`Pool.benched`): the answer cannot change otherwise."""
-    if request.weighed == pool.benched:
-        return False
-    request.weighed = pool.benched
-    returns = _capacity_returns(pool, request, retry, now)
-    return returns is not None and returns > request.deadline
+    __slots__ = ("_known", "_pool", "_retry")
+
+    def __init__(self, pool: Pool, retry: RetryPolicy) -> None:
+        self._pool = pool
+        self._retry = retry
+        self._known: dict[tuple[tuple[int, ...], int], tuple[tuple[int, int], float | None]] = {}
+
+    def too_late(self, request: Request, now: float, stamp: tuple[int, int] | None) -> bool:
+        """Whether nothing can serve the request before its deadline, as far as the core knows
+        (every lane benched past it: say, a pool benched until midnight).  Then it fails at once,
+        with `retry_at`, instead of waiting out its deadline.  Weighed again only after something
+        was benched (`Pool.benched`): the answer cannot change otherwise."""
+        if request.weighed == self._pool.benched:
+            return False
+        request.weighed = self._pool.benched
+        returns = self.at(request, now, stamp)
+        return returns is not None and returns > request.deadline
+
+    def at(self, request: Request, now: float, stamp: tuple[int, int] | None) -> float | None:
+        """When a lane that could serve the request is back (None: never, as far as known)."""
+        models = request.models_left(self._retry.server_errors_per_model)
+        key = (models, request.tokens)
+        known = self._known.get(key)
+        if stamp is not None and known is not None and known[0] == stamp and (
+                known[1] is None or known[1] > now):
+            return known[1]
+        returns = self._pool.capacity_returns(models, request.tokens, now)
+        if stamp is not None:
+            if len(self._known) > 4096:  # many sizes of request: start over rather than grow
+                self._known.clear()
+            self._known[key] = (stamp, returns)
+        return returns

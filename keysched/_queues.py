@@ -26,6 +26,7 @@ behind it that allow the same models (that is what FIFO means) and nothing else.
 from __future__ import annotations
 
 import heapq
+import math
 
 from keysched._requests import Request, Requests, RequestState
 
@@ -71,10 +72,10 @@ class Queues:
                 best, head = models, queue[0]
         return None if best is None else (best, self._requests.open[head])
 
-    def hold(self, models: tuple[int, ...], head: int, count: int, until: float) -> None:
-        """The head `head` of `models` cannot be served while the change count is `count` and
-        the time is before `until`."""
-        self._held[models] = (head, count, until)
+    def hold(self, models: tuple[int, ...], head: Request, count: int) -> None:
+        """The head of `models` cannot be served while the change count is `count`, until it
+        is too late for it to start (past its `start_by`)."""
+        self._held[models] = (head.id, count, math.nextafter(head.start_by, math.inf))
 
     def held(self, count: int, now: float) -> set[tuple[int, ...]]:
         """The queues whose head was held at change count `count`, whose time has not come, and
