@@ -126,8 +126,15 @@ async def genai_async_run(fast: bool) -> None:
     assert snapshot.waiting == 0
 
 
-async def test_openai_async_every_call_succeeds_and_the_revoked_key_is_hit_once() -> None:
-    async with running_server(hostile_scenario()) as (server, _world):
+def test_openai_async_every_call_succeeds_and_the_revoked_key_is_hit_once() -> None:
+    """On a `virtual_loop.VirtualTimeLoop` at scale 1, for the reason the genai test is."""
+    virtual_loop.run(openai_async_run)
+
+
+async def openai_async_run() -> None:
+    loop = asyncio.get_running_loop()
+    async with running_server(hostile_scenario(), time_scale=1.0,
+                              clock=loop.time) as (server, _world):
         async with pool_for(app_of(server), server.base_url, max_in_flight_per_key=1) as pool:
             counting = Counting(pool.transport())
             client = openai_async(server.base_url, counting)
