@@ -7,9 +7,11 @@ Gemini server (a sliding minute, a fixed minute, a per-day limit), in the scenar
 server announced is running, no call failed before its deadline, and answers within 2% of what
 the quota allows.  With the limits configured: no 429 at all.
 
-The clients are the default in every way but one: compressing time multiplies the real delays
-(the event loop of a busy machine, the loopback) by the scale, so their quota margin is the
-default 1 s in *real* time, `SCALE` virtual seconds.  The quota still allows the same answers.
+The run is on a `virtual_loop.VirtualTimeLoop` (time scale 1): the server, the clients and the
+arrivals share its virtual clock, so a busy machine makes the test slower, never moves an
+arrival or an attempt in scenario time.  The clients are the default in every way, their quota
+margin included (on the wall clock at a compressed scale, the real delays of a loaded machine,
+multiplied by the scale, used to eat into it).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 from collections import Counter, defaultdict
 from typing import Any
 
+import virtual_loop
 from e2e_support import ScenarioTime, running_server, scenario_client
 
 from keysched import (
@@ -26,13 +29,12 @@ from keysched import (
     GenerateResult,
     KeyschedError,
     OutcomeKind,
-    RetryPolicy,
 )
 from sim.scenario import Scenario, parse_scenario
+from sim.server import SimApp
 
 FLASH = "gemini-2.5-flash"
 KEYS = 10
-SCALE = 10.0  # virtual seconds per real second
 _429 = (OutcomeKind.RATE_LIMITED_MINUTE, OutcomeKind.RATE_LIMITED_DAY)
 
 
@@ -44,7 +46,7 @@ def quota_scenario(*, window: str = "sliding", rpm: int | None = 5, rpd: int | N
     if rpd is not None:
         quota["rpd"] = rpd
     return parse_scenario({
-        "description": "quota learning", "start": start, "duration": 600, "time_scale": SCALE,
+        "description": "quota learning", "start": start, "duration": 600, "time_scale": 1.0,
         "quota_window": window, "error_latency": 0.05,
         "models": [{"name": FLASH, "latency_median": 0.5, "latency_sigma": 0.0}],
         "quotas": {FLASH: quota},
@@ -89,11 +91,13 @@ def sent_inside_a_retry_delay(attempts: list[AttemptRecord]) -> int:
 
 async def run(scenario: Scenario, *, calls: int, spacing: float, deadline: float,
               configured: bool = False) -> list[GenerateResult | KeyschedError]:
-    async with running_server(scenario) as (server, _), \
-            scenario_client(server, limits_known=configured, timeout=30.0,
-                            retry=RetryPolicy(quota_margin=SCALE)) as client:
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, virtual_loop.VirtualTimeLoop)
+    async with running_server(scenario, time_scale=1.0, clock=loop.time) as (server, _), \
+            scenario_client(server, limits_known=configured, timeout=30.0) as client:
+        assert isinstance(server.app, SimApp)
         return await offer(client, ScenarioTime(server.app), calls=calls, spacing=spacing,
-                           deadline=deadline)  # type: ignore[arg-type]
+                           deadline=deadline)
 
 
 def check_learning(outcomes: list[GenerateResult | KeyschedError], capacity: int) -> None:
@@ -127,7 +131,7 @@ def check_per_day(outcomes: list[GenerateResult | KeyschedError]) -> None:
     assert all(isinstance(o, GenerateResult | CapacityError) for o in outcomes)
 
 
-async def test_quota_learning_over_http() -> None:
+def test_quota_learning_over_http() -> None:
     """The four runs side by side (each on its own server; they only sleep, so together they
     take the time of the longest):
 
@@ -137,12 +141,16 @@ async def test_quota_learning_over_http() -> None:
     - the same with the limits configured: no 429 at all.
     - 5 requests per day per key, no per-minute limit; midnight Pacific falls at t = 120.
     """
-    sliding, fixed, configured, per_day = await asyncio.gather(
-        run(quota_scenario(window="sliding"), calls=200, spacing=0.6, deadline=60.0),
-        run(quota_scenario(window="fixed"), calls=200, spacing=0.6, deadline=60.0),
-        run(quota_scenario(), calls=200, spacing=0.6, deadline=60.0, configured=True),
-        run(quota_scenario(rpm=None, rpd=5, window="fixed", start="2026-05-12T23:58:00-07:00"),
-            calls=150, spacing=1.2, deadline=100.0))
+    async def all_four() -> tuple[list[GenerateResult | KeyschedError], ...]:
+        return tuple(await asyncio.gather(
+            run(quota_scenario(window="sliding"), calls=200, spacing=0.6, deadline=60.0),
+            run(quota_scenario(window="fixed"), calls=200, spacing=0.6, deadline=60.0),
+            run(quota_scenario(), calls=200, spacing=0.6, deadline=60.0, configured=True),
+            run(quota_scenario(rpm=None, rpd=5, window="fixed",
+                               start="2026-05-12T23:58:00-07:00"),
+                calls=150, spacing=1.2, deadline=100.0)))
+
+    sliding, fixed, configured, per_day = virtual_loop.run(all_four)
     check_learning(sliding, capacity=150)
     check_learning(fixed, capacity=150)
     check_configured(configured, capacity=150)
