@@ -45,7 +45,6 @@ Decisions where the issue was silent:
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple, Protocol
@@ -342,8 +341,3 @@ class MemoryStore:
 
     async def aclose(self) -> None:
         """Nothing to let go of."""
-
-
-def finite(value: float) -> float:
-    """`value`, with an infinite end stored as `FOREVER`."""
-    return FOREVER if math.isinf(value) and value > 0 else value
