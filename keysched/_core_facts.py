@@ -42,7 +42,7 @@ from keysched._decisions import Dispatch
 from keysched._errors import UsageError
 from keysched._facts import Cooldown, DisabledKey, LearnedLimit
 from keysched._outcomes import OutcomeKind, QuotaDimension
-from keysched._snapshot import PoolEvent
+from keysched._snapshot import PoolEvent, parse_learned_limit
 from keysched._store import FOREVER, SCOPES, Claim, Grant, SharedFact
 
 __all__ = ["CAP_RECHECK", "MIN_WAIT", "REFUNDED", "CoreFacts"]
@@ -121,13 +121,13 @@ class CoreFacts:
                 self._learned.pop((project, model), None)
                 continue
             elif kind == "limit_learned":
-                name, _, rest = event.reason.partition("=")
-                value = rest.split(" ", 1)[0]
-                if name not in _BUDGETED or not value.isdigit():
+                learned = parse_learned_limit(event.reason)
+                if learned is None or learned[0] not in _BUDGETED:
                     continue
-                self._learned.setdefault((project, model), {})[name] = int(value)
-                self._priors.setdefault(model, {})[name] = int(value)
-                fact = SharedFact("limit", project, model, "", name, value=int(value),
+                name, value = learned
+                self._learned.setdefault((project, model), {})[name] = value
+                self._priors.setdefault(model, {})[name] = value
+                fact = SharedFact("limit", project, model, "", name, value=value,
                                   reason=event.reason)
             else:
                 continue

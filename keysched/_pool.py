@@ -58,7 +58,7 @@ from keysched._outcomes import Outcome, QuotaDimension, Violation
 from keysched._pacific import next_pacific_midnight
 from keysched._requests import Attempt
 from keysched._selection import Policy, Selector
-from keysched._snapshot import PoolEvent
+from keysched._snapshot import PoolEvent, learned_limit_reason
 from keysched._table import Action, Delay, Effect, Meaning, Next
 
 __all__ = ["Changes", "Pool"]
@@ -294,8 +294,9 @@ class Pool:
 
     def _announce_learned(self, group: QuotaGroup, violation: Violation, now: float,
                           changes: Changes) -> None:
-        changes.emit("limit_learned", f"{violation.dimension.value}={violation.value} from "
-                     f"{violation.quota_id}", now, project=self.keys.projects[group.project],
+        reason = learned_limit_reason(violation.dimension.value, violation.value,
+                                      violation.quota_id)
+        changes.emit("limit_learned", reason, now, project=self.keys.projects[group.project],
                      model=self.models[group.model].name)
 
     def _lane_error(self, attempt: Attempt, reason: str, now: float, changes: Changes) -> None:

@@ -125,3 +125,16 @@ class PoolEvent(NamedTuple):
     project: str | None = None
     model: str | None = None
     until: float | None = None
+
+
+def learned_limit_reason(dimension: str, value: int | None, quota_id: str) -> str:
+    """The reason of a ``limit_learned`` event: ``rpm=5 from <quotaId>``."""
+    return f"{dimension}={value} from {quota_id}"
+
+
+def parse_learned_limit(reason: str) -> tuple[str, int] | None:
+    """The (dimension, value) a ``limit_learned`` reason names (see `learned_limit_reason`),
+    or None if it is not one."""
+    name, _, rest = reason.partition("=")
+    value = rest.split(" ", 1)[0]
+    return (name, int(value)) if name and value.isdigit() else None

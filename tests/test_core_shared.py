@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from keysched import (
     Dispatch,
@@ -229,3 +231,15 @@ def test_pool_inputs_return_wakeups_and_events() -> None:
     assert pool.disable_key("a", "key_leaked", T0).events == []
     changes = pool.learn_limit("Q", "m", QuotaDimension.TOKENS_PER_MINUTE, 1000, T0, "tpm")
     assert [e.kind for e in changes.events] == ["limit_learned"]
+
+
+@given(st.sampled_from(["rpm", "tpm", "rpd"]), st.integers(1, 10**9),
+       st.text(max_size=40))
+def test_a_learned_limits_reason_reads_back(dimension: str, value: int, quota_id: str) -> None:
+    """The shared store reads learned limits from the ``limit_learned`` reason the pool writes:
+    the two ends of that format are one pair of functions, held together here."""
+    from keysched._snapshot import learned_limit_reason, parse_learned_limit
+
+    assert parse_learned_limit(learned_limit_reason(dimension, value, quota_id)) == (
+        dimension, value)
+    assert parse_learned_limit("shared_capacity") is None
