@@ -308,6 +308,12 @@ def _peaks(trace: Trace) -> dict[tuple[str, str], dict[str, int]]:
                     "rpd": max(days[group].values())} for group in minutes}
 
 
+_Limits = dict[tuple[str, str], dict[str, int]]
+"""Known limits: (project, model) to {dimension: value}."""
+_Revealed = dict[tuple[str, str], dict[str, list[tuple[float, int]]]]
+"""What `revealed_limits` returns."""
+
+
 def _quotas(trace: Trace, models: list[str], projects: list[str], t0: float,
             ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """Top-level default quotas, per-project quotas, and quota changes.
@@ -317,7 +323,15 @@ def _quotas(trace: Trace, models: list[str], projects: list[str], t0: float,
     (but those that lack the model) ends up with is written once, as the top-level default.
     """
     revealed = revealed_limits(trace)
-    quotas: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+    quotas = _known_limits(trace, revealed, projects)
+    zero = {(a.project, a.model) for a in trace.attempts if a.outcome == _K.QUOTA_ZERO.value}
+    defaults = _extend_agreed(quotas, models, projects, zero, _peaks(trace))
+    return defaults, _own_quotas(quotas, defaults, zero), _quota_changes(revealed, t0)
+
+
+def _known_limits(trace: Trace, revealed: _Revealed, projects: list[str]) -> _Limits:
+    """The first value each 429 revealed, then the limits the trace's header was told."""
+    quotas: _Limits = defaultdict(dict)
     for group, dims in revealed.items():
         quotas[group].update({dim: values[0][1] for dim, values in dims.items()})
     pool = trace.header.pool
@@ -326,8 +340,13 @@ def _quotas(trace: Trace, models: list[str], projects: list[str], t0: float,
             for dim in ("rpm", "tpm", "rpd"):
                 if getattr(limit, dim) is not None:
                     quotas[(project, limit.model)].setdefault(dim, getattr(limit, dim))
-    zero = {(a.project, a.model) for a in trace.attempts if a.outcome == _K.QUOTA_ZERO.value}
-    peaks = _peaks(trace)
+    return quotas
+
+
+def _extend_agreed(quotas: _Limits, models: list[str], projects: list[str],
+                   zero: set[tuple[str, str]], peaks: _Limits,
+                   ) -> dict[str, Any]:
+    """Extend each agreed value to the silent projects it fits; returns the top-level defaults."""
     defaults: dict[str, Any] = {}
     for model in models:
         serving = [p for p in projects if (p, model) not in zero]
@@ -341,6 +360,12 @@ def _quotas(trace: Trace, models: list[str], projects: list[str], t0: float,
                     quotas[(project, model)].setdefault(dim, value)
             if serving and all(quotas[(p, model)].get(dim) == value for p in serving):
                 defaults.setdefault(model, {})[dim] = value
+    return defaults
+
+
+def _own_quotas(quotas: _Limits, defaults: dict[str, Any], zero: set[tuple[str, str]],
+                ) -> dict[str, dict[str, Any]]:
+    """Per project, the values that differ from the defaults (0: the model is not served)."""
     own: dict[str, dict[str, Any]] = defaultdict(dict)
     for (project, model), found in sorted(quotas.items()):
         rest = {dim: v for dim, v in sorted(found.items())
@@ -349,10 +374,15 @@ def _quotas(trace: Trace, models: list[str], projects: list[str], t0: float,
             own[project][model] = rest
     for project, model in sorted(zero):
         own[project][model] = 0
+    return dict(own)
+
+
+def _quota_changes(revealed: _Revealed, t0: float) -> list[dict[str, Any]]:
+    """Every later value a 429 revealed, as a `[[quota_changes]]` entry, in time order."""
     changes = [{"at": round(max(0.0, at - t0), 6), "project": project, "model": model, dim: value}
                for (project, model), dims in sorted(revealed.items())
                for dim, values in sorted(dims.items()) for at, value in values[1:]]
-    return defaults, dict(own), sorted(changes, key=lambda change: change["at"])
+    return sorted(changes, key=lambda change: change["at"])
 
 
 def _quota_window(trace: Trace) -> str:
