@@ -29,8 +29,9 @@ Definitions (decisions where the issue was silent are marked *):
   its quotas allow in that duration*: for each (project, model) group of a model the workload
   uses and each Pacific day the run touches, the least of RPM x that day's minute windows, RPD,
   and (TPM // the smallest input size) x that day's minute windows, counting the wall-clock
-  minute windows the world counts; summed over days and groups.
-  ``None`` when some group is unlimited.
+  minute windows the world counts; summed over days and groups.  ``[[quota_changes]]`` are
+  followed: each minute window counts under the quota in force when it starts (see
+  `capacity`).  ``None`` when some group is unlimited.
 - ``recovery_time``: for each fault window that ends inside the run, the time from its end to
   the first successful attempt started after it on the fault's model (any model when the fault
   names none); the worst of them.  ``None`` with no such window; ``math.inf`` if it never
@@ -57,7 +58,7 @@ import attrs
 
 from keysched.driver import OutcomeKind, next_pacific_midnight
 from sim.records import AttemptRecord, RequestRecord, RunResult, RunSummary
-from sim.scenario import FaultKind, Scenario
+from sim.scenario import FaultKind, QuotaSpec, Scenario
 from sim.world import Reply
 
 __all__ = ["Metrics", "MetricsRecorder", "capacity", "compute", "jain", "percentile",
@@ -192,48 +193,84 @@ def revocation_times(scenario: Scenario) -> dict[str, float]:
             for label, spans in revocation_windows(scenario).items()}
 
 
-def _windows(scenario: Scenario) -> list[int]:
-    """The wall-clock minute windows that [0, duration) touches, one count per Pacific day.
-
-    Pacific midnight falls on a minute boundary, so every window belongs to exactly one day.
-    """
+def _days(scenario: Scenario) -> list[tuple[float, float]]:
+    """The run's [start, end) pieces, one per Pacific day it touches, in Unix seconds."""
     epoch = scenario.start_epoch
     end = epoch + scenario.duration
-    per_day = []
+    days = []
     t = epoch
     while t < end:
         day_end = min(next_pacific_midnight(t), end)
-        per_day.append(math.ceil(day_end / 60.0) - math.floor(t / 60.0))
+        days.append((t, day_end))
         t = day_end
-    return per_day
+    return days
+
+
+def _quota_spans(scenario: Scenario, project: str, base: QuotaSpec,
+                 ) -> list[tuple[float, QuotaSpec]]:
+    """(from when, in Unix seconds; the quota in force) for one group, `[[quota_changes]]` applied.
+
+    A change's fields that are ``None`` keep their value, as the world applies them.
+    """
+    spans = [(scenario.start_epoch, base)]
+    for change in sorted(scenario.quota_changes, key=lambda c: c.at):
+        if change.model != base.model or change.project not in (None, project):
+            continue
+        current = spans[-1][1]
+        spans.append((scenario.start_epoch + change.at, attrs.evolve(
+            current, **{dim: getattr(change, dim) for dim in ("rpm", "tpm", "rpd")
+                        if getattr(change, dim) is not None})))
+    return spans
+
+
+def _day_bound(spans: list[tuple[float, QuotaSpec]], day: tuple[float, float],
+               smallest: int) -> float:
+    """The most one group admits in one day (``math.inf``: nothing bounds it).
+
+    Span by span: its minute windows under its RPM and TPM, with the day's running total held
+    to the span's RPD.  Admitting as much as possible early never lowers what the day ends
+    with, so this greedy count is the most.  Pacific midnight falls on a minute boundary, so
+    every window belongs to exactly one day; a window a change falls inside is counted under
+    the quota before the change.
+    """
+    day_start, day_end = day
+    admitted = 0.0
+    ends = [at for at, _ in spans[1:]] + [math.inf]
+    for (at, quota), until in zip(spans, ends, strict=True):
+        start, end = max(at, day_start), min(until, day_end)
+        if start >= end or quota.lacks_model:
+            continue
+        first = math.floor(start / 60.0) if start == day_start else math.ceil(start / 60.0)
+        minutes = max(0, math.ceil(end / 60.0) - first)
+        per_minute = min(math.inf if quota.rpm is None else quota.rpm,
+                         math.inf if quota.tpm is None else quota.tpm // max(1, smallest))
+        in_windows = per_minute * minutes if minutes else 0.0
+        if quota.rpd is None:
+            admitted += in_windows
+        else:
+            admitted = max(admitted, min(admitted + in_windows, quota.rpd))
+    return admitted
 
 
 def capacity(scenario: Scenario) -> float | None:
     """The most requests the scenario's quotas admit in its duration (``None``: unlimited).
 
     Per (project, model) group and per Pacific day, the least of the day's RPM and TPM windows
-    and its RPD, summed over the days (a day's cap cannot lend to the next one).
+    and its RPD, summed over the days (a day's cap cannot lend to the next one).  Quotas follow
+    the scenario's `[[quota_changes]]` (a tier upgrade raises the capacity from its time on).
     """
     used = {m for phase in scenario.workload for m in phase.models}
     smallest = min((phase.input_tokens[0] for phase in scenario.workload), default=1)
-    days = _windows(scenario)
+    days = _days(scenario)
     total = 0.0
     for project in scenario.projects:
         for model in used:
             quota = project.quota(model)
             if quota is None:
                 return None
-            if quota.lacks_model:
-                continue
-            for minutes in days:
-                bounds = [math.inf]
-                if quota.rpm is not None:
-                    bounds.append(quota.rpm * minutes)
-                if quota.rpd is not None:
-                    bounds.append(quota.rpd)
-                if quota.tpm is not None:
-                    bounds.append(quota.tpm // max(1, smallest) * minutes)
-                bound = min(bounds)
+            spans = _quota_spans(scenario, project.name, quota)
+            for day in days:
+                bound = _day_bound(spans, day, smallest)
                 if math.isinf(bound):
                     return None
                 total += bound

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
+import attrs
 import pytest
 
 from sim.engine import AttemptRecord, RequestRecord, RunResult, run, simulate
 from sim.metrics import MetricsRecorder, capacity, compute, jain, percentile, revocation_times
-from sim.scenario import load_scenario, parse_scenario
+from sim.scenario import QuotaChange, load_scenario, parse_scenario
 
 SCENARIO = parse_scenario({
     "description": "hand-checked",
@@ -157,6 +158,31 @@ def test_capacity_is_summed_day_by_day_across_pacific_midnight() -> None:
         "workload": [{"rate": 1.0, "input_tokens": [10, 10], "deadline": 60}],
     })
     assert capacity(scenario) == 1 + 20  # min(1 x 1 minute, 20) + min(1 x 30 minutes, 20)
+
+
+def test_capacity_follows_quota_changes() -> None:
+    """A tier change raises (or cuts) the capacity from its time on, per project it names.
+
+    10 minutes at rpm 10: project a is upgraded to rpm 30 at 4 minutes; b keeps rpm 10.  a: 4 x
+    10 + 6 x 30 = 220; b: 100.  Without the changes both would be 100 (the bug: `util` above 100%
+    on `tier-change`).  An RPD of 150 from 6 minutes on holds a's day to 150 (100 admitted
+    before it, 50 more after); one of 50 cannot take back the 100 admitted before it.
+    """
+    scenario = parse_scenario({
+        "description": "tier change", "start": "2026-03-07T12:00:00-08:00", "duration": 600,
+        "models": [{"name": "m1", "latency_median": 1.0, "latency_sigma": 0.0}],
+        "quotas": {"m1": {"rpm": 10}}, "projects": [{"name": "a", "keys": 1},
+                                                    {"name": "b", "keys": 1}],
+        "workload": [{"rate": 1.0, "input_tokens": [10, 10], "deadline": 60}],
+        "quota_changes": [{"at": 240, "project": "a", "model": "m1", "rpm": 30}],
+    })
+    assert capacity(scenario) == 4 * 10 + 6 * 30 + 100
+    for rpd, a in ((150, 150), (50, 100)):
+        cut_at_6 = QuotaChange(at=360, project="a", model="m1", rpd=rpd)
+        cut = attrs.evolve(scenario, quota_changes=(*scenario.quota_changes, cut_at_6))
+        assert capacity(cut) == a + 100
+    everyone = attrs.evolve(scenario, quota_changes=(QuotaChange(at=300, model="m1", rpm=20),))
+    assert capacity(everyone) == 2 * (5 * 10 + 5 * 20)
 
 
 def test_a_revocation_with_an_end_counts_only_its_window() -> None:
