@@ -111,7 +111,7 @@ import math
 import random
 from collections.abc import Sequence
 
-from keysched._config import PoolConfig, RetryPolicy
+from keysched._config import PoolConfig
 from keysched._decisions import Decision, Dispatch, Fail, FailReason, Finish
 from keysched._errors import UsageError
 from keysched._facts import SharedFact, learn
@@ -121,6 +121,7 @@ from keysched._placement import Placement
 from keysched._pool import Changes, Pool
 from keysched._queues import Queues
 from keysched._requests import WAITS, Attempt, Request, RequestInput, Requests, RequestState
+from keysched._returns import CapacityReturns
 from keysched._selection import Policy
 from keysched._snapshot import PoolEvent, PoolSnapshot
 from keysched._table import OUTCOMES, Action, Meaning, Next
@@ -164,11 +165,12 @@ class Scheduler:
         self._events: list[PoolEvent] = []
         self._now = -math.inf
         self._next_attempt = 1
-        # Bumped by every input and timer (`Queues.held`, `_Returns`); see `recheck_all`.
-        self._moved = 0
+        # Inputs that can change the pool (`CapacityReturns` remembers while none came: a timer
+        # changes no quota group), and timers fired; `Queues.held` waits for either.
+        self._moved = self._fired = 0
         # True: ask every waiting queue and the pool every time (the reference path).
         self.recheck_all = not getattr(self._pool.selector, "wakes_on_change", False)
-        self._returns = _Returns(self._pool, config.retry)
+        self._returns = CapacityReturns(self._pool, config.retry)
 
     # ------------------------------------------------------------------ inputs
 
@@ -390,7 +392,7 @@ class Scheduler:
             self._timers.compact(self._requests.timer_live)
 
     def _fire_timers(self, now: float) -> None:
-        self._moved += 1  # a lane unparked, a cooldown or backoff ended, a deadline passed
+        self._fired += 1  # a lane unparked, a cooldown or backoff ended, a deadline passed
         while (timer := self._timers.pop_due(now)) is not None:
             if timer.kind is TimerKind.LANE:
                 self._pool.unpark_lane(timer.ref, timer.extra)
@@ -464,14 +466,14 @@ class Scheduler:
     def _dispatch_waiting(self, now: float) -> None:
         """Settle the heads of the queues, oldest first, until every queue is empty or blocked."""
         queues = self._queues
-        blocked = set() if self.recheck_all else queues.held(self._moved, now)
+        blocked = set() if self.recheck_all else queues.held(self._moved + self._fired, now)
         while (oldest := queues.oldest(blocked)) is not None:
             models, request = oldest
             if self._settle_head(request, models, now):
                 queues.pop(models)
             else:
                 blocked.add(models)
-                queues.hold(models, request, self._moved)
+                queues.hold(models, request, self._moved + self._fired)
         self._queues.drop_empty(blocked)
 
     def _settle_head(self, request: Request, models: tuple[int, ...], now: float) -> bool:
@@ -543,50 +545,3 @@ def _duration(name: str, value: object, *, minimum_excluded: bool) -> float:
 def _check_time(now: float, last: float) -> None:
     if not (isinstance(now, (int, float)) and now >= last):  # NaN fails `>=` too
         raise UsageError(f"time must not run backwards: now={now!r} after {last!r}")
-
-
-class _Returns:
-    """When capacity returns for a request (`Pool.capacity_returns`), remembered.
-
-    Once a pool's day has run out, every request fails at once with its `retry_at`, and each
-    answer walks every quota group of its models (400 on `thousand-keys`): past the day's
-    quota the million-request run spent 2 ms per request there (issue 18 item 4).  The answer
-    for a request's models and tokens stands while nothing moved (the scheduler's change count
-    and its attempt count, both in `stamp`) and while it is still in the future: every term of
-    it is a time that does not depend on `now` until `now` reaches it (cooldown ends, probe
-    times, a budget's window or day end).  An answer of `now` itself (capacity is back) is not
-    remembered.  A `stamp` of None asks the pool every time (the reference).
-    """
-
-    __slots__ = ("_known", "_pool", "_retry")
-
-    def __init__(self, pool: Pool, retry: RetryPolicy) -> None:
-        self._pool = pool
-        self._retry = retry
-        self._known: dict[tuple[tuple[int, ...], int], tuple[tuple[int, int], float | None]] = {}
-
-    def too_late(self, request: Request, now: float, stamp: tuple[int, int] | None) -> bool:
-        """Whether nothing can serve the request before its deadline, as far as the core knows
-        (every lane benched past it: say, a pool benched until midnight).  Then it fails at once,
-        with `retry_at`, instead of waiting out its deadline.  Weighed again only after something
-        was benched (`Pool.benched`): the answer cannot change otherwise."""
-        if request.weighed == self._pool.benched:
-            return False
-        request.weighed = self._pool.benched
-        returns = self.at(request, now, stamp)
-        return returns is not None and returns > request.deadline
-
-    def at(self, request: Request, now: float, stamp: tuple[int, int] | None) -> float | None:
-        """When a lane that could serve the request is back (None: never, as far as known)."""
-        models = request.models_left(self._retry.server_errors_per_model)
-        key = (models, request.tokens)
-        known = self._known.get(key)
-        if stamp is not None and known is not None and known[0] == stamp and (
-                known[1] is None or known[1] > now):
-            return known[1]
-        returns = self._pool.capacity_returns(models, request.tokens, now)
-        if stamp is not None:
-            if len(self._known) > 4096:  # many sizes of request: start over rather than grow
-                self._known.clear()
-            self._known[key] = (stamp, returns)
-        return returns

@@ -145,28 +145,6 @@ class Pool:
         """Whether the key is disabled for good."""
         return self.keys[key].disabled is not None
 
-    def capacity_returns(self, models: Sequence[int], tokens: int, now: float) -> float | None:
-        """The earliest time a lane of `models` may serve a request of `tokens` again, if any
-        ever will."""
-        best = math.inf
-        for model_index in models:
-            model = self.models[model_index]
-            if model.unavailable:
-                continue
-            for project_index, row in enumerate(self.groups):
-                group = row[model_index]
-                if group.unavailable or not self.keys.project_active(project_index):
-                    continue
-                # A cooling model may be probed before its cooldown ends, and a learned limit
-                # tested before its budget frees: both can return capacity early.
-                model_at = min(model.cool_until, max(now, model.probe_at))
-                at = max(now, group.cool_until, model_at)
-                if group.budget is not None and group.budget.limited:
-                    free = group.budget.free_at(now, tokens)
-                    at = max(at, min(free, max(now, group.relearn_at)))
-                best = min(best, at)
-        return best if math.isfinite(best) else None
-
     # ------------------------------------------------------------------ attempts
 
     def acquire(self, key: int, model: int, tokens: int, quota: bool, now: float,

@@ -13,7 +13,7 @@ import pytest
 CORE_MODULES = ["_core", "_selection", "_budget", "_table", "_decisions", "_outcomes",
                 "_snapshot", "_pacific", "_config", "_requests", "_timers", "_pool",
                 "_placement", "_keys", "_lanes", "_queues", "_names", "_facts", "_views",
-                "_groups", "_breaker"]
+                "_groups", "_breaker", "_returns"]
 FORBIDDEN = {"time", "datetime", "asyncio", "socket", "httpx", "logging", "os", "threading"}
 
 
