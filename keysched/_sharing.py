@@ -48,7 +48,7 @@ from keysched._errors import ConfigurationError
 from keysched._outcomes import OutcomeKind
 from keysched._pacific import next_pacific_midnight
 from keysched._snapshot import PoolEvent
-from keysched._store import Claim, Settlement, SharedFact, Store
+from keysched._store import Claim, Settlement, Store, StoredFact
 
 if TYPE_CHECKING:
     import asyncio
@@ -119,7 +119,7 @@ class StoreLink:
         self.degradations = 0  # times the store went away (for tests and dashboards)
         self._retry_at = -math.inf
         self._settlements: list[Settlement] = []
-        self._outgoing: list[SharedFact] = []
+        self._outgoing: list[StoredFact] = []
         self._flusher: asyncio.Task[None] | None = None
         self._next_attempt = 0
         self._day_end = -math.inf
@@ -187,7 +187,7 @@ class StoreLink:
         if facts:
             self._queue(None, facts)
 
-    def _queue(self, settlement: Settlement | None, facts: Iterable[SharedFact]) -> None:
+    def _queue(self, settlement: Settlement | None, facts: Iterable[StoredFact]) -> None:
         if settlement is not None:
             self._settlements.append(settlement)
         self._outgoing.extend(facts)

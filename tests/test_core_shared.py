@@ -224,5 +224,5 @@ def test_a_learned_limits_reason_reads_back(dimension: str, value: int, quota_id
     from keysched._snapshot import learned_limit_reason, parse_learned_limit
 
     assert parse_learned_limit(learned_limit_reason(dimension, value, quota_id)) == (
-        dimension, value)
+        dimension, value, quota_id)
     assert parse_learned_limit("shared_capacity") is None
