@@ -133,7 +133,11 @@ class CoreFacts:
         self.version = -1  # the version of the store's facts this core has seen (-1: none)
         config = core.config
         self._margin = config.retry.quota_margin
-        # The limits each group is held to: configured, then learned (from events).
+        # The limits each group is held to: configured, then learned (from events).  These
+        # follow the core's events, so they lag the core by a poll; the core's own view of its
+        # limits, read at each claim, holds a group to a presumed limit sooner, and that lowered
+        # what a shared pool answers under a tier change (sim.processes, tier-change): kept
+        # until that trade is weighed.
         self._configured: dict[tuple[str, str], dict[str, int]] = {}
         for project in config.projects:
             for model in config.models:
@@ -144,7 +148,6 @@ class CoreFacts:
                         if (value := getattr(limit, name)) is not None}
         self._learned: dict[tuple[str, str], dict[str, int]] = {}
         self._priors: dict[str, dict[str, int]] = {}  # per model: the last limits learned
-        self._disabled: set[str] = set()
         # What refusals of the store taught, by (project, model) or (key, model): until when.
         self._refused: dict[tuple[str, str], float] = {}
         # Facts applied whose event the core will announce, by field: their end or value.
@@ -161,9 +164,7 @@ class CoreFacts:
             fact = _fact_of(event)
             if fact is None:
                 continue
-            if isinstance(fact, DisabledKey):
-                self._disabled.add(fact.key)
-            elif isinstance(fact, LearnedLimit):
+            if isinstance(fact, LearnedLimit):
                 name = fact.dimension.value
                 self._learned.setdefault((fact.project, fact.model), {})[name] = fact.value
                 self._priors.setdefault(fact.model, {})[name] = fact.value
@@ -210,13 +211,13 @@ class CoreFacts:
         key = dispatch.key
         label, model = key.label or "", dispatch.model
         refused = self._refused
-        blocked = label in self._disabled or (refused and (
+        blocked = bool(refused) and (
             refused.get((key.project or "", model), -math.inf) > now
-            or refused.get((label, model), -math.inf) > now))
-        if blocked:
-            with contextlib.suppress(UsageError):  # cancelled meanwhile (`aclose`)
-                self.core.withdraw(dispatch.attempt, now, unsent=True)
-        return bool(blocked)
+            or refused.get((label, model), -math.inf) > now)
+        try:  # the core withdraws it anyway if its key was disabled meanwhile
+            return self.core.withdraw(dispatch.attempt, now, unsent=blocked)
+        except UsageError:  # cancelled meanwhile (`aclose`)
+            return blocked
 
     def answer(self, grant: Grant, claim: Claim, attempt: int, now: float) -> bool:
         """Take the store's answer to `claim` (attempt `attempt` of the core) at core time `now`.
@@ -273,8 +274,6 @@ class CoreFacts:
         record = from_stored(fact, self.wall_epoch, now)
         if record is None or (isinstance(record, Cooldown) and record.until <= now):
             return
-        if isinstance(record, DisabledKey) and record.key in self._disabled:
-            return
         self._learn(record, now)
 
     def _learn(self, fact: SharedFact, now: float) -> None:
@@ -284,8 +283,6 @@ class CoreFacts:
             self.core.learn(now, fact)
         except UsageError:  # a key, project or model this pool does not have: nothing changed
             return
-        if isinstance(fact, DisabledKey):
-            self._disabled.add(fact.key)
         stored = to_stored(fact, self.wall_epoch)
         self._echo[stored.field] = _mark(stored)
 

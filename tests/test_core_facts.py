@@ -138,3 +138,17 @@ def test_a_refusal_teaches_the_core_and_holds_back_the_next_attempt() -> None:
     assert core.in_flight == 0
     # The store said so itself: the cooldown is not published back to it.
     assert facts.facts_from_events(core.take_events()) == []
+
+
+def test_a_dispatch_on_a_key_disabled_since_is_held_back() -> None:
+    """A fact from the store that disables a key withdraws the dispatches already decided on
+    it, without a store call; the others go ahead."""
+    facts = facts_of()
+    core = facts.core
+    for _ in range(2):
+        core.submit(T0, models=["m"])
+    decided = {d.key.label: d for d in core.poll(T0) if isinstance(d, Dispatch)}
+    facts.apply(StoredFact("key", key="a", until=FOREVER, reason="key_invalid"), T0)
+    assert facts.held_back(decided["a"], T0)
+    assert not facts.held_back(decided["b"], T0)
+    assert core.in_flight == 1
