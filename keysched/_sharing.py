@@ -146,16 +146,17 @@ class StoreLink:
             is away); False if the store refused and the attempt was withdrawn (the caller
             pumps the core and waits for the request's next decision).
         """
-        if self.degraded and self._clock() < self._retry_at:
+        now = self._clock()  # core time until the store answers
+        if self.degraded and now < self._retry_at:
             return None
-        if self.facts.held_back(dispatch, self._clock()):
+        if self.facts.held_back(dispatch, now):
             return False
         wall = self._wall_clock()
         if wall >= self._day_end:
             self._day_end = next_pacific_midnight(wall)
         self._next_attempt += 1
         claim = self.facts.claim(self.owner, str(self._next_attempt), dispatch, tokens,
-                                 spends_quota, now=self._clock(), day_end=self._day_end,
+                                 spends_quota, now=now, day_end=self._day_end,
                                  lease_ttl=self._lease_ttl, key_cap=self._key_cap)
         import asyncio
 

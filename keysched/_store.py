@@ -58,6 +58,7 @@ __all__ = [
     "SharedPool",
     "Store",
     "StoredFact",
+    "fact_field",
 ]
 
 FOREVER = 1e300
@@ -65,7 +66,12 @@ FOREVER = 1e300
 SEP = "\x1f"
 """Separates the parts of a fact's field: labels, projects and models hold no control
 characters (the config refuses them), so it never occurs inside one."""
-SCOPES = ("group", "model", "lane", "key", "limit")
+
+
+def fact_field(scope: str, project: str = "", model: str = "", key: str = "",
+               dimension: str = "") -> str:
+    """The field a fact is stored under (`StoredFact.field`): what it is about."""
+    return SEP.join((scope, project, model, key, dimension))
 
 
 class StoredFact(NamedTuple):
@@ -92,7 +98,7 @@ class StoredFact(NamedTuple):
     @property
     def field(self) -> str:
         """What the fact is about: facts with one field merge."""
-        return SEP.join((self.scope, self.project, self.model, self.key, self.dimension))
+        return fact_field(self.scope, self.project, self.model, self.key, self.dimension)
 
     def encode(self) -> str:
         """The fact's value as stored (its field names the rest)."""
@@ -147,9 +153,8 @@ class Claim(NamedTuple):
         group or lane cooling (in the order the store checks them).  Not a model's cooldown:
         a cooling model is probed now and then (the breaker's half-open state), and whether
         an attempt is such a probe is for the core to say."""
-        return (StoredFact("key", key=self.key).field,
-                StoredFact("group", self.project, self.model).field,
-                StoredFact("lane", self.project, self.model, self.key).field)
+        return (fact_field("key", key=self.key), fact_field("group", self.project, self.model),
+                fact_field("lane", self.project, self.model, self.key))
 
     @property
     def member(self) -> str:
