@@ -13,7 +13,8 @@ converts (wall = core + epoch), so the simulator drives it as well.
 
 It uses the scheduler's public inputs and its events only: the limits a group is held to in the
 shared budget are followed from the configuration and the ``limit_learned`` and
-``limit_unlearned`` events, and the cooldowns a refusal taught are remembered here.
+``limit_unlearned`` events, the cooldowns a refusal taught are remembered here, and whether a
+dispatch's key was disabled meanwhile is the core's to say (`Scheduler.withdraw`).
 
 Decisions where the issue was silent:
 
@@ -258,8 +259,12 @@ class CoreFacts:
         until = (now + wait + self.wall_epoch) - self.wall_epoch
         lane = why in ("lane", "in_flight")
         self._refused[claim.key if lane else claim.project, claim.model] = until
-        reason = ("shared" if why in ("group", "lane") else why if lane
-                  else f"shared budget: {why} full")  # every process finds the same
+        if why in ("group", "lane"):  # another process cooled it
+            reason = "shared"
+        elif why == "in_flight":
+            reason = why
+        else:  # a shared budget is full: every process finds the same when it asks
+            reason = f"shared budget: {why} full"
         return Cooldown(model=claim.model, project=claim.project,
                         key=claim.key if lane else None, until=until, reason=reason)
 
