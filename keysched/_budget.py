@@ -221,20 +221,6 @@ class Budget:
         self._minute_tokens += tokens
         self.day_count += 1
 
-    def count(self, at: float, tokens: int, now: float) -> None:
-        """Count a request of `tokens` that another process sent at `at` (at most `now`): in
-        the minute's window while it is in it, and in today's total if it is today's."""
-        self._expire(now)
-        if at + self.window > now:
-            minute = self._minute
-            index = len(minute)
-            while index and minute[index - 1][0] > at:  # keep the window in time order
-                index -= 1
-            minute.insert(index, (at, tokens))
-            self._minute_tokens += tokens
-        if at >= self._day_from:
-            self.day_count += 1
-
     def forget(self, sent: float, tokens: int) -> None:
         """Undo `record(sent, tokens)`: the dispatch was taken back before it was sent, or the
         server refused it with a 429 (a refused request does not count against a quota)."""

@@ -439,13 +439,6 @@ class KeyedClient:
     def _closed(self) -> bool:
         return self._pump.closed
 
-    def _redact_bytes(self, data: bytes) -> bytes:
-        """`data` (an answer's bytes) with every secret of the pool replaced by its label."""
-        text = data.decode("utf-8", "surrogateescape")
-        redacted = self._redactor.redact(text)
-        return data if redacted == text or redacted is None else redacted.encode(
-            "utf-8", "surrogateescape")
-
     # ------------------------------------------------------------------ public calls
 
     async def generate(

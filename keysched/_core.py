@@ -27,7 +27,7 @@ the scheduler):
   breakers.  It applies an outcome's effect and returns `keysched._pool.Changes` (wake-up times
   and events); a `keysched._pool.LaneQuery` per placement tells the selector which lanes can
   serve a request.  It is also the seam for facts learned from other processes
-  (`cool_group`, `cool_lane`, `cool_model`, `disable_key`, `learn_limit`, `count_usage`) and
+  (`cool_group`, `cool_lane`, `cool_model`, `disable_key`, `learn_limit`) and
   the source of the facts worth sharing (`shared_facts`).
 - `keysched._requests.Requests`: the open requests, each in an explicit state, moved only along
   the one transition table there.
@@ -347,7 +347,7 @@ class Scheduler:
         """Take in a fact another process learned (see `keysched._facts`).  Call `poll`.
 
         Cooldowns merge by the later end (never shortened); a disabled key stays disabled; a
-        learned limit never replaces a configured one; usage counts in the group's budget.
+        learned limit never replaces a configured one.
 
         Raises:
             UsageError: an unknown project, model or key label, a bad value, or time running

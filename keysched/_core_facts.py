@@ -3,16 +3,18 @@
 Theory of operation
 -------------------
 A process's core learns facts (a key disabled, a group, model or lane cooled, a limit learned)
-and reports them as `PoolEvent`s.  `CoreFacts` turns those events into the store's records
-(`keysched._store.SharedFact`: wall-clock times, labels), and feeds facts that other processes
-learned back through the scheduler's input for them (`Scheduler.learn`, with the records of
-`keysched._facts`), which merges them as local facts: a cooldown by the later end, never
-shortened.  Nothing here does I/O or reads a clock: `now` is core time and
-``wall_epoch`` converts (wall = core + epoch), so the simulator drives it as well.
+and reports them as `PoolEvent`s.  `CoreFacts` turns those events into the core's records of
+them (`keysched._facts`: core time) and those into the store's (`keysched._store.StoredFact`:
+wall-clock times, labels), and feeds facts that other processes learned back through the
+scheduler's input for them (`Scheduler.learn`), which merges them as local facts: a cooldown by
+the later end, never shortened.  `to_stored` and `from_stored` are the one conversion between
+the two forms.  Nothing here does I/O or reads a clock: `now` is core time and ``wall_epoch``
+converts (wall = core + epoch), so the simulator drives it as well.
 
 It uses the scheduler's public inputs and its events only: the limits a group is held to in the
 shared budget are followed from the configuration and the ``limit_learned`` and
-``limit_unlearned`` events, and the cooldowns a refusal taught are remembered here.
+``limit_unlearned`` events, the cooldowns a refusal taught are remembered here, and whether a
+dispatch's key was disabled meanwhile is the core's to say (`Scheduler.withdraw`).
 
 Decisions where the issue was silent:
 
@@ -40,12 +42,12 @@ from typing import ClassVar
 from keysched._core import Scheduler
 from keysched._decisions import Dispatch
 from keysched._errors import UsageError
-from keysched._facts import Cooldown, DisabledKey, LearnedLimit
+from keysched._facts import Cooldown, DisabledKey, LearnedLimit, SharedFact
 from keysched._outcomes import OutcomeKind, QuotaDimension
-from keysched._snapshot import PoolEvent, parse_learned_limit
-from keysched._store import FOREVER, SCOPES, Claim, Grant, SharedFact
+from keysched._snapshot import PoolEvent, learned_limit_reason, parse_learned_limit
+from keysched._store import FOREVER, Claim, Grant, StoredFact
 
-__all__ = ["CAP_RECHECK", "MIN_WAIT", "REFUNDED", "CoreFacts"]
+__all__ = ["CAP_RECHECK", "MIN_WAIT", "REFUNDED", "CoreFacts", "from_stored", "to_stored"]
 
 MIN_WAIT = 0.001
 """The shortest wait a refusal teaches (see `CoreFacts.answer`)."""
@@ -58,6 +60,61 @@ REFUNDED = frozenset({OutcomeKind.RATE_LIMITED_MINUTE, OutcomeKind.RATE_LIMITED_
 """Outcomes of attempts the server did not count: their units go back to the shared budget."""
 _DIMENSIONS = {dimension.value: dimension for dimension in QuotaDimension}
 _BUDGETED = ("rpm", "tpm", "rpd")
+
+
+def to_stored(fact: SharedFact, wall_epoch: float) -> StoredFact:
+    """The store's form of the core's record `fact`: its end a wall-clock time (`FOREVER` for
+    one that never comes), a learned limit's reason the one its ``limit_learned`` event gives."""
+    if isinstance(fact, DisabledKey):
+        return StoredFact("key", key=fact.key, until=FOREVER, reason=fact.reason)
+    if isinstance(fact, LearnedLimit):
+        dimension = fact.dimension.value
+        return StoredFact("limit", fact.project, fact.model, "", dimension, value=fact.value,
+                          reason=learned_limit_reason(dimension, fact.value, fact.quota_id))
+    scope = "lane" if fact.key is not None else "group" if fact.project is not None else "model"
+    return StoredFact(scope, fact.project or "", fact.model, fact.key or "",
+                      until=FOREVER if math.isinf(fact.until) else fact.until + wall_epoch,
+                      reason=fact.reason)
+
+
+def from_stored(fact: StoredFact, wall_epoch: float, now: float) -> SharedFact | None:
+    """The core's record of the stored `fact`, learned at core time `now` (None: a scope or a
+    limit the core does not take).  A learned limit's quota id is ``shared``."""
+    scope = fact.scope
+    if scope == "key":
+        return DisabledKey(key=fact.key, reason=fact.reason or "disabled elsewhere")
+    if scope == "limit":
+        if fact.dimension not in _BUDGETED or fact.value < 1:
+            return None
+        return LearnedLimit(project=fact.project, model=fact.model,
+                            dimension=_DIMENSIONS[fact.dimension], value=fact.value,
+                            quota_id="shared", learned_at=now)
+    if scope not in ("group", "lane", "model"):
+        return None
+    return Cooldown(model=fact.model, project=fact.project if scope != "model" else None,
+                    key=fact.key if scope == "lane" else None, reason=fact.reason,
+                    until=math.inf if fact.until >= FOREVER else fact.until - wall_epoch)
+
+
+def _fact_of(event: PoolEvent) -> SharedFact | None:
+    """The fact a pool event announces, if it is one worth sharing (see the module docstring)."""
+    kind, reason = event.kind, event.reason
+    project, model, key = event.project or "", event.model or "", event.key or ""
+    until = math.inf if event.until is None else event.until
+    if kind == "key_disabled":
+        return DisabledKey(key=key, reason=reason)
+    if kind == "group_cooled":
+        return Cooldown(model=model, project=project, until=until, reason=reason)
+    if kind == "model_cooled":
+        return Cooldown(model=model, until=until, reason=reason)
+    if kind == "lane_cooled":
+        return Cooldown(model=model, project=project, key=key, until=until, reason=reason)
+    learned = parse_learned_limit(reason) if kind == "limit_learned" else None
+    if learned is None or learned[0] not in _BUDGETED or learned[1] < 1:
+        return None
+    dimension, value, quota_id = learned
+    return LearnedLimit(project=project, model=model, dimension=_DIMENSIONS[dimension],
+                        value=value, quota_id=quota_id, learned_at=event.time)
 
 
 class CoreFacts:
@@ -76,11 +133,12 @@ class CoreFacts:
         self.wall_epoch = wall_epoch
         self.version = -1  # the version of the store's facts this core has seen (-1: none)
         config = core.config
-        self._labels = frozenset(key.label for key in config.keys)
-        self._projects = frozenset(config.projects)
-        self._model_names = frozenset(config.models)
         self._margin = config.retry.quota_margin
-        # The limits each group is held to: configured, then learned (from events).
+        # The limits each group is held to: configured, then learned (from events).  These
+        # follow the core's events, so they lag the core by a poll; the core's own view of its
+        # limits, read at each claim, holds a group to a presumed limit sooner, and that lowered
+        # what a shared pool answers under a tier change (sim.processes, tier-change): kept
+        # until that trade is weighed.
         self._configured: dict[tuple[str, str], dict[str, int]] = {}
         for project in config.projects:
             for model in config.models:
@@ -91,7 +149,6 @@ class CoreFacts:
                         if (value := getattr(limit, name)) is not None}
         self._learned: dict[tuple[str, str], dict[str, int]] = {}
         self._priors: dict[str, dict[str, int]] = {}  # per model: the last limits learned
-        self._disabled: set[str] = set()
         # What refusals of the store taught, by (project, model) or (key, model): until when.
         self._refused: dict[tuple[str, str], float] = {}
         # Facts applied whose event the core will announce, by field: their end or value.
@@ -99,64 +156,29 @@ class CoreFacts:
 
     # -- out: what this core learned ------------------------------------------------------------
 
-    def facts_from_events(self, events: Iterable[PoolEvent]) -> list[SharedFact]:
+    def facts_from_events(self, events: Iterable[PoolEvent]) -> list[StoredFact]:
         """The shareable facts among `events` (echoes of applied facts left out)."""
         facts = []
-        epoch = self.wall_epoch
         for event in events:
-            kind = event.kind
-            until = FOREVER if event.until is None or math.isinf(event.until) else (
-                event.until + epoch)
-            project, model, key = event.project or "", event.model or "", event.key or ""
-            if kind == "key_disabled":
-                self._disabled.add(key)
-                fact = SharedFact("key", key=key, until=FOREVER, reason=event.reason)
-            elif kind == "group_cooled":
-                fact = SharedFact("group", project, model, until=until, reason=event.reason)
-            elif kind == "model_cooled":
-                fact = SharedFact("model", model=model, until=until, reason=event.reason)
-            elif kind == "lane_cooled":
-                fact = SharedFact("lane", project, model, key, until=until, reason=event.reason)
-            elif kind == "limit_unlearned":
-                self._learned.pop((project, model), None)
+            if event.kind == "limit_unlearned":
+                self._learned.pop((event.project or "", event.model or ""), None)
+            fact = _fact_of(event)
+            if fact is None:
                 continue
-            elif kind == "limit_learned":
-                learned = parse_learned_limit(event.reason)
-                if learned is None or learned[0] not in _BUDGETED:
-                    continue
-                name, value = learned
-                self._learned.setdefault((project, model), {})[name] = value
-                self._priors.setdefault(model, {})[name] = value
-                fact = SharedFact("limit", project, model, "", name, value=value,
-                                  reason=event.reason)
-            else:
-                continue
-            echo = self._echo.pop(fact.field, None)
-            mark = fact.value if fact.scope == "limit" else fact.until
-            if echo is not None and abs(echo - mark) < 1e-3:
-                continue
-            facts.append(fact)
+            if isinstance(fact, LearnedLimit):
+                name = fact.dimension.value
+                self._learned.setdefault((fact.project, fact.model), {})[name] = fact.value
+                self._priors.setdefault(fact.model, {})[name] = fact.value
+            stored = to_stored(fact, self.wall_epoch)
+            echo = self._echo.pop(stored.field, None)
+            if echo is None or abs(echo - _mark(stored)) >= 1e-3:
+                facts.append(stored)
         return facts
 
-    def current(self, now: float) -> list[SharedFact]:
+    def current(self, now: float) -> list[StoredFact]:
         """Every fact this core holds at `now` (to publish again after the store was away)."""
-        epoch = self.wall_epoch
-        facts = []
-        for record in self.core.shared_facts(now):
-            if isinstance(record, DisabledKey):
-                facts.append(SharedFact("key", key=record.key, until=FOREVER,
-                                        reason=record.reason))
-            elif isinstance(record, LearnedLimit):
-                facts.append(SharedFact("limit", record.project, record.model, "",
-                                        record.dimension.value, value=record.value,
-                                        reason="learned"))
-            elif isinstance(record, Cooldown) and math.isfinite(record.until):
-                scope = ("lane" if record.key is not None else
-                         "group" if record.project is not None else "model")
-                facts.append(SharedFact(scope, record.project or "", record.model,
-                                        record.key or "", until=record.until + epoch,
-                                        reason=record.reason))
-        return facts
+        return [to_stored(fact, self.wall_epoch) for fact in self.core.shared_facts(now)
+                if not isinstance(fact, Cooldown) or math.isfinite(fact.until)]
 
     def limits(self, project: str, model: str) -> tuple[int, int, int, float]:
         """The limits a group's shared budget holds to (0: none) and its minute window, in
@@ -190,13 +212,13 @@ class CoreFacts:
         key = dispatch.key
         label, model = key.label or "", dispatch.model
         refused = self._refused
-        blocked = label in self._disabled or (refused and (
+        blocked = bool(refused) and (
             refused.get((key.project or "", model), -math.inf) > now
-            or refused.get((label, model), -math.inf) > now))
-        if blocked:
-            with contextlib.suppress(UsageError):  # cancelled meanwhile (`aclose`)
-                self.core.withdraw(dispatch.attempt, now, unsent=True)
-        return bool(blocked)
+            or refused.get((label, model), -math.inf) > now)
+        try:  # the core withdraws it anyway if its key was disabled meanwhile
+            return self.core.withdraw(dispatch.attempt, now, unsent=blocked)
+        except UsageError:  # cancelled meanwhile (`aclose`)
+            return blocked
 
     def answer(self, grant: Grant, claim: Claim, attempt: int, now: float) -> bool:
         """Take the store's answer to `claim` (attempt `attempt` of the core) at core time `now`.
@@ -214,31 +236,7 @@ class CoreFacts:
                 self.apply(fact, now)
         if grant.granted:
             return True
-        # At least a millisecond: a wall-clock time of 1.8e9 s carries a fraction of a
-        # microsecond, and a wait shorter than that could round to no wait at all.
-        # The same rounding as the core's: what `held_back` compares must be what `apply`
-        # gives the core (through a wall-clock time and back).
-        until = (now + max(grant.retry_after, MIN_WAIT) + self.wall_epoch) - self.wall_epoch
-        if grant.why in SCOPES:  # another process disabled or cooled it
-            scope = grant.why
-            if scope in ("group", "lane"):
-                self._refused[(claim.key if scope == "lane" else claim.project), claim.model] = (
-                    until)
-            self.apply(SharedFact(
-                scope, claim.project if scope in ("group", "lane") else "",
-                claim.model if scope != "key" else "",
-                claim.key if scope in ("key", "lane") else "",
-                until=until + self.wall_epoch, reason="shared"), now)
-        elif grant.why == "in_flight":
-            until = min(until, (now + CAP_RECHECK + self.wall_epoch) - self.wall_epoch)
-            self._refused[claim.key, claim.model] = until
-            self.apply(SharedFact("lane", claim.project, claim.model, claim.key,
-                                  until=until + self.wall_epoch, reason="in_flight"), now)
-        else:  # a shared budget is full: every process finds the same when it asks
-            self._refused[claim.project, claim.model] = until
-            self.apply(SharedFact("group", claim.project, claim.model,
-                                  until=until + self.wall_epoch,
-                                  reason=f"shared budget: {grant.why} full"), now)
+        self._learn(self._refusal(grant, claim, now), now)
         if len(self._refused) > 1024:  # forget what has ended
             self._refused = {k: v for k, v in self._refused.items() if v > now}
         # The request may have been cancelled meanwhile (`aclose`): then there is nothing left.
@@ -246,44 +244,54 @@ class CoreFacts:
             self.core.withdraw(attempt, now, unsent=True)
         return False
 
+    def _refusal(self, grant: Grant, claim: Claim, now: float) -> SharedFact:
+        """What the store's refusal of `claim` teaches the core (see `answer`), remembered for
+        `held_back` until it ends."""
+        why = grant.why
+        if why == "key":  # another process disabled it
+            return DisabledKey(key=claim.key, reason="shared")
+        # At least a millisecond: a wall-clock time of 1.8e9 s carries a fraction of a
+        # microsecond, and a wait shorter than that could round to no wait at all.  The end is
+        # rounded as a wall-clock time (the form every process reads it in from the store).
+        wait = max(grant.retry_after, MIN_WAIT)
+        if why == "in_flight":  # the key's cap: the others' attempts end without telling us
+            wait = min(wait, CAP_RECHECK)
+        until = (now + wait + self.wall_epoch) - self.wall_epoch
+        lane = why in ("lane", "in_flight")
+        self._refused[claim.key if lane else claim.project, claim.model] = until
+        if why in ("group", "lane"):  # another process cooled it
+            reason = "shared"
+        elif why == "in_flight":
+            reason = why
+        else:  # a shared budget is full: every process finds the same when it asks
+            reason = f"shared budget: {why} full"
+        return Cooldown(model=claim.model, project=claim.project,
+                        key=claim.key if lane else None, until=until, reason=reason)
+
     # -- in: what other processes learned ------------------------------------------------------
 
-    def apply(self, fact: SharedFact, now: float) -> None:
+    def apply(self, fact: StoredFact, now: float) -> None:
         """Feed one fact to the core at core time `now`.
 
         A cooldown that has already ended, and a key, project or model the pool does not have,
         change nothing; the core merges the rest (a cooldown by the later end).
         """
-        core = self.core
-        until = math.inf if fact.until >= FOREVER else fact.until - self.wall_epoch
-        scope = fact.scope
-        if fact.model and fact.model not in self._model_names:
+        record = from_stored(fact, self.wall_epoch, now)
+        if record is None or (isinstance(record, Cooldown) and record.until <= now):
             return
-        if scope == "key":
-            if fact.key in self._labels and fact.key not in self._disabled:
-                self._disabled.add(fact.key)
-                self._echo[fact.field] = FOREVER
-                core.learn(now, DisabledKey(key=fact.key,
-                                            reason=fact.reason or "disabled elsewhere"))
-        elif scope == "limit":
-            dimension = _DIMENSIONS.get(fact.dimension)
-            if (fact.project in self._projects and dimension is not None
-                    and fact.dimension in _BUDGETED and fact.value >= 1):
-                self._echo[fact.field] = float(fact.value)
-                core.learn(now, LearnedLimit(project=fact.project, model=fact.model,
-                                             dimension=dimension, value=fact.value,
-                                             quota_id="shared", learned_at=now))
-        elif until <= now:
+        self._learn(record, now)
+
+    def _learn(self, fact: SharedFact, now: float) -> None:
+        """Give the core `fact`, and expect the event it will announce: that one is an echo,
+        not published again (see `facts_from_events`)."""
+        try:
+            self.core.learn(now, fact)
+        except UsageError:  # a key, project or model this pool does not have: nothing changed
             return
-        elif scope == "model":
-            self._echo[fact.field] = fact.until
-            core.learn(now, Cooldown(model=fact.model, until=until, reason=fact.reason))
-        elif scope == "lane":
-            if fact.key in self._labels:
-                self._echo[fact.field] = fact.until
-                core.learn(now, Cooldown(model=fact.model, key=fact.key, until=until,
-                                         reason=fact.reason))
-        elif scope == "group" and fact.project in self._projects:
-            self._echo[fact.field] = fact.until
-            core.learn(now, Cooldown(model=fact.model, project=fact.project, until=until,
-                                     reason=fact.reason))
+        stored = to_stored(fact, self.wall_epoch)
+        self._echo[stored.field] = _mark(stored)
+
+
+def _mark(fact: StoredFact) -> float:
+    """What tells an echo from news: a limit's value, or a fact's end."""
+    return float(fact.value) if fact.scope == "limit" else fact.until

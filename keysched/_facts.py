@@ -11,14 +11,15 @@ that knowledge, by name (project, model, key *label*: never a secret), in core t
   until ``until``.  Merged by the later end: a cooldown is never shortened.
 - `DisabledKey`: a key is unusable for good.
 - `LearnedLimit`: a limit of (project, model) taught by a 429; a configured limit still wins.
-- `Usage`: a request another process sent on (project, model): it counts in the group's budget.
 
-`Scheduler.shared_facts(now)` lists the first three as they stand (what is in force, not a log:
-merging is idempotent, so a store may keep the latest and hand it to everyone).
-`Scheduler.learn(now, fact)` takes any of the four back (`learn` here: checked names first, so
-a fact about a key or model this pool does not have changes nothing).  Usage is not in `shared_facts`: each
-dispatch is shared as it happens (the driver sees every `Dispatch`), which counts exactly where
-a periodic total would count twice.
+`Scheduler.shared_facts(now)` lists them as they stand (what is in force, not a log: merging is
+idempotent, so a store may keep the latest and hand it to everyone).  `Scheduler.learn(now,
+fact)` takes any of them back (`learn` here: checked names first, so a fact about a key or model
+this pool does not have changes nothing).
+
+Usage (what other processes sent) is not a fact here: a shared store decides every group's
+budget itself, at dispatch, with its own claim (`keysched._store`), so no driver needs to count
+another process's requests in this one's budget.
 
 The records are attrs classes (frozen, keyword-only) so a store can serialise them with
 `attrs.asdict` and rebuild them with ``Cls(**fields)``; a bad value fails at construction with a
@@ -37,7 +38,7 @@ from keysched._names import Names
 from keysched._outcomes import QuotaDimension
 from keysched._pool import Changes, Pool
 
-__all__ = ["Cooldown", "DisabledKey", "LearnedLimit", "SharedFact", "Usage", "learn"]
+__all__ = ["Cooldown", "DisabledKey", "LearnedLimit", "SharedFact", "learn"]
 
 
 def _count(low: int) -> Any:
@@ -94,25 +95,14 @@ class LearnedLimit:
     learned_at: float = attrs.field(validator=_time)
 
 
-@attrs.frozen(kw_only=True)
-class Usage:
-    """One request of `tokens` input tokens another process sent on (project, model) at `at`."""
-
-    project: str
-    model: str
-    at: float = attrs.field(validator=_time)
-    tokens: int = attrs.field(validator=_count(0))
-
-
-SharedFact = Cooldown | DisabledKey | LearnedLimit | Usage
+SharedFact = Cooldown | DisabledKey | LearnedLimit
 
 
 def learn(pool: Pool, names: Names, fact: SharedFact, now: float) -> Changes:
     """Give `pool` a fact another process learned; returns what changed.
 
     Raises:
-        UsageError: an unknown project, model or key label, usage after `now`, or not a fact;
-            nothing changes.
+        UsageError: an unknown project, model or key label, or not a fact; nothing changes.
     """
     match fact:
         case Cooldown(project=None, key=None):
@@ -128,11 +118,5 @@ def learn(pool: Pool, names: Names, fact: SharedFact, now: float) -> Changes:
         case LearnedLimit():
             return pool.learn_limit(names.project(fact.project), names.model(fact.model),
                                     fact.dimension, fact.value, now, fact.quota_id)
-        case Usage():
-            if fact.at > now:
-                raise UsageError(f"Usage.at must not be after now ({now!r}), got {fact.at!r}")
-            pool.count_usage(names.project(fact.project), names.model(fact.model), fact.at,
-                             fact.tokens, now)
-            return Changes(record=False)
-    raise UsageError(f"fact must be a Cooldown, DisabledKey, LearnedLimit or Usage, got "
+    raise UsageError(f"fact must be a Cooldown, DisabledKey or LearnedLimit, got "
                      f"{type(fact).__name__}")

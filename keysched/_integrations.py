@@ -11,14 +11,14 @@ model, a backoff, waiting for a cooldown).  The SDK gets the answer that ended t
 
 Decisions where the issue was silent:
 
-- On failure the SDK gets the last HTTP answer (status, headers and body, with the key that
-  was sent replaced by ``[key <label>]`` wherever it appears), so it raises its own error
-  type.  If the last attempt got no answer (a reset, a timeout), httpx's own `ConnectError` or
-  `ReadTimeout` is raised instead, as the SDK would have seen it.  A request that ended before
-  any attempt (every key disabled or cooling until its deadline) gets a Google error made
-  here: 429 ``RESOURCE_EXHAUSTED`` (with ``RetryInfo`` when the pool knows when capacity
-  returns) or 403 ``PERMISSION_DENIED`` when no usable key is left.  The message is the one
-  `generate` would raise.
+- On failure the SDK gets the last HTTP answer (status, headers and body, with every key of
+  the pool replaced by its label wherever it appears, as in the client's own errors), so it
+  raises its own error type.  If the last attempt got no answer (a reset, a timeout), httpx's
+  own `ConnectError` or `ReadTimeout` is raised instead, as the SDK would have seen it.  A
+  request that ended before any attempt (every key disabled or cooling until its deadline)
+  gets a Google error made here: 429 ``RESOURCE_EXHAUSTED`` (with ``RetryInfo`` when the pool
+  knows when capacity returns) or 403 ``PERMISSION_DENIED`` when no usable key is left.  The
+  message is the one `generate` would raise.
 - Every answer carries ``x-keysched-model``, ``x-keysched-key`` (the label) and
   ``x-keysched-attempts`` headers.
 - Time: each attempt is bounded by the client's ``timeout`` and the whole call by its
@@ -49,7 +49,7 @@ import httpx
 from keysched._decisions import Dispatch, Fail, FailReason
 from keysched._errors import ServiceError, UsageError
 from keysched._outcomes import OutcomeKind
-from keysched._routes import Route, attempt_headers, redact, response_headers, route
+from keysched._routes import Route, attempt_headers, response_headers, route
 from keysched._session import Session, failure
 from keysched._snapshot import LaneState
 from keysched._sse import SSEParser, StreamEvent
@@ -146,11 +146,12 @@ class PoolTransport(httpx.AsyncBaseTransport):
             http = self._own_http = self._own_http or httpx.AsyncClient(follow_redirects=False)
         response = await http.send(outgoing, stream=True)
         marks = {"x-keysched-key": label, "x-keysched-attempts": "1"}
+        redactor = client._redactor
         if response.is_success:
             return httpx.Response(
                 response.status_code,
-                headers=[(n, v.replace(key.secret, f"[key {label}]"))
-                         for n, v in response.headers.multi_items()] + list(marks.items()),
+                headers=[(n, redactor.redact(v)) for n, v in response.headers.multi_items()]
+                + list(marks.items()),
                 stream=_Relay(response), extensions=response.extensions)
         try:
             raw = await response.aread()
@@ -158,8 +159,8 @@ class PoolTransport(httpx.AsyncBaseTransport):
             await response.aclose()
         return httpx.Response(response.status_code,
                               headers=response_headers(response.headers.multi_items(),
-                                                       key.secret, label, marks),
-                              content=self._client._redact_bytes(redact(raw, key.secret, label)))
+                                                       redactor.redact, marks),
+                              content=redactor.redact_bytes(raw))
 
 
 class _Relay(httpx.AsyncByteStream):
@@ -269,7 +270,7 @@ class _Call:
                 return None
             handed_over = True
             return httpx.Response(200, headers=response_headers(
-                answer_headers, dispatch.key.secret, dispatch.key.label or "",
+                answer_headers, self.client._redactor.redact,
                 self._marks(dispatch, len(session.records) + 1)), stream=relay)
         finally:
             if not handed_over:
@@ -283,15 +284,14 @@ class _Call:
                 "x-keysched-attempts": str(attempts)}
 
     def _answer(self, session: Session) -> httpx.Response:
-        """The answer that ended the request, for the SDK (with the key that sent it redacted)."""
+        """The answer that ended the request, for the SDK (every secret of the pool redacted)."""
         last = self.last
         assert last is not None
         assert last.status
-        key = last.dispatch.key
-        label = key.label or ""
+        redactor = self.client._redactor
         return httpx.Response(last.status, headers=response_headers(
-            last.headers, key.secret, label, self._marks(last.dispatch, len(session.records))),
-            content=self.client._redact_bytes(redact(last.body, key.secret, label)))
+            last.headers, redactor.redact, self._marks(last.dispatch, len(session.records))),
+            content=redactor.redact_bytes(last.body))
 
     def _failed(self, session: Session, fail: Fail, error: ServiceError) -> httpx.Response:
         if session.oversized:  # no answer to hand over: the typed error names the cap
@@ -374,7 +374,7 @@ class _StreamRelay(httpx.AsyncByteStream):
         if self._relayed:
             raise httpx.StreamConsumed()
         self._relayed = True
-        redact = self._call.client._redact_bytes
+        redact = self._call.client._redactor.redact_bytes
         # A secret holds no newline: hold back only a line's unfinished end, so that a secret
         # split across two pieces is still redacted, and no complete event waits.
         pending = b""

@@ -23,10 +23,10 @@ State (see `keysched._core` for the rules a user sees):
   when a parked lane may serve again.
 
 The seam for shared state (many processes, one pool): facts learned from other processes come
-in through plain inputs (`cool_group`, `cool_lane`, `cool_model`, `disable_key`, `learn_limit`,
-`count_usage`), which merge the way local facts do: a cooldown by the *later* end, never
+in through plain inputs (`cool_group`, `cool_lane`, `cool_model`, `disable_key`,
+`learn_limit`), which merge the way local facts do: a cooldown by the *later* end, never
 shortened; a disabled key stays disabled; a learned limit replaces a learned one and never a
-configured one; usage adds to the budget's window.  The facts worth sharing go out as plain
+configured one.  The facts worth sharing go out as plain
 records (`keysched._views.shared_facts`).  The pool stays pure: the driver reads and writes the store.
 
 Decisions where the issue was silent:
@@ -38,8 +38,8 @@ Decisions where the issue was silent:
   ``probe_interval``, and an answer to an attempt sent after it ends the cooldown.
 - `shared_facts` lists what is in force at a time (cooldowns not yet over, disabled keys,
   learned limits), not a log of changes: a store keeps the latest, and merging is idempotent.
-  Usage is not among them: the driver shares each dispatch as it makes it (`count_usage` on the
-  other side), which counts exactly, where a periodic total would count twice.
+  Usage is not among them: a shared store counts every process's dispatches in its own budgets
+  (`keysched._store`).
 """
 
 from __future__ import annotations
@@ -452,10 +452,3 @@ class Pool:
         if value >= 1 and dimension is not QuotaDimension.SPEND:
             self.priors[group.model][dimension] = value
         return changes
-
-    def count_usage(self, project: str, model: str, at: float, tokens: int, now: float) -> None:
-        """Another process sent a request of `tokens` on (project, model) at `at`: it counts in
-        the group's budget as one of ours would."""
-        budget = self._budget(self._group_named(project, model))
-        if budget is not None:
-            budget.count(at, tokens, now)

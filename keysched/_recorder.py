@@ -60,8 +60,6 @@ from keysched._errors import ConfigurationError, UsageError
 from keysched.trace import (
     AttemptLine,
     DroppedLine,
-    KeyInfo,
-    LimitInfo,
     PoolInfo,
     RequestLine,
     TraceHeader,
@@ -177,7 +175,7 @@ class Recorder:
         self._closed = False
         self._t0 = 0.0
         self._names: dict[str, str] = {}  # label or project -> what the trace calls it
-        self._redact: Callable[[str | None], str | None] = _same
+        self._redact: Callable[[str], str] = _same
         self._requests: dict[int, list[float]] = {}  # open request -> [submitted t, attempts]
         # Losses: `_lost_on_loop` is counted on the event loop (the queue was full),
         # `_lost_in_writer` and `_reported` on the writer thread (a value the format refuses,
@@ -237,15 +235,8 @@ class Recorder:
             for each in config.keys:
                 for shown in (each.label or "", each.project or each.label or ""):
                     self._names[shown] = pseudonym(shown, key)
-        name = self._name
-        pool = PoolInfo(
-            keys=tuple(KeyInfo(label=name(k.label or ""), project=name(k.project or k.label or ""))
-                       for k in config.keys),
-            models=config.models,
-            limits=tuple(LimitInfo(model=limit.model, project=None if limit.project is None
-                                   else name(limit.project), rpm=limit.rpm, tpm=limit.tpm,
-                                   rpd=limit.rpd) for limit in config.limits))
-        self._header = TraceHeader(source="client", start=wall, pool=pool)
+        self._header = TraceHeader(source="client", start=wall,
+                                   pool=PoolInfo.from_config(config, self._name))
 
     def request_started(self, request: int, now: float) -> None:
         """Request `request` was submitted at `now` (client clock)."""
@@ -357,10 +348,7 @@ class Recorder:
             return RequestLine(t=_seconds(item.ended - t0), request=item.request,
                                submitted=_seconds(item.submitted - t0), ok=item.ok,
                                reason=None if item.ok else item.reason, attempts=item.attempts)
-        redact = self._redact
-        violations = tuple(ViolationInfo(quota_id=redact(v.quota_id) or "?",
-                                         dimension=v.dimension.value, value=v.value)
-                           for v in item.violations)
+        violations = tuple(ViolationInfo.of(v, self._redact) for v in item.violations)
         status = item.status
         return AttemptLine(
             t=_seconds(item.ended - t0), request=item.request, attempt=item.number,
@@ -439,7 +427,7 @@ def _nowhere(record: Record) -> None:
     pass
 
 
-def _same(text: str | None) -> str | None:
+def _same(text: str) -> str:
     return text
 
 

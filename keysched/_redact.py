@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import overload
 
 from keysched._config import Key
 
@@ -41,6 +42,11 @@ class Redactor:
         self._pattern: re.Pattern[str] | None = None
         self._prefixes: dict[str, str] | None = None
 
+    @overload
+    def redact(self, text: str) -> str: ...
+    @overload
+    def redact(self, text: None) -> None: ...
+
     def redact(self, text: str | None) -> str | None:
         """`text` with every secret replaced by its label (None stays None)."""
         if not text or not self._labels:
@@ -52,6 +58,13 @@ class Redactor:
         labels = self._labels
         text = self._pattern.sub(lambda match: labels[match.group()], text)
         return self._redact_tail(text)
+
+    def redact_bytes(self, data: bytes) -> bytes:
+        """`data` (an answer's bytes, relayed as they came) with every secret replaced by its
+        label; bytes that are not UTF-8 pass through unchanged."""
+        text = data.decode("utf-8", "surrogateescape")
+        redacted = self.redact(text)
+        return data if redacted == text else redacted.encode("utf-8", "surrogateescape")
 
     def _redact_tail(self, text: str) -> str:
         """Replace a tail that is the start of a secret (a cut message) by ``label...``."""

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from keysched._errors import ConfigurationError
-from keysched._store import SEP, Claim, Grant, Settlement, SharedFact
+from keysched._store import SEP, Claim, Grant, Settlement, StoredFact
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -237,7 +237,7 @@ class RedisStore:
                      _decode(raw) if int(version) != known_version else None)
 
     async def settle(self, settlements: Sequence[Settlement],
-                     facts: Sequence[SharedFact]) -> None:
+                     facts: Sequence[StoredFact]) -> None:
         """See `keysched.Store.settle`: one EVALSHA for the whole batch."""
         if not settlements and not facts:
             return
@@ -252,13 +252,13 @@ class RedisStore:
             args.extend((fact.field, fact.encode()))
         await self._settle(keys=keys, args=args)
 
-    async def facts(self) -> tuple[int, tuple[SharedFact, ...]]:
+    async def facts(self) -> tuple[int, tuple[StoredFact, ...]]:
         """See `keysched.Store.facts`: one pipelined round trip."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.get(self._version_key)
             pipe.hgetall(self._facts_key)
             version, raw = await pipe.execute()
-        return int(version or 0), tuple(SharedFact.decode(field, value)
+        return int(version or 0), tuple(StoredFact.decode(field, value)
                                         for field, value in raw.items())
 
     async def aclose(self) -> None:
@@ -267,5 +267,5 @@ class RedisStore:
             await self.redis.aclose()
 
 
-def _decode(flat: list[str]) -> tuple[SharedFact, ...]:
-    return tuple(SharedFact.decode(flat[i], flat[i + 1]) for i in range(0, len(flat), 2))
+def _decode(flat: list[str]) -> tuple[StoredFact, ...]:
+    return tuple(StoredFact.decode(flat[i], flat[i + 1]) for i in range(0, len(flat), 2))

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import re
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from keysched._outcomes import Outcome, OutcomeKind
@@ -45,7 +45,7 @@ from keysched._wire import (
     tokens_for_chars,
 )
 
-__all__ = ["FALLBACK_HEADER", "Route", "attempt_headers", "openai_tokens", "redact", "response_headers",
+__all__ = ["FALLBACK_HEADER", "Route", "attempt_headers", "openai_tokens", "response_headers",
            "route"]
 
 FALLBACK_HEADER = "x-keysched-fallback"
@@ -250,15 +250,9 @@ def attempt_headers(caller: Sequence[tuple[str, str]], secret: str, *,
     return headers
 
 
-def redact(data: bytes, secret: str, label: str) -> bytes:
-    """`data` with every occurrence of `secret` replaced by ``[key <label>]``."""
-    needle = secret.encode()
-    return data.replace(needle, f"[key {label}]".encode()) if needle in data else data
-
-
-def response_headers(upstream: Sequence[tuple[str, str]], secret: str, label: str,
+def response_headers(upstream: Sequence[tuple[str, str]], redact: Callable[[str], str],
                      extra: Mapping[str, str]) -> list[tuple[str, str]]:
-    """The answer's headers for the SDK: decoded-body headers dropped, the key redacted."""
-    kept = [(name, value.replace(secret, f"[key {label}]")) for name, value in upstream
+    """The answer's headers for the SDK: decoded-body headers dropped, secrets `redact`ed."""
+    kept = [(name, redact(value)) for name, value in upstream
             if name.lower() not in _DROPPED_ANSWER]
     return kept + list(extra.items())

@@ -48,7 +48,7 @@ from keysched._errors import ConfigurationError
 from keysched._outcomes import OutcomeKind
 from keysched._pacific import next_pacific_midnight
 from keysched._snapshot import PoolEvent
-from keysched._store import Claim, Settlement, SharedFact, Store
+from keysched._store import Claim, Settlement, Store, StoredFact
 
 if TYPE_CHECKING:
     import asyncio
@@ -119,7 +119,7 @@ class StoreLink:
         self.degradations = 0  # times the store went away (for tests and dashboards)
         self._retry_at = -math.inf
         self._settlements: list[Settlement] = []
-        self._outgoing: list[SharedFact] = []
+        self._outgoing: list[StoredFact] = []
         self._flusher: asyncio.Task[None] | None = None
         self._next_attempt = 0
         self._day_end = -math.inf
@@ -146,16 +146,17 @@ class StoreLink:
             is away); False if the store refused and the attempt was withdrawn (the caller
             pumps the core and waits for the request's next decision).
         """
-        if self.degraded and self._clock() < self._retry_at:
+        now = self._clock()  # core time until the store answers
+        if self.degraded and now < self._retry_at:
             return None
-        if self.facts.held_back(dispatch, self._clock()):
+        if self.facts.held_back(dispatch, now):
             return False
         wall = self._wall_clock()
         if wall >= self._day_end:
             self._day_end = next_pacific_midnight(wall)
         self._next_attempt += 1
         claim = self.facts.claim(self.owner, str(self._next_attempt), dispatch, tokens,
-                                 spends_quota, now=self._clock(), day_end=self._day_end,
+                                 spends_quota, now=now, day_end=self._day_end,
                                  lease_ttl=self._lease_ttl, key_cap=self._key_cap)
         import asyncio
 
@@ -187,7 +188,7 @@ class StoreLink:
         if facts:
             self._queue(None, facts)
 
-    def _queue(self, settlement: Settlement | None, facts: Iterable[SharedFact]) -> None:
+    def _queue(self, settlement: Settlement | None, facts: Iterable[StoredFact]) -> None:
         if settlement is not None:
             self._settlements.append(settlement)
         self._outgoing.extend(facts)

@@ -132,9 +132,9 @@ def learned_limit_reason(dimension: str, value: int | None, quota_id: str) -> st
     return f"{dimension}={value} from {quota_id}"
 
 
-def parse_learned_limit(reason: str) -> tuple[str, int] | None:
-    """The (dimension, value) a ``limit_learned`` reason names (see `learned_limit_reason`),
-    or None if it is not one."""
+def parse_learned_limit(reason: str) -> tuple[str, int, str] | None:
+    """The (dimension, value, quota id) a ``limit_learned`` reason names (see
+    `learned_limit_reason`), or None if it is not one."""
     name, _, rest = reason.partition("=")
-    value = rest.split(" ", 1)[0]
-    return (name, int(value)) if name and value.isdigit() else None
+    value, _, quota_id = rest.partition(" from ")
+    return (name, int(value), quota_id) if name and value.isdigit() else None

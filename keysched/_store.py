@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 Each process runs its own pure core.  What one process learns that another should know is a
-*fact*: a plain record that merges without coordination (`SharedFact`):
+*fact*: a plain record that merges without coordination (`StoredFact`):
 
 - a key disabled, and why (a key fact lasts for good: its end is `FOREVER`);
 - a cooldown of a quota group, a model or a lane, until a wall-clock time (Unix seconds, as the
@@ -55,9 +55,10 @@ __all__ = [
     "Grant",
     "MemoryStore",
     "Settlement",
-    "SharedFact",
     "SharedPool",
     "Store",
+    "StoredFact",
+    "fact_field",
 ]
 
 FOREVER = 1e300
@@ -65,11 +66,18 @@ FOREVER = 1e300
 SEP = "\x1f"
 """Separates the parts of a fact's field: labels, projects and models hold no control
 characters (the config refuses them), so it never occurs inside one."""
-SCOPES = ("group", "model", "lane", "key", "limit")
 
 
-class SharedFact(NamedTuple):
-    """One fact worth sharing.  Wall-clock times (Unix seconds), labels only.
+def fact_field(scope: str, project: str = "", model: str = "", key: str = "",
+               dimension: str = "") -> str:
+    """The field a fact is stored under (`StoredFact.field`): what it is about."""
+    return SEP.join((scope, project, model, key, dimension))
+
+
+class StoredFact(NamedTuple):
+    """One fact worth sharing, as a store keeps it.  Wall-clock times (Unix seconds), labels
+    only, flat strings (the Lua scripts read them).  The core's own records of the same facts
+    (core time) are `keysched._facts.SharedFact`; `keysched._core_facts` converts between them.
 
     Attributes:
         scope: ``group`` (project, model), ``model``, ``lane`` (key, model), ``key`` (disabled)
@@ -90,14 +98,14 @@ class SharedFact(NamedTuple):
     @property
     def field(self) -> str:
         """What the fact is about: facts with one field merge."""
-        return SEP.join((self.scope, self.project, self.model, self.key, self.dimension))
+        return fact_field(self.scope, self.project, self.model, self.key, self.dimension)
 
     def encode(self) -> str:
         """The fact's value as stored (its field names the rest)."""
         return SEP.join((repr(float(self.until)), str(self.value), self.reason))
 
     @classmethod
-    def decode(cls, field: str, value: str) -> SharedFact:
+    def decode(cls, field: str, value: str) -> StoredFact:
         """The fact stored as `value` under `field`."""
         scope, project, model, key, dimension = field.split(SEP)
         until, number, reason = value.split(SEP, 2)
@@ -145,9 +153,8 @@ class Claim(NamedTuple):
         group or lane cooling (in the order the store checks them).  Not a model's cooldown:
         a cooling model is probed now and then (the breaker's half-open state), and whether
         an attempt is such a probe is for the core to say."""
-        return (SharedFact("key", key=self.key).field,
-                SharedFact("group", self.project, self.model).field,
-                SharedFact("lane", self.project, self.model, self.key).field)
+        return (fact_field("key", key=self.key), fact_field("group", self.project, self.model),
+                fact_field("lane", self.project, self.model, self.key))
 
     @property
     def member(self) -> str:
@@ -173,7 +180,7 @@ class Grant(NamedTuple):
     retry_after: float = 0.0
     why: str = ""
     version: int = 0
-    facts: tuple[SharedFact, ...] | None = None
+    facts: tuple[StoredFact, ...] | None = None
 
 
 class Settlement(NamedTuple):
@@ -191,11 +198,11 @@ class Store(Protocol):
         ...
 
     async def settle(self, settlements: Sequence[Settlement],
-                     facts: Sequence[SharedFact]) -> None:
+                     facts: Sequence[StoredFact]) -> None:
         """Release leases, give refused units back, merge new facts (fire-and-forget)."""
         ...
 
-    async def facts(self) -> tuple[int, tuple[SharedFact, ...]]:
+    async def facts(self) -> tuple[int, tuple[StoredFact, ...]]:
         """The version and every shared fact."""
         ...
 
@@ -228,7 +235,7 @@ class SharedPool:
 
     def __init__(self) -> None:
         self.version = 0
-        self._facts: dict[str, SharedFact] = {}
+        self._facts: dict[str, StoredFact] = {}
         self._windows: dict[tuple[str, str], _Window] = {}
         self._days: dict[tuple[str, str, int], int] = {}
         self._leases: dict[str, dict[str, float]] = {}  # key label -> member -> expiry
@@ -274,7 +281,7 @@ class SharedPool:
             return "rpd", claim.day_end - claim.wall
         return None
 
-    def settle(self, settlements: Iterable[Settlement], facts: Iterable[SharedFact]) -> None:
+    def settle(self, settlements: Iterable[Settlement], facts: Iterable[StoredFact]) -> None:
         """See `Store.settle`."""
         for settlement in settlements:
             claim = settlement.claim
@@ -289,7 +296,7 @@ class SharedPool:
         for fact in facts:
             self.merge(fact)
 
-    def merge(self, fact: SharedFact) -> bool:
+    def merge(self, fact: StoredFact) -> bool:
         """Merge one fact: a cooldown only by a later end, a limit always.  Returns whether
         it changed anything (and then bumps the version)."""
         old = self._facts.get(fact.field)
@@ -300,7 +307,7 @@ class SharedPool:
         self.version += 1
         return True
 
-    def facts(self) -> tuple[int, tuple[SharedFact, ...]]:
+    def facts(self) -> tuple[int, tuple[StoredFact, ...]]:
         """See `Store.facts`."""
         return self.version, tuple(self._facts.values())
 
@@ -308,7 +315,7 @@ class SharedPool:
         """Leases held on `key` at `now` (expired ones do not count)."""
         return sum(1 for expiry in self._leases.get(key, {}).values() if expiry > now)
 
-    def _changed(self, known_version: int) -> tuple[SharedFact, ...] | None:
+    def _changed(self, known_version: int) -> tuple[StoredFact, ...] | None:
         return None if known_version == self.version else tuple(self._facts.values())
 
 
@@ -331,11 +338,11 @@ class MemoryStore:
         return self.pool.admit(claim, known_version, self._clock())
 
     async def settle(self, settlements: Sequence[Settlement],
-                     facts: Sequence[SharedFact]) -> None:
+                     facts: Sequence[StoredFact]) -> None:
         """See `Store.settle`."""
         self.pool.settle(settlements, facts)
 
-    async def facts(self) -> tuple[int, tuple[SharedFact, ...]]:
+    async def facts(self) -> tuple[int, tuple[StoredFact, ...]]:
         """See `Store.facts`."""
         return self.pool.facts()
 

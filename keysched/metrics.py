@@ -40,7 +40,6 @@ same metrics wherever the Collector is configured to send them (see the README).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import math
 import threading
 from collections.abc import Iterator
@@ -184,16 +183,11 @@ class PoolCollector(Collector):
             on_loop = False
         if on_loop:
             return self._client.snapshot()
-        future: concurrent.futures.Future[PoolSnapshot] = concurrent.futures.Future()
 
-        def take() -> None:
-            try:
-                future.set_result(self._client.snapshot())
-            except BaseException as exc:  # handed to the scraping thread
-                future.set_exception(exc)
+        async def take() -> PoolSnapshot:
+            return self._client.snapshot()
 
-        loop.call_soon_threadsafe(take)
-        return future.result(timeout=SNAPSHOT_TIMEOUT)
+        return asyncio.run_coroutine_threadsafe(take(), loop).result(timeout=SNAPSHOT_TIMEOUT)
 
     def _groups(self, groups: tuple[GroupSnapshot, ...]) -> Iterator[Metric]:
         name = self._prefix

@@ -78,15 +78,18 @@ import hmac
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from json.encoder import encode_basestring_ascii
-from typing import IO, Any, ClassVar, Literal
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Literal
 
 import attrs
 
 from keysched._decisions import FailReason
 from keysched._errors import KeyschedError
-from keysched._outcomes import OutcomeKind, QuotaDimension
+from keysched._outcomes import OutcomeKind, QuotaDimension, Violation
+
+if TYPE_CHECKING:
+    from keysched._config import PoolConfig
 
 __all__ = [
     "CANCELLED",
@@ -278,6 +281,10 @@ class LimitInfo:
     rpd: int | None = attrs.field(default=None, validator=_integer(minimum=1, nullable=True))
 
 
+def _as_is(text: str) -> str:
+    return text
+
+
 def _tuple_of(cls: type[Any]) -> Any:
     def validate(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
         if not isinstance(value, tuple) or not all(isinstance(item, cls) for item in value):
@@ -299,6 +306,22 @@ class PoolInfo:
     keys: tuple[KeyInfo, ...] = attrs.field(validator=_tuple_of(KeyInfo))
     models: tuple[str, ...] = attrs.field(validator=_models)
     limits: tuple[LimitInfo, ...] = attrs.field(default=(), validator=_tuple_of(LimitInfo))
+
+    @classmethod
+    def from_config(cls, config: PoolConfig, name: Callable[[str], str] = _as_is) -> PoolInfo:
+        """The description of `config`'s pool (what the client's recorder and the simulator's
+        trace writer put in their headers), each key label and project shown as `name` gives
+        it (a pseudonym, say).  A key without a project is its own project, named after its
+        label, as the pool counts it (`PoolConfig` fills it in)."""
+        return cls(
+            keys=tuple(KeyInfo(label=name(key.label or ""),
+                               project=name(key.project or key.label or ""))
+                       for key in config.keys),
+            models=tuple(config.models),
+            limits=tuple(LimitInfo(model=limit.model,
+                                   project=None if limit.project is None else name(limit.project),
+                                   rpm=limit.rpm, tpm=limit.tpm, rpd=limit.rpd)
+                         for limit in config.limits))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of this description."""
@@ -381,6 +404,13 @@ class ViolationInfo:
     dimension: str | None = attrs.field(
         validator=_one_of(_DIMENSIONS, nullable=True))
     value: int | None = attrs.field(validator=_integer(nullable=True))
+
+    @classmethod
+    def of(cls, violation: Violation, redact: Callable[[str], str] = _as_is) -> ViolationInfo:
+        """The record of a quota a 429 named, its id as `redact` gives it (``?`` when empty:
+        a line's quota id is never empty)."""
+        return cls(quota_id=redact(violation.quota_id) or "?",
+                   dimension=violation.dimension.value, value=violation.value)
 
 
 def _violations(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:

@@ -32,8 +32,6 @@ from typing import IO
 from keysched import PoolConfig
 from keysched.trace import (
     AttemptLine,
-    KeyInfo,
-    LimitInfo,
     PoolInfo,
     RequestLine,
     TraceHeader,
@@ -48,13 +46,10 @@ __all__ = ["TraceWriter", "attempt_line", "header"]
 
 
 def header(scenario: Scenario, config: PoolConfig) -> TraceHeader:
-    """The trace header of a run of `scenario` whose core was configured with `config`."""
-    pool = PoolInfo(
-        keys=tuple(KeyInfo(label=k.label, project=k.project) for k in scenario.keys),
-        models=tuple(config.models),
-        limits=tuple(LimitInfo(model=x.model, project=x.project, rpm=x.rpm, tpm=x.tpm,
-                               rpd=x.rpd) for x in config.limits))
-    return TraceHeader(source="sim", start=scenario.start_epoch, pool=pool)
+    """The trace header of a run of `scenario` whose core was configured with `config` (its
+    keys are the scenario's, by label and project)."""
+    return TraceHeader(source="sim", start=scenario.start_epoch,
+                       pool=PoolInfo.from_config(config))
 
 
 def attempt_line(record: AttemptRecord, reply: Reply) -> AttemptLine:
@@ -66,8 +61,7 @@ def attempt_line(record: AttemptRecord, reply: Reply) -> AttemptLine:
     else:
         status = reply.status or None
         retry_delay = outcome.retry_after
-        violations = tuple(ViolationInfo(quota_id=v.quota_id, dimension=v.dimension.value,
-                                         value=v.value) for v in outcome.violations)
+        violations = tuple(ViolationInfo.of(v) for v in outcome.violations)
         tokens_in, tokens_out = outcome.input_tokens, outcome.output_tokens
     return AttemptLine(t=record.end, request=record.request, attempt=record.number,
                        key=record.key, project=record.project, model=record.model,

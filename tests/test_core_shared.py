@@ -2,7 +2,7 @@
 
 Each test drives the pure `Scheduler` (and its `Pool`) by hand in core time.  The facts merge as
 local ones do: a cooldown by the later end, never shortened; a disabled key stays disabled; a
-learned limit never replaces a configured one; usage counts in the group's budget.
+learned limit never replaces a configured one.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from keysched import (
     UsageError,
     Violation,
 )
-from keysched._facts import Cooldown, DisabledKey, LearnedLimit, SharedFact, Usage
+from keysched._facts import Cooldown, DisabledKey, LearnedLimit, SharedFact
 from keysched._pool import Pool
 from keysched._selection import Policy
 
@@ -134,20 +134,6 @@ def test_a_configured_limit_wins_over_one_learned_elsewhere() -> None:
     assert [(limit.value, limit.source) for limit in group.limits] == [(5, "configured")]
 
 
-def test_usage_by_others_counts_in_the_budget() -> None:
-    """Requests another process sent fill the window: this one waits for them to leave it."""
-    core = core_of(limits=(Limit(model="m", rpm=3),), models=("m",))
-    core.learn(T0, DisabledKey(key="b", reason="key_invalid"))
-    core.learn(T0 + 1, Usage(project="P", model="m", at=T0, tokens=10))
-    core.learn(T0 + 1, Usage(project="P", model="m", at=T0 + 1, tokens=10))
-    group = next(g for g in core.snapshot(T0 + 1).groups if (g.project, g.model) == ("P", "m"))
-    assert (group.requests_last_minute, group.tokens_last_minute) == (2, 20)
-    core.submit(T0 + 1)
-    core.submit(T0 + 1)
-    assert len(dispatched(core, T0 + 1)) == 1
-    assert len(dispatched(core, T0 + 60)) == 1  # the first of the others' left the window
-
-
 def test_shared_facts_round_trip_to_another_core() -> None:
     """What one core learned from its outcomes, given to another, reads back the same there."""
     first, second = core_of(), core_of()
@@ -182,7 +168,6 @@ def test_facts_in_force_only() -> None:
     DisabledKey(key="nobody", reason="x"),
     LearnedLimit(project="P", model="nope", dimension=QuotaDimension.REQUESTS_PER_MINUTE,
                  value=3, quota_id=RPM_ID, learned_at=T0),
-    Usage(project="P", model="m", at=T0 + 5, tokens=1),  # after now
     "not a fact",
 ])
 def test_bad_facts_raise_and_change_nothing(fact: SharedFact) -> None:
@@ -201,8 +186,6 @@ def test_records_check_their_values() -> None:
     with pytest.raises(UsageError, match=r"LearnedLimit\.value"):
         LearnedLimit(project="P", model="m", dimension=QuotaDimension.REQUESTS_PER_MINUTE,
                      value=0, quota_id=RPM_ID, learned_at=T0)
-    with pytest.raises(UsageError, match=r"Usage\.tokens"):
-        Usage(project="P", model="m", at=T0, tokens=-1)
     with pytest.raises(UsageError, match=r"Cooldown\.until"):
         Cooldown(model="m", until=float("nan"), reason="x")
 
@@ -241,5 +224,5 @@ def test_a_learned_limits_reason_reads_back(dimension: str, value: int, quota_id
     from keysched._snapshot import learned_limit_reason, parse_learned_limit
 
     assert parse_learned_limit(learned_limit_reason(dimension, value, quota_id)) == (
-        dimension, value)
+        dimension, value, quota_id)
     assert parse_learned_limit("shared_capacity") is None

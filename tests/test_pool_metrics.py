@@ -7,8 +7,10 @@ from a worker thread, as ``prometheus_client``'s HTTP server takes them, while t
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
+import pytest
 import virtual_loop
 from e2e_support import ScenarioTime, running_server, scenario_client
 from prometheus_client import CollectorRegistry, generate_latest
@@ -110,3 +112,37 @@ def test_a_scrape_on_the_loop_thread_reads_the_snapshot_directly() -> None:
     found = samples(virtual_loop.run(main))
     assert value(found, "keysched_attempt_outcomes_total", key="p1-1", project="p1",
                  model=FLASH, outcome="success") == 1
+
+
+def test_a_scrape_the_loop_cannot_serve_in_time_fails_and_the_next_one_works(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scrape from another thread while the client's loop is stuck raises `TimeoutError`
+    after `SNAPSHOT_TIMEOUT` instead of hanging; once the loop is free, scrapes work again."""
+    import keysched.metrics
+    from keysched import KeyedClient
+
+    monkeypatch.setattr(keysched.metrics, "SNAPSHOT_TIMEOUT", 0.05)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+    stuck = threading.Event()
+    try:
+        async def make() -> KeyedClient:
+            return KeyedClient(keys=["AIzaMetricsKey0000"], models=[FLASH],
+                               base_url="http://metrics.invalid")
+
+        client = asyncio.run_coroutine_threadsafe(make(), loop).result()
+        collector = PoolCollector(client, loop=loop)
+        loop.call_soon_threadsafe(stuck.wait)  # the loop is busy until `stuck` is set
+        with pytest.raises(TimeoutError):
+            list(collector.collect())
+        stuck.set()
+        monkeypatch.setattr(keysched.metrics, "SNAPSHOT_TIMEOUT", 60.0)  # a busy host's bound
+        names = {metric.name for metric in collector.collect()}
+        assert "keysched_requests_waiting" in names
+        asyncio.run_coroutine_threadsafe(client.aclose(), loop).result()
+    finally:
+        stuck.set()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()

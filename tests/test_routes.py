@@ -7,7 +7,7 @@ import json
 import pytest
 
 from keysched._outcomes import OutcomeKind
-from keysched._routes import attempt_headers, redact, response_headers, route
+from keysched._routes import attempt_headers, response_headers, route
 
 GEN = ("gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite")
 POOL = (*GEN, "gemini-embedding-001")
@@ -127,11 +127,11 @@ def test_attempt_headers_replace_the_callers_credentials_with_the_pool_key() -> 
     assert "x-goog-api-key" not in openai_headers
 
 
-def test_a_key_echoed_in_an_answer_is_redacted() -> None:
-    assert redact(b"bad key SECRET and SECRET", "SECRET", "k-1") == (
-        b"bad key [key k-1] and [key k-1]")
+def test_an_answers_headers_are_redacted_and_decoded_body_headers_dropped() -> None:
+    """Every header value goes through the redaction; Content-Encoding goes (httpx decoded)."""
     headers = response_headers([("X-Echo", "SECRET"), ("Content-Encoding", "gzip"),
-                                ("content-type", "application/json")], "SECRET", "k-1",
+                                ("content-type", "application/json")],
+                               lambda value: value.replace("SECRET", "k-1"),
                                {"x-keysched-key": "k-1"})
-    assert headers == [("X-Echo", "[key k-1]"), ("content-type", "application/json"),
+    assert headers == [("X-Echo", "k-1"), ("content-type", "application/json"),
                        ("x-keysched-key", "k-1")]

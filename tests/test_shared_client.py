@@ -16,7 +16,7 @@ import pytest
 from e2e_support import ScenarioTime, running_server, scenario_client, server_counters
 
 from keysched import ConfigurationError, KeyedClient, KeyschedError, MemoryStore
-from keysched._store import Claim, Grant, Settlement, SharedFact
+from keysched._store import Claim, Grant, Settlement, StoredFact
 from sim.scenario import Scenario, parse_scenario
 
 FLASH = "gemini-2.5-flash"
@@ -90,11 +90,11 @@ class BrokenStore:
         raise ConnectionRefusedError("connection refused")
 
     async def settle(self, settlements: Sequence[Settlement],
-                     facts: Sequence[SharedFact]) -> None:
+                     facts: Sequence[StoredFact]) -> None:
         self.calls += 1
         raise ConnectionRefusedError("connection refused")
 
-    async def facts(self) -> tuple[int, tuple[SharedFact, ...]]:
+    async def facts(self) -> tuple[int, tuple[StoredFact, ...]]:
         raise ConnectionRefusedError("connection refused")
 
     async def aclose(self) -> None:
@@ -147,7 +147,7 @@ class GatedStore(BrokenStore):
         return await self.inner.admit(claim, known_version)
 
     async def settle(self, settlements: Sequence[Settlement],
-                     facts: Sequence[SharedFact]) -> None:
+                     facts: Sequence[StoredFact]) -> None:
         self.settled += settlements
         await self.inner.settle(settlements, facts)
 

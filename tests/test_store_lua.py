@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keysched import ConfigurationError, RedisStore
-from keysched._store import FOREVER, Claim, Settlement, SharedFact, SharedPool
+from keysched._store import FOREVER, Claim, Settlement, SharedPool, StoredFact
 
 DAY = 4_000_000_000.0
 
@@ -69,11 +69,11 @@ async def test_refund_gives_the_unit_back(store: RedisStore) -> None:
 async def test_cooldowns_merge_by_the_later_end(store: RedisStore) -> None:
     """A cooldown is never shortened; a later one extends it and bumps the version once."""
     later = time.time() + 500
-    await store.settle([], [SharedFact("group", "p", "m", until=later, reason="a")])
-    await store.settle([], [SharedFact("group", "p", "m", until=later - 100, reason="b")])
+    await store.settle([], [StoredFact("group", "p", "m", until=later, reason="a")])
+    await store.settle([], [StoredFact("group", "p", "m", until=later - 100, reason="b")])
     version, facts = await store.facts()
     assert (version, [(f.until, f.reason) for f in facts]) == (1, [(later, "a")])
-    await store.settle([], [SharedFact("group", "p", "m", until=later + 1, reason="c")])
+    await store.settle([], [StoredFact("group", "p", "m", until=later + 1, reason="c")])
     assert (await store.facts())[0] == 2
 
 
@@ -82,14 +82,14 @@ async def test_a_cooled_group_or_disabled_key_refuses_and_brings_the_facts(
     """An attempt on a group another process cooled, or on a disabled key, is refused, and
     the reply carries the facts when the caller's version is old."""
     until = time.time() + 500
-    await store.settle([], [SharedFact("group", "p", "m", until=until, reason="429")])
+    await store.settle([], [StoredFact("group", "p", "m", until=until, reason="429")])
     asked = claim(1)
     grant = await store.admit(asked, 0)
     assert (grant.granted, grant.why) == (False, "group")
     assert grant.retry_after == pytest.approx(until - asked.wall)
     assert grant.facts is not None
     assert grant.facts[0].until == until
-    await store.settle([], [SharedFact("key", key="k2", until=FOREVER, reason="invalid")])
+    await store.settle([], [StoredFact("key", key="k2", until=FOREVER, reason="invalid")])
     assert (await store.admit(claim(2, key="k2", model="other"), 2)).why == "key"
     assert (await store.admit(claim(3, key="k3", model="other"), 2)).facts is None
 
@@ -162,7 +162,7 @@ def test_lua_equals_python(shared_redis: str, ops: list[tuple[object, ...]]) -> 
                     now += float(op[1])
                 else:
                     _, scope, at, value = op
-                    fact = SharedFact(str(scope), "p", "m1" if scope != "key" else "",
+                    fact = StoredFact(str(scope), "p", "m1" if scope != "key" else "",
                                       "k1" if scope == "key" else "",
                                       "rpm" if scope == "limit" else "",
                                       0.0 if scope == "limit" else now + int(at),

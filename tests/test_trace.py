@@ -231,6 +231,36 @@ def test_a_pseudonym_is_stable_keyed_and_not_the_name() -> None:
     assert "key" not in first
 
 
+def test_a_pool_is_described_from_its_config_with_names_as_given() -> None:
+    """Keys, projects and limits' projects are shown as `name` gives them (models as they
+    are); a key given without a project is its own project, named after its label."""
+    from keysched import Key, Limit, PoolConfig
+
+    config = PoolConfig(keys=["AIzaPlainKey000", Key(secret="AIzaOther", label="o", project="p")],
+                        models=["m1", "m2"],
+                        limits=[Limit(model="m1", rpm=5), Limit(model="m2", project="p", rpd=9)])
+    assert PoolInfo.from_config(config) == PoolInfo(
+        keys=(KeyInfo(label="key#1", project="key#1"), KeyInfo(label="o", project="p")),
+        models=("m1", "m2"),
+        limits=(LimitInfo(model="m1", rpm=5), LimitInfo(model="m2", project="p", rpd=9)))
+    shown = PoolInfo.from_config(config, str.upper)
+    assert [(k.label, k.project) for k in shown.keys] == [("KEY#1", "KEY#1"), ("O", "P")]
+    assert [limit.project for limit in shown.limits] == [None, "P"]
+    assert shown.models == ("m1", "m2")
+    assert "AIza" not in repr(shown)
+
+
+def test_a_violation_is_recorded_with_its_id_as_redact_gives_it() -> None:
+    """The quota id goes through `redact`; an id left empty is written ``?`` (never empty)."""
+    from keysched import Violation
+
+    rpm = Violation(QuotaDimension.REQUESTS_PER_MINUTE, 5, "RpmId")
+    assert ViolationInfo.of(rpm) == ViolationInfo(quota_id="RpmId", dimension="rpm", value=5)
+    assert ViolationInfo.of(rpm, lambda text: text.replace("Rpm", "r")).quota_id == "rId"
+    unnamed = Violation(QuotaDimension.REQUESTS_PER_DAY, None, "")
+    assert ViolationInfo.of(unnamed) == ViolationInfo(quota_id="?", dimension="rpd", value=None)
+
+
 def test_the_format_module_is_pure() -> None:
     """keysched.trace imports no event loop, HTTP client, clock, logging or threads."""
     import ast
