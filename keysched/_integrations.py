@@ -30,7 +30,9 @@ Decisions where the issue was silent:
   httpx error it would have seen.  A stream the SDK closes early ends the request as cancelled.
 - Pass-through requests (anything `route` does not schedule) go out once, with the first key
   the pool has not disabled, through the client's httpx client (or one of the transport's own
-  when the client sends through aiohttp).  Files and cached contents belong to the Google
+  when the client sends through aiohttp).  A key the server refuses for good (invalid, leaked,
+  forbidden) is disabled in the pool as a scheduled call's refusal would disable it, and the
+  request goes out again with the next key; any other answer reaches the SDK as it came.  Files and cached contents belong to the Google
   project of the key that made them; a pool spanning several projects should not rely on a
   generation call finding a file another project's key uploaded.
 - `aclose()` of the transport closes only what it made; the `KeyedClient` stays the caller's.
@@ -46,16 +48,19 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx
 
+from keysched._config import Key
 from keysched._decisions import Dispatch, Fail, FailReason
 from keysched._errors import ServiceError, UsageError
+from keysched._facts import DisabledKey
 from keysched._outcomes import OutcomeKind
 from keysched._routes import Route, attempt_headers, response_headers, route
 from keysched._session import Session, failure
 from keysched._snapshot import LaneState
 from keysched._sse import SSEParser, StreamEvent
 from keysched._streaming import answered
+from keysched._table import Effect
 from keysched._transport import HttpxBackend, StreamResponse, TransportFailure, TransportTimeout
-from keysched._wire import SAFETY_FINISH_REASONS, Classified
+from keysched._wire import SAFETY_FINISH_REASONS, Classified, classify
 
 if TYPE_CHECKING:
     from keysched._client import KeyedClient
@@ -129,13 +134,52 @@ class PoolTransport(httpx.AsyncBaseTransport):
             self._own_http = None
 
     async def _pass_through(self, request: httpx.Request, body: bytes) -> httpx.Response:
+        """Send a request the pool does not schedule with the first key it has not disabled.
+
+        A key the server refuses for good (the policy's table disables it: an invalid, leaked
+        or forbidden key) is disabled in the pool, as a generation call's refusal would, and
+        the next key is tried: the server refused it before doing anything.
+        """
         client = self._client
-        snapshot = client.snapshot()
+        refused: set[str] = set()
+        while True:
+            key = self._pass_through_key(refused)
+            response = await self._send_once(request, body, key)
+            marks = {"x-keysched-key": key.label or "",
+                     "x-keysched-attempts": str(len(refused) + 1)}
+            redactor = client._redactor
+            if response.is_success:
+                return httpx.Response(
+                    response.status_code,
+                    headers=[(n, redactor.redact(v)) for n, v in response.headers.multi_items()]
+                    + list(marks.items()),
+                    stream=_Relay(response), extensions=response.extensions)
+            try:
+                raw = await response.aread()
+            finally:
+                await response.aclose()
+            kind = classify(response.status_code, raw, response.headers).outcome.kind
+            if client._core.policy.actions[kind].effect is not Effect.DISABLE_KEY:
+                return httpx.Response(response.status_code,
+                                      headers=response_headers(response.headers.multi_items(),
+                                                               redactor.redact, marks),
+                                      content=redactor.redact_bytes(raw))
+            label = key.label or ""
+            now = client._clock()
+            client._core.learn(now, DisabledKey(key=label, reason=kind.value))
+            client._pump.pump(now)  # logs the key_disabled event and shares it, as for a call
+            refused.add(label)
+
+    def _pass_through_key(self, refused: set[str]) -> Key:
+        snapshot = self._client.snapshot()
         disabled = {lane.key for lane in snapshot.lanes if lane.state is LaneState.DISABLED}
-        key = next((key for key in client._config.keys if key.label not in disabled), None)
+        key = next((key for key in self._client._config.keys
+                    if key.label not in disabled and key.label not in refused), None)
         if key is None:
             raise UsageError("no usable key is left in the pool for a pass-through request")
-        label = key.label or ""
+        return key
+
+    async def _send_once(self, request: httpx.Request, body: bytes, key: Key) -> httpx.Response:
         bearer = "/openai/" in request.url.path
         headers = attempt_headers(request.headers.multi_items(), key.secret, bearer=bearer)
         params = [(k, v) for k, v in request.url.params.multi_items() if k != "key"]
@@ -144,23 +188,7 @@ class PoolTransport(httpx.AsyncBaseTransport):
         http = self._http
         if http is None:
             http = self._own_http = self._own_http or httpx.AsyncClient(follow_redirects=False)
-        response = await http.send(outgoing, stream=True)
-        marks = {"x-keysched-key": label, "x-keysched-attempts": "1"}
-        redactor = client._redactor
-        if response.is_success:
-            return httpx.Response(
-                response.status_code,
-                headers=[(n, redactor.redact(v)) for n, v in response.headers.multi_items()]
-                + list(marks.items()),
-                stream=_Relay(response), extensions=response.extensions)
-        try:
-            raw = await response.aread()
-        finally:
-            await response.aclose()
-        return httpx.Response(response.status_code,
-                              headers=response_headers(response.headers.multi_items(),
-                                                       redactor.redact, marks),
-                              content=redactor.redact_bytes(raw))
+        return await http.send(outgoing, stream=True)
 
 
 class _Relay(httpx.AsyncByteStream):

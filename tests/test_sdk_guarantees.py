@@ -11,9 +11,10 @@ import json
 
 import httpx
 import pytest
+from helpers import body as fixture_body
 from raw_server import BACKENDS, RawServer, Request, answer, head, hold
 
-from keysched import KeyedClient, ResponseTooLargeError, UsageError
+from keysched import KeyedClient, LaneState, ResponseTooLargeError, UsageError
 
 K1 = "AIzaSECRETONE_aaaaaaaaaaaaaaaaaaaaaaaaaa"
 K2 = "AIzaSECRETTWO_bbbbbbbbbbbbbbbbbbbbbbbbbb"
@@ -107,3 +108,40 @@ async def test_aclose_closes_what_a_pass_through_request_opened(fast: bool) -> N
         assert response.status_code == 200
         await client.aclose()
         await _closed_soon(server)
+
+
+@BACKENDS
+async def test_a_pass_through_request_refused_for_its_key_disables_it_and_goes_on(
+        fast: bool) -> None:
+    """A models listing (not scheduled) sent with an invalid key: the pool disables the key, as
+    a generation call's refusal would, and the request goes out again with the next key.  Other
+    errors reach the SDK as they came, on one key (a 404 disables nothing)."""
+    seen: list[str] = []
+
+    async def listing(request: Request, writer: asyncio.StreamWriter) -> None:
+        seen.append(request.key)
+        if request.key == K1:
+            status, body = 400, fixture_body("400_api_key_invalid.json")
+        elif "missing" in request.line:
+            status, body = 404, b'{"error": {"code": 404, "status": "NOT_FOUND"}}'
+        else:
+            status, body = 200, b'{"models": []}'
+        writer.write(head(status, "application/json", content_length=len(body)) + body)
+        await writer.drain()
+
+    async with RawServer(listing) as server:
+        async with KeyedClient([K1, K2], [FLASH], base_url=server.url + "/v1beta",
+                               fast=fast) as client:
+            async with httpx.AsyncClient(transport=client.transport(), timeout=None) as http:
+                first = await http.get(f"{server.url}/v1beta/models")
+                second = await http.get(f"{server.url}/v1beta/models")
+                missing = await http.get(f"{server.url}/v1beta/files/missing")
+            lane = client.snapshot().lane("key#1", FLASH)
+            events = [e for e in client.events() if e.kind == "key_disabled"]
+    assert (first.status_code, first.headers["x-keysched-key"],
+            first.headers["x-keysched-attempts"]) == (200, "key#2", "2")
+    assert (second.status_code, second.headers["x-keysched-attempts"]) == (200, "1")
+    assert (missing.status_code, missing.headers["x-keysched-key"]) == (404, "key#2")
+    assert seen == [K1, K2, K2, K2]  # the refused key is never sent again
+    assert (lane.state, lane.reason) == (LaneState.DISABLED, "key_invalid")
+    assert [e.key for e in events] == ["key#1"]
