@@ -32,9 +32,10 @@ Decisions where the issue was silent:
   the pool has not disabled, through the client's httpx client (or one of the transport's own
   when the client sends through aiohttp).  A key the server refuses for good (invalid, leaked,
   forbidden) is disabled in the pool as a scheduled call's refusal would disable it, and the
-  request goes out again with the next key; any other answer reaches the SDK as it came.  Files and cached contents belong to the Google
-  project of the key that made them; a pool spanning several projects should not rely on a
-  generation call finding a file another project's key uploaded.
+  request goes out again with the next key; any other answer reaches the SDK as it came.
+  Files and cached contents belong to the Google project of the key that made them; a pool
+  spanning several projects should not rely on a generation call finding a file another
+  project's key uploaded.
 - `aclose()` of the transport closes only what it made; the `KeyedClient` stays the caller's.
 """
 
