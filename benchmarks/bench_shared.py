@@ -6,7 +6,8 @@ URL``).
 A fake Gemini server (``python -m sim serve``, its own process) serves 10 keys, each its own
 project with 5 requests per sliding minute; calls are offered at twice that capacity (100 per
 minute) for ``--minutes`` virtual minutes, each with a 60 s deadline, in the server's virtual
-time (``--scale`` virtual seconds per real second; the workers read it from ``/_sim/state``).
+time (``--scale`` virtual seconds per real second; the parent reads it from ``/_sim/state`` once
+and gives every worker the same reading, on the host's monotonic clock).
 The offered calls are dealt to 4 worker processes, each with its own `KeyedClient`:
 
 - ``1 process``: the same calls from one process (the target's baseline);
@@ -101,7 +102,11 @@ async def worker(args: argparse.Namespace) -> None:
 
     async with httpx.AsyncClient(base_url=args.base_url) as http:
         state = (await http.get("/_sim/state")).json()
-    virtual0, real0, scale = state["virtual_time"], time.monotonic(), state["time_scale"]
+    # The parent's reading of the server's clock, on the host's monotonic clock (one for every
+    # process): the workers' clocks agree, as Redis's own clock makes them agree in production.
+    # Read by each worker, they differed by its request's latency (tens of virtual ms), and the
+    # worker whose clock ran ahead found room first.
+    virtual0, real0, scale = args.virtual0, args.real0, state["time_scale"]
     start_epoch = args.start_epoch
 
     def clock() -> float:
@@ -192,6 +197,7 @@ def run(path: str, scale: float, *, processes: int, shared: bool, configured: bo
         total = int(offered * minutes)
         spacing = 60.0 / offered
         epoch = load_scenario(path).start_epoch
+        virtual0, real0 = virtual_now(base_url), time.monotonic()
         workers = []
         for w in range(processes):
             mine = len(range(w, total, processes))
@@ -200,6 +206,7 @@ def run(path: str, scale: float, *, processes: int, shared: bool, configured: bo
                  "--base-url", base_url, "--keys", keys, "--calls", str(mine),
                  "--offset", str(w * spacing), "--spacing", str(spacing * processes),
                  "--start-epoch", str(epoch), "--pool", pool,
+                 "--virtual0", repr(virtual0), "--real0", repr(real0),
                  *(["--configured"] if configured else []),
                  *(["--store", redis_url] if shared else [])],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT))
@@ -303,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     for name in ("--base-url", "--keys", "--store", "--pool"):
         parser.add_argument(name, default="", help=argparse.SUPPRESS)
-    for name in ("--offset", "--spacing", "--start-epoch"):
+    for name in ("--offset", "--spacing", "--start-epoch", "--virtual0", "--real0"):
         parser.add_argument(name, type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--configured", action="store_true", help=argparse.SUPPRESS)

@@ -192,14 +192,17 @@ class CoreFacts:
 
     def claim(self, owner: str, attempt: str, dispatch: Dispatch, tokens: int,
               spends_quota: bool, *, now: float, day_end: float, lease_ttl: float,
-              key_cap: int) -> Claim:
-        """What `dispatch` asks of the store at core time `now` (limits filled in)."""
+              key_cap: int, start_by: float | None = None) -> Claim:
+        """What `dispatch` asks of the store at core time `now` (limits filled in).
+        `start_by` is the core time after which its request may not start: its place in the
+        group's line if the store refuses it (None: it takes none)."""
         key = dispatch.key
         project = key.project or ""
         rpm, tpm, rpd, window = self.limits(project, dispatch.model)
         return Claim(owner, attempt, key.label or "", project, dispatch.model, tokens,
                      spends_quota, rpm, tpm, rpd, window, day_end, lease_ttl, key_cap,
-                     now + self.wall_epoch)
+                     now + self.wall_epoch,
+                     0.0 if start_by is None else start_by + self.wall_epoch)
 
     def held_back(self, dispatch: Dispatch, now: float) -> bool:
         """Whether this core learned, since it decided `dispatch`, that its lane cannot serve
@@ -263,6 +266,8 @@ class CoreFacts:
             reason = "shared"
         elif why == "in_flight":
             reason = why
+        elif why == "line":  # room returned, held for another process's older request
+            reason = "shared budget: room held for an older request"
         else:  # a shared budget is full: every process finds the same when it asks
             reason = f"shared budget: {why} full"
         return Cooldown(model=claim.model, project=claim.project,

@@ -7,13 +7,14 @@ atomic step on the server, and one round trip:
 
 - ``ADMIT`` (one call per attempt, at dispatch): drops expired leases on the key and expired
   entries of the group's sliding minute window, refuses the claim if a per-key cap or a known
-  limit (requests or tokens per minute, requests per day) would be exceeded, and otherwise
-  takes the units and the lease.  It also returns every shared fact when their version differs
-  from the one the caller knows, so a process learns what others learned on its next dispatch,
-  without a second trip.  Budgets and leases run on Redis's own clock (``TIME``), so the
-  processes' clocks do not have to agree for them; a refusal says how long until room returns
-  (a delay, not a time).  Facts carry the processes' wall times and are compared with the
-  caller's.
+  limit (requests or tokens per minute, requests per day) would be exceeded or the room left is
+  held for an older request in the group's line, and otherwise takes the units and the lease.
+  A claim refused on the minute budget takes its process's place in the line.  It also returns
+  every shared fact when their version differs from the one the caller knows, so a process
+  learns what others learned on its next dispatch, without a second trip.  Budgets and leases
+  run on Redis's own clock (``TIME``), so the processes' clocks do not have to agree for them;
+  a refusal says how long until room returns (a delay, not a time).  Facts (and the line's
+  start_by) carry the processes' wall times and are compared with the caller's.
 - ``SETTLE`` (batched, fire-and-forget, after attempts end): releases leases, gives back the
   units of attempts that a quota 429 refused, and merges facts: a cooldown only if it ends later
   than the one stored (``if new > old then set``), a learned limit if its value changed.  Each
@@ -40,7 +41,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from keysched._errors import ConfigurationError
-from keysched._store import SEP, Claim, Grant, Settlement, StoredFact
+from keysched._store import (
+    LINE_GRACE,
+    LINE_RECHECK,
+    SEP,
+    Claim,
+    Grant,
+    Settlement,
+    StoredFact,
+)
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -49,11 +58,13 @@ __all__ = ["RedisStore"]
 
 DEFAULT_TIMEOUT = 0.25
 
-# KEYS: facts, version, leases of the key, the group's window, its token total, its day count.
+# KEYS: facts, version, leases of the key, the group's window, its token total, its day count,
+# its line.
 # ARGV: member, tokens, spends (0/1), rpm, tpm, rpd, window, day_end, lease_ttl, key_cap, known,
 # the caller's wall time, whether budgets and leases run on Redis's clock (1) or the caller's
-# (0), then the fields of the facts that would hold the attempt back (`Claim.blockers`).  A
-# refusal says in how many seconds room returns.
+# (0), the claim's start_by, its owner, `LINE_GRACE`, `LINE_RECHECK`, then the fields of the
+# facts that would hold the attempt back (`Claim.blockers`).  A refusal says in how many seconds
+# room returns.  The line is a hash: owner -> "start_by SEP until" (see `SharedPool`).
 ADMIT = r"""
 local now = tonumber(ARGV[12])
 if ARGV[13] == '1' then
@@ -70,8 +81,18 @@ if version ~= ARGV[11] then facts = redis.call('HGETALL', KEYS[1]) end
 local function refuse(why, after)
   return {0, string.format('%.17g', after), why, version, facts}
 end
+local start_by, owner = tonumber(ARGV[14]), ARGV[15]
+local grace, recheck = tonumber(ARGV[16]), tonumber(ARGV[17])
+local function wait(why, after)  -- refused on the minute budget: a place in the line
+  if start_by ~= 0 then
+    redis.call('HSET', KEYS[7], owner,
+               string.format('%.17g', start_by) .. '\31' .. string.format('%.17g', now + after + grace))
+    redis.call('PEXPIRE', KEYS[7], math.ceil((window + grace) * 1000) + 1000)
+  end
+  return refuse(why, after)
+end
 local wall = tonumber(ARGV[12])
-for i = 14, #ARGV do
+for i = 18, #ARGV do
   local fact = redis.call('HGET', KEYS[1], ARGV[i])
   if fact then
     local until_ = tonumber(string.match(fact, '^([^\31]*)'))
@@ -93,13 +114,30 @@ if spends then
   local count = redis.call('ZCARD', KEYS[4])
   local oldest = now
   if count > 0 then oldest = tonumber(redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')[2]) end
-  if rpm > 0 and count + 1 > rpm then return refuse('rpm', oldest + window - now) end
+  if rpm > 0 and count + 1 > rpm then return wait('rpm', oldest + window - now) end
   local used = tonumber(redis.call('GET', KEYS[5]) or '0')
   if tpm > 0 and count > 0 and used + tokens > tpm then
-    return refuse('tpm', oldest + window - now)
+    return wait('tpm', oldest + window - now)
   end
   local day = tonumber(redis.call('GET', KEYS[6]) or '0')
   if rpd > 0 and day >= rpd then return refuse('rpd', day_end - wall) end
+  if rpm > 0 and start_by ~= 0 then
+    local line = redis.call('HGETALL', KEYS[7])
+    local ahead, first = 0, nil
+    for i = 1, #line, 2 do
+      local place_start, place_until = string.match(line[i + 1], '^([^\31]*)\31(.*)$')
+      place_start, place_until = tonumber(place_start), tonumber(place_until)
+      if place_until <= now then
+        redis.call('HDEL', KEYS[7], line[i])
+      elseif line[i] ~= owner and place_start < start_by then
+        ahead = ahead + 1
+        if first == nil or place_until < first then first = place_until end
+      end
+    end
+    if ahead > 0 and count + ahead + 1 > rpm then
+      return wait('line', math.min(recheck, first - now))
+    end
+  end
   local keep = math.ceil(window * 1000) + 1000
   redis.call('ZADD', KEYS[4], now, member)
   redis.call('PEXPIRE', KEYS[4], keep)
@@ -107,6 +145,7 @@ if spends then
   redis.call('PEXPIRE', KEYS[5], keep)
   redis.call('INCR', KEYS[6])
   if day_end < 1e15 then redis.call('EXPIREAT', KEYS[6], math.ceil(day_end) + 3600) end
+  redis.call('HDEL', KEYS[7], owner)
 end
 redis.call('ZADD', KEYS[3], now + ttl, member)
 redis.call('PEXPIRE', KEYS[3], math.ceil(ttl * 1000) + 1000)
@@ -226,12 +265,15 @@ class RedisStore:
 
     async def admit(self, claim: Claim, known_version: int) -> Grant:
         """See `keysched.Store.admit`: one EVALSHA."""
+        line = f"{self.prefix}:line:{claim.project}{SEP}{claim.model}"
         reply: list[Any] = await self._admit(
-            keys=[self._facts_key, self._version_key, *self._group_keys(claim)],
+            keys=[self._facts_key, self._version_key, *self._group_keys(claim), line],
             args=[claim.member, claim.tokens, int(claim.spends_quota), claim.rpm, claim.tpm,
                   claim.rpd, repr(float(claim.window)), repr(float(claim.day_end)),
                   repr(float(claim.lease_ttl)), claim.key_cap, str(known_version),
-                  repr(float(claim.wall)), int(self.server_clock), *claim.blockers])
+                  repr(float(claim.wall)), int(self.server_clock),
+                  repr(float(claim.start_by)), claim.owner, repr(LINE_GRACE),
+                  repr(LINE_RECHECK), *claim.blockers])
         granted, retry_after, why, version, raw = reply
         return Grant(bool(granted), float(retry_after), why, int(version),
                      _decode(raw) if int(version) != known_version else None)

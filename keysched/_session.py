@@ -366,9 +366,11 @@ class Session:
         now = pump.clock()
         seconds = pump.deadline if deadline is None else deadline
         self.deadline_at = now + seconds
+        start_within = seconds - pump.durations.allowance(seconds)
+        self.start_by = now + start_within  # its place in a shared store's line
         self.rid = pump.core.submit(
             now, models=models, input_tokens=tokens, deadline=deadline, spends_quota=spends_quota,
-            start_within=seconds - pump.durations.allowance(seconds))
+            start_within=start_within)
         self.open = True
         self.closed = False  # the client closed while the caller waited
         self.items: deque[Decision] = deque()  # rarely more than one
@@ -427,7 +429,7 @@ class Session:
             if link is None:
                 return decision
             # The shared store's word on the attempt (one call; see `keysched._sharing`).
-            claim = await link.admit(decision, self.tokens, self.spends_quota)
+            claim = await link.admit(decision, self.tokens, self.spends_quota, self.start_by)
             if claim is not False:
                 self.claim = claim if isinstance(claim, Claim) else None
                 return decision

@@ -32,6 +32,13 @@ Decisions where the issue was silent:
   sent.
 - A refusal for the in-flight cap cools the lane for `keysched._core_facts.CAP_RECHECK` seconds
   (other processes' attempts end without telling this one).
+- A process asks the store for one quota group one claim at a time.  A poll decides attempts
+  on every lane the core believes free, and when a group's room returns, the core (whose own
+  budget counts only its own attempts) sends several requests at it.  Asked all at once, each
+  would be refused in turn (a round trip apiece), one of the younger ones could take the room
+  its older one waited for, and the process's place in the store's line would be that of
+  whichever refusal came last.  Asked in turn, the oldest (decided first) asks first, and the
+  others are withdrawn without a call once it is refused (`CoreFacts.held_back`).
 """
 
 from __future__ import annotations
@@ -123,6 +130,7 @@ class StoreLink:
         self._flusher: asyncio.Task[None] | None = None
         self._next_attempt = 0
         self._day_end = -math.inf
+        self._asking: dict[tuple[str, str], asyncio.Lock] = {}  # per group (module docstring)
 
     @classmethod
     def open(cls, store: str | Store, pool_name: str, core: Scheduler,
@@ -137,15 +145,32 @@ class StoreLink:
 
     # -- dispatch ------------------------------------------------------------------------------
 
-    async def admit(self, dispatch: Dispatch, tokens: int,
-                    spends_quota: bool) -> Claim | bool | None:
-        """Ask the store for the attempt's units and lease.
+    async def admit(self, dispatch: Dispatch, tokens: int, spends_quota: bool,
+                    start_by: float | None = None) -> Claim | bool | None:
+        """Ask the store for the attempt's units and lease (`start_by`: the core time after
+        which its request may not start, its place in the store's line if it is refused).
 
         Returns:
             The `Claim` to settle when the attempt ends; None to send without one (the store
             is away); False if the store refused and the attempt was withdrawn (the caller
             pumps the core and waits for the request's next decision).
         """
+        import asyncio
+
+        if self.degraded and self._clock() < self._retry_at:
+            return None
+        group = (dispatch.key.project or "", dispatch.model)
+        asking = self._asking.get(group)
+        if asking is None:
+            asking = self._asking[group] = asyncio.Lock()
+        async with asking:  # one at a time per group (module docstring)
+            return await self._ask(dispatch, tokens, spends_quota, start_by)
+
+    async def _ask(self, dispatch: Dispatch, tokens: int, spends_quota: bool,
+                   start_by: float | None) -> Claim | bool | None:
+        """`admit`, once the group's earlier claims of this process have their answers."""
+        import asyncio
+
         now = self._clock()  # core time until the store answers
         if self.degraded and now < self._retry_at:
             return None
@@ -157,9 +182,8 @@ class StoreLink:
         self._next_attempt += 1
         claim = self.facts.claim(self.owner, str(self._next_attempt), dispatch, tokens,
                                  spends_quota, now=now, day_end=self._day_end,
-                                 lease_ttl=self._lease_ttl, key_cap=self._key_cap)
-        import asyncio
-
+                                 lease_ttl=self._lease_ttl, key_cap=self._key_cap,
+                                 start_by=start_by)
         try:
             async with asyncio.timeout(self._timeout):
                 grant = await self.store.admit(claim, self.facts.version)

@@ -132,7 +132,8 @@ def simulate_processes(scenario: Scenario, processes: int = 4, *, shared: bool,
     allowance = max(m.latency_median * math.exp(3 * m.latency_sigma) for m in scenario.models)
     # (end, order, process, attempt, outcome, claim, tokens)
     completions: list[tuple[float, int, int, int, Outcome, Claim | None]] = []
-    open_requests: dict[tuple[int, int], tuple[float, int]] = {}  # -> (deadline, tokens)
+    # -> (deadline, tokens, start_by: the core's, its place in the store's line)
+    open_requests: dict[tuple[int, int], tuple[float, int, float]] = {}
     counts = {"answered": 0, "failed": 0, "attempts": 0, "rate_limited": 0, "withdrawn": 0,
               "held_back": 0}
     order = 0
@@ -156,10 +157,12 @@ def simulate_processes(scenario: Scenario, processes: int = 4, *, shared: bool,
         while index < len(arrivals) and arrivals[index].time == now:
             arrival = arrivals[index]
             which = index % processes
+            core_deadline = arrival.deadline - min(allowance, arrival.deadline / 2)
             rid = procs[which].core.submit(
                 now, models=arrival.models, input_tokens=arrival.input_tokens,
-                deadline=arrival.deadline - min(allowance, arrival.deadline / 2))
-            open_requests[which, rid] = (now + arrival.deadline, arrival.input_tokens)
+                deadline=core_deadline)
+            open_requests[which, rid] = (now + arrival.deadline, arrival.input_tokens,
+                                         now + core_deadline)
             index += 1
         for which, proc in enumerate(procs):
             order = _poll(proc, which, now, world, store, completions, open_requests, counts,
@@ -170,7 +173,7 @@ def simulate_processes(scenario: Scenario, processes: int = 4, *, shared: bool,
 
 def _poll(proc: _Process, which: int, now: float, world: Any, store: SharedPool,
           completions: list[tuple[float, int, int, int, Outcome, Claim | None]],
-          open_requests: dict[tuple[int, int], tuple[float, int]], counts: dict[str, int],
+          open_requests: dict[tuple[int, int], tuple[float, int, float]], counts: dict[str, int],
           order: int) -> int:
     """Poll one process's core until it decides nothing more at `now`; returns `order`."""
     core, facts = proc.core, proc.facts
@@ -182,7 +185,7 @@ def _poll(proc: _Process, which: int, now: float, world: Any, store: SharedPool,
             raise RuntimeError(f"process {which} keeps deciding attempts the store refuses")
         for decision in decisions:
             if isinstance(decision, Dispatch):
-                limit, tokens = open_requests[which, decision.request]
+                limit, tokens, start_by = open_requests[which, decision.request]
                 claim = None
                 if facts is not None:
                     if facts.held_back(decision, now):
@@ -191,7 +194,7 @@ def _poll(proc: _Process, which: int, now: float, world: Any, store: SharedPool,
                     proc.claims += 1
                     claim = facts.claim(proc.owner, str(proc.claims), decision, tokens, True,
                                         now=now, day_end=next_pacific_midnight(now + facts.wall_epoch),
-                                        lease_ttl=_LEASE, key_cap=0)
+                                        lease_ttl=_LEASE, key_cap=0, start_by=start_by)
                     grant = store.admit(claim, facts.version, now + facts.wall_epoch)
                     if not facts.answer(grant, claim, decision.attempt, now):
                         counts["withdrawn"] += 1

@@ -115,12 +115,22 @@ def test_bad_pool_name_is_refused() -> None:
 OPS = st.lists(st.one_of(
     st.tuples(st.just("admit"), st.sampled_from(["k1", "k2"]), st.sampled_from(["m1", "m2"]),
               st.integers(0, 50), st.integers(0, 3), st.integers(0, 100), st.integers(0, 2),
-              st.integers(0, 2)),
+              st.integers(0, 2), st.sampled_from(["o1", "o2", "o3"]), st.integers(0, 3)),
     st.tuples(st.just("settle"), st.integers(0, 20), st.booleans()),
     st.tuples(st.just("fact"), st.sampled_from(["group", "limit", "key"]),
               st.integers(1, 40), st.integers(1, 5)),
     st.tuples(st.just("wait"), st.floats(0.0, 15.0)),
 ), max_size=30)
+
+
+# Several processes waiting in one group's line: one limit of 2 requests, no other limit to
+# refuse first, and waits that land where room returns and places are kept.
+LINE_OPS = st.lists(st.one_of(
+    st.tuples(st.just("admit"), st.sampled_from(["k1", "k2"]), st.just("m1"),
+              st.integers(0, 50), st.just(2), st.just(0), st.just(0), st.just(0),
+              st.sampled_from(["o1", "o2", "o3"]), st.integers(1, 3)),
+    st.tuples(st.just("wait"), st.sampled_from([0.01, 0.1, 0.3, 30.0])),
+), min_size=10, max_size=30)
 
 
 @settings(max_examples=30, deadline=None)
@@ -129,6 +139,19 @@ def test_lua_equals_python(shared_redis: str, ops: list[tuple[object, ...]]) -> 
     """Any sequence of admits, settlements, facts and waits gets the same answers from the Lua
     scripts as from `SharedPool`, expiries included (both on the caller's clock here:
     ``server_clock=False``)."""
+    same_answers(shared_redis, ops)
+
+
+@settings(max_examples=100, deadline=None)  # a line refusal needs a few steps to line up
+@given(ops=LINE_OPS)
+def test_lua_equals_python_in_the_line(shared_redis: str, ops: list[tuple[object, ...]]) -> None:
+    """Processes waiting in a group's line get the same answers from the Lua scripts as from
+    `SharedPool`: places taken, held, given up and lapsed alike."""
+    same_answers(shared_redis, ops)
+
+
+def same_answers(shared_redis: str, ops: list[tuple[object, ...]]) -> None:
+    """Run `ops` on the Lua scripts and on `SharedPool`; assert each answer is the same."""
     import uuid
 
     async def run() -> None:
@@ -140,10 +163,10 @@ def test_lua_equals_python(shared_redis: str, ops: list[tuple[object, ...]]) -> 
         try:
             for n, op in enumerate(ops):
                 if op[0] == "admit":
-                    _, key, model, tokens, rpm, tpm, rpd, cap = op
-                    c = Claim("o", str(n), str(key), "p", str(model), int(tokens), True,
+                    _, key, model, tokens, rpm, tpm, rpd, cap, owner, start = op
+                    c = Claim(str(owner), str(n), str(key), "p", str(model), int(tokens), True,
                               int(rpm), int(tpm), int(rpd), 30.0, now + 1000.0, 20.0, int(cap),
-                              now)
+                              now, 0.0 if start == 0 else 1_800_000_100.0 + int(start))
                     got = await redis_store.admit(c, python.version)
                     want = python.admit(c, python.version, now)
                     assert (got.granted, got.why, got.version) == (want.granted, want.why,
