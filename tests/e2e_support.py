@@ -58,9 +58,7 @@ async def running_server(scenario: Scenario, *, seed: int | None = None,
 def virtual_server(scenario: Scenario, *, seed: int | None = None,
                    ) -> contextlib.AbstractAsyncContextManager[tuple[SimServer, World]]:
     """`running_server` on the running `virtual_loop.VirtualTimeLoop`'s clock, at time scale 1."""
-    loop = asyncio.get_running_loop()
-    assert isinstance(loop, virtual_loop.VirtualTimeLoop), "run the test on virtual time"
-    return running_server(scenario, seed=seed, time_scale=1.0, clock=loop.time)
+    return running_server(scenario, seed=seed, time_scale=1.0, clock=virtual_loop.clock())
 
 
 class ScenarioTime:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import datetime
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -221,14 +221,6 @@ async def _serving(handle: Any) -> AsyncIterator[str]:
         await server.wait_closed()
 
 
-def _loop_clock() -> Callable[[], float]:
-    """The running `VirtualTimeLoop`'s clock, for a client: its deadline then runs on the same
-    virtual time as the server's drip and the transports' timeouts."""
-    loop = asyncio.get_running_loop()
-    assert isinstance(loop, virtual_loop.VirtualTimeLoop)
-    return loop.time
-
-
 ANSWER = json.dumps({"candidates": [{"content": {"parts": [{"text": "ok"}]},
                                      "finishReason": "STOP"}]}).encode()
 
@@ -255,7 +247,7 @@ async def test_timeout_bounds_a_whole_attempt_and_the_call_fails_over(fast: bool
 
     async with _serving(handle) as base_url, \
             KeyedClient(keys=["AIzaDRIP", "AIzaGOOD"], models=[FLASH], timeout=1.0,
-                        base_url=base_url, fast=fast, clock=_loop_clock()) as client:
+                        base_url=base_url, fast=fast, clock=virtual_loop.clock()) as client:
         result = await client.generate("hi")
     assert (result.text, result.key) == ("ok", "key#2")
     first, second = result.attempts
@@ -284,7 +276,7 @@ async def test_a_stream_may_outlast_its_timeout_while_chunks_keep_coming(fast: b
 
     async with _serving(handle) as base_url, \
             KeyedClient(keys=["AIzaONE"], models=[FLASH], timeout=1.0,
-                        base_url=base_url, fast=fast, clock=_loop_clock()) as client:
+                        base_url=base_url, fast=fast, clock=virtual_loop.clock()) as client:
         texts = [chunk.text async for chunk in client.stream("hi")]
     assert texts == [f"{i} " for i in range(6)]
 

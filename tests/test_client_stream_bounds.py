@@ -6,7 +6,7 @@ No assertion here is about wall-clock time: each server misbehaves for 30 s, far
 the bounds under test, so a call that was not bounded fails the `asyncio.wait_for` guard.
 
 Every test runs on a `virtual_loop.VirtualTimeLoop`, the client's clock being the loop's
-(`loop_clock`): the server's drips, the timeouts, the deadlines and the guard are all virtual
+(`virtual_loop.clock`): the server's drips, the timeouts, the deadlines and the guard are all virtual
 seconds.  On the wall clock, a busy machine spent the 0.5 s timeout of a second attempt before
 its request had even reached the server (two timeouts, one request seen).
 """
@@ -41,15 +41,6 @@ from keysched import (
 )
 
 GUARD = 15.0  # virtual seconds: only "the call ended at all"
-
-
-def loop_clock() -> Callable[[], float]:
-    """The running `VirtualTimeLoop`'s clock, for a client: its deadlines then run on the same
-    virtual time as the server and the transports' timeouts."""
-    loop = asyncio.get_running_loop()
-    assert isinstance(loop, virtual_loop.VirtualTimeLoop)
-    return loop.time
-
 
 async def unfinished_event(request: Request, writer: asyncio.StreamWriter) -> None:
     writer.write(head() + b'data: {"candidates": [{"content": ')
@@ -95,7 +86,7 @@ async def test_timeout_bounds_the_wait_for_the_first_chunk(
     async with RawServer(handler) as server:
         retry = RetryPolicy(max_attempts=2, backoff_base=0.01, backoff_cap=0.01, deadline=120.0)
         async with KeyedClient(keys=["AIzaONE"], models=[FLASH], base_url=server.url,
-                               clock=loop_clock(), fast=fast, timeout=0.5, retry=retry) as client:
+                               clock=virtual_loop.clock(), fast=fast, timeout=0.5, retry=retry) as client:
             with pytest.raises(AttemptsExhaustedError) as caught:
                 await asyncio.wait_for(_stream(client), GUARD)
     outcomes = [attempt.outcome.value for attempt in caught.value.attempts]
@@ -111,7 +102,7 @@ async def test_the_deadline_bounds_a_stream_until_its_first_chunk(
     """With a long timeout, the call's deadline ends the first attempt and the call."""
     async with RawServer(handler) as server:
         async with KeyedClient(keys=["AIzaONE"], models=[FLASH], base_url=server.url,
-                               clock=loop_clock(), fast=fast, timeout=60.0) as client:
+                               clock=virtual_loop.clock(), fast=fast, timeout=60.0) as client:
             with pytest.raises(CapacityError) as caught:
                 await asyncio.wait_for(_stream(client, deadline=0.3), GUARD)
     [attempt] = caught.value.attempts
@@ -136,7 +127,7 @@ async def test_once_started_a_stream_is_bounded_per_chunk_not_by_the_deadline(fa
 
     async with RawServer(slow_chunks) as server:
         async with KeyedClient(keys=["AIzaONE"], models=[FLASH], base_url=server.url,
-                               clock=loop_clock(), fast=fast, timeout=5.0) as client:
+                               clock=virtual_loop.clock(), fast=fast, timeout=5.0) as client:
             chunks = await asyncio.wait_for(_stream(client, deadline=2.0), GUARD)
     assert [chunk.text for chunk in chunks] == ["0 ", "1 ", "2 "]
 
@@ -153,7 +144,7 @@ async def test_keep_alive_comments_after_a_chunk_do_not_hold_the_stream(fast: bo
 
     async with RawServer(chunk_then_comments) as server:
         async with KeyedClient(keys=["AIzaONE"], models=[FLASH], base_url=server.url,
-                               clock=loop_clock(), fast=fast, timeout=1.0) as client:
+                               clock=virtual_loop.clock(), fast=fast, timeout=1.0) as client:
             with pytest.raises(StreamInterruptedError) as caught:
                 await asyncio.wait_for(_stream(client), GUARD)
     assert caught.value.chunks_delivered == 1
@@ -207,7 +198,7 @@ async def test_a_stream_without_its_last_chunk_is_interrupted(fast: bool, framin
     reset: the stream was cut short, whatever the framing and the backend."""
     payload = _framed(framing, TWO_CHUNKS, complete=ending == "clean")
     seen = await interrupted_stream(_serving(payload, then_reset=ending == "reset"), fast, GUARD,
-                                    timeout=5.0, clock=loop_clock())
+                                    timeout=5.0, clock=virtual_loop.clock())
     assert seen.texts == ["Hello ", "world"]
     assert seen.error.chunks_delivered == 2
     assert len(seen.server.requests) == 1  # chunks were delivered: never replayed elsewhere
@@ -226,7 +217,7 @@ async def test_a_stream_with_its_last_chunk_is_complete(fast: bool, framing: str
     payload = _framed(framing, FINISHED, complete=ending == "clean")
     async with RawServer(_serving(payload, then_reset=ending == "reset")) as server:
         async with KeyedClient(keys=["AIzaONE"], models=[FLASH], base_url=server.url,
-                               clock=loop_clock(), fast=fast, timeout=5.0) as client:
+                               clock=virtual_loop.clock(), fast=fast, timeout=5.0) as client:
             chunks = await asyncio.wait_for(_stream(client), GUARD)
             snap = client.snapshot()
     assert [(chunk.text, chunk.finish_reason) for chunk in chunks] == [
@@ -250,7 +241,7 @@ async def test_a_stream_cut_before_its_first_chunk_fails_over(fast: bool) -> Non
     async with RawServer(first_resets) as server:
         async with KeyedClient(keys=["AIzaONE", "AIzaTWO"], models=[FLASH],
                                base_url=server.url, fast=fast, timeout=5.0,
-                               clock=loop_clock(),
+                               clock=virtual_loop.clock(),
                                retry=RetryPolicy(backoff_base=0.01, backoff_cap=0.01)) as client:
             chunks = await asyncio.wait_for(_stream(client), GUARD)
     assert [chunk.key for chunk in chunks] == ["key#2", "key#2"]

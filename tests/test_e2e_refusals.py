@@ -42,9 +42,7 @@ def scenario(*faults: dict[str, Any]) -> Scenario:
 
 def served(sc: Scenario) -> SimServer:
     """The fake server for `sc` on the running `VirtualTimeLoop`'s clock."""
-    loop = asyncio.get_running_loop()
-    assert isinstance(loop, virtual_loop.VirtualTimeLoop)
-    return serve(make_app(World(sc), clock=loop.time))
+    return serve(make_app(World(sc), clock=virtual_loop.clock()))
 
 
 def client_for(sc: Scenario, base_url: str, fast: bool, **kwargs: Any) -> KeyedClient:

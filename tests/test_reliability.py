@@ -245,9 +245,7 @@ def virtual_app(world: World) -> SimApp:
     """The fake server's app on the running `VirtualTimeLoop`'s clock, at time scale 1 (what
     `virtual_client` expects): the stream and cancellation tests below run there, their
     latencies virtual, so that no stall of a busy machine changes what they see."""
-    loop = asyncio.get_running_loop()
-    assert isinstance(loop, virtual_loop.VirtualTimeLoop)
-    return make_app(world, clock=loop.time, time_scale=1.0)
+    return make_app(world, clock=virtual_loop.clock(), time_scale=1.0)
 
 
 def stream_scenario(*faults: dict[str, Any]) -> Scenario:

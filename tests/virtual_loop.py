@@ -28,7 +28,7 @@ import selectors
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["EPOCH", "GRACE", "VirtualTimeLoop", "on_virtual_time", "run"]
+__all__ = ["EPOCH", "GRACE", "VirtualTimeLoop", "clock", "on_virtual_time", "run"]
 
 EPOCH = 0.0
 """Virtual time at the start.  Zero on purpose: a clock derived from it by subtracting its
@@ -116,6 +116,13 @@ def run(main: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     finally:
         asyncio.set_event_loop(None)
         loop.close()
+
+
+def clock() -> Callable[[], float]:
+    """The running `VirtualTimeLoop`'s ``time``, to give a client or a server as its clock."""
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, VirtualTimeLoop), "run the test on a VirtualTimeLoop"
+    return loop.time
 
 
 def on_virtual_time(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
