@@ -4,6 +4,11 @@ Each test serves a scenario on 127.0.0.1 (`e2e_support.running_server`), builds 
 scenario's virtual time and hands `KeyedClient.transport()` (or `PoolThread`'s transports) to
 the real SDK, as a user would.  Both sides are checked: what the SDK returned or raised, and
 what the server counted (``GET /_sim/counters``).  Nothing asserts on wall-clock time.
+
+A test whose pool and server share its loop runs on a `virtual_loop.VirtualTimeLoop` at time
+scale 1 (`e2e_support.virtual_server`), so a busy machine changes nothing the scenario sees.
+The `PoolThread` tests cannot (the pool has a loop of its own, in its own thread): they run on
+the wall clock at scale 100, with bounds that only catch a hang (`HANG_GUARD`).
 """
 
 from __future__ import annotations
@@ -169,7 +174,7 @@ HANG_GUARD: dict[str, Any] = {"timeout": 3000.0, "retry": RetryPolicy(deadline=6
 """Pool options for the tests whose pool runs on a `PoolThread`: its own loop, in its own thread,
 cannot share a `virtual_loop.VirtualTimeLoop`, so they stay on the wall clock at the scenario's
 scale (100).  There the default 30 s timeout and 120 s deadline were 0.3 s and 1.2 s of real
-time, which a loaded machine overran (an attempt timed out, a call failed).  3,000 and 6,000
+time, which a loaded machine could overrun (an attempt timed out, a call failed).  3,000 and 6,000
 virtual seconds are 30 s and 60 s of real time: they only bound a hang; no check of these tests
 depends on how fast an answer comes."""
 
