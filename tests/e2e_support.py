@@ -9,8 +9,11 @@ sleeps ``d / time_scale`` real seconds, and gives the wall clock as the scenario
 virtual time.  httpx's timeouts are real seconds, so `ScaledTimeouts` divides each request's
 timeouts by the scale: a client ``timeout=5`` means 5 virtual seconds, like everything else.
 
-Stable API (other test modules import it): `running_server`, `ScenarioTime`, `ScaledTimeouts`,
-`scenario_client`, `server_counters`.
+On a `virtual_loop.VirtualTimeLoop` (`virtual_server`) the scale is 1 and the "real" seconds
+are the loop's virtual ones: a busy machine then changes nothing the scenario sees.
+
+Stable API (other test modules import it): `running_server`, `virtual_server`, `ScenarioTime`,
+`ScaledTimeouts`, `scenario_client`, `server_counters`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import virtual_loop
 
 from keysched import KeyedClient
 from sim.httpserver import SimServer
@@ -31,7 +35,7 @@ from sim.server import SimApp, make_app, serve
 from sim.world import World
 
 __all__ = ["ScaledTimeouts", "ScenarioTime", "running_server", "scenario_client",
-           "server_counters"]
+           "server_counters", "virtual_server"]
 
 
 @contextlib.asynccontextmanager
@@ -49,6 +53,12 @@ async def running_server(scenario: Scenario, *, seed: int | None = None,
     async with serve(make_app(world, time_scale=time_scale, clock=clock)) as server:
         assert server.base_url.startswith("http://127.0.0.1:")
         yield server, world
+
+
+def virtual_server(scenario: Scenario, *, seed: int | None = None,
+                   ) -> contextlib.AbstractAsyncContextManager[tuple[SimServer, World]]:
+    """`running_server` on the running `virtual_loop.VirtualTimeLoop`'s clock, at time scale 1."""
+    return running_server(scenario, seed=seed, time_scale=1.0, clock=virtual_loop.clock())
 
 
 class ScenarioTime:

@@ -4,8 +4,10 @@ embedding quotas, and the attempt timeout against a server that drips its answer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -190,10 +192,15 @@ async def test_the_embedding_model_can_have_its_own_limit() -> None:
             await client.embed(["c"], deadline=1.0)  # one request per minute
 
 
-async def _serve_once(handle: Any) -> tuple[asyncio.Server, str]:
-    """A loopback HTTP/1.1 server whose every connection is `handle(headers, writer)`."""
+@contextlib.asynccontextmanager
+async def _serving(handle: Any) -> AsyncIterator[str]:
+    """A loopback HTTP/1.1 server whose every connection is `handle(headers, writer)`; yields
+    its base URL.  On the way out its handlers are awaited: on a `virtual_loop.VirtualTimeLoop`
+    one left sleeping would be a task left behind (`virtual_loop.run` fails on it)."""
+    handlers: set[asyncio.Task[Any]] = set()
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
@@ -205,7 +212,13 @@ async def _serve_once(handle: Any) -> tuple[asyncio.Server, str]:
             writer.close()
 
     server = await asyncio.start_server(connection, "127.0.0.1", 0)
-    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        # A handler ends by itself: the client hung up, or its answer ran out.
+        await asyncio.gather(*handlers)
+        await server.wait_closed()
 
 
 ANSWER = json.dumps({"candidates": [{"content": {"parts": [{"text": "ok"}]},
@@ -213,9 +226,14 @@ ANSWER = json.dumps({"candidates": [{"content": {"parts": [{"text": "ok"}]},
 
 
 @pytest.mark.parametrize("fast", [False, True], ids=["httpx", "aiohttp"])
+@virtual_loop.on_virtual_time
 async def test_timeout_bounds_a_whole_attempt_and_the_call_fails_over(fast: bool) -> None:
     """An answer dripped a few bytes at a time is abandoned after `timeout`, although no single
-    read waits that long and the deadline is far; the call fails over to the next key."""
+    read waits that long and the deadline is far; the call fails over to the next key.
+
+    On a `virtual_loop.VirtualTimeLoop`: the drip, the timeout and the attempt's times are
+    virtual.  On the wall clock a busy machine could stretch the good key's answer past its
+    1 s timeout, or the first attempt past the bound checked below."""
 
     async def handle(head: bytes, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
@@ -227,26 +245,22 @@ async def test_timeout_bounds_a_whole_attempt_and_the_call_fails_over(fast: bool
             if dripping:
                 await asyncio.sleep(0.25)  # the whole answer takes 5 s; each read 0.25 s
 
-    server, base_url = await _serve_once(handle)
-    try:
-        async with KeyedClient(keys=["AIzaDRIP", "AIzaGOOD"], models=[FLASH], timeout=1.0,
-                               base_url=base_url, fast=fast) as client:
-            result = await client.generate("hi")
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with _serving(handle) as base_url, \
+            KeyedClient(keys=["AIzaDRIP", "AIzaGOOD"], models=[FLASH], timeout=1.0,
+                        base_url=base_url, fast=fast, clock=virtual_loop.clock()) as client:
+        result = await client.generate("hi")
     assert (result.text, result.key) == ("ok", "key#2")
     first, second = result.attempts
     assert (first.key, first.outcome.value, second.outcome.value) == ("key#1", "timeout",
                                                                       "success")
-    # The timeout, not the 5 s answer (a second of timeout: a busy machine still answers the
-    # good key within it).
-    assert 1.0 <= first.ended - first.started < 4.0
+    assert 1.0 <= first.ended - first.started < 1.25  # the timeout, not the 5 s answer
 
 
 @pytest.mark.parametrize("fast", [False, True], ids=["httpx", "aiohttp"])
+@virtual_loop.on_virtual_time
 async def test_a_stream_may_outlast_its_timeout_while_chunks_keep_coming(fast: bool) -> None:
-    """For a stream, `timeout` bounds each wait for more of the answer, not the whole of it."""
+    """For a stream, `timeout` bounds each wait for more of the answer, not the whole of it.
+    (Virtual time: on the wall clock a busy machine could stretch a 0.3 s gap past 1 s.)"""
     chunks = [b"data: " + json.dumps({"candidates": [{"content": {"parts": [{"text": f"{i} "}]},
                                                       "index": 0, "finishReason": finish}]}
                                      ).encode() + b"\r\n\r\n"
@@ -260,14 +274,10 @@ async def test_a_stream_may_outlast_its_timeout_while_chunks_keep_coming(fast: b
             await writer.drain()
             await asyncio.sleep(0.3)  # 1.8 s in all, past the 1 s timeout
 
-    server, base_url = await _serve_once(handle)
-    try:
-        async with KeyedClient(keys=["AIzaONE"], models=[FLASH], timeout=1.0,
-                               base_url=base_url, fast=fast) as client:
-            texts = [chunk.text async for chunk in client.stream("hi")]
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with _serving(handle) as base_url, \
+            KeyedClient(keys=["AIzaONE"], models=[FLASH], timeout=1.0,
+                        base_url=base_url, fast=fast, clock=virtual_loop.clock()) as client:
+        texts = [chunk.text async for chunk in client.stream("hi")]
     assert texts == [f"{i} " for i in range(6)]
 
 

@@ -4,6 +4,11 @@ loopback HTTP, on both backends.
 
 No assertion here is about wall-clock time: each server misbehaves for 30 s, far longer than
 the bounds under test, so a call that was not bounded fails the `asyncio.wait_for` guard.
+
+Every test runs on a `virtual_loop.VirtualTimeLoop`, the client's clock being the loop's
+(`virtual_loop.clock`): the server's drips, the timeouts, the deadlines and the guard are all virtual
+seconds.  On the wall clock, a busy machine spent the 0.5 s timeout of a second attempt before
+its request had even reached the server (two timeouts, one request seen).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
+import virtual_loop
 from raw_server import (
     BACKENDS,
     FLASH,
@@ -34,8 +40,7 @@ from keysched import (
     StreamInterruptedError,
 )
 
-GUARD = 15.0  # seconds: only "the call ended at all"
-
+GUARD = 15.0  # virtual seconds: only "the call ended at all"
 
 async def unfinished_event(request: Request, writer: asyncio.StreamWriter) -> None:
     writer.write(head() + b'data: {"candidates": [{"content": ')
@@ -73,6 +78,7 @@ async def _stream(client: KeyedClient, **bounds: float) -> list[StreamChunk]:
 
 @BACKENDS
 @MISBEHAVING
+@virtual_loop.on_virtual_time
 async def test_timeout_bounds_the_wait_for_the_first_chunk(
         fast: bool, handler: Callable[[Request, asyncio.StreamWriter], Awaitable[None]]) -> None:
     """With a far deadline, each attempt ends after `timeout` without its first chunk, however
@@ -80,7 +86,7 @@ async def test_timeout_bounds_the_wait_for_the_first_chunk(
     async with RawServer(handler) as server:
         retry = RetryPolicy(max_attempts=2, backoff_base=0.01, backoff_cap=0.01, deadline=120.0)
         async with KeyedClient(keys=["AIzaONE"], models=[FLASH], base_url=server.url,
-                               fast=fast, timeout=0.5, retry=retry) as client:
+                               clock=virtual_loop.clock(), fast=fast, timeout=0.5, retry=retry) as client:
             with pytest.raises(AttemptsExhaustedError) as caught:
                 await asyncio.wait_for(_stream(client), GUARD)
     outcomes = [attempt.outcome.value for attempt in caught.value.attempts]
@@ -90,12 +96,13 @@ async def test_timeout_bounds_the_wait_for_the_first_chunk(
 
 @BACKENDS
 @MISBEHAVING
+@virtual_loop.on_virtual_time
 async def test_the_deadline_bounds_a_stream_until_its_first_chunk(
         fast: bool, handler: Callable[[Request, asyncio.StreamWriter], Awaitable[None]]) -> None:
     """With a long timeout, the call's deadline ends the first attempt and the call."""
     async with RawServer(handler) as server:
         async with KeyedClient(keys=["AIzaONE"], models=[FLASH], base_url=server.url,
-                               fast=fast, timeout=60.0) as client:
+                               clock=virtual_loop.clock(), fast=fast, timeout=60.0) as client:
             with pytest.raises(CapacityError) as caught:
                 await asyncio.wait_for(_stream(client, deadline=0.3), GUARD)
     [attempt] = caught.value.attempts
@@ -103,10 +110,10 @@ async def test_the_deadline_bounds_a_stream_until_its_first_chunk(
 
 
 @BACKENDS
+@virtual_loop.on_virtual_time
 async def test_once_started_a_stream_is_bounded_per_chunk_not_by_the_deadline(fast: bool) -> None:
     """Chunks 1.2 s apart outlast a 2 s deadline (it bounds only the start), each within the
-    5 s timeout; keep-alive comments between chunks do not count as chunks.  (Seconds, not
-    tenths: on a busy machine the first chunk took more than 0.2 s to arrive.)"""
+    5 s timeout; keep-alive comments between chunks do not count as chunks."""
 
     async def slow_chunks(request: Request, writer: asyncio.StreamWriter) -> None:
         writer.write(head())
@@ -120,15 +127,16 @@ async def test_once_started_a_stream_is_bounded_per_chunk_not_by_the_deadline(fa
 
     async with RawServer(slow_chunks) as server:
         async with KeyedClient(keys=["AIzaONE"], models=[FLASH], base_url=server.url,
-                               fast=fast, timeout=5.0) as client:
+                               clock=virtual_loop.clock(), fast=fast, timeout=5.0) as client:
             chunks = await asyncio.wait_for(_stream(client, deadline=2.0), GUARD)
     assert [chunk.text for chunk in chunks] == ["0 ", "1 ", "2 "]
 
 
 @BACKENDS
+@virtual_loop.on_virtual_time
 async def test_keep_alive_comments_after_a_chunk_do_not_hold_the_stream(fast: bool) -> None:
     """After a chunk, `timeout` bounds the wait for the next chunk, not for the next byte (a
-    comment every 20 ms; a 1 s timeout leaves a busy machine time to deliver the first chunk)."""
+    comment every 20 ms, a 1 s timeout)."""
 
     async def chunk_then_comments(request: Request, writer: asyncio.StreamWriter) -> None:
         writer.write(head() + event("first "))
@@ -136,7 +144,7 @@ async def test_keep_alive_comments_after_a_chunk_do_not_hold_the_stream(fast: bo
 
     async with RawServer(chunk_then_comments) as server:
         async with KeyedClient(keys=["AIzaONE"], models=[FLASH], base_url=server.url,
-                               fast=fast, timeout=1.0) as client:
+                               clock=virtual_loop.clock(), fast=fast, timeout=1.0) as client:
             with pytest.raises(StreamInterruptedError) as caught:
                 await asyncio.wait_for(_stream(client), GUARD)
     assert caught.value.chunks_delivered == 1
@@ -183,13 +191,14 @@ def _serving(payload: bytes, *, then_reset: bool) -> Callable[[Request, asyncio.
 @BACKENDS
 @FRAMINGS
 @pytest.mark.parametrize("ending", ["clean", "reset"])
+@virtual_loop.on_virtual_time
 async def test_a_stream_without_its_last_chunk_is_interrupted(fast: bool, framing: str,
                                                               ending: str) -> None:
     """Two chunks without a finishReason, then the body ends cleanly or the connection is
     reset: the stream was cut short, whatever the framing and the backend."""
     payload = _framed(framing, TWO_CHUNKS, complete=ending == "clean")
     seen = await interrupted_stream(_serving(payload, then_reset=ending == "reset"), fast, GUARD,
-                                    timeout=5.0)
+                                    timeout=5.0, clock=virtual_loop.clock())
     assert seen.texts == ["Hello ", "world"]
     assert seen.error.chunks_delivered == 2
     assert len(seen.server.requests) == 1  # chunks were delivered: never replayed elsewhere
@@ -200,6 +209,7 @@ async def test_a_stream_without_its_last_chunk_is_interrupted(fast: bool, framin
 @BACKENDS
 @FRAMINGS
 @pytest.mark.parametrize("ending", ["clean", "reset"])
+@virtual_loop.on_virtual_time
 async def test_a_stream_with_its_last_chunk_is_complete(fast: bool, framing: str,
                                                         ending: str) -> None:
     """The last chunk carries a finishReason: the answer is whole, even if the connection is
@@ -207,7 +217,7 @@ async def test_a_stream_with_its_last_chunk_is_complete(fast: bool, framing: str
     payload = _framed(framing, FINISHED, complete=ending == "clean")
     async with RawServer(_serving(payload, then_reset=ending == "reset")) as server:
         async with KeyedClient(keys=["AIzaONE"], models=[FLASH], base_url=server.url,
-                               fast=fast, timeout=5.0) as client:
+                               clock=virtual_loop.clock(), fast=fast, timeout=5.0) as client:
             chunks = await asyncio.wait_for(_stream(client), GUARD)
             snap = client.snapshot()
     assert [(chunk.text, chunk.finish_reason) for chunk in chunks] == [
@@ -216,6 +226,7 @@ async def test_a_stream_with_its_last_chunk_is_complete(fast: bool, framing: str
 
 
 @BACKENDS
+@virtual_loop.on_virtual_time
 async def test_a_stream_cut_before_its_first_chunk_fails_over(fast: bool) -> None:
     """A reset before any chunk is not an interruption: the call moves to the next key."""
 
@@ -230,6 +241,7 @@ async def test_a_stream_cut_before_its_first_chunk_fails_over(fast: bool) -> Non
     async with RawServer(first_resets) as server:
         async with KeyedClient(keys=["AIzaONE", "AIzaTWO"], models=[FLASH],
                                base_url=server.url, fast=fast, timeout=5.0,
+                               clock=virtual_loop.clock(),
                                retry=RetryPolicy(backoff_base=0.01, backoff_cap=0.01)) as client:
             chunks = await asyncio.wait_for(_stream(client), GUARD)
     assert [chunk.key for chunk in chunks] == ["key#2", "key#2"]

@@ -1,11 +1,17 @@
 """End to end: `KeyedClient` against the fake Gemini server over a real loopback socket.
 
-One test per fault class of the trace.  Each builds a small scenario, serves it on 127.0.0.1
-with a large time scale, runs the client in the scenario's virtual time (`e2e_support`), and
-checks both sides: what the client did (attempts, keys, cooldowns in `snapshot()`, the result or
-the typed error) and what the server saw (``GET /_sim/counters`` over HTTP, equal to
-`World.counters()`).  Virtual-time values are compared with a tolerance of a virtual second or
-two (a few real milliseconds of scheduling); nothing asserts on wall-clock durations.
+One test per fault class of the trace.  Each builds a small scenario, serves it on 127.0.0.1,
+runs the client in the scenario's virtual time (`e2e_support`), and checks both sides: what the
+client did (attempts, keys, cooldowns in `snapshot()`, the result or the typed error) and what
+the server saw (``GET /_sim/counters`` over HTTP, equal to `World.counters()`).  Nothing
+asserts on wall-clock durations.
+
+Each test runs on a `virtual_loop.VirtualTimeLoop` at time scale 1
+(`e2e_support.virtual_server`): the server's latencies, the client's timeouts, backoffs and
+cooldowns and the quota windows all run on the loop's virtual clock, which moves only when
+everything waits.  At time scale 50 on the wall clock, a busy machine's delays were virtual
+seconds the scenario saw (a 0.16 s stall was the 8 s client timeout; 1.2 s, a quota minute's
+end passed), so a stall could time an attempt out or move a call into the next minute.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from e2e_support import ScenarioTime, running_server, scenario_client, server_counters
+import virtual_loop
+from e2e_support import ScenarioTime, scenario_client, server_counters, virtual_server
 
 from keysched import (
     CapacityError,
@@ -39,9 +46,6 @@ K = OutcomeKind
 PRO = "gemini-2.5-pro"
 FLASH = "gemini-2.5-flash"
 LITE = "gemini-2.5-flash-lite"
-SCALE = 50.0
-"""Virtual seconds per real second: a 1 s model latency takes 20 ms.  A new connection costs
-about a virtual second here, so faults are tied to keys rather than to short time windows."""
 START = "2026-05-12T10:00:00-07:00"
 """On a whole minute, so quota minute windows end at virtual t = 60, 120, ..."""
 
@@ -51,7 +55,7 @@ def scenario(*, projects: list[dict[str, Any]], models: tuple[str, ...] = (FLASH
              start: str = START, **extra: Any) -> Scenario:
     """A small scenario: 1 s models (no jitter, 4 stream chunks), no workload."""
     return parse_scenario({
-        "description": "e2e", "start": start, "duration": 600, "time_scale": SCALE,
+        "description": "e2e", "start": start, "duration": 600, "time_scale": 1.0,
         "models": [{"name": m, "latency_median": 1.0, "latency_sigma": 0.0, "stream_chunks": 4}
                    for m in models],
         "quotas": quotas or {}, "projects": projects, "faults": list(faults), **extra,
@@ -76,7 +80,7 @@ def per_model(counters: dict[str, dict[str, dict[str, int]]]) -> dict[str, dict[
 
 
 async def eventually(condition: Callable[[], bool]) -> None:
-    """Wait (a real millisecond at a time) until `condition()` holds."""
+    """Wait (a virtual millisecond at a time, 10 virtual seconds at most) until `condition()`."""
     async with asyncio.timeout(10):
         while not condition():  # noqa: ASYNC110 - polling the client's state, not an event
             await asyncio.sleep(0.001)
@@ -97,11 +101,12 @@ def group(snapshot: PoolSnapshot, project: str, model: str) -> Any:
     return next(g for g in snapshot.groups if g.project == project and g.model == model)
 
 
+@virtual_loop.on_virtual_time
 async def test_revoked_key_is_tried_once_then_disabled() -> None:
     """A 400 API_KEY_INVALID disables the key after one attempt; the request fails over at once."""
     sc = scenario(projects=[{"name": "alpha", "keys": 2}],
                   faults=({"kind": "key_revoked", "key": "alpha-1"},))
-    async with running_server(sc) as (server, world), scenario_client(server) as client:
+    async with virtual_server(sc) as (server, world), scenario_client(server) as client:
         results = [await client.generate(f"question {i}") for i in range(4)]
         snapshot = client.snapshot()
         counters = await saw(server, world)
@@ -118,11 +123,12 @@ async def test_revoked_key_is_tried_once_then_disabled() -> None:
                         "alpha-2": {FLASH: {"requests": 4, "success": 4}}}
 
 
+@virtual_loop.on_virtual_time
 async def test_leaked_key_is_disabled_and_a_pool_of_only_it_fails_typed() -> None:
     """A 403 leaked key is disabled for good; with no other key the call raises NoUsableKeyError."""
     sc = scenario(projects=[{"name": "alpha"}, {"name": "beta"}],
                   faults=({"kind": "key_leaked", "key": "alpha-1"},))
-    async with running_server(sc) as (server, world):
+    async with virtual_server(sc) as (server, world):
         async with scenario_client(server) as client:
             results = [await client.generate(f"question {i}") for i in range(3)]
             lane = client.snapshot().lane("alpha-1", FLASH)
@@ -142,11 +148,12 @@ async def test_leaked_key_is_disabled_and_a_pool_of_only_it_fails_typed() -> Non
     assert counters["beta-1"] == {FLASH: {"requests": 3, "success": 3}}
 
 
+@virtual_loop.on_virtual_time
 async def test_disabled_project_api_disables_every_key_of_the_project() -> None:
     """A 403 SERVICE_DISABLED on one key disables all keys of its project; the others serve."""
     sc = scenario(projects=[{"name": "alpha"}, {"name": "beta", "keys": 2}],
                   faults=({"kind": "project_disabled", "project": "beta"},))
-    async with running_server(sc) as (server, world), scenario_client(server) as client:
+    async with virtual_server(sc) as (server, world), scenario_client(server) as client:
         results = [await client.generate(f"question {i}") for i in range(4)]
         snapshot = client.snapshot()
         counters = await saw(server, world)
@@ -163,13 +170,14 @@ async def test_disabled_project_api_disables_every_key_of_the_project() -> None:
     assert counters["alpha-1"][FLASH]["success"] == 4
 
 
+@virtual_loop.on_virtual_time
 async def test_overloaded_model_falls_back_then_returns(caplog: pytest.LogCaptureFixture) -> None:
     """A 503 that trips the breaker (here at one) cools the best model and the request falls
     back a tier; once it recovers, it returns."""
     caplog.set_level(logging.INFO, logger="keysched")
     sc = scenario(projects=[{"name": "alpha", "keys": 2}], models=(PRO, FLASH),
                   faults=({"kind": "overloaded", "model": PRO, "start": 0, "end": 40},))
-    async with running_server(sc) as (server, world), scenario_client(
+    async with virtual_server(sc) as (server, world), scenario_client(
             server, retry=RetryPolicy(overload_cooldown=10.0),
             policy=Policy(overload_trip=1, probe_interval=100.0)) as client:
         during = await client.generate("during the storm")
@@ -194,11 +202,12 @@ async def test_overloaded_model_falls_back_then_returns(caplog: pytest.LogCaptur
     assert any(m.startswith(f"recovered model={PRO}") for m in messages), messages
 
 
+@virtual_loop.on_virtual_time
 async def test_repeated_500s_back_off_then_move_to_the_next_model() -> None:
     """500s are retried after a backoff, on another key; two on one model move to the next model."""
     sc = scenario(projects=[{"name": "alpha", "keys": 2}], models=(PRO, FLASH),
                   faults=({"kind": "server_error", "model": PRO},))
-    async with running_server(sc) as (server, world), scenario_client(server) as client:
+    async with virtual_server(sc) as (server, world), scenario_client(server) as client:
         result = await client.generate("hello")
         snapshot = client.snapshot()
         counters = await saw(server, world)
@@ -212,11 +221,12 @@ async def test_repeated_500s_back_off_then_move_to_the_next_model() -> None:
                                    FLASH: {"requests": 1, "success": 1}}
 
 
+@virtual_loop.on_virtual_time
 async def test_random_500s_are_absorbed_by_retries() -> None:
     """With 30% random 500s, every one of 16 concurrent requests succeeds; both sides agree."""
     sc = scenario(projects=[{"name": "alpha", "keys": 2}, {"name": "beta", "keys": 2}],
                   faults=({"kind": "server_error", "probability": 0.3},), seed=5)
-    async with running_server(sc) as (server, world), scenario_client(server) as client:
+    async with virtual_server(sc) as (server, world), scenario_client(server) as client:
         results = await asyncio.gather(*(client.generate(f"q{i}") for i in range(16)))
         snapshot = client.snapshot()
         counters = await saw(server, world)
@@ -229,11 +239,12 @@ async def test_random_500s_are_absorbed_by_retries() -> None:
     assert (snapshot.requests_finished, snapshot.in_flight, snapshot.waiting) == (16, 0, 0)
 
 
+@virtual_loop.on_virtual_time
 async def test_bare_429s_bench_the_project_briefly_and_blame_no_key() -> None:
     """429s without details bench a project briefly (shared capacity); its keys stay in rotation."""
     sc = scenario(projects=[{"name": "alpha", "keys": 2}, {"name": "beta"}],
                   faults=({"kind": "shared_429", "project": "alpha"},))
-    async with running_server(sc) as (server, world), scenario_client(
+    async with virtual_server(sc) as (server, world), scenario_client(
             server, retry=RetryPolicy(shared_capacity_cooldown=10.0)) as client:
         first = await client.generate("first")
         benched = client.snapshot()
@@ -257,10 +268,11 @@ async def test_bare_429s_bench_the_project_briefly_and_blame_no_key() -> None:
                         "beta-1": {FLASH: {"requests": 2, "success": 2}}}
 
 
+@virtual_loop.on_virtual_time
 async def test_per_minute_429_honours_retry_delay() -> None:
     """An RPM 429 benches the project until the retryDelay the server gave, then the call is served."""
     sc = scenario(projects=[{"name": "alpha"}], quotas={FLASH: {"rpm": 2}})
-    async with running_server(sc) as (server, world), scenario_client(server) as client:
+    async with virtual_server(sc) as (server, world), scenario_client(server) as client:
         early = [await client.generate(f"q{i}") for i in range(2)]
         task = asyncio.create_task(client.generate("the third in a minute"))
         await eventually(lambda: client.snapshot().waiting > 0)
@@ -285,12 +297,13 @@ async def test_per_minute_429_honours_retry_delay() -> None:
                                             "rate_limited_minute": 1}}}
 
 
+@virtual_loop.on_virtual_time
 async def test_per_day_429_benches_the_group_until_midnight_pacific() -> None:
     """An RPD 429 benches the group until midnight Pacific, not for its short retryDelay."""
     # 23:58:30 PDT: the minute window ends at t = 30; the day ends at t = 90.
     sc = scenario(projects=[{"name": "alpha"}], models=(FLASH, LITE),
                   quotas={FLASH: {"rpd": 2}}, start="2026-05-12T23:58:30-07:00")
-    async with running_server(sc) as (server, world), scenario_client(server) as client:
+    async with virtual_server(sc) as (server, world), scenario_client(server) as client:
         time = clock_of(server)
         before = [await client.generate(f"q{i}") for i in range(3)]
         benched = group(client.snapshot(), "alpha", FLASH)
@@ -312,11 +325,12 @@ async def test_per_day_429_benches_the_group_until_midnight_pacific() -> None:
                                     LITE: {"requests": 2, "success": 2}}}
 
 
+@virtual_loop.on_virtual_time
 async def test_limit_zero_makes_the_model_unavailable_for_that_project_only() -> None:
     """A `limit: 0` 429 marks the model unavailable for that project; other projects serve it."""
     sc = scenario(projects=[{"name": "alpha", "quotas": {PRO: 0}}, {"name": "beta"}],
                   models=(PRO, FLASH))
-    async with running_server(sc) as (server, world), scenario_client(server) as client:
+    async with virtual_server(sc) as (server, world), scenario_client(server) as client:
         results = [await client.generate(f"q{i}") for i in range(4)]
         snapshot = client.snapshot()
         counters = await saw(server, world)
@@ -332,13 +346,14 @@ async def test_limit_zero_makes_the_model_unavailable_for_that_project_only() ->
     assert counters["beta-1"] == {PRO: {"requests": 4, "success": 4}}
 
 
+@virtual_loop.on_virtual_time
 async def test_slow_answers_and_hangs_time_out_on_the_client() -> None:
     """A slow answer within the timeout is served; a slower one or a hang is a client timeout."""
     sc = scenario(projects=[{"name": "alpha", "keys": 3}, {"name": "beta"}], timeout=60,
                   faults=({"kind": "slow", "key": "alpha-1", "factor": 3},      # 3 s: in time
                           {"kind": "slow", "key": "alpha-2", "factor": 40},     # 40 s: too slow
                           {"kind": "timeout", "key": "alpha-3"}))               # hangs 60 s
-    async with running_server(sc) as (server, world), scenario_client(
+    async with virtual_server(sc) as (server, world), scenario_client(
             server, timeout=8.0, retry=RetryPolicy(jitter=0.0)) as client:
         results = [await client.generate(f"q{i}") for i in range(4)]
         snapshot = client.snapshot()
@@ -364,11 +379,12 @@ async def test_slow_answers_and_hangs_time_out_on_the_client() -> None:
     assert set(counters["alpha-3"][FLASH]) == {"requests", "timeout"}
 
 
+@virtual_loop.on_virtual_time
 async def test_a_504_is_a_timeout_retried_elsewhere() -> None:
     """A 504 DEADLINE_EXCEEDED is classified as a timeout and retried on another key."""
     sc = scenario(projects=[{"name": "alpha", "keys": 2}], timeout=2,
                   faults=({"kind": "deadline_exceeded", "key": "alpha-1"},))
-    async with running_server(sc) as (server, world), scenario_client(server) as client:
+    async with virtual_server(sc) as (server, world), scenario_client(server) as client:
         result = await client.generate("hello")
         counters = await saw(server, world)
     assert [(a.key, a.outcome, a.status) for a in result.attempts] == [
@@ -376,11 +392,12 @@ async def test_a_504_is_a_timeout_retried_elsewhere() -> None:
     assert counters["alpha-1"] == {FLASH: {"requests": 1, "timeout": 1}}
 
 
+@virtual_loop.on_virtual_time
 async def test_connection_resets_are_retried_after_a_backoff() -> None:
     """A reset before any response is a connection error: retried after a backoff on another key."""
     sc = scenario(projects=[{"name": "alpha", "keys": 2}],
                   faults=({"kind": "reset", "key": "alpha-1"},))
-    async with running_server(sc) as (server, world), scenario_client(
+    async with virtual_server(sc) as (server, world), scenario_client(
             server, retry=RetryPolicy(jitter=0.0, backoff_base=0.5)) as client:
         results = [await client.generate(f"q{i}") for i in range(3)]
         snapshot = client.snapshot()
@@ -401,12 +418,13 @@ async def test_connection_resets_are_retried_after_a_backoff() -> None:
         "alpha-2": {FLASH: {"requests": 3, "success": 3}}}
 
 
+@virtual_loop.on_virtual_time
 async def test_stream_cut_after_chunks_raises_with_the_chunks_intact() -> None:
     """A stream cut after k chunks raises StreamInterruptedError; the k chunks reached the caller."""
     sc = scenario(projects=[{"name": "alpha", "keys": 2}],
                   faults=({"kind": "stream_cut", "key": "alpha-1", "after_chunks": 2},))
     chunks: list[StreamChunk] = []
-    async with running_server(sc) as (server, world), scenario_client(server) as client:
+    async with virtual_server(sc) as (server, world), scenario_client(server) as client:
         with pytest.raises(StreamInterruptedError) as caught:
             await collect(client.stream("tell me a story"), chunks)
         snapshot = client.snapshot()
@@ -429,11 +447,12 @@ async def test_stream_cut_after_chunks_raises_with_the_chunks_intact() -> None:
                         "alpha-2": {FLASH: {"requests": 1, "success": 1}}}
 
 
+@virtual_loop.on_virtual_time
 async def test_stream_failing_before_its_first_chunk_fails_over_transparently() -> None:
     """A stream cut before its first chunk is retried on another key; the caller sees one stream."""
     sc = scenario(projects=[{"name": "alpha", "keys": 2}],
                   faults=({"kind": "stream_cut", "key": "alpha-1", "after_chunks": 0},))
-    async with running_server(sc) as (server, world), scenario_client(server) as client:
+    async with virtual_server(sc) as (server, world), scenario_client(server) as client:
         chunks = [chunk async for chunk in client.stream("tell me a story")]
         snapshot = client.snapshot()
         counters = await saw(server, world)
@@ -445,13 +464,14 @@ async def test_stream_failing_before_its_first_chunk_fails_over_transparently() 
                         "alpha-2": {FLASH: {"requests": 1, "success": 1}}}
 
 
+@virtual_loop.on_virtual_time
 async def test_error_inside_a_200_stream() -> None:
     """An error object inside a 200 SSE stream: after a chunk it interrupts, before any it fails over."""
     sc = scenario(projects=[{"name": "alpha", "keys": 2}], models=(PRO, FLASH), faults=(
         {"kind": "stream_error", "model": PRO, "key": "alpha-1", "after_chunks": 1},
         {"kind": "stream_error", "model": PRO, "key": "alpha-2", "after_chunks": 0}))
     chunks: list[StreamChunk] = []
-    async with running_server(sc) as (server, world), scenario_client(
+    async with virtual_server(sc) as (server, world), scenario_client(
             server, retry=RetryPolicy(overload_cooldown=5.0),
             policy=Policy(overload_trip=1, probe_interval=100.0)) as client:
         with pytest.raises(StreamInterruptedError) as caught:
@@ -477,10 +497,11 @@ async def test_error_inside_a_200_stream() -> None:
                         "alpha-2": {PRO: {"requests": 1, "overloaded": 1}}}
 
 
+@virtual_loop.on_virtual_time
 async def test_deadline_while_every_lane_cools_raises_capacity_error() -> None:
     """When no lane can serve before the deadline, the call fails with CapacityError and a retry time."""
     sc = scenario(projects=[{"name": "alpha"}], quotas={FLASH: {"rpm": 1}})
-    async with running_server(sc) as (server, world), scenario_client(server) as client:
+    async with virtual_server(sc) as (server, world), scenario_client(server) as client:
         first = await client.generate("uses the minute")
         with pytest.raises(CapacityError) as caught:
             await client.generate("too late", deadline=10.0)

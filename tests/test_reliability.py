@@ -38,7 +38,6 @@ from reliability_support import (
     client_sockets,
     faulty_scenario,
     fetch_counters,
-    make_client,
     run_calls,
     server_attempts,
     used_after_disabled,
@@ -49,7 +48,7 @@ from reliability_support import (
 from keysched import KeyedClient, RetryPolicy, ServiceError, StreamInterruptedError
 from keysched._snapshot import LaneState, PoolSnapshot
 from sim.scenario import Scenario, parse_scenario
-from sim.server import make_app, serve
+from sim.server import SimApp, make_app, serve
 from sim.world import World
 
 DISABLED_KEYS = {"p4-1", "p4-2", "p5-1", "p6-1", "p7-1", "p8-1"}
@@ -242,6 +241,13 @@ async def test_soak_full_size(no_task_left: None) -> None:
 # Streaming
 
 
+def virtual_app(world: World) -> SimApp:
+    """The fake server's app on the running `VirtualTimeLoop`'s clock, at time scale 1 (what
+    `virtual_client` expects): the stream and cancellation tests below run there, their
+    latencies virtual, so that no stall of a busy machine changes what they see."""
+    return make_app(world, clock=virtual_loop.clock(), time_scale=1.0)
+
+
 def stream_scenario(*faults: dict[str, Any]) -> Scenario:
     return parse_scenario({
         "description": "streams", "start": "2026-05-12T10:00:00-07:00", "duration": 1e9,
@@ -257,13 +263,15 @@ def stream_scenario(*faults: dict[str, Any]) -> Scenario:
 @pytest.mark.parametrize("fault", [{"kind": "stream_cut", "after_chunks": 2},
                                    {"kind": "stream_error", "after_chunks": 2, "code": 503}],
                          ids=["cut", "error-event"])
+@virtual_loop.on_virtual_time
 async def test_a_stream_broken_mid_way_keeps_the_chunks_delivered(
-        no_task_left: None, fast: bool, fault: dict[str, Any]) -> None:
+        fast: bool, fault: dict[str, Any]) -> None:
     """A stream broken after two chunks raises StreamInterruptedError; those chunks are intact."""
     scenario = stream_scenario(fault)
-    tap = Tap(make_app(World(scenario)))
+    tap = Tap(virtual_app(World(scenario)))
     received = []
-    async with serve(tap) as server, make_client(scenario, server.base_url, fast=fast) as client:
+    async with serve(tap) as server, virtual_client(scenario, server.base_url,
+                                                    fast=fast) as client:
 
         async def consume() -> None:
             async for chunk in client.stream("tell me a story"):
@@ -283,14 +291,15 @@ async def test_a_stream_broken_mid_way_keeps_the_chunks_delivered(
 
 
 @pytest.mark.parametrize("fast", [False, True], ids=["httpx", "aiohttp"])
+@virtual_loop.on_virtual_time
 async def test_a_stream_failing_before_its_first_chunk_is_retried_transparently(
-        no_task_left: None, fast: bool) -> None:
+        fast: bool) -> None:
     """Resets and cuts before the first chunk are retried on another key; the caller sees none."""
     scenario = stream_scenario({"kind": "reset", "key": "p0-1"},
                                {"kind": "stream_cut", "key": "p0-2", "after_chunks": 0})
     world = World(scenario)
-    async with serve(make_app(world)) as server, \
-            make_client(scenario, server.base_url, fast=fast) as client:
+    async with serve(virtual_app(world)) as server, \
+            virtual_client(scenario, server.base_url, fast=fast) as client:
         for n in range(6):
             chunks = [chunk async for chunk in client.stream(f"story {n}")]
             assert [chunk.index for chunk in chunks] == [0, 1, 2, 3]
@@ -308,8 +317,13 @@ async def test_a_stream_failing_before_its_first_chunk_is_retried_transparently(
 # Cancellation
 
 
-async def test_callers_cancelled_at_random_points_leave_nothing_behind(no_task_left: None) -> None:
-    """Cancelled before dispatch, queued, mid-request or mid-stream: no lease, no task left."""
+@virtual_loop.on_virtual_time
+async def test_callers_cancelled_at_random_points_leave_nothing_behind() -> None:
+    """Cancelled before dispatch, queued, mid-request or mid-stream: no lease, no task left.
+
+    On a `virtual_loop.VirtualTimeLoop` (which fails the test on a task left): where each
+    cancellation lands (queued, in flight, mid-stream: each must be met) depends on the
+    answers' latencies, virtual here, not on how busy the machine is."""
     rng = random.Random(2026)
     scenario = parse_scenario({
         "description": "cancellation", "start": "2026-05-12T10:00:00-07:00", "duration": 1e9,
@@ -321,8 +335,8 @@ async def test_callers_cancelled_at_random_points_leave_nothing_behind(no_task_l
                    {"kind": "reset", "probability": 0.05}],
     }, source="<cancellation>")
     seen: collections.Counter[str] = collections.Counter()
-    async with serve(make_app(World(scenario))) as server, make_client(
-            scenario, server.base_url, max_in_flight_per_key=2) as client:
+    async with serve(virtual_app(World(scenario))) as server, virtual_client(
+            scenario, server.base_url, max_in_flight_per_key=2, timeout=2_000.0) as client:
         for round_ in range(4):
             first_chunks: dict[int, asyncio.Event] = {}
 

@@ -4,6 +4,11 @@ Each test serves a scenario on 127.0.0.1 (`e2e_support.running_server`), builds 
 scenario's virtual time and hands `KeyedClient.transport()` (or `PoolThread`'s transports) to
 the real SDK, as a user would.  Both sides are checked: what the SDK returned or raised, and
 what the server counted (``GET /_sim/counters``).  Nothing asserts on wall-clock time.
+
+A test whose pool and server share its loop runs on a `virtual_loop.VirtualTimeLoop` at time
+scale 1 (`e2e_support.virtual_server`), so a busy machine changes nothing the scenario sees.
+The `PoolThread` tests cannot (the pool has a loop of its own, in its own thread): they run on
+the wall clock at scale 100, with bounds that only catch a hang (`HANG_GUARD`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,13 @@ import httpx
 import openai
 import pytest
 import virtual_loop
-from e2e_support import ScaledTimeouts, ScenarioTime, running_server, server_counters
+from e2e_support import (
+    ScaledTimeouts,
+    ScenarioTime,
+    running_server,
+    server_counters,
+    virtual_server,
+)
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
@@ -98,9 +109,7 @@ def test_genai_async_every_call_succeeds_and_the_revoked_key_is_hit_once(fast: b
 
 async def genai_async_run(fast: bool) -> None:
     backend: dict[str, Any] = {"fast": True, "transport": None} if fast else {}
-    loop = asyncio.get_running_loop()
-    async with running_server(hostile_scenario(), time_scale=1.0,
-                              clock=loop.time) as (server, _world):
+    async with virtual_server(hostile_scenario()) as (server, _world):
         async with pool_for(app_of(server), server.base_url, max_in_flight_per_key=1,
                             **backend) as pool:
             counting = Counting(pool.transport())
@@ -132,9 +141,7 @@ def test_openai_async_every_call_succeeds_and_the_revoked_key_is_hit_once() -> N
 
 
 async def openai_async_run() -> None:
-    loop = asyncio.get_running_loop()
-    async with running_server(hostile_scenario(), time_scale=1.0,
-                              clock=loop.time) as (server, _world):
+    async with virtual_server(hostile_scenario()) as (server, _world):
         async with pool_for(app_of(server), server.base_url, max_in_flight_per_key=1) as pool:
             counting = Counting(pool.transport())
             client = openai_async(server.base_url, counting)
@@ -163,12 +170,24 @@ async def openai_async_run() -> None:
     assert snapshot.in_flight == 0
 
 
+HANG_GUARD: dict[str, Any] = {"timeout": 3000.0, "retry": RetryPolicy(deadline=6000.0)}
+"""Pool options for the tests whose pool runs on a `PoolThread`: its own loop, in its own thread,
+cannot share a `virtual_loop.VirtualTimeLoop`, so they stay on the wall clock at the scenario's
+scale (100).  There the default 30 s timeout and 120 s deadline were 0.3 s and 1.2 s of real
+time, which a loaded machine could overrun (an attempt timed out, a call failed).  3,000 and 6,000
+virtual seconds are 30 s and 60 s of real time: they only bound a hang; no check of these tests
+depends on how fast an answer comes."""
+
+
 def test_sync_genai_client_from_8_threads_shares_one_pool() -> None:
+    """32 sync SDK calls from 8 threads through one `PoolThread`, then one on the ``.aio``
+    surface: every call succeeds, the revoked key is hit once for them all (a pool per thread
+    would hit it once each), and closing the client ends the pool's thread."""
     world = World(hostile_scenario())
     app = make_app(world)
     with serve(app) as server:
         client = genai_client(base_url=server.base_url, api_version="v1beta",
-                              **pool_options(app, max_in_flight_per_key=1))
+                              **pool_options(app, max_in_flight_per_key=1, **HANG_GUARD))
 
         def one(i: int) -> str:
             if i % 4 == 3:
@@ -201,10 +220,11 @@ def test_sync_genai_client_from_8_threads_shares_one_pool() -> None:
     assert not any(t.is_alive() for t in pool_threads)
 
 
+@virtual_loop.on_virtual_time
 async def test_a_stream_failing_before_its_first_chunk_succeeds_on_another_key() -> None:
     faults = ({"kind": "stream_error", "key": "open-1", "after_chunks": 0, "code": 500},
               {"kind": "stream_cut", "key": "tight-1", "after_chunks": 0})
-    async with running_server(hostile_scenario(overloaded=False, faults=faults)) as (server, _):
+    async with virtual_server(hostile_scenario(overloaded=False, faults=faults)) as (server, _):
         async with pool_for(app_of(server), server.base_url, max_in_flight_per_key=1) as pool:
             client = genai_async(server.base_url, pool.transport())
             texts = []
@@ -224,9 +244,10 @@ async def test_a_stream_failing_before_its_first_chunk_succeeds_on_another_key()
     assert snapshot.in_flight == 0
 
 
+@virtual_loop.on_virtual_time
 async def test_a_stream_cut_after_a_chunk_raises_the_sdks_error_without_failover() -> None:
     faults = ({"kind": "stream_cut", "after_chunks": 1},)
-    async with running_server(hostile_scenario(overloaded=False, faults=faults)) as (server, _):
+    async with virtual_server(hostile_scenario(overloaded=False, faults=faults)) as (server, _):
         async with pool_for(app_of(server), server.base_url,
                             keys=[k for k in app_of(server).world.scenario.pool_keys()
                                   if k.label == "open-1"]) as pool:
@@ -250,9 +271,10 @@ async def test_a_stream_cut_after_a_chunk_raises_the_sdks_error_without_failover
     assert snapshot.in_flight == 0
 
 
+@virtual_loop.on_virtual_time
 async def test_no_request_leaving_the_pool_carries_the_callers_key_or_a_key_in_the_url() -> None:
     tap = Tap()
-    async with running_server(hostile_scenario(overloaded=False)) as (server, _):
+    async with virtual_server(hostile_scenario(overloaded=False)) as (server, _):
         app = app_of(server)
         secrets = {key.secret for key in app.world.scenario.pool_keys()}
         async with pool_for(app, server.base_url, transport=ScaledTimeouts(SCALE_OF(app), tap)
@@ -294,8 +316,9 @@ def SCALE_OF(app: SimApp) -> float:
     return ScenarioTime(app).scale
 
 
+@virtual_loop.on_virtual_time
 async def test_fallback_along_the_pool_list_is_switchable() -> None:
-    async with running_server(hostile_scenario()) as (server, _):
+    async with virtual_server(hostile_scenario()) as (server, _):
         app = app_of(server)
         retry = RetryPolicy(max_attempts=5)  # two 503s on the best model move a call on
         async with pool_for(app, server.base_url, retry=retry) as pool:
@@ -324,8 +347,9 @@ async def test_fallback_along_the_pool_list_is_switchable() -> None:
         assert error.response.headers["x-keysched-model"] == FLASH
 
 
+@virtual_loop.on_virtual_time
 async def test_a_model_outside_the_pool_passes_through_once() -> None:
-    async with running_server(hostile_scenario(overloaded=False)) as (server, _):
+    async with virtual_server(hostile_scenario(overloaded=False)) as (server, _):
         usable = [k for k in app_of(server).world.scenario.pool_keys()
                   if k.label != "revoked-1"]
         async with pool_for(app_of(server), server.base_url, keys=usable) as pool:
@@ -339,8 +363,9 @@ async def test_a_model_outside_the_pool_passes_through_once() -> None:
     assert snapshot.requests_submitted == 0  # not scheduled: passed through
 
 
+@virtual_loop.on_virtual_time
 async def test_when_every_key_is_refused_the_sdk_raises_its_own_error_for_the_last_answer() -> None:
-    async with running_server(hostile_scenario(overloaded=False)) as (server, _):
+    async with virtual_server(hostile_scenario(overloaded=False)) as (server, _):
         app = app_of(server)
         revoked = [k for k in app.world.scenario.pool_keys() if k.label == "revoked-1"]
         async with pool_for(app, server.base_url, keys=revoked) as pool:
@@ -381,10 +406,12 @@ async def test_an_error_body_echoing_the_key_reaches_the_sdk_redacted() -> None:
 
 
 async def test_pool_thread_async_transport_serves_another_loop() -> None:
+    """A `PoolThread`'s async transport serves SDK calls made on another loop (this test's):
+    every call is answered and the pool counts them.  Wall clock, `HANG_GUARD` bounds."""
     async with running_server(hostile_scenario(overloaded=False)) as (server, _):
         app = app_of(server)
         pool = await asyncio.to_thread(PoolThread, base_url=server.base_url,
-                                       **pool_options(app))
+                                       **pool_options(app, **HANG_GUARD))
         try:
             client = genai_async(server.base_url, pool.async_transport())
             answers = await asyncio.gather(*(client.aio.models.generate_content(
@@ -412,9 +439,10 @@ def test_a_pool_thread_with_a_bad_option_raises_and_leaves_no_thread() -> None:
         httpx.Client(transport=transport).post("http://x.invalid/v1beta/models/m:generateContent")
 
 
+@virtual_loop.on_virtual_time
 async def test_cancelling_an_sdk_call_releases_its_lane_at_once() -> None:
     slow = ({"kind": "slow", "factor": 1000.0},)  # an attempt takes 1,000 virtual seconds
-    async with running_server(hostile_scenario(overloaded=False, faults=slow)) as (server, _):
+    async with virtual_server(hostile_scenario(overloaded=False, faults=slow)) as (server, _):
         app = app_of(server)
         async with pool_for(app, server.base_url, timeout=5000.0,
                             retry=RetryPolicy(deadline=5000.0)) as pool:
@@ -432,7 +460,13 @@ async def test_cancelling_an_sdk_call_releases_its_lane_at_once() -> None:
 
 
 def test_closing_a_pool_thread_ends_the_calls_waiting_in_other_threads() -> None:
-    world = World(hostile_scenario(overloaded=False, faults=({"kind": "slow", "factor": 1000.0},)))
+    """Two calls from other threads are in flight when the pool closes: both end at once with
+    the pool's "closed" error, not with an answer or after their timeout (a close that left
+    them to their attempts would fail this either way).  An answer would take 50,000 virtual
+    seconds, 500 s of real time: however busy the machine, the close comes first (at factor
+    1,000 an answer took 5 s, which a starved test thread could have waited through)."""
+    slow = ({"kind": "slow", "factor": 100_000.0},)
+    world = World(hostile_scenario(overloaded=False, faults=slow))
     app = make_app(world)
     with serve(app) as server:
         pool = PoolThread(base_url=server.base_url,

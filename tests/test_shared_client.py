@@ -4,6 +4,11 @@ store must not change.
 Clients of one process share a `MemoryStore` here (the Redis path has its own tests); the
 failing and slow stores are fakes of our own `Store` protocol, standing in for a Redis that
 refuses connections or hangs.
+
+Every loopback test runs on a `virtual_loop.VirtualTimeLoop` (`e2e_support.virtual_server`).
+At time scale 100 on the wall clock a quota minute was 0.6 s of real time: a stall of a busy
+machine between a client's decision and the server's count moved calls across windows, which
+could give the sharing clients a 429 (or take the lone ones' away) for no fault of the store.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import logging
 from collections.abc import Sequence
 
 import pytest
-from e2e_support import ScenarioTime, running_server, scenario_client, server_counters
+import virtual_loop
+from e2e_support import ScenarioTime, scenario_client, server_counters, virtual_server
 
 from keysched import ConfigurationError, KeyedClient, KeyschedError, MemoryStore
 from keysched._store import Claim, Grant, Settlement, StoredFact
@@ -42,11 +48,12 @@ def four_twenty_nines(counters: dict[str, dict[str, dict[str, int]]]) -> int:
                for name, count in per.items() if "429" in name or "rate_limited" in name)
 
 
+@virtual_loop.on_virtual_time
 async def test_clients_sharing_a_store_never_overspend_a_configured_limit() -> None:
     """Two clients that each know the limits, offered twice what the pool serves: alone they
     collect 429s; sharing one store, none, and every call still ends exactly once."""
     for shared in (False, True):
-        async with running_server(pool()) as (server, _):
+        async with virtual_server(pool()) as (server, _):
             time = ScenarioTime(server.app)
             store = MemoryStore(clock=time.wall) if shared else None
             clients = [scenario_client(server, limits_known=True, seed=i, store=store)
@@ -63,10 +70,11 @@ async def test_clients_sharing_a_store_never_overspend_a_configured_limit() -> N
         assert (refused == 0) if shared else (refused > 0), counters
 
 
+@virtual_loop.on_virtual_time
 async def test_a_key_disabled_by_one_client_is_left_alone_by_the_other() -> None:
     """After one client learns that a key was revoked, the other sends it nothing more."""
     sc = pool(rpm=None, faults=[{"kind": "key_revoked", "key": "p0-1"}])
-    async with running_server(sc) as (server, _):
+    async with virtual_server(sc) as (server, _):
         store = MemoryStore(clock=ScenarioTime(server.app).wall)
         first = scenario_client(server, seed=1, store=store)
         second = scenario_client(server, seed=2, store=store)
@@ -111,13 +119,14 @@ class HangingStore(BrokenStore):
 
 
 @pytest.mark.parametrize("store_type", [BrokenStore, HangingStore])
+@virtual_loop.on_virtual_time
 async def test_a_failing_store_fails_no_call_and_disables_nothing(
         store_type: type[BrokenStore], caplog: pytest.LogCaptureFixture) -> None:
     """With the store down or hanging, every call is answered from local state, the
     degradation is logged once, and no key is disabled because of it."""
     caplog.set_level(logging.WARNING, logger="keysched")
     store = store_type()
-    async with running_server(pool(rpm=None)) as (server, _):
+    async with virtual_server(pool(rpm=None)) as (server, _):
         async with scenario_client(server, store=store, timeout=30.0) as client:
             results = await calls(client, 30)
             lanes = client.snapshot().lanes
@@ -152,11 +161,12 @@ class GatedStore(BrokenStore):
         await self.inner.settle(settlements, facts)
 
 
+@virtual_loop.on_virtual_time
 async def test_a_call_cancelled_during_admit_ends_once_and_gives_its_claim_back() -> None:
     """Cancelling the caller while the store decides ends the call at once; the claim that
     may have been taken is settled as refunded, and the next call is served."""
     store = GatedStore()
-    async with running_server(pool(rpm=None)) as (server, _):
+    async with virtual_server(pool(rpm=None)) as (server, _):
         async with scenario_client(server, store=store, timeout=30.0) as client:
             task = asyncio.create_task(client.generate("cancel me"))
             await asyncio.wait_for(store.entered.wait(), 30)

@@ -24,7 +24,7 @@ from e2e_support import running_server, scenario_client
 from redis_support import OwnRedis
 
 from keysched import KeyschedError, RedisStore, RetryPolicy
-from keysched._store import Claim
+from keysched._store import Claim, SharedFact
 from sim.scenario import Scenario, parse_scenario
 
 WORKER = str(Path(__file__).with_name("shared_worker.py"))
@@ -91,6 +91,23 @@ async def test_a_killed_worker_frees_its_leases_at_their_expiry(shared_redis: st
         await store.aclose()
 
 
+async def facts_once_published(url: str, pool_name: str, *, key: str) -> tuple[SharedFact, ...]:
+    """The pool's shared facts on Redis, read again until one is about `key` or `GUARD` passes.
+
+    The client publishes in the background: a fixed wait (0.2 s) was sometimes too short on a
+    busy machine.  Polled, a client that never republishes still fails, after the guard."""
+    store = RedisStore(url, pool_name=pool_name)
+    try:
+        guard = time.monotonic() + GUARD
+        while True:
+            _, facts = await store.facts()
+            if any(f.scope == "key" and f.key == key for f in facts) or time.monotonic() > guard:
+                return facts
+            await asyncio.sleep(0.05)
+    finally:
+        await store.aclose()
+
+
 def restart_scenario() -> Scenario:
     return parse_scenario({
         "description": "redis restart", "start": "2026-05-12T10:00:00-07:00", "duration": 1e9,
@@ -108,8 +125,10 @@ async def test_redis_stopped_and_restarted_mid_run(own_redis: OwnRedis,
     published again once Redis is back."""
     caplog.set_level(logging.WARNING, logger="keysched")
     async with running_server(restart_scenario()) as (server, _):
-        client = scenario_client(server, limits_known=True, timeout=30.0, store=own_redis.url,
-                                 pool_name="restart", retry=RetryPolicy(deadline=600.0))
+        # At time scale 100 a 30 s timeout was 0.3 s of real time, which a busy machine can
+        # overrun: 3,000 and 6,000 virtual seconds (30 s and 60 s) only bound a hang.
+        client = scenario_client(server, limits_known=True, timeout=3000.0, store=own_redis.url,
+                                 pool_name="restart", retry=RetryPolicy(deadline=6000.0))
         link = client._pump.link
         assert link is not None
         async with client:
@@ -132,15 +151,10 @@ async def test_redis_stopped_and_restarted_mid_run(own_redis: OwnRedis,
                 assert time.monotonic() < guard
                 again = await batch(5)
                 assert all(not isinstance(r, BaseException) for r in again)
-            await asyncio.sleep(0.2)  # the background flush of the republished facts
             disabled_now = {lane.key for lane in client.snapshot().lanes
                             if lane.state.value == "disabled"}
             assert disabled_now == {"p0-1"}  # nothing disabled because Redis failed
-        store = RedisStore(own_redis.url, pool_name="restart")
-        try:
-            _, facts = await store.facts()
-        finally:
-            await store.aclose()
+            facts = await facts_once_published(own_redis.url, "restart", key="p0-1")
     assert any(f.scope == "key" and f.key == "p0-1" for f in facts)  # republished
     warnings = [r for r in caplog.records if "shared store is unreachable" in r.getMessage()]
     assert len(warnings) == 1

@@ -15,18 +15,20 @@ came, advances virtual time to that timer and returns, so the loop fires it at o
 job runs in the loop's executor (``getaddrinfo`` for a new connection), time never jumps: the
 loop waits for it for real.  With no timer at all, it blocks for real I/O like any loop.
 
-Use `run` with a coroutine function; it takes the running loop's ``time`` as its clock.
+Use `run` with a coroutine function; it takes the running loop's ``time`` as its clock.  An
+``async def`` test decorated with `on_virtual_time` runs there instead of on pytest-asyncio's loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import selectors
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["EPOCH", "GRACE", "VirtualTimeLoop", "run"]
+__all__ = ["EPOCH", "GRACE", "VirtualTimeLoop", "clock", "on_virtual_time", "run"]
 
 EPOCH = 0.0
 """Virtual time at the start.  Zero on purpose: a clock derived from it by subtracting its
@@ -114,3 +116,23 @@ def run(main: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
     finally:
         asyncio.set_event_loop(None)
         loop.close()
+
+
+def clock() -> Callable[[], float]:
+    """The running `VirtualTimeLoop`'s ``time``, to give a client or a server as its clock."""
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, VirtualTimeLoop), "run the test on a VirtualTimeLoop"
+    return loop.time
+
+
+def on_virtual_time(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Make an ``async def`` test a plain one that runs it on a fresh loop with `run`.
+
+    pytest still sees the test's own parameters (its fixtures), through ``functools.wraps``.
+    """
+
+    @functools.wraps(test)
+    def on_the_loop(*args: Any, **kwargs: Any) -> None:
+        run(lambda: test(*args, **kwargs))
+
+    return on_the_loop
