@@ -1,4 +1,4 @@
-"""Compile the pure scheduling core with mypyc, in place (opt-in; the default install stays pure).
+"""Compile the pure scheduling core (and optionally the simulator) with mypyc, in place (opt-in).
 
 Theory of operation: mypyc (it ships with mypy, already a dev dependency) turns type-annotated
 modules into C extensions.  This script hands the core's modules to ``mypycify`` and runs
@@ -9,8 +9,9 @@ runtime module and ``build/``), giving back the pure reference.  The ``.py`` fil
 reference and the only source: ``tests/test_compiled_core.py`` and ``scripts/sim_hashes.py``
 hold the compiled core's decisions equal to theirs.
 
-    python scripts/build_compiled_core.py          # needs a C compiler and Python headers
-    python scripts/build_compiled_core.py --clean
+    python scripts/build_compiled_core.py             # needs a C compiler and Python headers
+    python scripts/build_compiled_core.py --with-sim  # the simulator's per-request modules too
+    python scripts/build_compiled_core.py --clean     # removes whichever was built
 
 Decisions taken where the issue was silent:
 - Four of the core's modules stay interpreted: ``_errors`` (an exception inheriting from two
@@ -23,6 +24,14 @@ Decisions taken where the issue was silent:
   fields.  The compiled modules use them as ordinary Python objects.
 - ``setup()`` is given the modules explicitly (``packages=[]``), so setuptools does not try to
   discover the project's packages from ``pyproject.toml`` (it refuses the flat layout).
+- ``--with-sim`` adds the simulator modules a simulated request runs through (from a profile of
+  the million-request run): ``engine``, ``world``, ``metrics``, ``workload``, ``draws``, and
+  ``records``, ``scenario``, ``bodies``, which they use per attempt (records, scenario specs,
+  error bodies).  All eight compile and import as they are, bar one honest annotation fix:
+  ``world._Group`` stores its quotas as ``float`` (``math.inf`` when unlimited), and mypyc
+  refused assigning an ``int`` to a ``float`` attribute ("Incompatible value representations"),
+  so ``change`` converts.  The rest of ``sim/`` (CLI, fitting, replay, servers, plots) is not on
+  the per-request path and stays interpreted.
 - Edits to a compiled module's ``.py`` have no effect until the core is rebuilt or cleaned: the
   ``.so`` wins the import.  Hence the ``--clean``.
 """
@@ -44,12 +53,15 @@ CORE_MODULES = (
     "_snapshot", "_table", "_timers", "_views",
 )
 INTERPRETED = ("_config", "_errors", "_facts", "_outcomes")
+# With --with-sim: the simulator's modules on a simulated request's path (see the docstring).
+SIM_MODULES = ("bodies", "draws", "engine", "metrics", "records", "scenario", "workload", "world")
 
 
 def compiled_artifacts() -> list[Path]:
-    """The extension modules a build left: the core's, and mypyc's shared runtime at the root."""
-    folder = ROOT / "keysched"
-    found = [p for name in CORE_MODULES + INTERPRETED for p in folder.glob(f"{name}.*.so")]
+    """The extension modules a build left: every one shadowing a ``.py`` in ``keysched/`` or
+    ``sim/`` (whichever list built it), and mypyc's shared runtime at the root."""
+    found = [path for folder in ("keysched", "sim") for path in (ROOT / folder).glob("*.so")
+             if path.with_name(path.name.split(".")[0] + ".py").exists()]
     found += list(ROOT.glob("*__mypyc.*.so"))
     return found
 
@@ -63,12 +75,14 @@ def clean() -> None:
         print("removed build/")
 
 
-def build() -> None:
+def build(with_sim: bool) -> None:
     from mypyc.build import mypycify
     from setuptools import setup
 
     os.chdir(ROOT)  # mypyc names the modules from the paths, relative to the project root
     sources = [f"keysched/{name}.py" for name in CORE_MODULES]
+    if with_sim:
+        sources += [f"sim/{name}.py" for name in SIM_MODULES]
     setup(
         name="keysched-compiled-core",
         packages=[],
@@ -77,17 +91,21 @@ def build() -> None:
         script_args=["build_ext", "--inplace"],
     )
     print(f"compiled {len(CORE_MODULES)} core modules; interpreted: {', '.join(INTERPRETED)}")
+    if with_sim:
+        print(f"compiled {len(SIM_MODULES)} simulator modules: {', '.join(SIM_MODULES)}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clean", action="store_true",
                         help="remove the compiled modules and build/ (back to the pure core)")
+    parser.add_argument("--with-sim", action="store_true",
+                        help="also compile the simulator's per-request modules (sim/)")
     args = parser.parse_args(argv)
     if args.clean:
         clean()
     else:
-        build()
+        build(args.with_sim)
     return 0
 
 

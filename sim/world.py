@@ -234,12 +234,14 @@ class _Group:
 
     def change(self, rpm: int | None, tpm: int | None, rpd: int | None) -> None:
         """Set the quotas given (a tier change); ``None`` keeps one as it is."""
+        # float(): the attributes are floats (math.inf when unlimited); mypyc, compiling this
+        # module (scripts/build_compiled_core.py --with-sim), refuses an int stored in them.
         if rpm is not None:
-            self.rpm = rpm
+            self.rpm = float(rpm)
         if tpm is not None:
-            self.tpm = tpm
+            self.tpm = float(tpm)
         if rpd is not None:
-            self.rpd = rpd
+            self.rpd = float(rpd)
         self.zero = 0 in (self.rpm, self.tpm, self.rpd)
 
     def slide(self, t: float) -> None:
