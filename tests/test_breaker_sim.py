@@ -2,16 +2,17 @@
 
 Independent random 503s below the breaker's threshold are noise: over a long run of a busy model
 (5 or more requests per second, so a 10 s window holds 50 outcomes or more), the model is never
-taken out of rotation, and every request is answered.  A sustained storm trips it within the
-breaker's window.  (At a trickle of traffic, five 503s out of ten can happen by chance at 5%; it
-then costs one cooldown, during which the model is still probed once per second.)
+taken out of rotation once its first window has passed, and every request is answered.  A
+sustained storm trips it within the breaker's window.  (At a trickle of traffic, five 503s out
+of ten can happen by chance at 5%; it then costs one cooldown, during which the model is still
+probed once per second.)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from keysched import Policy
@@ -39,10 +40,15 @@ def _scenario(rate: float, p: float, seed: int, storm: tuple[float, float] | Non
 @settings(max_examples=20, deadline=None)
 @given(rate=st.sampled_from([5.0, 10.0, 30.0]), p=st.sampled_from([0.01, 0.03, 0.05]),
        seed=st.integers(0, 10_000))
+@example(rate=30.0, p=0.05, seed=95)
 def test_random_503s_below_the_threshold_never_cool_the_model(rate: float, p: float,
                                                               seed: int) -> None:
     result = simulate(_scenario(rate, p, seed, None), "least-loaded")
-    assert [e for e in result.events if e.kind == "model_cooled"] == []
+    # Within the first window it holds only the first few outcomes: at 30 requests/s and 5%,
+    # seed 95 sees five 503s among its first outcomes (retries included) and trips at 0.55 s,
+    # as five of ten is a storm by the breaker's rule.  Once a window is full, never.
+    full = Policy().overload_window
+    assert [e.time for e in result.events if e.kind == "model_cooled" and e.time >= full] == []
     metrics = compute(result)
     assert metrics.successes == metrics.requests
     assert metrics.attempts_per_success is not None
