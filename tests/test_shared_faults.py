@@ -24,7 +24,7 @@ from e2e_support import running_server, scenario_client
 from redis_support import OwnRedis
 
 from keysched import KeyschedError, RedisStore, RetryPolicy
-from keysched._store import Claim, SharedFact
+from keysched._store import Claim, StoredFact
 from sim.scenario import Scenario, parse_scenario
 
 WORKER = str(Path(__file__).with_name("shared_worker.py"))
@@ -91,7 +91,7 @@ async def test_a_killed_worker_frees_its_leases_at_their_expiry(shared_redis: st
         await store.aclose()
 
 
-async def facts_once_published(url: str, pool_name: str, *, key: str) -> tuple[SharedFact, ...]:
+async def facts_once_published(url: str, pool_name: str, *, key: str) -> tuple[StoredFact, ...]:
     """The pool's shared facts on Redis, read again until one is about `key` or `GUARD` passes.
 
     The client publishes in the background: a fixed wait (0.2 s) was sometimes too short on a
