@@ -17,7 +17,7 @@ cooldown, its model's, its budget's next free slot):
   per request (issue 18 item 4).
 - `CapacityReturns.at`: the earliest time (a failed request's `retry_at`), the whole walk,
   remembered while nothing moved: once a pool's day has run out, every request fails at once
-  with it.  The answer for a request's models and tokens stands while the scheduler's change
+  with it.  The answer for a request's models, tokens and quota (or not) stands while the scheduler's change
   count and its attempt count (both in `stamp`) are unchanged and while it is still in the
   future: every term of it is a time that does not depend on `now` until `now` reaches it
   (cooldown ends, probe times, a budget's window or day end).
@@ -52,7 +52,8 @@ class CapacityReturns:
     def __init__(self, pool: Pool, retry: RetryPolicy) -> None:
         self._pool = pool
         self._retry = retry
-        self._known: dict[tuple[tuple[int, ...], int], tuple[tuple[int, int], float | None]] = {}
+        self._known: dict[tuple[tuple[int, ...], int, bool],
+                          tuple[tuple[int, int], float | None]] = {}
         self._witness: dict[tuple[int, ...], tuple[int, int]] = {}
 
     def too_late(self, request: Request, now: float, stamp: Stamp) -> bool:
@@ -74,7 +75,7 @@ class CapacityReturns:
         """When a lane that could serve the request is back (None: never, as far as known)."""
         if stamp is None:
             return self.earliest(request, now)
-        known = self._known.get((self._models(request), request.tokens))
+        known = self._known.get(self._key(request))
         if known is not None and known[0] == stamp and (known[1] is None or known[1] > now):
             return known[1]
         return self._remember(request, stamp, self.earliest(request, now))
@@ -86,15 +87,17 @@ class CapacityReturns:
         best = math.inf
         for model in models:
             for project in range(len(self._pool.groups)):
-                at = self.group_returns(model, project, request.tokens, now)
+                at = self.group_returns(model, project, request.tokens, request.quota, now)
                 if at is not None:
                     best = min(best, at)
         return best if math.isfinite(best) else None
 
-    def group_returns(self, model_index: int, project_index: int, tokens: int,
+    def group_returns(self, model_index: int, project_index: int, tokens: int, quota: bool,
                       now: float) -> float | None:
         """When the (project, model) group may serve a request of `tokens` again (None: the
-        group, its model or its project is out of service)."""
+        group, its model or its project is out of service).  A request that spends no quota
+        (`quota` false: a countTokens call) is not held back by the group's budget, as
+        `Placement.verdict` does not hold it back."""
         pool = self._pool
         model = pool.models[model_index]
         group = pool.groups[project_index][model_index]
@@ -104,7 +107,7 @@ class CapacityReturns:
         # before its budget frees: both can return capacity early.
         model_at = min(model.cool_until, max(now, model.probe_at))
         at = max(now, group.cool_until, model_at)
-        if group.budget is not None and group.budget.limited:
+        if quota and group.budget is not None and group.budget.limited:
             free = group.budget.free_at(now, tokens)
             at = max(at, min(free, max(now, group.relearn_at)))
         return at
@@ -114,9 +117,13 @@ class CapacityReturns:
     def _models(self, request: Request) -> tuple[int, ...]:
         return request.models_left(self._retry.server_errors_per_model)
 
+    def _key(self, request: Request) -> tuple[tuple[int, ...], int, bool]:
+        """What a remembered answer depends on besides the pool: models, size, quota or not."""
+        return self._models(request), request.tokens, request.quota
+
     def _remembered(self, request: Request, now: float, stamp: tuple[int, int]) -> float | None:
         """The remembered earliest time, if it still stands and is a time (else None)."""
-        known = self._known.get((self._models(request), request.tokens))
+        known = self._known.get(self._key(request))
         if known is not None and known[0] == stamp and known[1] is not None and known[1] > now:
             return known[1]
         return None
@@ -125,7 +132,7 @@ class CapacityReturns:
                   returns: float | None) -> float | None:
         if len(self._known) > 4096:  # many sizes of request: start over rather than grow
             self._known.clear()
-        self._known[(self._models(request), request.tokens)] = (stamp, returns)
+        self._known[self._key(request)] = (stamp, returns)
         return returns
 
     def _first_back_by(self, request: Request, now: float, deadline: float,
@@ -135,13 +142,14 @@ class CapacityReturns:
         models = self._models(request)
         witness = self._witness.get(models)
         if witness is not None:
-            at = self.group_returns(witness[0], witness[1], request.tokens, now)
+            at = self.group_returns(witness[0], witness[1], request.tokens, request.quota,
+                                    now)
             if at is not None and at <= deadline:
                 return at
         best = math.inf
         for model in models:
             for project in range(len(self._pool.groups)):
-                at = self.group_returns(model, project, request.tokens, now)
+                at = self.group_returns(model, project, request.tokens, request.quota, now)
                 if at is None:
                     continue
                 if at <= deadline:

@@ -17,7 +17,9 @@ from keysched import (
     CapacityError,
     Fail,
     FailReason,
+    Finish,
     Key,
+    Limit,
     Outcome,
     OutcomeKind,
     PoolConfig,
@@ -57,6 +59,23 @@ def test_a_request_waits_when_capacity_returns_before_its_deadline() -> None:
     assert core.poll(T0) == []
     [retry] = [d for d in core.poll(T0 + 40) if isinstance(d, Dispatch)]
     assert retry.request == first.request
+
+
+def test_a_request_that_spends_no_quota_waits_for_a_busy_lane_past_a_spent_day() -> None:
+    """A countTokens call (spends no quota) is not held back by the day's budget, so it waits
+    for the busy lane instead of failing at once with midnight as `retry_at` (a review found
+    the budget's next free time counted for it)."""
+    config = PoolConfig(keys=[Key(secret="s", label="k", project="p")], models=["m"],
+                        limits=[Limit(model="m", rpd=1)], max_in_flight_per_key=1)
+    core = Scheduler(config, rng=random.Random(0), wall_epoch=WALL)
+    core.submit(T0, deadline=600.0)
+    [first] = [d for d in core.poll(T0) if isinstance(d, Dispatch)]  # the day's one request
+    counting = core.submit(T0 + 1, deadline=60.0, spends_quota=False)
+    assert core.poll(T0 + 1) == []  # waits for the lane
+    core.complete(first.attempt, Outcome(kind=OutcomeKind.SUCCESS), T0 + 2)
+    decisions = core.poll(T0 + 2)
+    assert [(type(d), d.request) for d in decisions if not isinstance(d, Finish)] == [
+        (Dispatch, counting)]
 
 
 async def test_the_client_raises_at_once_with_retry_at_when_the_day_is_spent() -> None:

@@ -26,7 +26,7 @@ MODELS = ["best", "cheap"]
 
 _step = st.one_of(
     st.tuples(st.just("submit"), st.sampled_from([None, ("best",), ("cheap", "best")]),
-              st.sampled_from([0, 50, 300])),
+              st.sampled_from([0, 50, 300]), st.booleans()),
     st.tuples(st.just("answer"), st.integers(0, 20),
               st.sampled_from([OutcomeKind.SUCCESS, OutcomeKind.SUCCESS,
                                OutcomeKind.RATE_LIMITED_MINUTE, OutcomeKind.RATE_LIMITED_DAY])),
@@ -61,7 +61,8 @@ def test_the_early_stop_answers_as_the_whole_walk(seed: int, steps: list[tuple[o
     stamp = (0, 0)
     for step in steps:
         if step[0] == "submit":
-            core.submit(now, models=step[1], input_tokens=step[2], deadline=600.0)
+            core.submit(now, models=step[1], input_tokens=step[2], deadline=600.0,
+                        spends_quota=step[3])
         elif step[0] == "answer" and in_flight:
             core.complete(in_flight.pop(step[1] % len(in_flight)), _outcome(step[2]), now)
         elif step[0] == "wait":
