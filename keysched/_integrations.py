@@ -30,9 +30,10 @@ Decisions where the issue was silent:
   httpx error it would have seen.  A stream the SDK closes early ends the request as cancelled.
 - Pass-through requests (anything `route` does not schedule) go out once, with the first key
   the pool has not disabled, through the client's httpx client (or one of the transport's own
-  when the client sends through aiohttp).  A key the server refuses for good (invalid, leaked,
-  forbidden) is disabled in the pool as a scheduled call's refusal would disable it, and the
-  request goes out again with the next key; any other answer reaches the SDK as it came.
+  when the client sends through aiohttp).  An answer naming the key as unusable (invalid,
+  leaked, a refused key type) disables it in the pool as a scheduled call's refusal would, and
+  the request goes out again with the next key; any other answer (a 403 about another
+  project's resource, say) reaches the SDK as it came, and so does the last refusal.
   Files and cached contents belong to the Google project of the key that made them; a pool
   spanning several projects should not rely on a generation call finding a file another
   project's key uploaded.
@@ -72,6 +73,11 @@ HttpAnswer = tuple[int, Mapping[str, str], bytes]
 
 _SYNTHESIZED = {FailReason.NO_USABLE_LANE: (403, "PERMISSION_DENIED")}
 _CAPACITY = (429, "RESOURCE_EXHAUSTED")
+# Answers that name the key itself as unusable, whatever the route.  `KEY_FORBIDDEN` is not
+# among them: the wire gives it to any 403 PERMISSION_DENIED and 400 FAILED_PRECONDITION, which
+# on a pass-through route are about the resource asked for.
+_KEY_REFUSALS = frozenset({OutcomeKind.KEY_INVALID, OutcomeKind.KEY_LEAKED,
+                           OutcomeKind.KEY_TYPE_UNSUPPORTED})
 
 
 class _Answer(NamedTuple):
@@ -137,14 +143,19 @@ class PoolTransport(httpx.AsyncBaseTransport):
     async def _pass_through(self, request: httpx.Request, body: bytes) -> httpx.Response:
         """Send a request the pool does not schedule with the first key it has not disabled.
 
-        A key the server refuses for good (the policy's table disables it: an invalid, leaked
-        or forbidden key) is disabled in the pool, as a generation call's refusal would, and
-        the next key is tried: the server refused it before doing anything.
+        An answer that says the key itself is unusable (`_KEY_REFUSALS`: invalid, leaked, a
+        type the API refuses; the server refused it before doing anything) disables the key in
+        the pool, as a scheduled call's refusal would, and the request goes out with the next
+        key.  Any other answer reaches the SDK as it came: on a pass-through route a 403 or a
+        400 FAILED_PRECONDITION is about the resource (another project's tuned model, a batch
+        already ended), not the key.  When every key was refused, the last refusal reaches it.
         """
         client = self._client
         refused: set[str] = set()
+        key = self._pass_through_key(refused)
+        if key is None:
+            raise UsageError("no usable key is left in the pool for a pass-through request")
         while True:
-            key = self._pass_through_key(refused)
             response = await self._send_once(request, body, key)
             marks = {"x-keysched-key": key.label or "",
                      "x-keysched-attempts": str(len(refused) + 1)}
@@ -159,26 +170,29 @@ class PoolTransport(httpx.AsyncBaseTransport):
                 raw = await response.aread()
             finally:
                 await response.aclose()
+            answer = httpx.Response(response.status_code,
+                                    headers=response_headers(response.headers.multi_items(),
+                                                             redactor.redact, marks),
+                                    content=redactor.redact_bytes(raw))
             kind = classify(response.status_code, raw, response.headers).outcome.kind
-            if client._core.policy.actions[kind].effect is not Effect.DISABLE_KEY:
-                return httpx.Response(response.status_code,
-                                      headers=response_headers(response.headers.multi_items(),
-                                                               redactor.redact, marks),
-                                      content=redactor.redact_bytes(raw))
+            if kind not in _KEY_REFUSALS or (
+                    client._core.policy.actions[kind].effect is not Effect.DISABLE_KEY):
+                return answer
             label = key.label or ""
             now = client._clock()
             client._core.learn(now, DisabledKey(key=label, reason=kind.value))
             client._pump.pump(now)  # logs the key_disabled event and shares it, as for a call
             refused.add(label)
+            key = self._pass_through_key(refused)
+            if key is None:
+                return answer
 
-    def _pass_through_key(self, refused: set[str]) -> Key:
+    def _pass_through_key(self, refused: set[str]) -> Key | None:
+        """The first key of the pool neither disabled nor `refused` (None: none is left)."""
         snapshot = self._client.snapshot()
         disabled = {lane.key for lane in snapshot.lanes if lane.state is LaneState.DISABLED}
-        key = next((key for key in self._client._config.keys
-                    if key.label not in disabled and key.label not in refused), None)
-        if key is None:
-            raise UsageError("no usable key is left in the pool for a pass-through request")
-        return key
+        return next((key for key in self._client._config.keys
+                     if key.label not in disabled and key.label not in refused), None)
 
     async def _send_once(self, request: httpx.Request, body: bytes, key: Key) -> httpx.Response:
         bearer = "/openai/" in request.url.path

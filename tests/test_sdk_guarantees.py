@@ -145,3 +145,44 @@ async def test_a_pass_through_request_refused_for_its_key_disables_it_and_goes_o
     assert seen == [K1, K2, K2, K2]  # the refused key is never sent again
     assert (lane.state, lane.reason) == (LaneState.DISABLED, "key_invalid")
     assert [e.key for e in events] == ["key#1"]
+
+
+@BACKENDS
+async def test_a_pass_through_refusal_about_the_resource_disables_nothing(fast: bool) -> None:
+    """On a pass-through route a 403 PERMISSION_DENIED (another project's tuned model) or a 400
+    FAILED_PRECONDITION (a batch already ended) is about the resource: it reaches the SDK as it
+    came, sent once, and no key is disabled (a review found one such call disabling the whole
+    pool).  When every key is invalid, the last refusal reaches the SDK, not a UsageError."""
+    seen: list[str] = []
+
+    async def refuse(request: Request, writer: asyncio.StreamWriter) -> None:
+        seen.append(request.key)
+        if "tunedModels" in request.line:
+            status, body = 403, json.dumps({"error": {
+                "code": 403, "status": "PERMISSION_DENIED",
+                "message": "You do not have permission to access tunedModels/mine"}}).encode()
+        elif ":cancel" in request.line:
+            status, body = 400, json.dumps({"error": {
+                "code": 400, "status": "FAILED_PRECONDITION",
+                "message": "The batch is already in a terminal state"}}).encode()
+        else:
+            status, body = 400, fixture_body("400_api_key_invalid.json")
+        writer.write(head(status, "application/json", content_length=len(body)) + body)
+        await writer.drain()
+
+    async with RawServer(refuse) as server:
+        async with KeyedClient([K1, K2], [FLASH], base_url=server.url + "/v1beta",
+                               fast=fast) as client:
+            async with httpx.AsyncClient(transport=client.transport(), timeout=None) as http:
+                tuned = await http.get(f"{server.url}/v1beta/tunedModels/mine")
+                cancel = await http.post(f"{server.url}/v1beta/batches/123:cancel")
+                assert seen == [K1, K1]  # each sent once
+                assert all(lane.state is not LaneState.DISABLED
+                           for lane in client.snapshot().lanes)
+                listing = await http.get(f"{server.url}/v1beta/models")
+            states = {lane.key: lane.state for lane in client.snapshot().lanes}
+    assert (tuned.status_code, cancel.status_code) == (403, 400)
+    assert "API_KEY_INVALID" in listing.text  # the last refusal, as Google sent it
+    assert (listing.status_code, listing.headers["x-keysched-attempts"]) == (400, "2")
+    assert seen == [K1, K1, K1, K2]
+    assert states == {"key#1": LaneState.DISABLED, "key#2": LaneState.DISABLED}
