@@ -30,8 +30,8 @@ Definitions (decisions where the issue was silent are marked *):
   uses and each Pacific day the run touches, the least of RPM x that day's minute windows, RPD,
   and (TPM // the smallest input size) x that day's minute windows, counting the wall-clock
   minute windows the world counts; summed over days and groups.  ``[[quota_changes]]`` are
-  followed: each minute window counts under the quota in force when it starts (see
-  `capacity`).  ``None`` when some group is unlimited.
+  followed: each minute window counts under the quota in force in it, the larger of the two
+  where a change falls inside it (see `capacity`).  ``None`` when some group is unlimited.
 - ``recovery_time``: for each fault window that ends inside the run, the time from its end to
   the first successful attempt started after it on the fault's model (any model when the fault
   names none); the worst of them.  ``None`` with no such window; ``math.inf`` if it never
@@ -230,21 +230,29 @@ def _day_bound(spans: list[tuple[float, QuotaSpec]], day: tuple[float, float],
     Span by span: its minute windows under its RPM and TPM, with the day's running total held
     to the span's RPD.  Admitting as much as possible early never lowers what the day ends
     with, so this greedy count is the most.  Pacific midnight falls on a minute boundary, so
-    every window belongs to exactly one day; a window a change falls inside is counted under
-    the quota before the change.
+    every window belongs to exactly one day.  A window a change falls inside admits the larger
+    of the two per-minute limits: the world keeps the minute's count and checks it against the
+    new limit from the change on.
     """
     day_start, day_end = day
     admitted = 0.0
+    previous = 0.0  # the per-minute limit of the span before (0: none, or the model lacked)
     ends = [at for at, _ in spans[1:]] + [math.inf]
     for (at, quota), until in zip(spans, ends, strict=True):
         start, end = max(at, day_start), min(until, day_end)
-        if start >= end or quota.lacks_model:
+        if start >= end:
+            continue
+        if quota.lacks_model:
+            previous = 0.0
             continue
         first = math.floor(start / 60.0) if start == day_start else math.ceil(start / 60.0)
         minutes = max(0, math.ceil(end / 60.0) - first)
         per_minute = min(math.inf if quota.rpm is None else quota.rpm,
                          math.inf if quota.tpm is None else quota.tpm // max(1, smallest))
         in_windows = per_minute * minutes if minutes else 0.0
+        if start != day_start and start % 60.0:  # the window counted with the span before
+            in_windows += max(0.0, per_minute - previous)
+        previous = per_minute
         if quota.rpd is None:
             admitted += in_windows
         else:

@@ -183,6 +183,11 @@ def test_capacity_follows_quota_changes() -> None:
         assert capacity(cut) == a + 100
     everyone = attrs.evolve(scenario, quota_changes=(QuotaChange(at=300, model="m1", rpm=20),))
     assert capacity(everyone) == 2 * (5 * 10 + 5 * 20)
+    # A change inside a minute: the world checks that minute's count against the new limit.
+    within = attrs.evolve(scenario, quota_changes=(QuotaChange(at=30, model="m1", rpm=1000),))
+    assert capacity(within) == 2 * 10 * 1000
+    cut_within = attrs.evolve(scenario, quota_changes=(QuotaChange(at=30, model="m1", rpm=5),))
+    assert capacity(cut_within) == 2 * (10 + 9 * 5)
 
 
 def test_a_revocation_with_an_end_counts_only_its_window() -> None:
