@@ -187,7 +187,13 @@ class PoolCollector(Collector):
         async def take() -> PoolSnapshot:
             return self._client.snapshot()
 
-        return asyncio.run_coroutine_threadsafe(take(), loop).result(timeout=SNAPSHOT_TIMEOUT)
+        taking = take()
+        try:
+            future = asyncio.run_coroutine_threadsafe(taking, loop)
+        except RuntimeError:  # the loop closed since the check above: nothing runs on it now
+            taking.close()
+            return self._client.snapshot()
+        return future.result(timeout=SNAPSHOT_TIMEOUT)
 
     def _groups(self, groups: tuple[GroupSnapshot, ...]) -> Iterator[Metric]:
         name = self._prefix
