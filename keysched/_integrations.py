@@ -53,14 +53,12 @@ import httpx
 from keysched._config import Key
 from keysched._decisions import Dispatch, Fail, FailReason
 from keysched._errors import ServiceError, UsageError
-from keysched._facts import DisabledKey
 from keysched._outcomes import OutcomeKind
 from keysched._routes import Route, attempt_headers, response_headers, route
 from keysched._session import Session, failure
 from keysched._snapshot import LaneState
 from keysched._sse import SSEParser, StreamEvent
 from keysched._streaming import answered
-from keysched._table import Effect
 from keysched._transport import HttpxBackend, StreamResponse, TransportFailure, TransportTimeout
 from keysched._wire import SAFETY_FINISH_REASONS, Classified, classify
 
@@ -175,13 +173,9 @@ class PoolTransport(httpx.AsyncBaseTransport):
                                                              redactor.redact, marks),
                                     content=redactor.redact_bytes(raw))
             kind = classify(response.status_code, raw, response.headers).outcome.kind
-            if kind not in _KEY_REFUSALS or (
-                    client._core.policy.actions[kind].effect is not Effect.DISABLE_KEY):
-                return answer
             label = key.label or ""
-            now = client._clock()
-            client._core.learn(now, DisabledKey(key=label, reason=kind.value))
-            client._pump.pump(now)  # logs the key_disabled event and shares it, as for a call
+            if kind not in _KEY_REFUSALS or not client._pump.key_refused(label, kind):
+                return answer
             refused.add(label)
             key = self._pass_through_key(refused)
             if key is None:

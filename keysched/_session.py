@@ -73,11 +73,13 @@ from keysched._errors import (
     ServiceError,
     UsageError,
 )
+from keysched._facts import DisabledKey
 from keysched._outcomes import Outcome, OutcomeKind, Violation
 from keysched._redact import Redactor
 from keysched._results import AttemptRecord
 from keysched._snapshot import PoolEvent
 from keysched._store import Claim
+from keysched._table import Effect
 from keysched._transport import (
     ResponseTooLarge,
     TransportFailure,
@@ -284,6 +286,18 @@ class Pump:
             if logger.isEnabledFor(level):
                 _log(event, level)
         self.timer.arm(core.next_deadline())
+
+    def key_refused(self, label: str, kind: OutcomeKind) -> bool:
+        """The server refused the key `label` outside any scheduled attempt (a pass-through
+        request of the SDK transport) with an answer of `kind`: disable it as an attempt's
+        refusal would (when the policy's table disables keys on `kind`) and announce it, logged
+        and shared as any.  Returns whether the key was disabled."""
+        if self.core.policy.actions[kind].effect is not Effect.DISABLE_KEY:
+            return False
+        now = self.clock()
+        self.core.learn(now, DisabledKey(key=label, reason=kind.value))
+        self.pump(now)
+        return True
 
     def watch(self, recorder: Recorder) -> None:
         """Record the outcome trace with `recorder`: every attempt (as an observer) and every
