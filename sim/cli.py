@@ -93,6 +93,17 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
 ]
 
 
+def _positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="python -m sim",
@@ -106,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trace", metavar="FILE", default=None,
                         help="with no command: write every run's attempts as JSON lines, one "
                              "file per run (FILE's name with -SCENARIO-POLICY added)")
+    parser.add_argument("--jobs", metavar="N", type=_positive, default=None,
+                        help="with no command: simulate in N worker processes (default: one "
+                             "per CPU; 1: in this process)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _COMMANDS:
         add(subparsers)
@@ -124,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             from sim.commands import main_default
 
-            return main_default(args.plot, args.plot_dir, args.trace)
+            return main_default(args.plot, args.plot_dir, args.trace, args.jobs)
         handler: Handler = args.handler
         return handler(args)
     except ScenarioError as exc:

@@ -29,11 +29,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 from sim.cli import DEFAULT_PLOT_DIR
 from sim.engine import RunResult, pool_config, run
@@ -93,42 +96,100 @@ Keep = Callable[[str, str], bool]
 
 def _runs(scenarios: Sequence[str], policies: Sequence[str], seed: int | None,
           quiet: bool = False, progress: Progress | None = None, keep: Keep = lambda s, p: False,
-          trace: str | None = None) -> tuple[list[RunResult], list[Metrics]]:
+          trace: str | None = None, jobs: int = 1) -> tuple[list[RunResult], list[Metrics]]:
     """Every policy through every scenario: the metrics of each run, computed as it goes, and
     the full records of the runs `keep` names (the ones drawn).  Each run is announced on
     stderr as it starts and ends, unless `quiet`; with `progress`, only counted there.  With
-    `trace`, each run goes to that file as a `keysched.trace` (see `sim.tracefile`)."""
-    results, metrics = [], []
+    `trace`, each run goes to that file as a `keysched.trace` (see `sim.tracefile`).  With
+    `jobs` above 1, the runs share that many worker processes (`_in_parallel`)."""
     many = len(scenarios) * len(policies) > 1
-    for name in scenarios:
-        scenario = load_scenario(name)
-        for policy in policies:
-            started = time.perf_counter()
+    named = {source: load_scenario(source).name for source in scenarios}  # a path's own name
+    tasks = [_Task(source, named[source], policy, seed, keep(named[source], policy),
+                   None if trace is None else str(
+                       _trace_path(trace, named[source], policy) if many else Path(trace)))
+             for source in scenarios for policy in policies]
+    if jobs > 1 and many:
+        done = _in_parallel(tasks, jobs, progress)
+    else:
+        done = []
+        for task in tasks:
             loud = not quiet and progress is None
             if loud:
-                print(f"running {scenario.name} / {policy} ...", end="", file=sys.stderr,
+                print(f"running {task.scenario} / {task.policy} ...", end="", file=sys.stderr,
                       flush=True)
-            recorder = MetricsRecorder(scenario)
-            full = FullRecorder() if keep(scenario.name, policy) else None
-            with contextlib.ExitStack() as stack:
-                observers: list[Observer] = [recorder] if full is None else [recorder, full]
-                if trace is not None:
-                    path = _trace_path(trace, scenario.name, policy) if many else Path(trace)
-                    writer = TraceWriter(stack.enter_context(path.open("w", encoding="utf-8")),
-                                         scenario, pool_config(scenario, get_policy(policy)))
-                    stack.callback(writer.close)  # runs before the file closes
-                    observers.append(writer)
-                summary = run(scenario, policy, seed, observers=observers,
-                              record_events=full is not None)
-            metrics.append(recorder.metrics(summary))
-            if full is not None:
-                results.append(full.result(summary))
+            done.append(task.run())
             if loud:
-                print(f" {summary.submitted} requests in "
-                      f"{time.perf_counter() - started:.2f} s", file=sys.stderr)
+                print(f" {done[-1].metrics.requests} requests in {done[-1].seconds:.2f} s",
+                      file=sys.stderr)
             if progress is not None:
-                progress.step(f"{scenario.name} / {policy}")
-    return results, metrics
+                progress.step(task.label)
+    results = [run.result for run in done if run.result is not None]
+    return results, [run.metrics for run in done]
+
+
+@attrs.frozen
+class _Done:
+    """What one run gives back: its metrics, its records if kept, its wall seconds."""
+
+    metrics: Metrics
+    result: RunResult | None
+    seconds: float
+
+
+@attrs.frozen
+class _Task:
+    """One run of the comparison, as a worker process is handed it (plain, picklable data)."""
+
+    source: str  # what `load_scenario` is given: a built-in's name or a file's path
+    scenario: str  # the scenario's name
+    policy: str
+    seed: int | None
+    keep: bool
+    trace: str | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.scenario} / {self.policy}"
+
+    def run(self) -> _Done:
+        started = time.perf_counter()
+        scenario = load_scenario(self.source)
+        recorder = MetricsRecorder(scenario)
+        full = FullRecorder() if self.keep else None
+        with contextlib.ExitStack() as stack:
+            observers: list[Observer] = [recorder] if full is None else [recorder, full]
+            if self.trace is not None:
+                writer = TraceWriter(stack.enter_context(open(self.trace, "w", encoding="utf-8")),
+                                     scenario, pool_config(scenario, get_policy(self.policy)))
+                stack.callback(writer.close)  # runs before the file closes
+                observers.append(writer)
+            summary = run(scenario, self.policy, self.seed, observers=observers,
+                          record_events=full is not None)
+        return _Done(recorder.metrics(summary), None if full is None else full.result(summary),
+                     time.perf_counter() - started)
+
+
+def _in_parallel(tasks: list[_Task], jobs: int, progress: Progress | None) -> list[_Done]:
+    """Run `tasks` in `jobs` worker processes; their results in the tasks' order.
+
+    Each run is seeded on its own, so a run gives the same result in any process and order
+    (`tests/test_cli.py` holds the parallel comparison equal to the serial one).
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    done: list[_Done | None] = [None] * len(tasks)
+    # Spawned, not forked: a caller's threads (a test run's, an application's) hold locks a
+    # forked child would inherit held.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = {pool.submit(tasks[index].run): index for index in range(len(tasks))}
+        for future in as_completed(futures):
+            index = futures[future]
+            done[index] = future.result()
+            if progress is not None:
+                progress.step(tasks[index].label)
+    return [run for run in done if run is not None]
 
 
 def _trace_path(trace: str, scenario: str, policy: str) -> Path:
@@ -215,20 +276,21 @@ def add_commands(subparsers: Any) -> None:
 
 
 def main_default(plot: str = "summary", plot_dir: str = DEFAULT_PLOT_DIR,
-                 trace: str | None = None) -> int:
+                 trace: str | None = None, jobs: int | None = None) -> int:
     """Every policy on the default scenarios: print the table and write figures to `plot_dir`.
 
     `plot` is ``"summary"`` (an overview of every run and three figures of the default policy,
     a few seconds), ``"all"`` (also three figures per run of the default policy and
     ``router-like``, and one comparison per scenario: a minute or more) or ``"none"``.  Only
     the runs drawn keep every record; with `trace`, every run writes its attempts (see
-    `TRACE_HELP`).
+    `TRACE_HELP`).  The runs share `jobs` worker processes (default: one per CPU).
     """
     runs = len(DEFAULT_SCENARIOS) * len(POLICY_NAMES)
+    jobs = min(runs, os.cpu_count() or 1) if jobs is None else jobs
     progress = Progress(f"simulating {runs} runs ({len(DEFAULT_SCENARIOS)} scenarios x "
                         f"{len(POLICY_NAMES)} policies)", runs)
     results, metrics = _runs(DEFAULT_SCENARIOS, POLICY_NAMES, None, progress=progress,
-                             keep=_drawn(plot), trace=trace)
+                             keep=_drawn(plot), trace=trace, jobs=jobs)
     progress.finish(f"{sum(m.requests for m in metrics):,} simulated requests")
     print(format_table(metrics))
     print(LEGEND)
