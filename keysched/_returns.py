@@ -39,6 +39,20 @@ Stamp = tuple[int, int] | None
 """What moved since: the scheduler's change count and attempt count (None: the reference)."""
 
 
+class _Remembered:
+    """An earliest time (None: never) as of `stamp`."""
+
+    __slots__ = ("returns", "stamp")
+
+    def __init__(self, stamp: tuple[int, int], returns: float | None) -> None:
+        self.stamp = stamp
+        self.returns = returns
+
+    def stands(self, stamp: tuple[int, int], now: float) -> bool:
+        """Whether it still holds: nothing moved since, and it is not yet past."""
+        return self.stamp == stamp and (self.returns is None or self.returns > now)
+
+
 class CapacityReturns:
     """The scheduler's questions of when capacity returns, with what it remembers to answer them.
 
@@ -52,8 +66,7 @@ class CapacityReturns:
     def __init__(self, pool: Pool, retry: RetryPolicy) -> None:
         self._pool = pool
         self._retry = retry
-        self._known: dict[tuple[tuple[int, ...], int, bool],
-                          tuple[tuple[int, int], float | None]] = {}
+        self._known: dict[tuple[tuple[int, ...], int, bool], _Remembered] = {}
         self._witness: dict[tuple[int, ...], tuple[int, int]] = {}
 
     def too_late(self, request: Request, now: float, stamp: Stamp) -> bool:
@@ -65,19 +78,19 @@ class CapacityReturns:
         request.weighed = self._pool.benched
         if stamp is None:
             returns = self.earliest(request, now)
-        else:
-            returns = self._remembered(request, now, stamp)
-            if returns is None:  # not remembered: walk, stopping at a group back in time
-                returns = self._first_back_by(request, now, request.deadline, stamp)
+        elif (known := self._standing(request, now, stamp)) is not None:
+            returns = known.returns
+        else:  # not remembered: walk, stopping at a group back in time
+            returns = self._first_back_by(request, now, request.deadline, stamp)
         return returns is not None and returns > request.deadline
 
     def at(self, request: Request, now: float, stamp: Stamp) -> float | None:
         """When a lane that could serve the request is back (None: never, as far as known)."""
         if stamp is None:
             return self.earliest(request, now)
-        known = self._known.get(self._key(request))
-        if known is not None and known[0] == stamp and (known[1] is None or known[1] > now):
-            return known[1]
+        known = self._standing(request, now, stamp)
+        if known is not None:
+            return known.returns
         return self._remember(request, stamp, self.earliest(request, now))
 
     def earliest(self, request: Request, now: float) -> float | None:
@@ -121,18 +134,16 @@ class CapacityReturns:
         """What a remembered answer depends on besides the pool: models, size, quota or not."""
         return self._models(request), request.tokens, request.quota
 
-    def _remembered(self, request: Request, now: float, stamp: tuple[int, int]) -> float | None:
-        """The remembered earliest time, if it still stands and is a time (else None)."""
+    def _standing(self, request: Request, now: float, stamp: tuple[int, int]) -> _Remembered | None:
+        """The remembered answer for the request, if it still stands."""
         known = self._known.get(self._key(request))
-        if known is not None and known[0] == stamp and known[1] is not None and known[1] > now:
-            return known[1]
-        return None
+        return known if known is not None and known.stands(stamp, now) else None
 
     def _remember(self, request: Request, stamp: tuple[int, int],
                   returns: float | None) -> float | None:
         if len(self._known) > 4096:  # many sizes of request: start over rather than grow
             self._known.clear()
-        self._known[self._key(request)] = (stamp, returns)
+        self._known[self._key(request)] = _Remembered(stamp, returns)
         return returns
 
     def _first_back_by(self, request: Request, now: float, deadline: float,
