@@ -44,7 +44,7 @@ from sim.metrics import Metrics, MetricsRecorder
 from sim.policies import POLICY_NAMES, get_policy
 from sim.records import FullRecorder, Observer
 from sim.report import LEGEND, format_table
-from sim.scenario import builtin_scenarios, load_scenario
+from sim.scenario import Scenario, builtin_scenarios, load_scenario
 from sim.tracefile import TraceWriter
 
 __all__ = ["DEFAULT_PLOT_DIR", "DEFAULT_SCENARIOS", "Progress", "add_commands", "main",
@@ -103,11 +103,11 @@ def _runs(scenarios: Sequence[str], policies: Sequence[str], seed: int | None,
     `trace`, each run goes to that file as a `keysched.trace` (see `sim.tracefile`).  With
     `jobs` above 1, the runs share that many worker processes (`_in_parallel`)."""
     many = len(scenarios) * len(policies) > 1
-    named = {source: load_scenario(source).name for source in scenarios}  # a path's own name
-    tasks = [_Task(source, named[source], policy, seed, keep(named[source], policy),
+    loaded = [load_scenario(name) for name in scenarios]
+    tasks = [_Task(scenario, policy, seed, keep(scenario.name, policy),
                    None if trace is None else str(
-                       _trace_path(trace, named[source], policy) if many else Path(trace)))
-             for source in scenarios for policy in policies]
+                       _trace_path(trace, scenario.name, policy) if many else Path(trace)))
+             for scenario in loaded for policy in policies]
     if jobs > 1 and many:
         done = _in_parallel(tasks, jobs, progress)
     else:
@@ -115,8 +115,7 @@ def _runs(scenarios: Sequence[str], policies: Sequence[str], seed: int | None,
         for task in tasks:
             loud = not quiet and progress is None
             if loud:
-                print(f"running {task.scenario} / {task.policy} ...", end="", file=sys.stderr,
-                      flush=True)
+                print(f"running {task.label} ...", end="", file=sys.stderr, flush=True)
             done.append(task.run())
             if loud:
                 print(f" {done[-1].metrics.requests} requests in {done[-1].seconds:.2f} s",
@@ -138,10 +137,9 @@ class _Done:
 
 @attrs.frozen
 class _Task:
-    """One run of the comparison, as a worker process is handed it (plain, picklable data)."""
+    """One run of the comparison, as a worker process is handed it (picklable)."""
 
-    source: str  # what `load_scenario` is given: a built-in's name or a file's path
-    scenario: str  # the scenario's name
+    scenario: Scenario
     policy: str
     seed: int | None
     keep: bool
@@ -149,11 +147,11 @@ class _Task:
 
     @property
     def label(self) -> str:
-        return f"{self.scenario} / {self.policy}"
+        return f"{self.scenario.name} / {self.policy}"
 
     def run(self) -> _Done:
         started = time.perf_counter()
-        scenario = load_scenario(self.source)
+        scenario = self.scenario
         recorder = MetricsRecorder(scenario)
         full = FullRecorder() if self.keep else None
         with contextlib.ExitStack() as stack:
