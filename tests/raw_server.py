@@ -152,6 +152,11 @@ def head(status: int = 200, content_type: str = "text/event-stream", **fields: s
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
+def json_response(status: int, body: bytes, **fields: str | int) -> bytes:
+    """A whole JSON response: its head (with its length and `fields` as headers) and `body`."""
+    return head(status, "application/json", content_length=len(body), **fields) + body
+
+
 def event(text: str, finish: str | None = None) -> bytes:
     """One SSE event carrying one chunk of a streamed answer."""
     candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"},

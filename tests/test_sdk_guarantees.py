@@ -12,7 +12,7 @@ import json
 import httpx
 import pytest
 from helpers import body as fixture_body
-from raw_server import BACKENDS, RawServer, Request, answer, head, hold
+from raw_server import BACKENDS, RawServer, Request, answer, hold, json_response
 
 from keysched import KeyedClient, LaneState, ResponseTooLargeError, UsageError
 
@@ -42,8 +42,7 @@ async def test_an_error_quoting_every_key_of_the_pool_reaches_the_sdk_redacted(
     async def quote_both(request: Request, writer: asyncio.StreamWriter) -> None:
         body = json.dumps({"error": {"code": 400, "status": "INVALID_ARGUMENT",
                                      "message": f"bad keys {K1} and {K2}"}}).encode()
-        writer.write(head(400, "application/json", content_length=len(body),
-                          x_echo=f"{K1} {K2}") + body)
+        writer.write(json_response(400, body, x_echo=f"{K1} {K2}"))
         await writer.drain()
 
     async with RawServer(quote_both) as server:
@@ -62,7 +61,7 @@ async def test_an_error_quoting_every_key_of_the_pool_reaches_the_sdk_redacted(
 async def test_an_answer_over_the_cap_raises_the_typed_error_through_the_sdk(fast: bool) -> None:
     async def big(request: Request, writer: asyncio.StreamWriter) -> None:
         body = answer("x" * 5000)
-        writer.write(head(200, "application/json", content_length=len(body)) + body)
+        writer.write(json_response(200, body))
         await writer.drain()
 
     async with RawServer(big) as server:
@@ -97,7 +96,7 @@ async def test_aclose_ends_an_sdk_call_in_flight_and_closes_its_connection(fast:
 async def test_aclose_closes_what_a_pass_through_request_opened(fast: bool) -> None:
     async def models(request: Request, writer: asyncio.StreamWriter) -> None:
         body = b'{"models": []}'
-        writer.write(head(200, "application/json", content_length=len(body)) + body)
+        writer.write(json_response(200, body))
         await writer.drain()
         await hold(writer, 30)  # keep-alive: the connection stays until the client closes it
 
@@ -126,7 +125,7 @@ async def test_a_pass_through_request_refused_for_its_key_disables_it_and_goes_o
             status, body = 404, b'{"error": {"code": 404, "status": "NOT_FOUND"}}'
         else:
             status, body = 200, b'{"models": []}'
-        writer.write(head(status, "application/json", content_length=len(body)) + body)
+        writer.write(json_response(status, body))
         await writer.drain()
 
     async with RawServer(listing) as server:
@@ -167,7 +166,7 @@ async def test_a_pass_through_refusal_about_the_resource_disables_nothing(fast: 
                 "message": "The batch is already in a terminal state"}}).encode()
         else:
             status, body = 400, fixture_body("400_api_key_invalid.json")
-        writer.write(head(status, "application/json", content_length=len(body)) + body)
+        writer.write(json_response(status, body))
         await writer.drain()
 
     async with RawServer(refuse) as server:
