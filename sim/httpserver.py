@@ -127,6 +127,7 @@ class SimServer:
         self._backlog = backlog
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()  # connections their handler has not closed
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.connections = 0
@@ -148,7 +149,7 @@ class SimServer:
 
     async def start(self) -> None:
         """Start listening in the running loop."""
-        self._server = await asyncio.start_server(self._connection, self.host, self._port,
+        self._server = await asyncio.start_server(self._accept, self.host, self._port,
                                                   backlog=self._backlog)
 
     async def serve_forever(self) -> None:
@@ -167,6 +168,9 @@ class SimServer:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in list(self._writers):  # a handler cancelled before it first ran
+            _reset(writer)
+        self._writers.clear()
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -226,12 +230,19 @@ class SimServer:
 
     # -- one connection -------------------------------------------------------------------------
 
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A connection came in: start its handler.  Both are known at once, not when the
+        handler first runs, so `aclose` ends a connection accepted just as it closes (such a
+        handler was left unstarted when the loop ended: "coroutine never awaited" and an
+        unclosed transport, seen on a busy machine)."""
+        self.connections += 1
+        self._writers.add(writer)
+        task = asyncio.get_running_loop().create_task(self._connection(reader, writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _connection(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self.connections += 1
         conn = h11.Connection(h11.SERVER)
         reset = False
         try:
@@ -260,7 +271,7 @@ class SimServer:
             # cancelled task and logs a spurious "Unhandled exception".
             reset = True
         finally:
-            self._tasks.discard(task)
+            self._writers.discard(writer)
             if reset:
                 _reset(writer)
             else:
