@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from e2e_support import running_server, scenario_client
-from redis_support import OwnRedis
+from redis_support import STORE_TIMEOUT, OwnRedis
 
 from keysched import KeyschedError, RedisStore, RetryPolicy
 from keysched._store import Claim, StoredFact
@@ -96,7 +96,7 @@ async def facts_once_published(url: str, pool_name: str, *, key: str) -> tuple[S
 
     The client publishes in the background: a fixed wait (0.2 s) was sometimes too short on a
     busy machine.  Polled, a client that never republishes still fails, after the guard."""
-    store = RedisStore(url, pool_name=pool_name)
+    store = RedisStore(url, pool_name=pool_name, timeout=STORE_TIMEOUT)
     try:
         guard = time.monotonic() + GUARD
         while True:

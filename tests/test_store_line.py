@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from redis_support import STORE_TIMEOUT
 
 from keysched import RedisStore
 from keysched._store import LINE_GRACE, LINE_RECHECK, Claim, Grant, SharedPool
@@ -39,7 +40,8 @@ async def ask(request: pytest.FixtureRequest) -> AsyncIterator[Ask]:
         yield python
         return
     url = request.getfixturevalue("shared_redis")
-    store = RedisStore(url, pool_name=request.getfixturevalue("pool_name"), server_clock=False)
+    store = RedisStore(url, pool_name=request.getfixturevalue("pool_name"), server_clock=False,
+                       timeout=STORE_TIMEOUT)
 
     async def redis(c: Claim) -> Grant:
         return await store.admit(c, 0)

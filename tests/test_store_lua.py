@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from redis_support import STORE_TIMEOUT
 
 from keysched import ConfigurationError, RedisStore
 from keysched._store import FOREVER, Claim, Settlement, SharedPool, StoredFact
@@ -31,7 +32,7 @@ def claim(n: int, *, key: str = "k1", project: str = "p", model: str = "m", toke
 
 @pytest.fixture
 async def store(shared_redis: str, pool_name: str) -> AsyncIterator[RedisStore]:
-    redis_store = RedisStore(shared_redis, pool_name=pool_name)
+    redis_store = RedisStore(shared_redis, pool_name=pool_name, timeout=STORE_TIMEOUT)
     yield redis_store
     await redis_store.aclose()
 
@@ -156,7 +157,7 @@ def same_answers(shared_redis: str, ops: list[tuple[object, ...]]) -> None:
 
     async def run() -> None:
         name = f"test-lua-{uuid.uuid4().hex[:10]}"
-        redis_store = RedisStore(shared_redis, pool_name=name, server_clock=False)
+        redis_store = RedisStore(shared_redis, pool_name=name, server_clock=False, timeout=STORE_TIMEOUT)
         python = SharedPool()
         now = 1_800_000_000.0
         granted: list[Claim] = []
